@@ -1,0 +1,10 @@
+//! The pure core of rofr: the deal language and the first-refusal state machine.
+//!
+//! Commands go in, events come out, and the state is a fold of the events. This crate
+//! never does IO, never reads the clock and never draws random numbers: time arrives
+//! in `Tick` commands, so tests, the broker and the simulator all drive it the same way.
+
+pub mod deal;
+pub mod diagnostic;
+pub mod duration;
+pub mod types;

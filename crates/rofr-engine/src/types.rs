@@ -1,0 +1,290 @@
+//! Newtypes for the values every other module passes around. Each constructor is the
+//! only way in, so a value that exists is a valid one.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a value could not be made: a plain sentence that says what would be right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(pub String);
+
+macro_rules! identifier {
+    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts 1 to 64 characters of ASCII letters, digits, `-`, `_` and `.`,
+            /// starting with a letter or digit.
+            pub fn parse(text: &str) -> Result<Self, ValueError> {
+                let ok_first = text.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+                let ok_rest = text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if text.len() <= 64 && ok_first && ok_rest {
+                    Ok(Self(text.to_owned()))
+                } else {
+                    Err(ValueError(format!(
+                        concat!("`{}` is not a valid ", $what,
+                            ": use 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"),
+                        text
+                    )))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A provider's id as the deal names it, e.g. `azure`.
+    ProviderId,
+    "provider id"
+);
+identifier!(
+    /// A need's id, chosen by the buyer and unique within a broker.
+    NeedId,
+    "need id"
+);
+identifier!(
+    /// A GPU model such as `H100` or `GB200`.
+    Sku,
+    "sku"
+);
+identifier!(
+    /// A provider region such as `us-east`.
+    Region,
+    "region"
+);
+identifier!(
+    /// A workload kind such as `training` or `inference`.
+    Workload,
+    "workload"
+);
+identifier!(
+    /// A free tag carried by a need, matched by scopes and restrictions.
+    Tag,
+    "tag"
+);
+
+/// A count of GPUs. Zero is a valid count (nothing left to place); a need's own size is
+/// checked to be positive where the need is parsed.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Gpus(pub u32);
+
+impl Gpus {
+    pub const ZERO: Gpus = Gpus(0);
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    pub fn saturating_sub(self, other: Gpus) -> Gpus {
+        Gpus(self.0.saturating_sub(other.0))
+    }
+}
+
+impl std::ops::Add for Gpus {
+    type Output = Gpus;
+    fn add(self, other: Gpus) -> Gpus {
+        Gpus(self.0 + other.0)
+    }
+}
+
+impl std::ops::AddAssign for Gpus {
+    fn add_assign(&mut self, other: Gpus) {
+        self.0 += other.0;
+    }
+}
+
+impl std::iter::Sum for Gpus {
+    fn sum<I: Iterator<Item = Gpus>>(iter: I) -> Gpus {
+        Gpus(iter.map(|g| g.0).sum())
+    }
+}
+
+impl fmt::Display for Gpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A price in US dollars per GPU-hour, held as an integer number of ten-thousandths of
+/// a dollar so that comparisons and sums are exact and replay is bit-for-bit stable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Price(u64);
+
+impl Price {
+    const SCALE: f64 = 10_000.0;
+    /// The largest accepted price, $1,000,000 per GPU-hour: far above any real one.
+    const MAX_DOLLARS: f64 = 1_000_000.0;
+
+    pub fn from_dollars(dollars: f64) -> Result<Price, ValueError> {
+        if !dollars.is_finite() || !(0.0..=Self::MAX_DOLLARS).contains(&dollars) {
+            return Err(ValueError(format!(
+                "price {dollars} is out of range: use dollars per GPU-hour between 0 and {}",
+                Self::MAX_DOLLARS
+            )));
+        }
+        Ok(Price((dollars * Self::SCALE).round() as u64))
+    }
+
+    pub fn from_ten_thousandths(units: u64) -> Price {
+        Price(units)
+    }
+
+    pub fn ten_thousandths(self) -> u64 {
+        self.0
+    }
+
+    pub fn dollars(self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+
+    /// This price raised by a fraction (`0.05` is 5%), rounded down to a whole unit so
+    /// that a threshold never admits more than it says.
+    pub fn raised_by(self, fraction: f64) -> Price {
+        Price((self.0 as f64 * (1.0 + fraction)).floor() as u64)
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "${}/GPU-h", self.dollars())
+    }
+}
+
+impl Serialize for Price {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.dollars())
+    }
+}
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Price::from_dollars(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A moment in UTC, to the second. Written as RFC 3339 (`2025-01-21T09:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn from_unix_seconds(seconds: i64) -> Timestamp {
+        Timestamp(seconds)
+    }
+
+    pub fn unix_seconds(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_datetime(at: DateTime<Utc>) -> Timestamp {
+        Timestamp(at.timestamp())
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        Utc.timestamp_opt(self.0, 0)
+            .single()
+            .expect("timestamps are made from valid datetimes")
+    }
+
+    /// Parses RFC 3339 with any offset; fractions of a second are refused because
+    /// every time in rofr is whole seconds.
+    pub fn parse(text: &str) -> Result<Timestamp, ValueError> {
+        let parsed = DateTime::parse_from_rfc3339(text).map_err(|e| {
+            ValueError(format!(
+                "`{text}` is not an RFC 3339 time ({e}); write e.g. 2025-01-21T09:00:00Z"
+            ))
+        })?;
+        if parsed.timestamp_subsec_nanos() != 0 {
+            return Err(ValueError(format!(
+                "`{text}` has a fraction of a second; rofr keeps whole seconds"
+            )));
+        }
+        Ok(Timestamp(parsed.timestamp()))
+    }
+
+    pub fn plus_seconds(self, seconds: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(seconds))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            &self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_round_trip_through_json_as_short_decimals() {
+        let price = Price::from_dollars(3.9).unwrap();
+        assert_eq!(serde_json::to_string(&price).unwrap(), "3.9");
+        assert_eq!(Price::from_dollars(6.98).unwrap().ten_thousandths(), 69_800);
+    }
+
+    #[test]
+    fn negative_and_infinite_prices_are_refused() {
+        assert!(Price::from_dollars(-1.0).is_err());
+        assert!(Price::from_dollars(f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn timestamps_print_as_utc_seconds() {
+        let at = Timestamp::parse("2025-01-21T10:00:00+01:00").unwrap();
+        assert_eq!(at.to_string(), "2025-01-21T09:00:00Z");
+        assert!(Timestamp::parse("2025-01-21T09:00:00.5Z").is_err());
+    }
+
+    #[test]
+    fn identifiers_refuse_spaces_and_empty_text() {
+        assert!(ProviderId::parse("azure").is_ok());
+        assert!(ProviderId::parse("").is_err());
+        assert!(ProviderId::parse("az ure").is_err());
+    }
+}
