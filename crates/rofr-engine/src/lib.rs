@@ -8,3 +8,4 @@ pub mod deal;
 pub mod diagnostic;
 pub mod duration;
 pub mod types;
+pub mod lint;
