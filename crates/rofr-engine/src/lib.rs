@@ -9,3 +9,15 @@ pub mod diagnostic;
 pub mod duration;
 pub mod types;
 pub mod lint;
+pub mod command;
+pub mod event;
+pub mod need;
+pub mod state;
+pub mod allocate;
+pub mod engine;
+pub mod invariants;
+
+pub use command::{Command, Rejection, RejectionCode};
+pub use deal::Deal;
+pub use engine::Engine;
+pub use event::{Event, EventKind};

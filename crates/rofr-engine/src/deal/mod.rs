@@ -5,7 +5,7 @@ mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{ClauseRef, Location};
 use crate::duration::{Calendar, DealDuration};
@@ -63,7 +63,7 @@ impl Default for Sourcing {
 }
 
 /// The three kinds of first-refusal right.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
     FirstOffer,

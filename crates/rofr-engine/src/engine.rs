@@ -1,0 +1,1134 @@
+//! The first-refusal state machine (PRODUCT.md §4): decides which events a command
+//! produces. Every check happens before the first event is emitted, so a rejected
+//! command changes nothing; every event is applied to the state the moment it is
+//! emitted, so later decisions in the same command see it.
+
+use std::sync::Arc;
+
+use crate::allocate::{cheapest_first, Plan, QuoteOffer};
+use crate::command::{Command, Rejection};
+use crate::deal::{CapBasis, Deal, FirstRefusal, Redelivery, Variant};
+use crate::event::{DeclineReason, Event, EventKind};
+use crate::invariants::{cap_usage, refusals_cover};
+use crate::need::NeedSpec;
+use crate::state::{AwardStatus, HolderOffer, NeedState, OfferKind, OfferStatus, RfqStatus, State};
+use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
+
+/// The engine: a deal, the state folded from every event so far, and the time the last
+/// `Tick` brought. Commands are judged as of that time.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    deal: Arc<Deal>,
+    state: State,
+    clock: Timestamp,
+}
+
+impl Engine {
+    pub fn new(deal: Arc<Deal>, start: Timestamp) -> Engine {
+        Engine {
+            deal,
+            state: State::default(),
+            clock: start,
+        }
+    }
+
+    /// Rebuilds an engine from its events (I4). The clock resumes at `clock`, or at the
+    /// last event's time if that is later.
+    pub fn replay<'a>(
+        deal: Arc<Deal>,
+        events: impl IntoIterator<Item = &'a Event>,
+        clock: Timestamp,
+    ) -> Engine {
+        let state = State::from_events(events);
+        let clock = state.last_at.map_or(clock, |last| last.max(clock));
+        Engine { deal, state, clock }
+    }
+
+    pub fn deal(&self) -> &Deal {
+        &self.deal
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn clock(&self) -> Timestamp {
+        self.clock
+    }
+
+    pub fn execute(&mut self, command: Command) -> Result<Vec<Event>, Rejection> {
+        if let Command::Tick { now } = command {
+            return self.tick(now);
+        }
+        let mut step = Step {
+            deal: &self.deal,
+            state: &mut self.state,
+            now: self.clock,
+            out: Vec::new(),
+        };
+        step.command(command)?;
+        Ok(step.out)
+    }
+
+    fn tick(&mut self, now: Timestamp) -> Result<Vec<Event>, Rejection> {
+        if now < self.clock {
+            return Err(Rejection {
+                code: crate::command::RejectionCode::ClockBackwards,
+                field: Some("now"),
+                message: format!("time cannot go back from {} to {now}", self.clock),
+            });
+        }
+        let mut out = Vec::new();
+        while let Some((due, id)) = self.state.agenda.first().cloned() {
+            if due > now {
+                break;
+            }
+            let mut step = Step {
+                deal: &self.deal,
+                state: &mut self.state,
+                now: due,
+                out: Vec::new(),
+            };
+            step.fire(&id);
+            out.append(&mut step.out);
+            if self.state.agenda.first() == Some(&(due, id.clone())) {
+                // A deadline that fires without effect would fire forever. The engine
+                // is built so this cannot happen; if it ever did, dropping the entry
+                // keeps the broker alive and the property tests fail loudly.
+                debug_assert!(false, "deadline of need {id} at {due} had no effect");
+                self.state.agenda.remove(&(due, id));
+            }
+        }
+        self.clock = now;
+        Ok(out)
+    }
+}
+
+struct Step<'a> {
+    deal: &'a Deal,
+    state: &'a mut State,
+    now: Timestamp,
+    out: Vec<Event>,
+}
+
+fn need_not_found(id: &NeedId) -> Rejection {
+    Rejection::not_found(format!("no need `{id}`"))
+}
+
+fn nothing_open(provider: &ProviderId, id: &NeedId, what: &str) -> Rejection {
+    Rejection::not_found(format!("no open {what} for `{provider}` on need `{id}`"))
+}
+
+impl Step<'_> {
+    fn emit(&mut self, need: &NeedId, kind: EventKind) {
+        let event = Event {
+            kind,
+            need: need.clone(),
+            at: self.now,
+        };
+        self.state.apply(&event);
+        self.out.push(event);
+    }
+
+    fn need(&self, id: &NeedId) -> &NeedState {
+        &self.state.needs[id]
+    }
+
+    fn clause(&self, id: &NeedId) -> Option<&FirstRefusal> {
+        let need = self.need(id);
+        need.first_refusal.map(|i| &self.deal.first_refusals[i])
+    }
+
+    fn open_need(&self, id: &NeedId) -> Result<&NeedState, Rejection> {
+        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        if let Some(closed) = need.closed {
+            return Err(Rejection::conflict(format!(
+                "need `{id}` is closed ({closed:?})"
+            )));
+        }
+        Ok(need)
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), Rejection> {
+        match command {
+            Command::Tick { .. } => unreachable!("ticks are handled by the engine"),
+            Command::SubmitNeed { need } => self.submit(need),
+            Command::CancelNeed { need, reason } => self.cancel(&need, reason),
+            Command::Accept {
+                provider,
+                need,
+                offer,
+                gpus,
+                price,
+            } => self.accept(&provider, &need, offer, gpus, price),
+            Command::Decline {
+                provider,
+                need,
+                offer,
+                reason,
+            } => self.decline(&provider, &need, offer, reason),
+            Command::Quote {
+                provider,
+                need,
+                gpus,
+                price,
+            } => self.quote(&provider, &need, gpus, price),
+            Command::Match {
+                provider,
+                need,
+                offer,
+                gpus,
+            } => self.match_offer(&provider, &need, offer, gpus),
+            Command::Approve { need, award } => self.approve(&need, award),
+            Command::Reject {
+                need,
+                award,
+                reason,
+            } => self.reject(&need, award, reason),
+            Command::Confirm {
+                provider,
+                need,
+                award,
+                reservation,
+            } => self.confirm(&provider, &need, award, reservation),
+            Command::Fail {
+                provider,
+                need,
+                award,
+                reason,
+            } => self.fail(&provider, &need, award, reason),
+        }
+    }
+
+    // ----- buyer commands -------------------------------------------------------
+
+    fn submit(&mut self, spec: NeedSpec) -> Result<(), Rejection> {
+        spec.validate()
+            .map_err(|e| Rejection::invalid(e.field, e.message))?;
+        if self.state.needs.contains_key(&spec.id) {
+            return Err(Rejection {
+                field: Some("id"),
+                ..Rejection::conflict(format!("need `{}` already exists", spec.id))
+            });
+        }
+        if spec.decide_by <= self.now {
+            return Err(Rejection::invalid(
+                "decide_by",
+                format!("decide_by {} is not after now ({})", spec.decide_by, self.now),
+            ));
+        }
+        if spec.latest_start < self.now {
+            return Err(Rejection::invalid(
+                "latest_start",
+                format!("latest_start {} is in the past (now {})", spec.latest_start, self.now),
+            ));
+        }
+        let clause_index = self
+            .deal
+            .first_refusals
+            .iter()
+            .position(|c| c.term.covers(self.now) && c.scope.matches(&spec.profile()));
+        let mut holder = None;
+        let mut holder_exempt = None;
+        let mut offer_price = None;
+        if let Some(index) = clause_index {
+            let clause = &self.deal.first_refusals[index];
+            if let Some(r) = self.deal.restriction_forbidding(&clause.holder, &spec.tags) {
+                holder_exempt = Some(format!(
+                    "{} bars `{}` from this need",
+                    r.clause, clause.holder
+                ));
+            } else {
+                holder = Some(clause.holder.clone());
+                let listed = clause.offer_prices.get(&spec.sku).copied();
+                let price = spec
+                    .offer_price_per_gpu_hour
+                    .or(listed)
+                    .unwrap_or(spec.max_price_per_gpu_hour);
+                offer_price = Some(price.min(spec.max_price_per_gpu_hour));
+            }
+        }
+        let variant = holder
+            .as_ref()
+            .and(clause_index)
+            .map(|i| self.deal.first_refusals[i].variant);
+        let id = spec.id.clone();
+        self.emit(
+            &id,
+            EventKind::NeedSubmitted {
+                sku: spec.sku,
+                gpus: spec.gpus,
+                hours: spec.hours,
+                regions: spec.regions,
+                workload: spec.workload,
+                tags: spec.tags,
+                max_price_per_gpu_hour: spec.max_price_per_gpu_hour,
+                earliest_start: spec.earliest_start,
+                latest_start: spec.latest_start,
+                decide_by: spec.decide_by,
+                priority: spec.priority,
+                launch: spec.launch,
+                holder,
+                variant,
+                first_refusal: clause_index.filter(|_| variant.is_some()),
+                offer_price_per_gpu_hour: offer_price,
+                holder_exempt,
+            },
+        );
+        self.next_step(&id);
+        Ok(())
+    }
+
+    fn cancel(&mut self, id: &NeedId, reason: String) -> Result<(), Rejection> {
+        let need = self.open_need(id)?;
+        if need.awarded() > Gpus::ZERO {
+            return Err(Rejection::conflict(format!(
+                "need `{id}` already has awards; a provider can fail an award, but the need cannot be cancelled"
+            )));
+        }
+        self.emit(id, EventKind::NeedCancelled { reason });
+        Ok(())
+    }
+
+    fn pending_award(&self, id: &NeedId, award: u32) -> Result<ProviderId, Rejection> {
+        let need = self.open_need(id)?;
+        let found = need
+            .awards
+            .iter()
+            .find(|a| a.seq == award)
+            .ok_or_else(|| Rejection::not_found(format!("no award {award} on need `{id}`")))?;
+        if found.status != AwardStatus::PendingApproval {
+            return Err(Rejection::conflict(format!(
+                "award {award} on need `{id}` is not waiting for approval"
+            )));
+        }
+        Ok(found.provider.clone())
+    }
+
+    fn approve(&mut self, id: &NeedId, award: u32) -> Result<(), Rejection> {
+        self.pending_award(id, award)?;
+        let a = self.need(id).awards.iter().find(|a| a.seq == award).cloned().expect("checked");
+        let confirm_by = self.deal.calendar.add(self.now, self.deal.sourcing.confirm_window);
+        self.emit(
+            id,
+            EventKind::AwardMade {
+                provider: a.provider,
+                gpus: a.gpus,
+                price_per_gpu_hour: a.price,
+                award,
+                confirm_by,
+            },
+        );
+        Ok(())
+    }
+
+    fn reject(&mut self, id: &NeedId, award: u32, reason: String) -> Result<(), Rejection> {
+        let provider = self.pending_award(id, award)?;
+        self.emit(id, EventKind::ApprovalRejected { provider, award, reason });
+        self.wait(id, "an award was rejected by the approver");
+        self.next_step(id);
+        Ok(())
+    }
+
+    // ----- the holder's and providers' answers -----------------------------------
+
+    /// Finds the open offer to `provider` of one of `kinds`, by number or as the only one.
+    fn find_offer(
+        &self,
+        provider: &ProviderId,
+        id: &NeedId,
+        seq: Option<u32>,
+        kinds: &[OfferKind],
+    ) -> Result<HolderOffer, Rejection> {
+        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let mine = need
+            .offers
+            .iter()
+            .filter(|o| &o.provider == provider && kinds.contains(&o.kind));
+        let offer = match seq {
+            Some(seq) => mine
+                .into_iter()
+                .find(|o| o.seq == seq)
+                .ok_or_else(|| nothing_open(provider, id, "offer"))?,
+            None => {
+                let open: Vec<&HolderOffer> =
+                    mine.filter(|o| o.status == OfferStatus::Open).collect();
+                match open.as_slice() {
+                    [one] => *one,
+                    [] => return Err(nothing_open(provider, id, "offer")),
+                    _ => {
+                        return Err(Rejection::invalid(
+                            "offer",
+                            format!("{} offers are open on need `{id}`: name one with `offer`", open.len()),
+                        ))
+                    }
+                }
+            }
+        };
+        if need.closed.is_some() || offer.status != OfferStatus::Open {
+            return Err(Rejection::conflict(format!(
+                "offer {} on need `{id}` is no longer open",
+                offer.seq
+            )));
+        }
+        if offer.deadline <= self.now {
+            return Err(Rejection::lapsed(format!(
+                "offer {} on need `{id}` lapsed at {}",
+                offer.seq, offer.deadline
+            )));
+        }
+        Ok(offer.clone())
+    }
+
+    fn taken_quantity(
+        &self,
+        id: &NeedId,
+        offer: &HolderOffer,
+        gpus: Option<Gpus>,
+    ) -> Result<Gpus, Rejection> {
+        let take = gpus.unwrap_or(offer.gpus);
+        if take == Gpus::ZERO || take > offer.gpus {
+            return Err(Rejection::invalid(
+                "gpus",
+                format!("take between 1 and the {} GPUs offered", offer.gpus),
+            ));
+        }
+        let partial = self.clause(id).is_some_and(|c| c.partial);
+        if take < offer.gpus && !partial {
+            return Err(Rejection::invalid(
+                "gpus",
+                format!(
+                    "the right is all or nothing: take all {} GPUs or decline",
+                    offer.gpus
+                ),
+            ));
+        }
+        Ok(take)
+    }
+
+    fn accept(
+        &mut self,
+        provider: &ProviderId,
+        id: &NeedId,
+        seq: Option<u32>,
+        gpus: Option<Gpus>,
+        price: Option<Price>,
+    ) -> Result<(), Rejection> {
+        let offer = self.find_offer(provider, id, seq, &[OfferKind::First, OfferKind::Reoffer])?;
+        let take = self.taken_quantity(id, &offer, gpus)?;
+        let negotiated = self.need(id).variant == Some(Variant::Negotiate);
+        let price = match price {
+            Some(agreed) if negotiated => {
+                if agreed > self.need(id).spec.max_price_per_gpu_hour {
+                    return Err(Rejection::invalid(
+                        "price",
+                        "the agreed price is above the need's maximum price",
+                    ));
+                }
+                agreed
+            }
+            Some(other) if other != offer.price => {
+                return Err(Rejection::invalid(
+                    "price",
+                    format!(
+                        "only a `negotiate` right agrees a new price; this offer is at {}",
+                        offer.price
+                    ),
+                ))
+            }
+            _ => offer.price,
+        };
+        self.emit(
+            id,
+            EventKind::OfferAccepted {
+                provider: provider.clone(),
+                gpus: take,
+                price_per_gpu_hour: price,
+                offer: offer.seq,
+            },
+        );
+        let rest = offer.gpus.saturating_sub(take);
+        if rest > Gpus::ZERO {
+            let revives_at = self.revives_at(id);
+            self.emit(
+                id,
+                EventKind::OfferDeclined {
+                    provider: provider.clone(),
+                    gpus: rest,
+                    reason: DeclineReason::Partial,
+                    price_per_gpu_hour: price,
+                    offer: Some(offer.seq),
+                    revives_at,
+                },
+            );
+        }
+        self.award(id, provider, take, price);
+        if let (Some(third_party), true) = (&offer.against, rest > Gpus::ZERO) {
+            self.award(id, third_party, rest, offer.price);
+        }
+        self.next_step(id);
+        Ok(())
+    }
+
+    fn decline(
+        &mut self,
+        provider: &ProviderId,
+        id: &NeedId,
+        seq: Option<u32>,
+        reason: DeclineReason,
+    ) -> Result<(), Rejection> {
+        if matches!(reason, DeclineReason::Partial | DeclineReason::DeliveryFailed) {
+            return Err(Rejection::invalid(
+                "reason",
+                "use no_capacity, price, timing or other",
+            ));
+        }
+        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        if need.holder.as_ref() == Some(provider) && need.open_offers().next().is_some() {
+            let kinds = [OfferKind::First, OfferKind::Reoffer, OfferKind::Match];
+            let offer = self.find_offer(provider, id, seq, &kinds)?;
+            self.holder_refuses(id, &offer, Some(reason));
+            self.next_step(id);
+            return Ok(());
+        }
+        let round = need.round;
+        self.open_rfq(provider, id)?;
+        self.emit(
+            id,
+            EventKind::RfqDeclined {
+                provider: provider.clone(),
+                reason,
+                round,
+            },
+        );
+        self.close_sourcing_if_answered(id);
+        Ok(())
+    }
+
+    fn match_offer(
+        &mut self,
+        provider: &ProviderId,
+        id: &NeedId,
+        seq: Option<u32>,
+        gpus: Option<Gpus>,
+    ) -> Result<(), Rejection> {
+        let offer = self.find_offer(provider, id, seq, &[OfferKind::Match])?;
+        let take = self.taken_quantity(id, &offer, gpus)?;
+        self.emit(
+            id,
+            EventKind::MatchAccepted {
+                provider: provider.clone(),
+                gpus: take,
+                price_per_gpu_hour: offer.price,
+                offer: offer.seq,
+            },
+        );
+        let rest = offer.gpus.saturating_sub(take);
+        if rest > Gpus::ZERO {
+            let revives_at = self.revives_at(id);
+            self.emit(
+                id,
+                EventKind::MatchDeclined {
+                    provider: provider.clone(),
+                    gpus: rest,
+                    price_per_gpu_hour: offer.price,
+                    offer: offer.seq,
+                    revives_at,
+                },
+            );
+        }
+        self.award(id, provider, take, offer.price);
+        if let (Some(third_party), true) = (&offer.against, rest > Gpus::ZERO) {
+            self.award(id, third_party, rest, offer.price);
+        }
+        self.next_step(id);
+        Ok(())
+    }
+
+    fn open_rfq(&self, provider: &ProviderId, id: &NeedId) -> Result<Gpus, Rejection> {
+        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let rfq = need
+            .rfqs
+            .iter()
+            .find(|r| &r.provider == provider)
+            .filter(|_| need.sourcing_open && need.closed.is_none())
+            .ok_or_else(|| nothing_open(provider, id, "request for quotes"))?;
+        if rfq.status != RfqStatus::Open {
+            return Err(Rejection::conflict(format!(
+                "`{provider}` already answered the request for quotes on need `{id}`"
+            )));
+        }
+        if rfq.deadline <= self.now {
+            return Err(Rejection::lapsed(format!(
+                "the request for quotes on need `{id}` closed at {}",
+                rfq.deadline
+            )));
+        }
+        Ok(rfq.gpus)
+    }
+
+    fn quote(
+        &mut self,
+        provider: &ProviderId,
+        id: &NeedId,
+        gpus: Gpus,
+        price: Price,
+    ) -> Result<(), Rejection> {
+        let asked = self.open_rfq(provider, id)?;
+        if gpus == Gpus::ZERO || gpus > asked {
+            return Err(Rejection::invalid(
+                "gpus",
+                format!("quote between 1 and the {asked} GPUs asked for"),
+            ));
+        }
+        let need = self.need(id);
+        if price > need.spec.max_price_per_gpu_hour {
+            return Err(Rejection::invalid(
+                "price",
+                format!(
+                    "{price} is above the need's maximum of {}",
+                    need.spec.max_price_per_gpu_hour
+                ),
+            ));
+        }
+        let round = need.round;
+        self.emit(
+            id,
+            EventKind::QuoteReceived {
+                provider: provider.clone(),
+                gpus,
+                price_per_gpu_hour: price,
+                round,
+            },
+        );
+        self.close_sourcing_if_answered(id);
+        Ok(())
+    }
+
+    fn award_of(&self, provider: &ProviderId, id: &NeedId, award: u32) -> Result<AwardStatus, Rejection> {
+        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let found = need
+            .awards
+            .iter()
+            .find(|a| a.seq == award && &a.provider == provider)
+            .ok_or_else(|| Rejection::not_found(format!("no award {award} for `{provider}` on need `{id}`")))?;
+        Ok(found.status)
+    }
+
+    fn confirm(
+        &mut self,
+        provider: &ProviderId,
+        id: &NeedId,
+        award: u32,
+        reservation: String,
+    ) -> Result<(), Rejection> {
+        if reservation.trim().is_empty() || reservation.len() > 200 {
+            return Err(Rejection::invalid(
+                "reservation",
+                "give the provider's reservation id (1 to 200 characters)",
+            ));
+        }
+        match self.award_of(provider, id, award)? {
+            AwardStatus::Made => {}
+            other => {
+                return Err(Rejection::conflict(format!(
+                    "award {award} on need `{id}` cannot be confirmed now ({other:?})"
+                )))
+            }
+        }
+        self.emit(
+            id,
+            EventKind::AwardConfirmed {
+                provider: provider.clone(),
+                reservation,
+                award,
+            },
+        );
+        self.next_step(id);
+        Ok(())
+    }
+
+    fn fail(
+        &mut self,
+        provider: &ProviderId,
+        id: &NeedId,
+        award: u32,
+        reason: String,
+    ) -> Result<(), Rejection> {
+        match self.award_of(provider, id, award)? {
+            AwardStatus::Made | AwardStatus::Confirmed => {}
+            other => {
+                return Err(Rejection::conflict(format!(
+                    "award {award} on need `{id}` cannot fail now ({other:?})"
+                )))
+            }
+        }
+        if self.need(id).closed.is_some() {
+            return Err(Rejection::conflict(format!("need `{id}` is closed")));
+        }
+        self.award_failed(id, award, reason);
+        Ok(())
+    }
+
+    fn award_failed(&mut self, id: &NeedId, award: u32, reason: String) {
+        let a = self.need(id).awards.iter().find(|a| a.seq == award).cloned().expect("exists");
+        self.emit(
+            id,
+            EventKind::AwardFailed {
+                provider: a.provider.clone(),
+                reason,
+                award,
+                gpus: a.gpus,
+            },
+        );
+        let need = self.need(id);
+        let holder = need.holder.clone();
+        let variant = need.variant;
+        if holder.as_ref() == Some(&a.provider) {
+            // The holder took the quantity and cannot deliver it: that is its refusal,
+            // recorded so that others may now be awarded it.
+            let revives_at = self.revives_at(id);
+            self.emit(
+                id,
+                EventKind::OfferDeclined {
+                    provider: a.provider,
+                    gpus: a.gpus,
+                    reason: DeclineReason::DeliveryFailed,
+                    price_per_gpu_hour: a.price,
+                    offer: None,
+                    revives_at,
+                },
+            );
+        } else if let (Some(holder), Some(Variant::FirstOffer)) = (holder, variant) {
+            if self.clause(id).map(|c| c.on_delivery_failure) == Some(Redelivery::HolderFirst) {
+                self.emit(id, EventKind::RightRevived { provider: holder, gpus: a.gpus });
+            }
+        }
+        self.next_step(id);
+    }
+
+    // ----- the life of a need ----------------------------------------------------
+
+    fn revives_at(&self, id: &NeedId) -> Option<Timestamp> {
+        let clause = self.clause(id)?;
+        if clause.variant == Variant::Negotiate {
+            return None;
+        }
+        clause
+            .third_party_window
+            .map(|w| self.deal.calendar.add(self.now, w))
+    }
+
+    fn wait(&mut self, id: &NeedId, reason: &str) {
+        let free = self.need(id).free();
+        let retry = self.deal.calendar.add(self.now, self.deal.sourcing.retry_after);
+        // A zero retry would fire at once, forever: wait at least a second.
+        let until = retry.max(self.now.plus_seconds(1));
+        self.emit(
+            id,
+            EventKind::NeedWaiting {
+                gpus: free,
+                until,
+                reason: reason.to_owned(),
+            },
+        );
+    }
+
+    /// Moves a need on when nothing is in flight: expire it, revive the right, offer it
+    /// to the holder, or source it.
+    fn next_step(&mut self, id: &NeedId) {
+        let need = self.need(id);
+        if need.closed.is_some() {
+            return;
+        }
+        let free = need.free();
+        if free > Gpus::ZERO && need.spec.decide_by <= self.now {
+            let unmet = need.spec.gpus.saturating_sub(need.awarded());
+            self.emit(id, EventKind::NeedExpired { gpus: unmet });
+            return;
+        }
+        if need.in_flight() {
+            return;
+        }
+        if free == Gpus::ZERO {
+            let settled = need
+                .awards
+                .iter()
+                .filter(|a| a.status.is_live())
+                .all(|a| a.status == AwardStatus::Confirmed);
+            if settled && need.fulfilled_until.is_none() {
+                let start = need.spec.earliest_start.max(self.now);
+                let ends = start.plus_seconds(i64::from(need.spec.hours) * 3600);
+                self.emit(id, EventKind::NeedFulfilled { ends });
+            }
+            return;
+        }
+        if let (Some(revive_at), Some(holder)) = (need.revive_at, need.holder.clone()) {
+            if revive_at <= self.now {
+                self.emit(id, EventKind::RightRevived { provider: holder, gpus: free });
+            }
+        }
+        let need = self.need(id);
+        if need.waiting_until.is_some_and(|until| until > self.now) {
+            return;
+        }
+        if need.holder_owed {
+            self.offer_to_holder(id, free);
+        } else {
+            self.start_sourcing(id, free);
+        }
+    }
+
+    /// GPUs `provider` may still take without breaking a cap, given `planned` awards
+    /// not yet made. `u32::MAX` where no cap applies.
+    fn cap_room(&self, id: &NeedId, provider: &ProviderId, price: Price, planned: &[Plan]) -> Gpus {
+        let need = self.need(id);
+        let exempt = self
+            .deal
+            .first_refusals
+            .iter()
+            .any(|fr| fr.term.covers(self.now) && &fr.holder == provider);
+        let mut room = u32::MAX;
+        for cap in &self.deal.caps {
+            if !cap.applies_to(provider, exempt.then_some(provider)) || cap.max_share >= 1.0 {
+                continue;
+            }
+            let (mut total, mut own) = cap_usage(cap, self.state, provider, self.now);
+            let per_gpu = |p: Price| match cap.basis {
+                CapBasis::GpuHours => f64::from(need.spec.hours),
+                CapBasis::Spend => f64::from(need.spec.hours) * p.dollars(),
+            };
+            for plan in planned {
+                let amount = per_gpu(plan.price) * f64::from(plan.gpus.get());
+                total += amount;
+                if &plan.provider == provider {
+                    own += amount;
+                }
+            }
+            let s = cap.max_share;
+            let weight = per_gpu(price);
+            if weight <= 0.0 {
+                continue;
+            }
+            let headroom = (s * total - own) / (weight * (1.0 - s));
+            let gpus = if headroom <= 0.0 {
+                0
+            } else {
+                // A hair below the exact figure, so rounding never lets a cap slip.
+                (headroom * (1.0 - 1e-12)).floor().min(f64::from(u32::MAX)) as u32
+            };
+            room = room.min(gpus);
+        }
+        Gpus(room)
+    }
+
+    fn offer_to_holder(&mut self, id: &NeedId, free: Gpus) {
+        let need = self.need(id);
+        let holder = need.holder.clone().expect("owed only where there is a holder");
+        let price = need.holder_offer_price.expect("set with the holder");
+        let clause = self.clause(id).expect("a holder comes from a clause");
+        let (window, variant) = (clause.window, clause.variant);
+        let room = self.cap_room(id, &holder, price, &[]);
+        let offered = Gpus(free.get().min(room.get()));
+        let capped = free.saturating_sub(offered);
+        if capped > Gpus::ZERO {
+            let cap = self
+                .deal
+                .caps
+                .iter()
+                .position(|c| c.binds_holder)
+                .unwrap_or(0);
+            self.emit(
+                id,
+                EventKind::HolderCapped {
+                    provider: holder.clone(),
+                    gpus: capped,
+                    cap,
+                },
+            );
+        }
+        if offered > Gpus::ZERO {
+            let deadline = self.deal.calendar.add(self.now, window);
+            let seq = self.need(id).offers.len() as u32 + 1;
+            self.emit(
+                id,
+                EventKind::OfferSent {
+                    provider: holder,
+                    gpus: offered,
+                    price_per_gpu_hour: price,
+                    deadline,
+                    variant,
+                    offer: seq,
+                    reoffer: false,
+                    against: None,
+                },
+            );
+        }
+        if capped > Gpus::ZERO {
+            self.start_sourcing(id, capped);
+        }
+    }
+
+    fn eligible_providers(&self, id: &NeedId) -> Vec<ProviderId> {
+        let need = self.need(id);
+        let spec = &need.spec;
+        self.deal
+            .providers
+            .iter()
+            .filter(|p| Some(&p.id) != need.holder.as_ref())
+            .filter(|p| p.skus.is_empty() || p.skus.contains(&spec.sku))
+            .filter(|p| {
+                spec.regions.is_empty()
+                    || p.regions.is_empty()
+                    || !p.regions.is_disjoint(&spec.regions)
+            })
+            .filter(|p| self.deal.restriction_forbidding(&p.id, &spec.tags).is_none())
+            .filter(|p| self.cap_room(id, &p.id, spec.max_price_per_gpu_hour, &[]) > Gpus::ZERO)
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    fn start_sourcing(&mut self, id: &NeedId, gpus: Gpus) {
+        let providers = self.eligible_providers(id);
+        if providers.is_empty() {
+            self.wait(id, "no provider may take this need now (restrictions, caps, skus or regions)");
+            return;
+        }
+        let round = self.need(id).round + 1;
+        let deadline = self.deal.calendar.add(self.now, self.deal.sourcing.quote_window);
+        for provider in providers {
+            self.emit(
+                id,
+                EventKind::RfqSent {
+                    provider,
+                    gpus,
+                    deadline,
+                    round,
+                },
+            );
+        }
+        // A zero quote window closes the round at once.
+        if deadline <= self.now {
+            self.close_sourcing(id);
+        }
+    }
+
+    fn close_sourcing_if_answered(&mut self, id: &NeedId) {
+        let need = self.need(id);
+        if need.sourcing_open && need.rfqs.iter().all(|r| r.status != RfqStatus::Open) {
+            self.close_sourcing(id);
+        }
+    }
+
+    fn close_sourcing(&mut self, id: &NeedId) {
+        let need = self.need(id);
+        let round = need.round;
+        let quotes: Vec<QuoteOffer> = need
+            .rfqs
+            .iter()
+            .filter_map(|r| match r.status {
+                RfqStatus::Quoted { gpus, price } => Some(QuoteOffer {
+                    provider: r.provider.clone(),
+                    gpus,
+                    price,
+                }),
+                _ => None,
+            })
+            .collect();
+        let wanted = need.free();
+        let plans = cheapest_first(wanted, &quotes, |provider, price, planned| {
+            self.cap_room(id, provider, price, planned)
+        });
+        let planned_gpus: Gpus = plans.iter().map(|p| p.gpus).sum();
+        self.emit(
+            id,
+            EventKind::SourcingClosed {
+                round,
+                quotes: quotes.len() as u32,
+                planned_gpus,
+            },
+        );
+        for plan in plans {
+            self.route(id, plan);
+        }
+        let need = self.need(id);
+        if !need.in_flight() && need.free() > Gpus::ZERO && need.spec.decide_by > self.now {
+            let reason = format!(
+                "quotes covered {planned_gpus} of the {wanted} GPUs sought in round {round}"
+            );
+            self.wait(id, &reason);
+        }
+        self.next_step(id);
+    }
+
+    /// Sends a planned third-party award where the right says it must go first: a
+    /// re-offer to the holder, a match offer, or straight to an award.
+    fn route(&mut self, id: &NeedId, plan: Plan) {
+        let need = self.need(id);
+        let (Some(holder), Some(variant)) = (need.holder.clone(), need.variant) else {
+            self.award(id, &plan.provider, plan.gpus, plan.price);
+            return;
+        };
+        if plan.provider == holder {
+            self.award(id, &plan.provider, plan.gpus, plan.price);
+            return;
+        }
+        let clause = self.clause(id).expect("a holder comes from a clause");
+        let window = clause.window;
+        let threshold = clause.reoffer_threshold;
+        let deadline = self.deal.calendar.add(self.now, window);
+        let seq = need.offers.len() as u32 + 1;
+        match variant {
+            Variant::LastLook => self.emit(
+                id,
+                EventKind::MatchOffered {
+                    provider: holder,
+                    gpus: plan.gpus,
+                    price_per_gpu_hour: plan.price,
+                    deadline,
+                    offer: seq,
+                    against: plan.provider,
+                },
+            ),
+            Variant::FirstOffer | Variant::Negotiate => {
+                let mut awards: Vec<(Gpus, Price)> =
+                    need.third_party_awards().map(|a| (a.gpus, a.price)).collect();
+                awards.push((plan.gpus, plan.price));
+                if refusals_cover(&need.refusals, &awards, threshold) {
+                    self.award(id, &plan.provider, plan.gpus, plan.price);
+                } else if variant == Variant::FirstOffer {
+                    self.emit(
+                        id,
+                        EventKind::OfferSent {
+                            provider: holder,
+                            gpus: plan.gpus,
+                            price_per_gpu_hour: plan.price,
+                            deadline,
+                            variant,
+                            offer: seq,
+                            reoffer: true,
+                            against: Some(plan.provider),
+                        },
+                    );
+                }
+                // Under `negotiate` every refusal holds at any price, so only a
+                // quantity the holder never saw could be uncovered; it stays free.
+            }
+        }
+    }
+
+    /// Records the holder's refusal of an offer (an answer, or silence at the deadline)
+    /// and carries out the third-party award a re-offer or match was holding back.
+    fn holder_refuses(&mut self, id: &NeedId, offer: &HolderOffer, reason: Option<DeclineReason>) {
+        let revives_at = self.revives_at(id);
+        let (provider, gpus, price, seq) = (offer.provider.clone(), offer.gpus, offer.price, offer.seq);
+        let kind = match (offer.kind, reason) {
+            (OfferKind::Match, Some(_)) => EventKind::MatchDeclined {
+                provider,
+                gpus,
+                price_per_gpu_hour: price,
+                offer: seq,
+                revives_at,
+            },
+            (OfferKind::Match, None) => EventKind::MatchLapsed {
+                provider,
+                gpus,
+                price_per_gpu_hour: price,
+                offer: seq,
+                revives_at,
+            },
+            (_, Some(reason)) => EventKind::OfferDeclined {
+                provider,
+                gpus,
+                reason,
+                price_per_gpu_hour: price,
+                offer: Some(seq),
+                revives_at,
+            },
+            (_, None) => EventKind::OfferLapsed {
+                provider,
+                gpus,
+                price_per_gpu_hour: price,
+                offer: seq,
+                revives_at,
+            },
+        };
+        self.emit(id, kind);
+        if let Some(third_party) = &offer.against {
+            self.award(id, third_party, gpus, price);
+        }
+    }
+
+    /// Awards what the caps allow, after approval where a clause asks for it.
+    fn award(&mut self, id: &NeedId, provider: &ProviderId, gpus: Gpus, price: Price) {
+        let room = self.cap_room(id, provider, price, &[]);
+        let gpus = Gpus(gpus.get().min(room.get()).min(self.need(id).free().get()));
+        if gpus == Gpus::ZERO {
+            return;
+        }
+        let need = self.need(id);
+        let seq = need.awards.len() as u32 + 1;
+        let value = need.spec.gpu_hours(gpus) * price.dollars();
+        let is_holder = need.holder.as_ref() == Some(provider);
+        let approval = self.deal.approvals.iter().position(|a| {
+            a.min_value.is_none_or(|min| value >= min)
+                && (!a.non_holder || !is_holder)
+                && (a.providers.is_empty() || a.providers.contains(provider))
+        });
+        let kind = match approval {
+            Some(approval) => EventKind::ApprovalRequested {
+                provider: provider.clone(),
+                gpus,
+                price_per_gpu_hour: price,
+                award: seq,
+                approval,
+            },
+            None => EventKind::AwardMade {
+                provider: provider.clone(),
+                gpus,
+                price_per_gpu_hour: price,
+                award: seq,
+                confirm_by: self.deal.calendar.add(self.now, self.deal.sourcing.confirm_window),
+            },
+        };
+        self.emit(id, kind);
+    }
+
+    /// What falls due for one need at its next deadline, handled in a fixed order.
+    fn fire(&mut self, id: &NeedId) {
+        let due: Vec<HolderOffer> = self
+            .need(id)
+            .open_offers()
+            .filter(|o| o.deadline <= self.now)
+            .cloned()
+            .collect();
+        for offer in &due {
+            self.holder_refuses(id, offer, None);
+        }
+        let need = self.need(id);
+        let quotes_due = need.sourcing_open
+            && need
+                .rfqs
+                .iter()
+                .any(|r| r.status == RfqStatus::Open && r.deadline <= self.now);
+        if quotes_due {
+            self.close_sourcing(id);
+        }
+        let unconfirmed: Vec<u32> = self
+            .need(id)
+            .awards
+            .iter()
+            .filter(|a| a.status == AwardStatus::Made && a.confirm_by.is_some_and(|c| c <= self.now))
+            .map(|a| a.seq)
+            .collect();
+        for award in unconfirmed {
+            if self.need(id).closed.is_none() {
+                self.award_failed(id, award, "not confirmed by the deadline".into());
+            }
+        }
+        if self.need(id).fulfilled_until.is_some_and(|end| end <= self.now) {
+            self.emit(id, EventKind::NeedCompleted {});
+        }
+        self.next_step(id);
+    }
+}

@@ -1,0 +1,274 @@
+//! Events: the only record of what happened (PRODUCT.md §7.1). State is a fold of them.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::deal::Variant;
+use crate::types::{Gpus, NeedId, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
+
+/// One entry of the log: what happened, to which need, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(flatten)]
+    pub kind: EventKind,
+    pub need: NeedId,
+    pub at: Timestamp,
+}
+
+/// Why a provider said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclineReason {
+    NoCapacity,
+    Price,
+    Timing,
+    Other,
+    /// The rest of an offer the holder accepted only in part.
+    Partial,
+    /// The holder accepted, then could not deliver.
+    DeliveryFailed,
+}
+
+impl DeclineReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclineReason::NoCapacity => "no_capacity",
+            DeclineReason::Price => "price",
+            DeclineReason::Timing => "timing",
+            DeclineReason::Other => "other",
+            DeclineReason::Partial => "partial",
+            DeclineReason::DeliveryFailed => "delivery_failed",
+        }
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    NeedSubmitted {
+        sku: Sku,
+        gpus: Gpus,
+        hours: u32,
+        #[serde(default)]
+        regions: BTreeSet<Region>,
+        workload: Workload,
+        #[serde(default)]
+        tags: BTreeSet<Tag>,
+        max_price_per_gpu_hour: Price,
+        earliest_start: Timestamp,
+        latest_start: Timestamp,
+        decide_by: Timestamp,
+        priority: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        launch: Option<String>,
+        /// The first-refusal holder whose right covers this need, if any.
+        holder: Option<ProviderId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<Variant>,
+        /// Index of the first-refusal clause that covers the need.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_refusal: Option<usize>,
+        /// The price the holder is offered, per GPU-hour.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer_price_per_gpu_hour: Option<Price>,
+        /// Why a need that matches a first-refusal scope skips the holder.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder_exempt: Option<String>,
+    },
+    OfferSent {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        deadline: Timestamp,
+        variant: Variant,
+        offer: u32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        reoffer: bool,
+        /// For a re-offer: the third party whose quote prompted it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        against: Option<ProviderId>,
+    },
+    OfferAccepted {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        offer: u32,
+    },
+    OfferDeclined {
+        provider: ProviderId,
+        gpus: Gpus,
+        reason: DeclineReason,
+        price_per_gpu_hour: Price,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revives_at: Option<Timestamp>,
+    },
+    OfferLapsed {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        offer: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revives_at: Option<Timestamp>,
+    },
+    /// Quantity a cap that binds the holder keeps from it; it is not offered.
+    HolderCapped {
+        provider: ProviderId,
+        gpus: Gpus,
+        cap: usize,
+    },
+    RfqSent {
+        provider: ProviderId,
+        gpus: Gpus,
+        deadline: Timestamp,
+        round: u32,
+    },
+    RfqDeclined {
+        provider: ProviderId,
+        reason: DeclineReason,
+        round: u32,
+    },
+    QuoteReceived {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        round: u32,
+    },
+    SourcingClosed {
+        round: u32,
+        quotes: u32,
+        planned_gpus: Gpus,
+    },
+    MatchOffered {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        deadline: Timestamp,
+        offer: u32,
+        against: ProviderId,
+    },
+    MatchAccepted {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        offer: u32,
+    },
+    MatchDeclined {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        offer: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revives_at: Option<Timestamp>,
+    },
+    MatchLapsed {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        offer: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revives_at: Option<Timestamp>,
+    },
+    ApprovalRequested {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        award: u32,
+        approval: usize,
+    },
+    ApprovalRejected {
+        provider: ProviderId,
+        award: u32,
+        reason: String,
+    },
+    AwardMade {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        award: u32,
+        confirm_by: Timestamp,
+    },
+    AwardConfirmed {
+        provider: ProviderId,
+        reservation: String,
+        award: u32,
+    },
+    AwardFailed {
+        provider: ProviderId,
+        reason: String,
+        award: u32,
+        gpus: Gpus,
+    },
+    /// The third-party window passed, or a third party failed to deliver: the holder's
+    /// right applies again to what is left.
+    RightRevived {
+        provider: ProviderId,
+        gpus: Gpus,
+    },
+    /// Nothing is in flight for the rest of the need until `until`.
+    NeedWaiting {
+        gpus: Gpus,
+        until: Timestamp,
+        reason: String,
+    },
+    NeedFulfilled {
+        ends: Timestamp,
+    },
+    NeedCompleted {},
+    NeedExpired {
+        gpus: Gpus,
+    },
+    NeedCancelled {
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The snake_case type name, as written in the JSON.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::NeedSubmitted { .. } => "need_submitted",
+            EventKind::OfferSent { .. } => "offer_sent",
+            EventKind::OfferAccepted { .. } => "offer_accepted",
+            EventKind::OfferDeclined { .. } => "offer_declined",
+            EventKind::OfferLapsed { .. } => "offer_lapsed",
+            EventKind::HolderCapped { .. } => "holder_capped",
+            EventKind::RfqSent { .. } => "rfq_sent",
+            EventKind::RfqDeclined { .. } => "rfq_declined",
+            EventKind::QuoteReceived { .. } => "quote_received",
+            EventKind::SourcingClosed { .. } => "sourcing_closed",
+            EventKind::MatchOffered { .. } => "match_offered",
+            EventKind::MatchAccepted { .. } => "match_accepted",
+            EventKind::MatchDeclined { .. } => "match_declined",
+            EventKind::MatchLapsed { .. } => "match_lapsed",
+            EventKind::ApprovalRequested { .. } => "approval_requested",
+            EventKind::ApprovalRejected { .. } => "approval_rejected",
+            EventKind::AwardMade { .. } => "award_made",
+            EventKind::AwardConfirmed { .. } => "award_confirmed",
+            EventKind::AwardFailed { .. } => "award_failed",
+            EventKind::RightRevived { .. } => "right_revived",
+            EventKind::NeedWaiting { .. } => "need_waiting",
+            EventKind::NeedFulfilled { .. } => "need_fulfilled",
+            EventKind::NeedCompleted {} => "need_completed",
+            EventKind::NeedExpired { .. } => "need_expired",
+            EventKind::NeedCancelled { .. } => "need_cancelled",
+        }
+    }
+}
+
+impl Event {
+    /// The event's JSON bytes: what the log stores and the ledger hashes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("events always serialize")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Event, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}

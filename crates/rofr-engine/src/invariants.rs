@@ -1,0 +1,179 @@
+//! The invariants of PRODUCT.md §5 that can be judged from events alone: I1 (first
+//! refusal), I2 (no over-award) and I3 (restrictions and caps). Tests run these after
+//! every step; the ledger's verifier reuses the I1 rule.
+
+use crate::deal::{CapBasis, Deal};
+use crate::event::{Event, EventKind};
+use crate::state::{Refusal, State};
+use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
+
+/// Is every third-party award covered by the holder's refusals? An award at price p
+/// may lean on a refusal at price r when p ≤ r·(1 + threshold), or on a refusal that
+/// holds at any price. Because a dearer award can lean on fewer refusals, it suffices
+/// (Hall's condition on nested sets) that for every price level the awards at or above
+/// it need no more GPUs than the refusals that can carry them.
+pub fn refusals_cover(
+    refusals: &[Refusal],
+    awards: &[(Gpus, Price)],
+    threshold: f64,
+) -> bool {
+    let mut levels: Vec<Price> = awards.iter().map(|(_, p)| *p).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    levels.into_iter().all(|level| {
+        let demand: u64 = awards
+            .iter()
+            .filter(|(_, p)| *p >= level)
+            .map(|(g, _)| u64::from(g.get()))
+            .sum();
+        let supply: u64 = refusals
+            .iter()
+            .filter(|r| r.price.is_none_or(|p| p.raised_by(threshold) >= level))
+            .map(|r| u64::from(r.gpus.get()))
+            .sum();
+        demand <= supply
+    })
+}
+
+/// A broken invariant: which, where, and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{invariant} broken at event {index} (need {need}): {detail}")]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub index: usize,
+    pub need: NeedId,
+    pub detail: String,
+}
+
+/// Replays `events` and checks I1–I3 at every award. `index` in a violation counts
+/// events from 0.
+pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
+    let mut state = State::default();
+    for (index, event) in events.iter().enumerate() {
+        // An award made after approval was checked when it was requested.
+        let approved_now = match &event.kind {
+            EventKind::AwardMade { award, .. } => state
+                .needs
+                .get(&event.need)
+                .is_some_and(|n| n.awards.iter().any(|a| a.seq == *award)),
+            _ => false,
+        };
+        state.apply(event);
+        if approved_now {
+            continue;
+        }
+        let fail = |invariant, detail: String| {
+            Err(Violation {
+                invariant,
+                index,
+                need: event.need.clone(),
+                detail,
+            })
+        };
+        let Some(need) = state.needs.get(&event.need) else {
+            return fail("I4", "event for a need never submitted".into());
+        };
+        let (provider, gpus, price) = match &event.kind {
+            EventKind::AwardMade {
+                provider,
+                gpus,
+                price_per_gpu_hour,
+                ..
+            }
+            | EventKind::ApprovalRequested {
+                provider,
+                gpus,
+                price_per_gpu_hour,
+                ..
+            } => (provider, *gpus, *price_per_gpu_hour),
+            _ => continue,
+        };
+        if need.awarded() > need.spec.gpus {
+            return fail(
+                "I2",
+                format!("{} GPUs awarded for a need of {}", need.awarded(), need.spec.gpus),
+            );
+        }
+        if price > need.spec.max_price_per_gpu_hour {
+            return fail("I2", format!("award at {price} above the need's maximum"));
+        }
+        if let Some(r) = deal.restriction_forbidding(provider, &need.spec.tags) {
+            return fail("I3", format!("award to `{provider}` breaks {}", r.clause));
+        }
+        if let Some(holder) = &need.holder {
+            if provider != holder {
+                let awards: Vec<(Gpus, Price)> =
+                    need.third_party_awards().map(|a| (a.gpus, a.price)).collect();
+                let clause = &deal.first_refusals[need.first_refusal.unwrap_or(0)];
+                if !refusals_cover(&need.refusals, &awards, clause.reoffer_threshold) {
+                    return fail(
+                        "I1",
+                        format!(
+                            "{gpus} GPUs at {price} awarded to `{provider}` without the holder `{holder}` refusing them on terms at least as good (refusals {:?})",
+                            need.refusals
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(detail) = cap_exceeded(deal, &state, provider, event.at) {
+            return fail("I3", detail);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `provider`'s usage breaks a cap at `at`, judged on the usage in `state`.
+pub fn cap_exceeded(
+    deal: &Deal,
+    state: &State,
+    provider: &ProviderId,
+    at: Timestamp,
+) -> Option<String> {
+    let exempt = deal
+        .first_refusals
+        .iter()
+        .any(|fr| fr.term.covers(at) && &fr.holder == provider);
+    for cap in &deal.caps {
+        if !cap.applies_to(provider, exempt.then_some(provider)) || cap.max_share >= 1.0 {
+            continue;
+        }
+        let (total, own) = cap_usage(cap, state, provider, at);
+        if own > cap.max_share * total * (1.0 + 1e-9) + 1e-6 {
+            return Some(format!(
+                "`{provider}` holds {:.2}% of usage under {}, above its {:.2}%",
+                own / total * 100.0,
+                cap.clause,
+                cap.max_share * 100.0
+            ));
+        }
+    }
+    None
+}
+
+/// Total and `provider`'s own usage under a cap at `at`, bases included.
+pub fn cap_usage(
+    cap: &crate::deal::ConcentrationCap,
+    state: &State,
+    provider: &ProviderId,
+    at: Timestamp,
+) -> (f64, f64) {
+    let mut total: f64 = cap.base.values().sum();
+    let mut own: f64 = cap.base.get(provider).copied().unwrap_or(0.0);
+    let from = cap
+        .window
+        .map(|w| at.plus_seconds(-w.nominal_seconds()))
+        .unwrap_or(Timestamp::from_unix_seconds(i64::MIN));
+    let start = (from, NeedId::parse("0").expect("valid"), 0);
+    for ((_, _, _), (who, usage)) in state.usage.range(start..) {
+        let amount = match cap.basis {
+            CapBasis::GpuHours => usage.gpu_hours,
+            CapBasis::Spend => usage.spend,
+        };
+        total += amount;
+        if who == provider {
+            own += amount;
+        }
+    }
+    (total, own)
+}

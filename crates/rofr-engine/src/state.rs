@@ -1,0 +1,605 @@
+//! The state: a fold of events, and nothing else (I4). `State::apply` never fails and
+//! never decides; decisions live in the engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::deal::Variant;
+use crate::event::{Event, EventKind};
+use crate::need::NeedSpec;
+use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferKind {
+    /// The holder's first look at the need (or at what revived).
+    First,
+    /// A third party would be paid more than the holder was offered: the holder sees
+    /// those terms first.
+    Reoffer,
+    /// Under `last_look`: the holder may match a third party's terms.
+    Match,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferStatus {
+    Open,
+    Accepted(Gpus),
+    Declined,
+    Lapsed,
+}
+
+/// An offer to the holder. Re-offers and matches carry the third-party award that
+/// follows if the holder does not take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderOffer {
+    pub seq: u32,
+    pub kind: OfferKind,
+    pub provider: ProviderId,
+    pub gpus: Gpus,
+    pub price: Price,
+    pub deadline: Timestamp,
+    pub against: Option<ProviderId>,
+    pub status: OfferStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RfqStatus {
+    Open,
+    Quoted { gpus: Gpus, price: Price },
+    Declined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rfq {
+    pub provider: ProviderId,
+    pub gpus: Gpus,
+    pub deadline: Timestamp,
+    pub status: RfqStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwardStatus {
+    PendingApproval,
+    Made,
+    Confirmed,
+    Rejected,
+    Failed,
+}
+
+impl AwardStatus {
+    /// Whether the award holds quantity (counts against the need and the caps).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            AwardStatus::PendingApproval | AwardStatus::Made | AwardStatus::Confirmed
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Award {
+    pub seq: u32,
+    pub provider: ProviderId,
+    pub gpus: Gpus,
+    pub price: Price,
+    pub decided_at: Timestamp,
+    pub confirm_by: Option<Timestamp>,
+    pub reservation: Option<String>,
+    pub status: AwardStatus,
+}
+
+/// Quantity the holder turned down at a price (or at any price, under `negotiate` and
+/// where a cap kept it from the holder). I1 is judged against these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub gpus: Gpus,
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    Completed,
+    Expired,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedState {
+    pub spec: NeedSpec,
+    pub submitted_at: Timestamp,
+    pub holder: Option<ProviderId>,
+    pub variant: Option<Variant>,
+    pub first_refusal: Option<usize>,
+    pub holder_offer_price: Option<Price>,
+    pub offers: Vec<HolderOffer>,
+    pub round: u32,
+    pub rfqs: Vec<Rfq>,
+    pub sourcing_open: bool,
+    pub awards: Vec<Award>,
+    pub refusals: Vec<Refusal>,
+    /// The holder's right applies to what is unplaced and has not yet been offered.
+    pub holder_owed: bool,
+    /// When the right revives if the rest is not placed elsewhere by then.
+    pub revive_at: Option<Timestamp>,
+    pub waiting_until: Option<Timestamp>,
+    pub fulfilled_until: Option<Timestamp>,
+    pub closed: Option<Closed>,
+    pub unmet: Gpus,
+}
+
+impl NeedState {
+    /// GPUs held by live awards.
+    pub fn awarded(&self) -> Gpus {
+        self.awards
+            .iter()
+            .filter(|a| a.status.is_live())
+            .map(|a| a.gpus)
+            .sum()
+    }
+
+    pub fn open_offers(&self) -> impl Iterator<Item = &HolderOffer> {
+        self.offers.iter().filter(|o| o.status == OfferStatus::Open)
+    }
+
+    /// GPUs neither awarded nor held by an open offer: what sourcing may still place.
+    pub fn free(&self) -> Gpus {
+        let held: Gpus = self.open_offers().map(|o| o.gpus).sum();
+        self.spec.gpus.saturating_sub(self.awarded() + held)
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.sourcing_open || self.open_offers().next().is_some()
+    }
+
+    /// Live awards to anyone other than the holder.
+    pub fn third_party_awards(&self) -> impl Iterator<Item = &Award> {
+        self.awards
+            .iter()
+            .filter(|a| a.status.is_live() && Some(&a.provider) != self.holder.as_ref())
+    }
+
+    /// The earliest moment at which something about this need happens by itself.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        if self.closed.is_some() {
+            return None;
+        }
+        let mut candidates: Vec<Timestamp> = self.open_offers().map(|o| o.deadline).collect();
+        if self.sourcing_open {
+            candidates.extend(
+                self.rfqs
+                    .iter()
+                    .filter(|r| r.status == RfqStatus::Open)
+                    .map(|r| r.deadline),
+            );
+        }
+        candidates.extend(
+            self.awards
+                .iter()
+                .filter(|a| a.status == AwardStatus::Made)
+                .filter_map(|a| a.confirm_by),
+        );
+        candidates.extend(self.fulfilled_until);
+        if self.free() > Gpus::ZERO {
+            candidates.push(self.spec.decide_by);
+            if !self.in_flight() {
+                candidates.extend(self.waiting_until);
+                candidates.extend(self.revive_at);
+            }
+        }
+        candidates.into_iter().min()
+    }
+}
+
+/// Usage of a provider, for caps and shares: one entry per live award.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub gpu_hours: f64,
+    pub spend: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub needs: BTreeMap<NeedId, NeedState>,
+    /// Live awards by the time they were decided, for caps over rolling windows.
+    pub usage: BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
+    /// Each need's next deadline, ordered by time.
+    pub agenda: BTreeSet<(Timestamp, NeedId)>,
+    pub events: u64,
+    pub last_at: Option<Timestamp>,
+}
+
+impl State {
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> State {
+        let mut state = State::default();
+        for event in events {
+            state.apply(event);
+        }
+        state
+    }
+
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.agenda.first().map(|(at, _)| *at)
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        self.events += 1;
+        self.last_at = Some(event.at);
+        let id = &event.need;
+        if let EventKind::NeedSubmitted { .. } = &event.kind {
+            let need = new_need(event);
+            self.needs.insert(id.clone(), need);
+        }
+        let Some(need) = self.needs.get_mut(id) else {
+            // An event for an unknown need cannot come from this engine; a fold that
+            // never fails skips it, and the replay check reports the difference.
+            return;
+        };
+        let before = need.next_deadline();
+        apply_to_need(need, &mut self.usage, event);
+        let after = need.next_deadline();
+        if before != after {
+            if let Some(at) = before {
+                self.agenda.remove(&(at, id.clone()));
+            }
+            if let Some(at) = after {
+                self.agenda.insert((at, id.clone()));
+            }
+        }
+    }
+}
+
+fn new_need(event: &Event) -> NeedState {
+    let EventKind::NeedSubmitted {
+        sku,
+        gpus,
+        hours,
+        regions,
+        workload,
+        tags,
+        max_price_per_gpu_hour,
+        earliest_start,
+        latest_start,
+        decide_by,
+        priority,
+        launch,
+        holder,
+        variant,
+        first_refusal,
+        offer_price_per_gpu_hour,
+        holder_exempt: _,
+    } = &event.kind
+    else {
+        unreachable!("called for need_submitted only")
+    };
+    NeedState {
+        spec: NeedSpec {
+            id: event.need.clone(),
+            sku: sku.clone(),
+            gpus: *gpus,
+            regions: regions.clone(),
+            earliest_start: *earliest_start,
+            latest_start: *latest_start,
+            hours: *hours,
+            workload: workload.clone(),
+            tags: tags.clone(),
+            max_price_per_gpu_hour: *max_price_per_gpu_hour,
+            offer_price_per_gpu_hour: None,
+            priority: *priority,
+            launch: launch.clone(),
+            decide_by: *decide_by,
+        },
+        submitted_at: event.at,
+        holder: holder.clone(),
+        variant: *variant,
+        first_refusal: *first_refusal,
+        holder_offer_price: *offer_price_per_gpu_hour,
+        offers: Vec::new(),
+        round: 0,
+        rfqs: Vec::new(),
+        sourcing_open: false,
+        awards: Vec::new(),
+        refusals: Vec::new(),
+        holder_owed: holder.is_some() && *variant != Some(Variant::LastLook),
+        revive_at: None,
+        waiting_until: None,
+        fulfilled_until: None,
+        closed: None,
+        unmet: Gpus::ZERO,
+    }
+}
+
+fn offer_mut(need: &mut NeedState, seq: u32) -> Option<&mut HolderOffer> {
+    need.offers.iter_mut().find(|o| o.seq == seq)
+}
+
+fn award_mut(need: &mut NeedState, seq: u32) -> Option<&mut Award> {
+    need.awards.iter_mut().find(|a| a.seq == seq)
+}
+
+fn refuse(need: &mut NeedState, gpus: Gpus, price: Option<Price>, revives_at: Option<Timestamp>) {
+    need.refusals.push(Refusal { gpus, price });
+    if need.revive_at.is_none() {
+        need.revive_at = revives_at;
+    }
+}
+
+fn usage_of(need: &NeedState, gpus: Gpus, price: Price) -> Usage {
+    let gpu_hours = need.spec.gpu_hours(gpus);
+    Usage {
+        gpu_hours,
+        spend: gpu_hours * price.dollars(),
+    }
+}
+
+fn apply_to_need(
+    need: &mut NeedState,
+    usage: &mut BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
+    event: &Event,
+) {
+    let at = event.at;
+    match &event.kind {
+        EventKind::NeedSubmitted { .. } => {}
+        EventKind::OfferSent {
+            provider,
+            gpus,
+            price_per_gpu_hour,
+            deadline,
+            variant: _,
+            offer,
+            reoffer,
+            against,
+        } => {
+            need.offers.push(HolderOffer {
+                seq: *offer,
+                kind: if *reoffer {
+                    OfferKind::Reoffer
+                } else {
+                    OfferKind::First
+                },
+                provider: provider.clone(),
+                gpus: *gpus,
+                price: *price_per_gpu_hour,
+                deadline: *deadline,
+                against: against.clone(),
+                status: OfferStatus::Open,
+            });
+            if !*reoffer {
+                need.holder_owed = false;
+            }
+            need.waiting_until = None;
+        }
+        EventKind::MatchOffered {
+            provider,
+            gpus,
+            price_per_gpu_hour,
+            deadline,
+            offer,
+            against,
+        } => {
+            need.offers.push(HolderOffer {
+                seq: *offer,
+                kind: OfferKind::Match,
+                provider: provider.clone(),
+                gpus: *gpus,
+                price: *price_per_gpu_hour,
+                deadline: *deadline,
+                against: Some(against.clone()),
+                status: OfferStatus::Open,
+            });
+        }
+        EventKind::OfferAccepted { gpus, offer, .. } | EventKind::MatchAccepted { gpus, offer, .. } => {
+            if let Some(o) = offer_mut(need, *offer) {
+                o.status = OfferStatus::Accepted(*gpus);
+            }
+        }
+        EventKind::OfferDeclined {
+            gpus,
+            reason: _,
+            price_per_gpu_hour,
+            offer,
+            revives_at,
+            ..
+        } => {
+            // A partial decline follows an acceptance of the same offer, which already
+            // closed it; a decline after a failed delivery names no open offer.
+            if let Some(o) = offer.and_then(|seq| offer_mut(need, seq)) {
+                if o.status == OfferStatus::Open {
+                    o.status = OfferStatus::Declined;
+                }
+            }
+            let any_price = need.variant == Some(Variant::Negotiate);
+            let price = (!any_price).then_some(*price_per_gpu_hour);
+            refuse(need, *gpus, price, *revives_at);
+        }
+        EventKind::OfferLapsed {
+            gpus,
+            price_per_gpu_hour,
+            offer,
+            revives_at,
+            ..
+        } => {
+            if let Some(o) = offer_mut(need, *offer) {
+                o.status = OfferStatus::Lapsed;
+            }
+            let any_price = need.variant == Some(Variant::Negotiate);
+            let price = (!any_price).then_some(*price_per_gpu_hour);
+            refuse(need, *gpus, price, *revives_at);
+        }
+        EventKind::MatchDeclined {
+            gpus,
+            price_per_gpu_hour,
+            offer,
+            revives_at,
+            ..
+        }
+        | EventKind::MatchLapsed {
+            gpus,
+            price_per_gpu_hour,
+            offer,
+            revives_at,
+            ..
+        } => {
+            if let Some(o) = offer_mut(need, *offer) {
+                o.status = if matches!(event.kind, EventKind::MatchDeclined { .. }) {
+                    OfferStatus::Declined
+                } else {
+                    OfferStatus::Lapsed
+                };
+            }
+            refuse(need, *gpus, Some(*price_per_gpu_hour), *revives_at);
+        }
+        EventKind::HolderCapped { gpus, .. } => {
+            need.refusals.push(Refusal {
+                gpus: *gpus,
+                price: None,
+            });
+        }
+        EventKind::RfqSent {
+            provider,
+            gpus,
+            deadline,
+            round,
+        } => {
+            if *round != need.round {
+                need.round = *round;
+                need.rfqs.clear();
+            }
+            need.rfqs.push(Rfq {
+                provider: provider.clone(),
+                gpus: *gpus,
+                deadline: *deadline,
+                status: RfqStatus::Open,
+            });
+            need.sourcing_open = true;
+            need.waiting_until = None;
+        }
+        EventKind::RfqDeclined { provider, .. } => {
+            if let Some(rfq) = need.rfqs.iter_mut().find(|r| &r.provider == provider) {
+                rfq.status = RfqStatus::Declined;
+            }
+        }
+        EventKind::QuoteReceived {
+            provider,
+            gpus,
+            price_per_gpu_hour,
+            ..
+        } => {
+            if let Some(rfq) = need.rfqs.iter_mut().find(|r| &r.provider == provider) {
+                rfq.status = RfqStatus::Quoted {
+                    gpus: *gpus,
+                    price: *price_per_gpu_hour,
+                };
+            }
+        }
+        EventKind::SourcingClosed { .. } => {
+            need.sourcing_open = false;
+        }
+        EventKind::ApprovalRequested {
+            provider,
+            gpus,
+            price_per_gpu_hour,
+            award,
+            ..
+        } => {
+            need.awards.push(Award {
+                seq: *award,
+                provider: provider.clone(),
+                gpus: *gpus,
+                price: *price_per_gpu_hour,
+                decided_at: at,
+                confirm_by: None,
+                reservation: None,
+                status: AwardStatus::PendingApproval,
+            });
+            let u = usage_of(need, *gpus, *price_per_gpu_hour);
+            usage.insert((at, need.spec.id.clone(), *award), (provider.clone(), u));
+        }
+        EventKind::ApprovalRejected { award, .. } => {
+            if let Some(a) = award_mut(need, *award) {
+                a.status = AwardStatus::Rejected;
+                let key = (a.decided_at, need.spec.id.clone(), *award);
+                usage.remove(&key);
+            }
+        }
+        EventKind::AwardMade {
+            provider,
+            gpus,
+            price_per_gpu_hour,
+            award,
+            confirm_by,
+        } => {
+            if let Some(a) = award_mut(need, *award) {
+                a.status = AwardStatus::Made;
+                a.confirm_by = Some(*confirm_by);
+            } else {
+                need.awards.push(Award {
+                    seq: *award,
+                    provider: provider.clone(),
+                    gpus: *gpus,
+                    price: *price_per_gpu_hour,
+                    decided_at: at,
+                    confirm_by: Some(*confirm_by),
+                    reservation: None,
+                    status: AwardStatus::Made,
+                });
+                let u = usage_of(need, *gpus, *price_per_gpu_hour);
+                usage.insert((at, need.spec.id.clone(), *award), (provider.clone(), u));
+            }
+            if need.free() == Gpus::ZERO {
+                need.revive_at = None;
+                need.waiting_until = None;
+            }
+        }
+        EventKind::AwardConfirmed {
+            reservation, award, ..
+        } => {
+            if let Some(a) = award_mut(need, *award) {
+                a.status = AwardStatus::Confirmed;
+                a.reservation = Some(reservation.clone());
+            }
+        }
+        EventKind::AwardFailed { award, .. } => {
+            if let Some(a) = award_mut(need, *award) {
+                a.status = AwardStatus::Failed;
+                let key = (a.decided_at, need.spec.id.clone(), *award);
+                usage.remove(&key);
+            }
+            need.fulfilled_until = None;
+        }
+        EventKind::RightRevived { .. } => {
+            need.revive_at = None;
+            need.waiting_until = None;
+            if need.variant != Some(Variant::LastLook) {
+                need.holder_owed = true;
+            }
+        }
+        EventKind::NeedWaiting { until, .. } => {
+            need.waiting_until = Some(*until);
+        }
+        EventKind::NeedFulfilled { ends } => {
+            need.fulfilled_until = Some(*ends);
+        }
+        EventKind::NeedCompleted {} => {
+            need.closed = Some(Closed::Completed);
+            need.fulfilled_until = None;
+        }
+        EventKind::NeedExpired { gpus } => {
+            need.closed = Some(Closed::Expired);
+            need.unmet = *gpus;
+            close_open_items(need);
+        }
+        EventKind::NeedCancelled { .. } => {
+            need.closed = Some(Closed::Cancelled);
+            close_open_items(need);
+        }
+    }
+}
+
+/// A closed need withdraws what is still open, so nothing can be answered any more.
+fn close_open_items(need: &mut NeedState) {
+    for offer in &mut need.offers {
+        if offer.status == OfferStatus::Open {
+            offer.status = OfferStatus::Lapsed;
+        }
+    }
+    need.sourcing_open = false;
+}
