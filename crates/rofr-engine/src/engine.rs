@@ -340,7 +340,7 @@ impl Step<'_> {
         seq: Option<u32>,
         kinds: &[OfferKind],
     ) -> Result<HolderOffer, Rejection> {
-        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let need = self.open_need(id)?;
         let mine = need
             .offers
             .iter()
@@ -742,9 +742,9 @@ impl Step<'_> {
             return;
         }
         let free = need.free();
-        if free > Gpus::ZERO && need.spec.decide_by <= self.now {
-            let unmet = need.spec.gpus.saturating_sub(need.awarded());
-            self.emit(id, EventKind::NeedExpired { gpus: unmet });
+        let unplaced = need.spec.gpus.saturating_sub(need.awarded());
+        if unplaced > Gpus::ZERO && need.spec.decide_by <= self.now {
+            self.emit(id, EventKind::NeedExpired { gpus: unplaced });
             return;
         }
         if need.in_flight() {
@@ -814,8 +814,9 @@ impl Step<'_> {
             let gpus = if headroom <= 0.0 {
                 0
             } else {
-                // A hair below the exact figure, so rounding never lets a cap slip.
-                (headroom * (1.0 - 1e-12)).floor().min(f64::from(u32::MAX)) as u32
+                // Forgive float noise below a millionth of a GPU; the invariant check
+                // allows the same tolerance.
+                (headroom + 1e-6).floor().min(f64::from(u32::MAX)) as u32
             };
             room = room.min(gpus);
         }

@@ -178,8 +178,10 @@ impl NeedState {
                 .filter_map(|a| a.confirm_by),
         );
         candidates.extend(self.fulfilled_until);
-        if self.free() > Gpus::ZERO {
+        if self.awarded() < self.spec.gpus {
             candidates.push(self.spec.decide_by);
+        }
+        if self.free() > Gpus::ZERO {
             if !self.in_flight() {
                 candidates.extend(self.waiting_until);
                 candidates.extend(self.revive_at);
@@ -224,7 +226,8 @@ impl State {
         self.events += 1;
         self.last_at = Some(event.at);
         let id = &event.need;
-        if let EventKind::NeedSubmitted { .. } = &event.kind {
+        let submitted = matches!(event.kind, EventKind::NeedSubmitted { .. });
+        if submitted {
             let need = new_need(event);
             self.needs.insert(id.clone(), need);
         }
@@ -233,7 +236,7 @@ impl State {
             // never fails skips it, and the replay check reports the difference.
             return;
         };
-        let before = need.next_deadline();
+        let before = if submitted { None } else { need.next_deadline() };
         apply_to_need(need, &mut self.usage, event);
         let after = need.next_deadline();
         if before != after {
