@@ -90,8 +90,9 @@ impl Engine {
                 out: Vec::new(),
             };
             step.fire(&id);
+            let progressed = !step.out.is_empty();
             out.append(&mut step.out);
-            if self.state.agenda.first() == Some(&(due, id.clone())) {
+            if !progressed && self.state.agenda.first() == Some(&(due, id.clone())) {
                 // A deadline that fires without effect would fire forever. The engine
                 // is built so this cannot happen; if it ever did, dropping the entry
                 // keeps the broker alive and the property tests fail loudly.

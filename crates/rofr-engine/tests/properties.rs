@@ -1,0 +1,296 @@
+//! Random command sequences over random deals. After every sequence: I1–I3 hold at
+//! every award, replaying the events rebuilds the identical state (I4), every lapse is
+//! recorded at its deadline and time never runs backwards (I5), and every refused
+//! command left the state untouched (I8).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use proptest::prelude::*;
+use rofr_engine::deal::{parse_deal, Deal};
+use rofr_engine::event::DeclineReason;
+use rofr_engine::invariants::check_events;
+use rofr_engine::state::State;
+use rofr_engine::types::{Gpus, Tag, Workload};
+use rofr_engine::{Command, Engine, Event, EventKind};
+
+#[derive(Debug, Clone)]
+struct DealShape {
+    variant: &'static str,
+    partial: bool,
+    threshold: f64,
+    window: &'static str,
+    third_party_window: Option<&'static str>,
+    cap: Option<(f64, bool, bool)>,
+    restrict_holder: bool,
+    restrict_alpha: bool,
+    approval: Option<bool>,
+}
+
+fn deal_shape() -> impl Strategy<Value = DealShape> {
+    (
+        prop::sample::select(vec!["first_offer", "last_look", "negotiate"]),
+        any::<bool>(),
+        prop::sample::select(vec![0.0, 0.05, 0.2]),
+        prop::sample::select(vec!["0h", "24h", "72h", "2 business days"]),
+        prop::option::of(prop::sample::select(vec!["2d", "10d"])),
+        prop::option::of((prop::sample::select(vec![0.4, 0.6, 0.9]), any::<bool>(), any::<bool>())),
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(any::<bool>()),
+    )
+        .prop_map(
+            |(variant, partial, threshold, window, tpw, cap, rh, ra, approval)| DealShape {
+                variant,
+                partial,
+                threshold,
+                window,
+                third_party_window: tpw,
+                cap,
+                restrict_holder: rh,
+                restrict_alpha: ra,
+                approval,
+            },
+        )
+}
+
+fn build_deal(shape: &DealShape) -> Arc<Deal> {
+    let mut text = format!(
+        r#"
+[deal]
+name = "random"
+
+[sourcing]
+quote_window = "12h"
+confirm_window = "24h"
+retry_after = "24h"
+
+[[provider]]
+id = "holder"
+
+[[provider]]
+id = "alpha"
+
+[[provider]]
+id = "beta"
+
+[[first_refusal]]
+holder = "holder"
+variant = "{}"
+window = "{}"
+partial = {}
+reoffer_threshold = {}
+term = {{ from = 2025-01-01 }}
+offer_prices = {{ H100 = 6.0 }}
+"#,
+        shape.variant, shape.window, shape.partial, shape.threshold
+    );
+    if let Some(tpw) = shape.third_party_window {
+        text.push_str(&format!("third_party_window = \"{tpw}\"\n"));
+    }
+    text.push_str("\n[first_refusal.scope]\nworkloads = [\"training\"]\n");
+    if let Some((share, binds_holder, windowed)) = shape.cap {
+        text.push_str(&format!(
+            "\n[[concentration_cap]]\nmax_share = {share}\nbinds_holder = {binds_holder}\nbase = {{ holder = 20000, alpha = 5000, beta = 5000 }}\n"
+        ));
+        if windowed {
+            text.push_str("window = \"5d\"\n");
+        }
+    }
+    let mut barred = Vec::new();
+    if shape.restrict_holder {
+        barred.push("\"holder\"");
+    }
+    if shape.restrict_alpha {
+        barred.push("\"alpha\"");
+    }
+    if !barred.is_empty() {
+        text.push_str(&format!(
+            "\n[[placement_restriction]]\ntags = [\"secret\"]\nproviders = [{}]\n",
+            barred.join(", ")
+        ));
+    }
+    if let Some(non_holder) = shape.approval {
+        text.push_str(&format!(
+            "\n[[approval]]\nnon_holder = {non_holder}\nmin_value = 20000\n"
+        ));
+    }
+    Arc::new(parse_deal("random.toml", &text).unwrap_or_else(|e| panic!("{e:?}\n{text}")))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit { need: u8, gpus: u32, tagged: bool, inference: bool, decide_h: i64, max: f64 },
+    Accept { who: u8, need: u8, offer: Option<u32>, gpus: Option<u32>, price: Option<f64> },
+    Decline { who: u8, need: u8, offer: Option<u32>, reason: u8 },
+    Quote { who: u8, need: u8, gpus: u32, price: f64 },
+    Match { need: u8, offer: Option<u32>, gpus: Option<u32> },
+    Approve { need: u8, award: u32 },
+    Reject { need: u8, award: u32 },
+    Confirm { who: u8, need: u8, award: u32 },
+    Fail { who: u8, need: u8, award: u32 },
+    Cancel { need: u8 },
+    Tick { hours: i64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let need = 0u8..5;
+    let who = prop::sample::select(vec![0u8, 0, 1, 2]);
+    let offer = prop::option::weighted(0.3, 1u32..4);
+    let gpus = prop::option::weighted(0.4, 1u32..80);
+    prop_oneof![
+        3 => (need.clone(), 1u32..80, prop::bool::weighted(0.2), prop::bool::weighted(0.2), 1i64..400, 4.0f64..9.0)
+            .prop_map(|(need, gpus, tagged, inference, decide_h, max)| Op::Submit { need, gpus, tagged, inference, decide_h, max }),
+        3 => (who.clone(), need.clone(), offer.clone(), gpus.clone(), prop::option::weighted(0.2, 4.0f64..9.0))
+            .prop_map(|(who, need, offer, gpus, price)| Op::Accept { who, need, offer, gpus, price }),
+        3 => (who.clone(), need.clone(), offer.clone(), 0u8..6)
+            .prop_map(|(who, need, offer, reason)| Op::Decline { who, need, offer, reason }),
+        4 => (1u8..3, need.clone(), 0u32..80, 3.0f64..10.0)
+            .prop_map(|(who, need, gpus, price)| Op::Quote { who, need, gpus, price }),
+        2 => (need.clone(), offer, gpus).prop_map(|(need, offer, gpus)| Op::Match { need, offer, gpus }),
+        1 => (need.clone(), 1u32..4).prop_map(|(need, award)| Op::Approve { need, award }),
+        1 => (need.clone(), 1u32..4).prop_map(|(need, award)| Op::Reject { need, award }),
+        2 => (who.clone(), need.clone(), 1u32..4).prop_map(|(who, need, award)| Op::Confirm { who, need, award }),
+        1 => (who, need.clone(), 1u32..4).prop_map(|(who, need, award)| Op::Fail { who, need, award }),
+        1 => need.prop_map(|need| Op::Cancel { need }),
+        3 => prop_oneof![0i64..6, 6i64..100, 100i64..600].prop_map(|hours| Op::Tick { hours }),
+    ]
+}
+
+const WHO: [&str; 3] = ["holder", "alpha", "beta"];
+const REASONS: [DeclineReason; 6] = [
+    DeclineReason::NoCapacity,
+    DeclineReason::Price,
+    DeclineReason::Timing,
+    DeclineReason::Other,
+    DeclineReason::Partial,
+    DeclineReason::DeliveryFailed,
+];
+
+fn to_command(op: &Op, clock: rofr_engine::types::Timestamp) -> Command {
+    let id = |n: &u8| need_id(&format!("n{n}"));
+    match op {
+        Op::Submit { need: n, gpus, tagged, inference, decide_h, max } => {
+            let mut spec = need(&format!("n{n}"), *gpus);
+            spec.earliest_start = clock;
+            spec.latest_start = clock.plus_seconds(24 * 3600 * 30);
+            spec.decide_by = clock.plus_seconds(decide_h * 3600);
+            spec.max_price_per_gpu_hour = price((max * 100.0).round() / 100.0);
+            if *tagged {
+                spec.tags.insert(Tag::parse("secret").unwrap());
+            }
+            if *inference {
+                spec.workload = Workload::parse("inference").unwrap();
+            }
+            Command::SubmitNeed { need: spec }
+        }
+        Op::Accept { who, need, offer, gpus, price: p } => Command::Accept {
+            provider: provider(WHO[*who as usize]),
+            need: id(need),
+            offer: *offer,
+            gpus: gpus.map(Gpus),
+            price: p.map(|p| price((p * 100.0).round() / 100.0)),
+        },
+        Op::Decline { who, need, offer, reason } => Command::Decline {
+            provider: provider(WHO[*who as usize]),
+            need: id(need),
+            offer: *offer,
+            reason: REASONS[*reason as usize],
+        },
+        Op::Quote { who, need, gpus, price: p } => Command::Quote {
+            provider: provider(WHO[*who as usize]),
+            need: id(need),
+            gpus: Gpus(*gpus),
+            price: price((p * 100.0).round() / 100.0),
+        },
+        Op::Match { need, offer, gpus } => Command::Match {
+            provider: provider("holder"),
+            need: id(need),
+            offer: *offer,
+            gpus: gpus.map(Gpus),
+        },
+        Op::Approve { need, award } => Command::Approve { need: id(need), award: *award },
+        Op::Reject { need, award } => Command::Reject { need: id(need), award: *award, reason: "no".into() },
+        Op::Confirm { who, need, award } => Command::Confirm {
+            provider: provider(WHO[*who as usize]),
+            need: id(need),
+            award: *award,
+            reservation: "r-1".into(),
+        },
+        Op::Fail { who, need, award } => Command::Fail {
+            provider: provider(WHO[*who as usize]),
+            need: id(need),
+            award: *award,
+            reason: "fault".into(),
+        },
+        Op::Cancel { need } => Command::CancelNeed { need: id(need), reason: "changed".into() },
+        Op::Tick { hours } => Command::Tick { now: clock.plus_seconds(hours * 3600) },
+    }
+}
+
+/// Every lapse is recorded exactly at the deadline of what lapsed, and the log's times
+/// never go backwards.
+fn check_time(events: &[Event]) -> Result<(), String> {
+    for pair in events.windows(2) {
+        if pair[1].at < pair[0].at {
+            return Err(format!("time went back: {:?} then {:?}", pair[0], pair[1]));
+        }
+    }
+    for (i, event) in events.iter().enumerate() {
+        let lapsed_offer = match &event.kind {
+            EventKind::OfferLapsed { offer, .. } | EventKind::MatchLapsed { offer, .. } => *offer,
+            _ => continue,
+        };
+        let deadline = events[..i].iter().find_map(|e| match &e.kind {
+            EventKind::OfferSent { offer, deadline, .. } | EventKind::MatchOffered { offer, deadline, .. }
+                if e.need == event.need && *offer == lapsed_offer =>
+            {
+                Some(*deadline)
+            }
+            _ => None,
+        });
+        if deadline != Some(event.at) {
+            return Err(format!("lapse {event:?} not at its deadline {deadline:?}"));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_invariant_holds_after_every_random_command_sequence(
+        shape in deal_shape(),
+        ops in prop::collection::vec(op(), 1..70),
+    ) {
+        let deal = build_deal(&shape);
+        let mut engine = Engine::new(deal.clone(), start());
+        let mut log: Vec<Event> = Vec::new();
+        for op in &ops {
+            let command = to_command(op, engine.clock());
+            let before = engine.state().clone();
+            match engine.execute(command) {
+                Ok(events) => log.extend(events),
+                Err(_) => prop_assert_eq!(engine.state(), &before, "a refused command changed the state"),
+            }
+        }
+        // Let every outstanding deadline fire.
+        log.extend(engine.execute(Command::Tick { now: engine.clock().plus_seconds(3600 * 24 * 400) }).unwrap());
+
+        if let Err(violation) = check_events(&deal, &log) {
+            return Err(TestCaseError::fail(format!("{violation}\n{:#?}", log.iter().map(describe).collect::<Vec<_>>())));
+        }
+        prop_assert_eq!(&State::from_events(&log), engine.state(), "replay differs");
+        if let Err(message) = check_time(&log) {
+            return Err(TestCaseError::fail(message));
+        }
+        for event in &log {
+            let bytes = event.to_json();
+            prop_assert_eq!(&Event::from_json(&bytes).unwrap(), event, "JSON round trip");
+        }
+        prop_assert!(engine.state().agenda.is_empty(), "deadlines left after 400 days: {:?}", engine.state().agenda);
+    }
+}
