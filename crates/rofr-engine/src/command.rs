@@ -11,9 +11,16 @@ use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Time has reached `now`: every deadline up to it fires, as of its own time.
-    Tick { now: Timestamp },
-    SubmitNeed { need: NeedSpec },
-    CancelNeed { need: NeedId, reason: String },
+    Tick {
+        now: Timestamp,
+    },
+    SubmitNeed {
+        need: NeedSpec,
+    },
+    CancelNeed {
+        need: NeedId,
+        reason: String,
+    },
     /// The holder takes an offer, all of it or (where the clause allows) part. Under a
     /// `negotiate` right, `price` is the agreed price.
     Accept {
@@ -49,8 +56,15 @@ pub enum Command {
         #[serde(default)]
         gpus: Option<Gpus>,
     },
-    Approve { need: NeedId, award: u32 },
-    Reject { need: NeedId, award: u32, reason: String },
+    Approve {
+        need: NeedId,
+        award: u32,
+    },
+    Reject {
+        need: NeedId,
+        award: u32,
+        reason: String,
+    },
     Confirm {
         provider: ProviderId,
         need: NeedId,

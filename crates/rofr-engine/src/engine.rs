@@ -215,13 +215,19 @@ impl Step<'_> {
         if spec.decide_by <= self.now {
             return Err(Rejection::invalid(
                 "decide_by",
-                format!("decide_by {} is not after now ({})", spec.decide_by, self.now),
+                format!(
+                    "decide_by {} is not after now ({})",
+                    spec.decide_by, self.now
+                ),
             ));
         }
         if spec.latest_start < self.now {
             return Err(Rejection::invalid(
                 "latest_start",
-                format!("latest_start {} is in the past (now {})", spec.latest_start, self.now),
+                format!(
+                    "latest_start {} is in the past (now {})",
+                    spec.latest_start, self.now
+                ),
             ));
         }
         let clause_index = self
@@ -308,8 +314,17 @@ impl Step<'_> {
 
     fn approve(&mut self, id: &NeedId, award: u32) -> Result<(), Rejection> {
         self.pending_award(id, award)?;
-        let a = self.need(id).awards.iter().find(|a| a.seq == award).cloned().expect("checked");
-        let confirm_by = self.deal.calendar.add(self.now, self.deal.sourcing.confirm_window);
+        let a = self
+            .need(id)
+            .awards
+            .iter()
+            .find(|a| a.seq == award)
+            .cloned()
+            .expect("checked");
+        let confirm_by = self
+            .deal
+            .calendar
+            .add(self.now, self.deal.sourcing.confirm_window);
         self.emit(
             id,
             EventKind::AwardMade {
@@ -325,7 +340,14 @@ impl Step<'_> {
 
     fn reject(&mut self, id: &NeedId, award: u32, reason: String) -> Result<(), Rejection> {
         let provider = self.pending_award(id, award)?;
-        self.emit(id, EventKind::ApprovalRejected { provider, award, reason });
+        self.emit(
+            id,
+            EventKind::ApprovalRejected {
+                provider,
+                award,
+                reason,
+            },
+        );
         self.wait(id, "an award was rejected by the approver");
         self.next_step(id);
         Ok(())
@@ -360,7 +382,10 @@ impl Step<'_> {
                     _ => {
                         return Err(Rejection::invalid(
                             "offer",
-                            format!("{} offers are open on need `{id}`: name one with `offer`", open.len()),
+                            format!(
+                                "{} offers are open on need `{id}`: name one with `offer`",
+                                open.len()
+                            ),
                         ))
                     }
                 }
@@ -478,7 +503,10 @@ impl Step<'_> {
         seq: Option<u32>,
         reason: DeclineReason,
     ) -> Result<(), Rejection> {
-        if matches!(reason, DeclineReason::Partial | DeclineReason::DeliveryFailed) {
+        if matches!(
+            reason,
+            DeclineReason::Partial | DeclineReason::DeliveryFailed
+        ) {
             return Err(Rejection::invalid(
                 "reason",
                 "use no_capacity, price, timing or other",
@@ -606,13 +634,20 @@ impl Step<'_> {
         Ok(())
     }
 
-    fn award_of(&self, provider: &ProviderId, id: &NeedId, award: u32) -> Result<AwardStatus, Rejection> {
+    fn award_of(
+        &self,
+        provider: &ProviderId,
+        id: &NeedId,
+        award: u32,
+    ) -> Result<AwardStatus, Rejection> {
         let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
         let found = need
             .awards
             .iter()
             .find(|a| a.seq == award && &a.provider == provider)
-            .ok_or_else(|| Rejection::not_found(format!("no award {award} for `{provider}` on need `{id}`")))?;
+            .ok_or_else(|| {
+                Rejection::not_found(format!("no award {award} for `{provider}` on need `{id}`"))
+            })?;
         Ok(found.status)
     }
 
@@ -672,7 +707,13 @@ impl Step<'_> {
     }
 
     fn award_failed(&mut self, id: &NeedId, award: u32, reason: String) {
-        let a = self.need(id).awards.iter().find(|a| a.seq == award).cloned().expect("exists");
+        let a = self
+            .need(id)
+            .awards
+            .iter()
+            .find(|a| a.seq == award)
+            .cloned()
+            .expect("exists");
         self.emit(
             id,
             EventKind::AwardFailed {
@@ -702,7 +743,13 @@ impl Step<'_> {
             );
         } else if let (Some(holder), Some(Variant::FirstOffer)) = (holder, variant) {
             if self.clause(id).map(|c| c.on_delivery_failure) == Some(Redelivery::HolderFirst) {
-                self.emit(id, EventKind::RightRevived { provider: holder, gpus: a.gpus });
+                self.emit(
+                    id,
+                    EventKind::RightRevived {
+                        provider: holder,
+                        gpus: a.gpus,
+                    },
+                );
             }
         }
         self.next_step(id);
@@ -722,7 +769,10 @@ impl Step<'_> {
 
     fn wait(&mut self, id: &NeedId, reason: &str) {
         let free = self.need(id).free();
-        let retry = self.deal.calendar.add(self.now, self.deal.sourcing.retry_after);
+        let retry = self
+            .deal
+            .calendar
+            .add(self.now, self.deal.sourcing.retry_after);
         // A zero retry would fire at once, forever: wait at least a second.
         let until = retry.max(self.now.plus_seconds(1));
         self.emit(
@@ -766,7 +816,13 @@ impl Step<'_> {
         }
         if let (Some(revive_at), Some(holder)) = (need.revive_at, need.holder.clone()) {
             if revive_at <= self.now {
-                self.emit(id, EventKind::RightRevived { provider: holder, gpus: free });
+                self.emit(
+                    id,
+                    EventKind::RightRevived {
+                        provider: holder,
+                        gpus: free,
+                    },
+                );
             }
         }
         let need = self.need(id);
@@ -826,7 +882,10 @@ impl Step<'_> {
 
     fn offer_to_holder(&mut self, id: &NeedId, free: Gpus) {
         let need = self.need(id);
-        let holder = need.holder.clone().expect("owed only where there is a holder");
+        let holder = need
+            .holder
+            .clone()
+            .expect("owed only where there is a holder");
         let price = need.holder_offer_price.expect("set with the holder");
         let clause = self.clause(id).expect("a holder comes from a clause");
         let (window, variant) = (clause.window, clause.variant);
@@ -884,7 +943,11 @@ impl Step<'_> {
                     || p.regions.is_empty()
                     || !p.regions.is_disjoint(&spec.regions)
             })
-            .filter(|p| self.deal.restriction_forbidding(&p.id, &spec.tags).is_none())
+            .filter(|p| {
+                self.deal
+                    .restriction_forbidding(&p.id, &spec.tags)
+                    .is_none()
+            })
             .filter(|p| self.cap_room(id, &p.id, spec.max_price_per_gpu_hour, &[]) > Gpus::ZERO)
             .map(|p| p.id.clone())
             .collect()
@@ -893,11 +956,17 @@ impl Step<'_> {
     fn start_sourcing(&mut self, id: &NeedId, gpus: Gpus) {
         let providers = self.eligible_providers(id);
         if providers.is_empty() {
-            self.wait(id, "no provider may take this need now (restrictions, caps, skus or regions)");
+            self.wait(
+                id,
+                "no provider may take this need now (restrictions, caps, skus or regions)",
+            );
             return;
         }
         let round = self.need(id).round + 1;
-        let deadline = self.deal.calendar.add(self.now, self.deal.sourcing.quote_window);
+        let deadline = self
+            .deal
+            .calendar
+            .add(self.now, self.deal.sourcing.quote_window);
         for provider in providers {
             self.emit(
                 id,
@@ -993,8 +1062,10 @@ impl Step<'_> {
                 },
             ),
             Variant::FirstOffer | Variant::Negotiate => {
-                let mut awards: Vec<(Gpus, Price)> =
-                    need.third_party_awards().map(|a| (a.gpus, a.price)).collect();
+                let mut awards: Vec<(Gpus, Price)> = need
+                    .third_party_awards()
+                    .map(|a| (a.gpus, a.price))
+                    .collect();
                 awards.push((plan.gpus, plan.price));
                 if refusals_cover(&need.refusals, &awards, threshold) {
                     self.award(id, &plan.provider, plan.gpus, plan.price);
@@ -1023,7 +1094,8 @@ impl Step<'_> {
     /// and carries out the third-party award a re-offer or match was holding back.
     fn holder_refuses(&mut self, id: &NeedId, offer: &HolderOffer, reason: Option<DeclineReason>) {
         let revives_at = self.revives_at(id);
-        let (provider, gpus, price, seq) = (offer.provider.clone(), offer.gpus, offer.price, offer.seq);
+        let (provider, gpus, price, seq) =
+            (offer.provider.clone(), offer.gpus, offer.price, offer.seq);
         let kind = match (offer.kind, reason) {
             (OfferKind::Match, Some(_)) => EventKind::MatchDeclined {
                 provider,
@@ -1090,7 +1162,10 @@ impl Step<'_> {
                 gpus,
                 price_per_gpu_hour: price,
                 award: seq,
-                confirm_by: self.deal.calendar.add(self.now, self.deal.sourcing.confirm_window),
+                confirm_by: self
+                    .deal
+                    .calendar
+                    .add(self.now, self.deal.sourcing.confirm_window),
             },
         };
         self.emit(id, kind);
@@ -1120,7 +1195,9 @@ impl Step<'_> {
             .need(id)
             .awards
             .iter()
-            .filter(|a| a.status == AwardStatus::Made && a.confirm_by.is_some_and(|c| c <= self.now))
+            .filter(|a| {
+                a.status == AwardStatus::Made && a.confirm_by.is_some_and(|c| c <= self.now)
+            })
             .map(|a| a.seq)
             .collect();
         for award in unconfirmed {
@@ -1128,7 +1205,11 @@ impl Step<'_> {
                 self.award_failed(id, award, "not confirmed by the deadline".into());
             }
         }
-        if self.need(id).fulfilled_until.is_some_and(|end| end <= self.now) {
+        if self
+            .need(id)
+            .fulfilled_until
+            .is_some_and(|end| end <= self.now)
+        {
             self.emit(id, EventKind::NeedCompleted {});
         }
         self.next_step(id);

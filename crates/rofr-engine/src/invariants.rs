@@ -12,11 +12,7 @@ use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
 /// holds at any price. Because a dearer award can lean on fewer refusals, it suffices
 /// (Hall's condition on nested sets) that for every price level the awards at or above
 /// it need no more GPUs than the refusals that can carry them.
-pub fn refusals_cover(
-    refusals: &[Refusal],
-    awards: &[(Gpus, Price)],
-    threshold: f64,
-) -> bool {
+pub fn refusals_cover(refusals: &[Refusal], awards: &[(Gpus, Price)], threshold: f64) -> bool {
     let mut levels: Vec<Price> = awards.iter().map(|(_, p)| *p).collect();
     levels.sort_unstable();
     levels.dedup();
@@ -91,7 +87,11 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
         if need.awarded() > need.spec.gpus {
             return fail(
                 "I2",
-                format!("{} GPUs awarded for a need of {}", need.awarded(), need.spec.gpus),
+                format!(
+                    "{} GPUs awarded for a need of {}",
+                    need.awarded(),
+                    need.spec.gpus
+                ),
             );
         }
         if price > need.spec.max_price_per_gpu_hour {
@@ -102,8 +102,10 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
         }
         if let Some(holder) = &need.holder {
             if provider != holder {
-                let awards: Vec<(Gpus, Price)> =
-                    need.third_party_awards().map(|a| (a.gpus, a.price)).collect();
+                let awards: Vec<(Gpus, Price)> = need
+                    .third_party_awards()
+                    .map(|a| (a.gpus, a.price))
+                    .collect();
                 let clause = &deal.first_refusals[need.first_refusal.unwrap_or(0)];
                 if !refusals_cover(&need.refusals, &awards, clause.reoffer_threshold) {
                     return fail(

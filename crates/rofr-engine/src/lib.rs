@@ -4,18 +4,18 @@
 //! never does IO, never reads the clock and never draws random numbers: time arrives
 //! in `Tick` commands, so tests, the broker and the simulator all drive it the same way.
 
+pub mod allocate;
+pub mod command;
 pub mod deal;
 pub mod diagnostic;
 pub mod duration;
-pub mod types;
-pub mod lint;
-pub mod command;
+pub mod engine;
 pub mod event;
+pub mod invariants;
+pub mod lint;
 pub mod need;
 pub mod state;
-pub mod allocate;
-pub mod engine;
-pub mod invariants;
+pub mod types;
 
 pub use command::{Command, Rejection, RejectionCode};
 pub use deal::Deal;

@@ -93,11 +93,25 @@ fn unknown_provider(
 fn unknown_providers(deal: &Deal, findings: &mut Vec<Diagnostic>) {
     for fr in &deal.first_refusals {
         let key = format!("first_refusal[{}].holder", fr.clause.index);
-        unknown_provider(deal, &fr.holder, fr.holder_location.clone(), key, &fr.clause, findings);
+        unknown_provider(
+            deal,
+            &fr.holder,
+            fr.holder_location.clone(),
+            key,
+            &fr.clause,
+            findings,
+        );
     }
     for c in &deal.commitments {
         let key = format!("commitment[{}].provider", c.clause.index);
-        unknown_provider(deal, &c.provider, c.provider_location.clone(), key, &c.clause, findings);
+        unknown_provider(
+            deal,
+            &c.provider,
+            c.provider_location.clone(),
+            key,
+            &c.clause,
+            findings,
+        );
     }
     for r in &deal.restrictions {
         for p in &r.providers {
@@ -108,7 +122,14 @@ fn unknown_providers(deal: &Deal, findings: &mut Vec<Diagnostic>) {
     for cap in &deal.caps {
         for p in cap.providers.iter().chain(cap.base.keys()) {
             let key = format!("concentration_cap[{}]", cap.clause.index);
-            unknown_provider(deal, p, cap.clause.location.clone(), key, &cap.clause, findings);
+            unknown_provider(
+                deal,
+                p,
+                cap.clause.location.clone(),
+                key,
+                &cap.clause,
+                findings,
+            );
         }
     }
     for a in &deal.approvals {
@@ -172,14 +193,18 @@ fn scope_matching_nothing(deal: &Deal, fr: &FirstRefusal, findings: &mut Vec<Dia
         reasons.push("every tag it asks for is also excluded".to_owned());
     }
     if let Some(holder) = deal.provider(&fr.holder) {
-        if !scope.skus.is_empty() && !holder.skus.is_empty() && scope.skus.is_disjoint(&holder.skus) {
+        if !scope.skus.is_empty() && !holder.skus.is_empty() && scope.skus.is_disjoint(&holder.skus)
+        {
             reasons.push(format!("the holder `{}` sells none of its skus", holder.id));
         }
         if !scope.regions.is_empty()
             && !holder.regions.is_empty()
             && scope.regions.is_disjoint(&holder.regions)
         {
-            reasons.push(format!("the holder `{}` serves none of its regions", holder.id));
+            reasons.push(format!(
+                "the holder `{}` serves none of its regions",
+                holder.id
+            ));
         }
     }
     for reason in reasons {
@@ -202,7 +227,10 @@ fn scope_matching_nothing(deal: &Deal, fr: &FirstRefusal, findings: &mut Vec<Dia
                     fr.clause.location.clone(),
                     format!("an offer price is set for `{sku}`, which the scope does not cover"),
                 )
-                .key(format!("first_refusal[{}].offer_prices.{sku}", fr.clause.index))
+                .key(format!(
+                    "first_refusal[{}].offer_prices.{sku}",
+                    fr.clause.index
+                ))
                 .clause(fr.clause.clone())
                 .help("add the sku to `scope.skus` or remove the price"),
             );
@@ -211,7 +239,9 @@ fn scope_matching_nothing(deal: &Deal, fr: &FirstRefusal, findings: &mut Vec<Dia
 }
 
 fn variant_settings(fr: &FirstRefusal, findings: &mut Vec<Diagnostic>) {
-    if fr.variant == Variant::Negotiate && (fr.reoffer_threshold > 0.0 || fr.third_party_window.is_some()) {
+    if fr.variant == Variant::Negotiate
+        && (fr.reoffer_threshold > 0.0 || fr.third_party_window.is_some())
+    {
         findings.push(
             Diagnostic::warning(
                 "setting-ignored",
@@ -287,7 +317,10 @@ fn commitments(deal: &Deal, today: Timestamp, findings: &mut Vec<Diagnostic>) {
                 Diagnostic::warning(
                     "term-expired",
                     c.clause.location.clone(),
-                    format!("the commitment period ended on {}", c.period.until.expect("checked")),
+                    format!(
+                        "the commitment period ended on {}",
+                        c.period.until.expect("checked")
+                    ),
                 )
                 .key(format!("{key}.period.until"))
                 .clause(c.clause.clone()),
@@ -400,7 +433,11 @@ fn restrictions_barring_everyone(deal: &Deal, findings: &mut Vec<Diagnostic>) {
     if deal.providers.is_empty() {
         return;
     }
-    let tags: BTreeSet<_> = deal.restrictions.iter().flat_map(|r| r.tags.iter()).collect();
+    let tags: BTreeSet<_> = deal
+        .restrictions
+        .iter()
+        .flat_map(|r| r.tags.iter())
+        .collect();
     for tag in tags {
         let tagged = BTreeSet::from([tag.clone()]);
         let barring: Vec<_> = deal

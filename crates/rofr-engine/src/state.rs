@@ -181,11 +181,9 @@ impl NeedState {
         if self.awarded() < self.spec.gpus {
             candidates.push(self.spec.decide_by);
         }
-        if self.free() > Gpus::ZERO {
-            if !self.in_flight() {
-                candidates.extend(self.waiting_until);
-                candidates.extend(self.revive_at);
-            }
+        if self.free() > Gpus::ZERO && !self.in_flight() {
+            candidates.extend(self.waiting_until);
+            candidates.extend(self.revive_at);
         }
         candidates.into_iter().min()
     }
@@ -236,7 +234,11 @@ impl State {
             // never fails skips it, and the replay check reports the difference.
             return;
         };
-        let before = if submitted { None } else { need.next_deadline() };
+        let before = if submitted {
+            None
+        } else {
+            need.next_deadline()
+        };
         apply_to_need(need, &mut self.usage, event);
         let after = need.next_deadline();
         if before != after {
@@ -389,7 +391,8 @@ fn apply_to_need(
                 status: OfferStatus::Open,
             });
         }
-        EventKind::OfferAccepted { gpus, offer, .. } | EventKind::MatchAccepted { gpus, offer, .. } => {
+        EventKind::OfferAccepted { gpus, offer, .. }
+        | EventKind::MatchAccepted { gpus, offer, .. } => {
             if let Some(o) = offer_mut(need, *offer) {
                 o.status = OfferStatus::Accepted(*gpus);
             }

@@ -50,20 +50,35 @@ const FR: &str = "[[first_refusal]]\nholder = \"azure\"\nvariant = \"first_offer
 
 #[test]
 fn an_unknown_key_is_pointed_at() {
-    check("[[first_refusal]]\nholdr = \"azure\"\n", "invalid-toml", (2, 1), None);
+    check(
+        "[[first_refusal]]\nholdr = \"azure\"\n",
+        "invalid-toml",
+        (2, 1),
+        None,
+    );
 }
 
 #[test]
 fn a_misspelt_variant_names_the_key_and_the_choices() {
     let text = FR.replace("first_offer", "first_refusal");
-    check(&text, "invalid-value", (3, 11), Some("first_refusal[0].variant"));
+    check(
+        &text,
+        "invalid-value",
+        (3, 11),
+        Some("first_refusal[0].variant"),
+    );
     assert!(findings(&text)[0].message.contains("\"last_look\""));
 }
 
 #[test]
 fn a_bad_duration_says_what_would_be_right() {
     let text = FR.replace("72h", "3 fortnights");
-    check(&text, "invalid-value", (4, 10), Some("first_refusal[0].window"));
+    check(
+        &text,
+        "invalid-value",
+        (4, 10),
+        Some("first_refusal[0].window"),
+    );
     assert!(findings(&text)[0].message.contains("10 business days"));
 }
 
@@ -82,18 +97,35 @@ fn a_quoted_date_asks_for_a_toml_date() {
     let text = FR.replace("from = 2025-01-01", "from = \"2025-01-01\"");
     let all = findings(&text);
     assert_eq!(all[0].code, "invalid-toml");
-    assert!(all[0].help.as_deref().unwrap_or("").contains("unquoted"), "{}", all[0]);
+    assert!(
+        all[0].help.as_deref().unwrap_or("").contains("unquoted"),
+        "{}",
+        all[0]
+    );
 }
 
 #[test]
 fn a_term_that_ends_before_it_starts_is_refused() {
-    let text = FR.replace("term = { from = 2025-01-01 }", "term = { from = 2025-01-01, until = 2024-01-01 }");
-    check(&text, "invalid-value", (5, 37), Some("first_refusal[0].term.until"));
+    let text = FR.replace(
+        "term = { from = 2025-01-01 }",
+        "term = { from = 2025-01-01, until = 2024-01-01 }",
+    );
+    check(
+        &text,
+        "invalid-value",
+        (5, 37),
+        Some("first_refusal[0].term.until"),
+    );
 }
 
 #[test]
 fn an_unknown_time_zone_is_refused() {
-    check("[calendar]\ntime_zone = \"Mars/Olympus\"\n", "invalid-value", (2, 13), Some("calendar.time_zone"));
+    check(
+        "[calendar]\ntime_zone = \"Mars/Olympus\"\n",
+        "invalid-value",
+        (2, 13),
+        Some("calendar.time_zone"),
+    );
 }
 
 #[test]
@@ -107,14 +139,22 @@ fn several_errors_are_all_reported_in_file_order() {
 #[test]
 fn a_holder_the_deal_does_not_name_is_an_error() {
     let text = FR.replace("holder = \"azure\"", "holder = \"gcp\"");
-    check(&text, "unknown-provider", (2, 10), Some("first_refusal[0].holder"));
+    check(
+        &text,
+        "unknown-provider",
+        (2, 10),
+        Some("first_refusal[0].holder"),
+    );
 }
 
 #[test]
 fn a_restriction_on_the_holder_inside_its_scope_names_both_clauses() {
     let text = format!("{FR}\n[[placement_restriction]]\nname = \"ip\"\ntags = [\"windsurf\"]\nproviders = [\"azure\"]\n");
     let all = findings(&text);
-    let finding = all.iter().find(|d| d.code == "restriction-denies-holder").expect("flagged");
+    let finding = all
+        .iter()
+        .find(|d| d.code == "restriction-denies-holder")
+        .expect("flagged");
     assert_eq!(finding.severity, Severity::Warning);
     let kinds: Vec<&str> = finding.clauses.iter().map(|c| c.kind).collect();
     assert_eq!(kinds, ["first_refusal", "placement_restriction"]);
@@ -126,14 +166,19 @@ fn a_carve_out_in_the_scope_silences_the_restriction_warning() {
     let text = format!(
         "{FR}[first_refusal.scope]\nexclude_tags = [\"windsurf\"]\n\n[[placement_restriction]]\ntags = [\"windsurf\"]\nproviders = [\"azure\"]\n"
     );
-    assert!(findings(&text).iter().all(|d| d.code != "restriction-denies-holder"));
+    assert!(findings(&text)
+        .iter()
+        .all(|d| d.code != "restriction-denies-holder"));
 }
 
 #[test]
 fn two_holders_over_overlapping_scope_conflict() {
     let text = format!("{FR}\n{}", FR.replace("azure", "oracle"));
     let all = findings(&text);
-    let finding = all.iter().find(|d| d.code == "conflicting-first-refusal").expect("flagged");
+    let finding = all
+        .iter()
+        .find(|d| d.code == "conflicting-first-refusal")
+        .expect("flagged");
     assert_eq!(finding.severity, Severity::Error);
     assert_eq!(finding.clauses.len(), 2);
 }
@@ -142,7 +187,9 @@ fn two_holders_over_overlapping_scope_conflict() {
 fn disjoint_scopes_do_not_conflict() {
     let a = format!("{FR}[first_refusal.scope]\nskus = [\"H100\"]\n");
     let b = FR.replace("azure", "oracle") + "[first_refusal.scope]\nskus = [\"GB200\"]\n";
-    assert!(findings(&format!("{a}\n{b}")).iter().all(|d| d.code != "conflicting-first-refusal"));
+    assert!(findings(&format!("{a}\n{b}"))
+        .iter()
+        .all(|d| d.code != "conflicting-first-refusal"));
 }
 
 #[test]
@@ -161,25 +208,46 @@ fn a_cap_that_makes_a_commitment_unreachable_is_an_error() {
 #[test]
 fn a_commitment_beyond_the_providers_capacity_is_an_error() {
     let text = "[[commitment]]\nprovider = \"oracle\"\nmin_gpu_hours = 9000000\nperiod = { from = 2026-01-01, until = 2027-01-01 }\n";
-    check(text, "commitment-unreachable", (1, 1), Some("commitment[0].min_gpu_hours"));
+    check(
+        text,
+        "commitment-unreachable",
+        (1, 1),
+        Some("commitment[0].min_gpu_hours"),
+    );
 }
 
 #[test]
 fn caps_that_cannot_place_all_demand_are_an_error() {
-    check("[[concentration_cap]]\nmax_share = 0.4\n", "caps-unsatisfiable", (1, 1), None);
+    check(
+        "[[concentration_cap]]\nmax_share = 0.4\n",
+        "caps-unsatisfiable",
+        (1, 1),
+        None,
+    );
 }
 
 #[test]
 fn a_scope_the_holder_cannot_serve_matches_nothing() {
     let text = format!("{FR}[first_refusal.scope]\nskus = [\"GB200\"]\n");
-    check(&text, "scope-matches-nothing", (6, 1), Some("first_refusal[0].scope"));
+    check(
+        &text,
+        "scope-matches-nothing",
+        (6, 1),
+        Some("first_refusal[0].scope"),
+    );
 }
 
 #[test]
 fn an_expired_term_is_a_warning() {
-    let text = FR.replace("term = { from = 2025-01-01 }", "term = { from = 2024-01-01, until = 2025-06-01 }");
+    let text = FR.replace(
+        "term = { from = 2025-01-01 }",
+        "term = { from = 2024-01-01, until = 2025-06-01 }",
+    );
     let all = findings(&text);
-    let finding = all.iter().find(|d| d.code == "term-expired").expect("flagged");
+    let finding = all
+        .iter()
+        .find(|d| d.code == "term-expired")
+        .expect("flagged");
     assert_eq!(finding.severity, Severity::Warning);
 }
 

@@ -15,7 +15,8 @@ use rofr_engine::types::{Gpus, Sku, Tag, Workload};
 use rofr_engine::{Command, Deal, Engine, Event};
 
 fn example(name: &str) -> Arc<Deal> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/deals/{name}.toml"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/deals/{name}.toml"));
     let text = std::fs::read_to_string(&path).unwrap();
     Arc::new(parse_deal(&format!("{name}.toml"), &text).unwrap())
 }
@@ -36,7 +37,14 @@ fn drive(deal: &Arc<Deal>, commands: Vec<Command>) -> String {
         .join("\n")
 }
 
-fn sized(id: &str, sku: &str, gpus: u32, workload: &str, hours: u32, max: f64) -> rofr_engine::need::NeedSpec {
+fn sized(
+    id: &str,
+    sku: &str,
+    gpus: u32,
+    workload: &str,
+    hours: u32,
+    max: f64,
+) -> rofr_engine::need::NeedSpec {
     let mut spec = need(id, gpus);
     spec.sku = Sku::parse(sku).unwrap();
     spec.workload = Workload::parse(workload).unwrap();
@@ -80,7 +88,9 @@ fn stargate_story() {
     let events = drive(
         &deal,
         vec![
-            Command::SubmitNeed { need: sized("gpt-train", "H100", 1024, "training", 720, 8.0) },
+            Command::SubmitNeed {
+                need: sized("gpt-train", "H100", 1024, "training", 720, 8.0),
+            },
             Command::Accept {
                 provider: provider("azure"),
                 need: need_id("gpt-train"),
@@ -96,7 +106,9 @@ fn stargate_story() {
             confirm("azure", "gpt-train", 1),
             confirm("oracle", "gpt-train", 2),
             confirm("oracle", "windsurf-ft", 1),
-            Command::SubmitNeed { need: sized("chat-serve", "GB200", 256, "inference", 336, 12.0) },
+            Command::SubmitNeed {
+                need: sized("chat-serve", "GB200", 256, "inference", 336, 12.0),
+            },
             Command::Tick { now: hours(72) },
             quote("softbank-stargate", "chat-serve", 256, 8.5),
             quote("oracle", "chat-serve", 128, 9.2),
@@ -112,7 +124,9 @@ fn last_look_story() {
     let events = drive(
         &deal,
         vec![
-            Command::SubmitNeed { need: sized("b200-train", "B200", 128, "training", 240, 9.0) },
+            Command::SubmitNeed {
+                need: sized("b200-train", "B200", 128, "training", 240, 9.0),
+            },
             quote("aws", "b200-train", 128, 7.2),
             Command::Tick { now: hours(24) },
             decline("gcp", "b200-train", DeclineReason::Price),
@@ -127,7 +141,9 @@ fn negotiate_story() {
     let events = drive(
         &deal,
         vec![
-            Command::SubmitNeed { need: sized("pretrain", "H100", 256, "training", 720, 7.0) },
+            Command::SubmitNeed {
+                need: sized("pretrain", "H100", 256, "training", 720, 7.0),
+            },
             Command::Accept {
                 provider: provider("coreweave"),
                 need: need_id("pretrain"),

@@ -36,7 +36,11 @@ fn deal_shape() -> impl Strategy<Value = DealShape> {
         prop::sample::select(vec![0.0, 0.05, 0.2]),
         prop::sample::select(vec!["0h", "24h", "72h", "2 business days"]),
         prop::option::of(prop::sample::select(vec!["2d", "10d"])),
-        prop::option::of((prop::sample::select(vec![0.4, 0.6, 0.9]), any::<bool>(), any::<bool>())),
+        prop::option::of((
+            prop::sample::select(vec![0.4, 0.6, 0.9]),
+            any::<bool>(),
+            any::<bool>(),
+        )),
         any::<bool>(),
         any::<bool>(),
         prop::option::of(any::<bool>()),
@@ -122,17 +126,62 @@ offer_prices = {{ H100 = 6.0 }}
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit { need: u8, gpus: u32, tagged: bool, inference: bool, decide_h: i64, max: f64 },
-    Accept { who: u8, need: u8, offer: Option<u32>, gpus: Option<u32>, price: Option<f64> },
-    Decline { who: u8, need: u8, offer: Option<u32>, reason: u8 },
-    Quote { who: u8, need: u8, gpus: u32, price: f64 },
-    Match { need: u8, offer: Option<u32>, gpus: Option<u32> },
-    Approve { need: u8, award: u32 },
-    Reject { need: u8, award: u32 },
-    Confirm { who: u8, need: u8, award: u32 },
-    Fail { who: u8, need: u8, award: u32 },
-    Cancel { need: u8 },
-    Tick { hours: i64 },
+    Submit {
+        need: u8,
+        gpus: u32,
+        tagged: bool,
+        inference: bool,
+        decide_h: i64,
+        max: f64,
+    },
+    Accept {
+        who: u8,
+        need: u8,
+        offer: Option<u32>,
+        gpus: Option<u32>,
+        price: Option<f64>,
+    },
+    Decline {
+        who: u8,
+        need: u8,
+        offer: Option<u32>,
+        reason: u8,
+    },
+    Quote {
+        who: u8,
+        need: u8,
+        gpus: u32,
+        price: f64,
+    },
+    Match {
+        need: u8,
+        offer: Option<u32>,
+        gpus: Option<u32>,
+    },
+    Approve {
+        need: u8,
+        award: u32,
+    },
+    Reject {
+        need: u8,
+        award: u32,
+    },
+    Confirm {
+        who: u8,
+        need: u8,
+        award: u32,
+    },
+    Fail {
+        who: u8,
+        need: u8,
+        award: u32,
+    },
+    Cancel {
+        need: u8,
+    },
+    Tick {
+        hours: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -172,7 +221,14 @@ const REASONS: [DeclineReason; 6] = [
 fn to_command(op: &Op, clock: rofr_engine::types::Timestamp) -> Command {
     let id = |n: &u8| need_id(&format!("n{n}"));
     match op {
-        Op::Submit { need: n, gpus, tagged, inference, decide_h, max } => {
+        Op::Submit {
+            need: n,
+            gpus,
+            tagged,
+            inference,
+            decide_h,
+            max,
+        } => {
             let mut spec = need(&format!("n{n}"), *gpus);
             spec.earliest_start = clock;
             spec.latest_start = clock.plus_seconds(24 * 3600 * 30);
@@ -186,20 +242,36 @@ fn to_command(op: &Op, clock: rofr_engine::types::Timestamp) -> Command {
             }
             Command::SubmitNeed { need: spec }
         }
-        Op::Accept { who, need, offer, gpus, price: p } => Command::Accept {
+        Op::Accept {
+            who,
+            need,
+            offer,
+            gpus,
+            price: p,
+        } => Command::Accept {
             provider: provider(WHO[*who as usize]),
             need: id(need),
             offer: *offer,
             gpus: gpus.map(Gpus),
             price: p.map(|p| price((p * 100.0).round() / 100.0)),
         },
-        Op::Decline { who, need, offer, reason } => Command::Decline {
+        Op::Decline {
+            who,
+            need,
+            offer,
+            reason,
+        } => Command::Decline {
             provider: provider(WHO[*who as usize]),
             need: id(need),
             offer: *offer,
             reason: REASONS[*reason as usize],
         },
-        Op::Quote { who, need, gpus, price: p } => Command::Quote {
+        Op::Quote {
+            who,
+            need,
+            gpus,
+            price: p,
+        } => Command::Quote {
             provider: provider(WHO[*who as usize]),
             need: id(need),
             gpus: Gpus(*gpus),
@@ -211,8 +283,15 @@ fn to_command(op: &Op, clock: rofr_engine::types::Timestamp) -> Command {
             offer: *offer,
             gpus: gpus.map(Gpus),
         },
-        Op::Approve { need, award } => Command::Approve { need: id(need), award: *award },
-        Op::Reject { need, award } => Command::Reject { need: id(need), award: *award, reason: "no".into() },
+        Op::Approve { need, award } => Command::Approve {
+            need: id(need),
+            award: *award,
+        },
+        Op::Reject { need, award } => Command::Reject {
+            need: id(need),
+            award: *award,
+            reason: "no".into(),
+        },
         Op::Confirm { who, need, award } => Command::Confirm {
             provider: provider(WHO[*who as usize]),
             need: id(need),
@@ -225,8 +304,13 @@ fn to_command(op: &Op, clock: rofr_engine::types::Timestamp) -> Command {
             award: *award,
             reason: "fault".into(),
         },
-        Op::Cancel { need } => Command::CancelNeed { need: id(need), reason: "changed".into() },
-        Op::Tick { hours } => Command::Tick { now: clock.plus_seconds(hours * 3600) },
+        Op::Cancel { need } => Command::CancelNeed {
+            need: id(need),
+            reason: "changed".into(),
+        },
+        Op::Tick { hours } => Command::Tick {
+            now: clock.plus_seconds(hours * 3600),
+        },
     }
 }
 
@@ -244,11 +328,12 @@ fn check_time(events: &[Event]) -> Result<(), String> {
             _ => continue,
         };
         let deadline = events[..i].iter().find_map(|e| match &e.kind {
-            EventKind::OfferSent { offer, deadline, .. } | EventKind::MatchOffered { offer, deadline, .. }
-                if e.need == event.need && *offer == lapsed_offer =>
-            {
-                Some(*deadline)
+            EventKind::OfferSent {
+                offer, deadline, ..
             }
+            | EventKind::MatchOffered {
+                offer, deadline, ..
+            } if e.need == event.need && *offer == lapsed_offer => Some(*deadline),
             _ => None,
         });
         if deadline != Some(event.at) {

@@ -46,7 +46,11 @@ fn run(deal: Arc<Deal>, steps: Vec<Step>) {
                     .execute(command.clone())
                     .expect_err(&format!("step {i}: {command:?} should be refused"));
                 assert_eq!(rejection.code, code, "step {i}: {rejection}");
-                assert_eq!(engine.state(), &before, "step {i}: a refusal changed the state");
+                assert_eq!(
+                    engine.state(),
+                    &before,
+                    "step {i}: a refusal changed the state"
+                );
             }
             Expect(expected) => {
                 let got: Vec<String> = log[seen..].iter().map(describe).collect();
@@ -115,9 +119,15 @@ fn holder_accepting_everything_is_awarded_without_sourcing() {
         deal("first_offer", true, ""),
         vec![
             Run(submit(need("n1", 64))),
-            Expect(&["+0h need_submitted holder=holder", "+0h offer_sent holder 64 @6"]),
+            Expect(&[
+                "+0h need_submitted holder=holder",
+                "+0h offer_sent holder 64 @6",
+            ]),
             Run(accept("n1", None)),
-            Expect(&["+0h offer_accepted holder 64 @6", "+0h award_made holder 64 @6"]),
+            Expect(&[
+                "+0h offer_accepted holder 64 @6",
+                "+0h award_made holder 64 @6",
+            ]),
             Run(confirm("holder", "n1", 1)),
             Expect(&["+0h award_confirmed holder", "+0h need_fulfilled"]),
             At(24 * 7 + 100),
@@ -321,7 +331,10 @@ fn last_look_gathers_quotes_first_and_a_match_wins() {
                 offer: None,
                 gpus: None,
             }),
-            Expect(&["+0h match_accepted holder 64 @5", "+0h award_made holder 64 @5"]),
+            Expect(&[
+                "+0h match_accepted holder 64 @5",
+                "+0h award_made holder 64 @5",
+            ]),
         ],
     );
 }
@@ -484,7 +497,9 @@ providers = ["holder", "alpha"]
 "#,
     );
     let mut tagged = need("n1", 64);
-    tagged.tags.insert(rofr_engine::types::Tag::parse("windsurf").unwrap());
+    tagged
+        .tags
+        .insert(rofr_engine::types::Tag::parse("windsurf").unwrap());
     run(
         deal,
         vec![
@@ -816,7 +831,10 @@ fn bad_commands_are_refused_and_change_nothing() {
             Refused(quote("alpha", "n1", 8, 9.0), RejectionCode::InvalidField),
             Refused(quote("alpha", "n1", 0, 5.0), RejectionCode::InvalidField),
             At(10),
-            Refused(Command::Tick { now: hours(5) }, RejectionCode::ClockBackwards),
+            Refused(
+                Command::Tick { now: hours(5) },
+                RejectionCode::ClockBackwards,
+            ),
         ],
     );
 }

@@ -27,14 +27,19 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot read the deal file {}", args.deal.display()))?;
     let file = args.deal.display().to_string();
     let today = match args.today {
-        Some(date) => Timestamp::from_datetime(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc()),
+        Some(date) => {
+            Timestamp::from_datetime(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        }
         None => Timestamp::from_datetime(chrono::Utc::now()),
     };
     let (findings, parsed) = match parse_deal(&file, &text) {
         Ok(deal) => (lint(&deal, today), true),
         Err(errors) => (errors, false),
     };
-    let errors = findings.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = findings
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let warnings = findings.len() - errors;
     if args.json {
         let report = serde_json::json!({
@@ -49,7 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         print_text(&file, &findings, errors, warnings);
     }
-    Ok(if has_errors(&findings) { exit::ERROR } else { exit::OK })
+    Ok(if has_errors(&findings) {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
 }
 
 fn print_text(file: &str, findings: &[Diagnostic], errors: usize, warnings: usize) {

@@ -360,7 +360,13 @@ impl Cx<'_> {
         Some(Term { from, until })
     }
 
-    fn clause(&self, kind: &'static str, index: usize, name: &Option<String>, span: std::ops::Range<usize>) -> ClauseRef {
+    fn clause(
+        &self,
+        kind: &'static str,
+        index: usize,
+        name: &Option<String>,
+        span: std::ops::Range<usize>,
+    ) -> ClauseRef {
         ClauseRef {
             kind,
             index,
@@ -376,7 +382,9 @@ impl Cx<'_> {
             self.fail(
                 header.name.span(),
                 "deal.name".into(),
-                ValueError("the deal's name is empty: give it a short name such as \"stargate\"".into()),
+                ValueError(
+                    "the deal's name is empty: give it a short name such as \"stargate\"".into(),
+                ),
             );
         }
         let calendar = raw
@@ -466,9 +474,21 @@ impl Cx<'_> {
     fn sourcing(&mut self, raw: &RawSourcing) -> Sourcing {
         let mut sourcing = Sourcing::default();
         let fields = [
-            (&raw.quote_window, "sourcing.quote_window", &mut sourcing.quote_window),
-            (&raw.confirm_window, "sourcing.confirm_window", &mut sourcing.confirm_window),
-            (&raw.retry_after, "sourcing.retry_after", &mut sourcing.retry_after),
+            (
+                &raw.quote_window,
+                "sourcing.quote_window",
+                &mut sourcing.quote_window,
+            ),
+            (
+                &raw.confirm_window,
+                "sourcing.confirm_window",
+                &mut sourcing.confirm_window,
+            ),
+            (
+                &raw.retry_after,
+                "sourcing.retry_after",
+                &mut sourcing.retry_after,
+            ),
         ];
         for (raw, key, slot) in fields {
             if let Some(raw) = raw {
@@ -495,7 +515,10 @@ impl Cx<'_> {
                     format!("provider `{id}` is declared twice"),
                 )
                 .key(format!("{key}.id"))
-                .help(format!("the first declaration is at {}; merge the two", first.location));
+                .help(format!(
+                    "the first declaration is at {}; merge the two",
+                    first.location
+                ));
                 self.errors.push(diagnostic);
                 continue;
             }
@@ -537,7 +560,12 @@ impl Cx<'_> {
         });
         let window = self.duration(&fr.window, format!("{key}.window"));
         let reoffer_threshold = match &fr.reoffer_threshold {
-            Some(raw) => self.fraction(raw, format!("{key}.reoffer_threshold"), false, "re-offer threshold"),
+            Some(raw) => self.fraction(
+                raw,
+                format!("{key}.reoffer_threshold"),
+                false,
+                "re-offer threshold",
+            ),
             None => Some(0.0),
         };
         let third_party_window = match &fr.third_party_window {
@@ -563,13 +591,17 @@ impl Cx<'_> {
             }
         }
         let on_delivery_failure = match &fr.on_delivery_failure {
-            Some(raw) => self.value(raw, format!("{key}.on_delivery_failure"), |text| match text {
-                "holder_first" => Ok(Redelivery::HolderFirst),
-                "sourcing" => Ok(Redelivery::Sourcing),
-                other => Err(ValueError(format!(
-                    "`{other}` is not a redelivery rule: use \"holder_first\" or \"sourcing\""
-                ))),
-            }),
+            Some(raw) => self.value(
+                raw,
+                format!("{key}.on_delivery_failure"),
+                |text| match text {
+                    "holder_first" => Ok(Redelivery::HolderFirst),
+                    "sourcing" => Ok(Redelivery::Sourcing),
+                    other => Err(ValueError(format!(
+                        "`{other}` is not a redelivery rule: use \"holder_first\" or \"sourcing\""
+                    ))),
+                },
+            ),
             None => Some(Redelivery::HolderFirst),
         };
         let scope = match &fr.scope {
@@ -697,17 +729,26 @@ impl Cx<'_> {
         })
     }
 
-    fn commitment(&mut self, index: usize, raw: &S<RawCommitment>, time_zone: Tz) -> Option<Commitment> {
+    fn commitment(
+        &mut self,
+        index: usize,
+        raw: &S<RawCommitment>,
+        time_zone: Tz,
+    ) -> Option<Commitment> {
         let clause = self.clause("commitment", index, &raw.get_ref().name, raw.span());
         let c = raw.get_ref();
         let key = format!("commitment[{index}]");
         let provider = self.value(&c.provider, format!("{key}.provider"), ProviderId::parse);
         let min_gpu_hours = match &c.min_gpu_hours {
-            Some(raw) => Some(self.non_negative(raw, format!("{key}.min_gpu_hours"), "GPU-hour minimum")?),
+            Some(raw) => {
+                Some(self.non_negative(raw, format!("{key}.min_gpu_hours"), "GPU-hour minimum")?)
+            }
             None => None,
         };
         let min_spend = match &c.min_spend {
-            Some(raw) => Some(self.non_negative(raw, format!("{key}.min_spend"), "spend minimum")?),
+            Some(raw) => {
+                Some(self.non_negative(raw, format!("{key}.min_spend"), "spend minimum")?)
+            }
             None => None,
         };
         if min_gpu_hours.is_none() && min_spend.is_none() {
@@ -731,22 +772,49 @@ impl Cx<'_> {
         })
     }
 
-    fn restriction(&mut self, index: usize, raw: &S<RawRestriction>) -> Option<PlacementRestriction> {
-        let clause = self.clause("placement_restriction", index, &raw.get_ref().name, raw.span());
+    fn restriction(
+        &mut self,
+        index: usize,
+        raw: &S<RawRestriction>,
+    ) -> Option<PlacementRestriction> {
+        let clause = self.clause(
+            "placement_restriction",
+            index,
+            &raw.get_ref().name,
+            raw.span(),
+        );
         let r = raw.get_ref();
         let key = format!("placement_restriction[{index}]");
         let tags = self.set(r.tags.get_ref(), &format!("{key}.tags"), Tag::parse);
-        let providers = self.set(r.providers.get_ref(), &format!("{key}.providers"), ProviderId::parse);
+        let providers = self.set(
+            r.providers.get_ref(),
+            &format!("{key}.providers"),
+            ProviderId::parse,
+        );
         for (list, field, example) in [
-            (r.tags.get_ref().is_empty(), &r.tags.span(), "tags = [\"windsurf\"]"),
-            (r.providers.get_ref().is_empty(), &r.providers.span(), "providers = [\"azure\"]"),
+            (
+                r.tags.get_ref().is_empty(),
+                &r.tags.span(),
+                "tags = [\"windsurf\"]",
+            ),
+            (
+                r.providers.get_ref().is_empty(),
+                &r.providers.span(),
+                "providers = [\"azure\"]",
+            ),
         ] {
             if list {
-                let name = if example.starts_with("tags") { "tags" } else { "providers" };
+                let name = if example.starts_with("tags") {
+                    "tags"
+                } else {
+                    "providers"
+                };
                 self.fail(
                     field.clone(),
                     format!("{key}.{name}"),
-                    ValueError(format!("a restriction with no {name} restricts nothing: write e.g. `{example}`")),
+                    ValueError(format!(
+                        "a restriction with no {name} restricts nothing: write e.g. `{example}`"
+                    )),
                 );
             }
         }
@@ -805,8 +873,12 @@ fn datetime_to_timestamp(value: &Datetime, time_zone: Tz) -> Result<Timestamp, V
     )
     .ok_or_else(|| ValueError(format!("{value} is not a calendar date")))?;
     let time = match &value.time {
-        Some(t) => NaiveTime::from_hms_opt(u32::from(t.hour), u32::from(t.minute), u32::from(t.second.unwrap_or(0)))
-            .ok_or_else(|| ValueError(format!("{value} is not a valid time of day")))?,
+        Some(t) => NaiveTime::from_hms_opt(
+            u32::from(t.hour),
+            u32::from(t.minute),
+            u32::from(t.second.unwrap_or(0)),
+        )
+        .ok_or_else(|| ValueError(format!("{value} is not a valid time of day")))?,
         None => NaiveTime::MIN,
     };
     let naive = NaiveDateTime::new(day, time);
