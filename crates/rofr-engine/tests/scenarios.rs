@@ -838,3 +838,22 @@ fn bad_commands_are_refused_and_change_nothing() {
         ],
     );
 }
+
+#[test]
+fn unknown_or_malformed_commands_do_not_parse() {
+    let cases = [
+        r#"{"command":"launch_rocket"}"#,
+        r#"{"command":"quote","provider":"alpha","need":"n1","gpus":-4,"price":5.0}"#,
+        r#"{"command":"quote","provider":"alpha","need":"n1","gpus":4,"price":5.0,"discount":1}"#,
+        r#"{"command":"tick","now":"yesterday"}"#,
+        r#"{"command":"confirm","provider":"al pha","need":"n1","award":1,"reservation":"r"}"#,
+    ];
+    for case in cases {
+        assert!(
+            serde_json::from_str::<Command>(case).is_err(),
+            "{case} parsed"
+        );
+    }
+    let good = r#"{"command":"quote","provider":"alpha","need":"n1","gpus":4,"price":5.0}"#;
+    assert!(serde_json::from_str::<Command>(good).is_ok());
+}
