@@ -168,7 +168,8 @@ impl Price {
     /// This price raised by a fraction (`0.05` is 5%), rounded down to a whole unit so
     /// that a threshold never admits more than it says.
     pub fn raised_by(self, fraction: f64) -> Price {
-        Price((self.0 as f64 * (1.0 + fraction)).floor() as u64)
+        // The small epsilon absorbs float noise (6.00 × 1.05 must give exactly 6.30).
+        Price((self.0 as f64 * (1.0 + fraction) + 1e-6).floor() as u64)
     }
 }
 
@@ -266,6 +267,16 @@ mod tests {
         let price = Price::from_dollars(3.9).unwrap();
         assert_eq!(serde_json::to_string(&price).unwrap(), "3.9");
         assert_eq!(Price::from_dollars(6.98).unwrap().ten_thousandths(), 69_800);
+    }
+
+    #[test]
+    fn a_raised_price_is_exact_at_the_threshold() {
+        let offered = Price::from_dollars(6.0).unwrap();
+        assert_eq!(offered.raised_by(0.05), Price::from_dollars(6.3).unwrap());
+        assert_eq!(
+            Price::from_dollars(3.33).unwrap().raised_by(0.1),
+            Price::from_dollars(3.663).unwrap()
+        );
     }
 
     #[test]

@@ -487,7 +487,8 @@ fn check_time(events: &[Event]) -> Result<(), String> {
 }
 
 /// Runs the operations, then lets every outstanding deadline fire. Fails if a refused
-/// command changed the state.
+/// command changed the state, or if replaying the log so far does not rebuild the
+/// engine's state after any step.
 fn run_ops(
     deal: &Arc<Deal>,
     ops: &[(Op, Option<usize>)],
@@ -507,6 +508,11 @@ fn run_ops(
                 "a refused command changed the state"
             ),
         }
+        prop_assert_eq!(
+            &State::from_events(&log),
+            engine.state(),
+            "replay differs after a step"
+        );
     }
     let later = engine.clock().plus_seconds(3600 * 24 * 400);
     log.extend(engine.execute(Command::Tick { now: later }).unwrap());
