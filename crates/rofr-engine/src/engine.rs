@@ -464,34 +464,7 @@ impl Step<'_> {
             }
             _ => offer.price,
         };
-        self.emit(
-            id,
-            EventKind::OfferAccepted {
-                provider: provider.clone(),
-                gpus: take,
-                price_per_gpu_hour: price,
-                offer: offer.seq,
-            },
-        );
-        let rest = offer.gpus.saturating_sub(take);
-        if rest > Gpus::ZERO {
-            let revives_at = self.revives_at(id);
-            self.emit(
-                id,
-                EventKind::OfferDeclined {
-                    provider: provider.clone(),
-                    gpus: rest,
-                    reason: DeclineReason::Partial,
-                    price_per_gpu_hour: price,
-                    offer: Some(offer.seq),
-                    revives_at,
-                },
-            );
-        }
-        self.award(id, provider, take, price);
-        if let (Some(third_party), true) = (&offer.against, rest > Gpus::ZERO) {
-            self.award(id, third_party, rest, offer.price);
-        }
+        self.holder_takes(id, provider, &offer, take, price);
         self.next_step(id);
         Ok(())
     }
@@ -543,35 +516,72 @@ impl Step<'_> {
     ) -> Result<(), Rejection> {
         let offer = self.find_offer(provider, id, seq, &[OfferKind::Match])?;
         let take = self.taken_quantity(id, &offer, gpus)?;
+        self.holder_takes(id, provider, &offer, take, offer.price);
+        self.next_step(id);
+        Ok(())
+    }
+
+    /// The holder takes `take` GPUs of an offer at `price`: records the acceptance (and
+    /// the refusal of the rest), awards the holder, and awards the rest to the third
+    /// party a re-offer or match was holding back.
+    fn holder_takes(
+        &mut self,
+        id: &NeedId,
+        provider: &ProviderId,
+        offer: &HolderOffer,
+        take: Gpus,
+        price: Price,
+    ) {
+        let (provider, seq) = (provider.clone(), offer.seq);
+        let is_match = offer.kind == OfferKind::Match;
         self.emit(
             id,
-            EventKind::MatchAccepted {
-                provider: provider.clone(),
-                gpus: take,
-                price_per_gpu_hour: offer.price,
-                offer: offer.seq,
+            if is_match {
+                EventKind::MatchAccepted {
+                    provider: provider.clone(),
+                    gpus: take,
+                    price_per_gpu_hour: price,
+                    offer: seq,
+                }
+            } else {
+                EventKind::OfferAccepted {
+                    provider: provider.clone(),
+                    gpus: take,
+                    price_per_gpu_hour: price,
+                    offer: seq,
+                }
             },
         );
         let rest = offer.gpus.saturating_sub(take);
         if rest > Gpus::ZERO {
             let revives_at = self.revives_at(id);
+            let provider = provider.clone();
             self.emit(
                 id,
-                EventKind::MatchDeclined {
-                    provider: provider.clone(),
-                    gpus: rest,
-                    price_per_gpu_hour: offer.price,
-                    offer: offer.seq,
-                    revives_at,
+                if is_match {
+                    EventKind::MatchDeclined {
+                        provider,
+                        gpus: rest,
+                        price_per_gpu_hour: price,
+                        offer: seq,
+                        revives_at,
+                    }
+                } else {
+                    EventKind::OfferDeclined {
+                        provider,
+                        gpus: rest,
+                        reason: DeclineReason::Partial,
+                        price_per_gpu_hour: price,
+                        offer: Some(seq),
+                        revives_at,
+                    }
                 },
             );
         }
-        self.award(id, provider, take, offer.price);
+        self.award(id, &provider, take, price);
         if let (Some(third_party), true) = (&offer.against, rest > Gpus::ZERO) {
             self.award(id, third_party, rest, offer.price);
         }
-        self.next_step(id);
-        Ok(())
     }
 
     fn open_rfq(&self, provider: &ProviderId, id: &NeedId) -> Result<Gpus, Rejection> {

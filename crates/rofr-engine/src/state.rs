@@ -327,12 +327,32 @@ fn refuse(need: &mut NeedState, gpus: Gpus, price: Option<Price>, revives_at: Op
     }
 }
 
-fn usage_of(need: &NeedState, gpus: Gpus, price: Price) -> Usage {
+/// A new award, and the usage it adds for caps and shares.
+#[allow(clippy::too_many_arguments)]
+fn record_award(
+    need: &mut NeedState,
+    usage: &mut BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
+    at: Timestamp,
+    provider: &ProviderId,
+    gpus: Gpus,
+    price: Price,
+    seq: u32,
+    status: AwardStatus,
+) {
+    need.awards.push(Award {
+        seq,
+        provider: provider.clone(),
+        gpus,
+        price,
+        decided_at: at,
+        confirm_by: None,
+        reservation: None,
+        status,
+    });
     let gpu_hours = need.spec.gpu_hours(gpus);
-    Usage {
-        gpu_hours,
-        spend: gpu_hours * price.dollars(),
-    }
+    let spend = gpu_hours * price.dollars();
+    let key = (at, need.spec.id.clone(), seq);
+    usage.insert(key, (provider.clone(), Usage { gpu_hours, spend }));
 }
 
 fn apply_to_need(
@@ -506,18 +526,17 @@ fn apply_to_need(
             award,
             ..
         } => {
-            need.awards.push(Award {
-                seq: *award,
-                provider: provider.clone(),
-                gpus: *gpus,
-                price: *price_per_gpu_hour,
-                decided_at: at,
-                confirm_by: None,
-                reservation: None,
-                status: AwardStatus::PendingApproval,
-            });
-            let u = usage_of(need, *gpus, *price_per_gpu_hour);
-            usage.insert((at, need.spec.id.clone(), *award), (provider.clone(), u));
+            let status = AwardStatus::PendingApproval;
+            record_award(
+                need,
+                usage,
+                at,
+                provider,
+                *gpus,
+                *price_per_gpu_hour,
+                *award,
+                status,
+            );
         }
         EventKind::ApprovalRejected { award, .. } => {
             if let Some(a) = award_mut(need, *award) {
@@ -537,18 +556,20 @@ fn apply_to_need(
                 a.status = AwardStatus::Made;
                 a.confirm_by = Some(*confirm_by);
             } else {
-                need.awards.push(Award {
-                    seq: *award,
-                    provider: provider.clone(),
-                    gpus: *gpus,
-                    price: *price_per_gpu_hour,
-                    decided_at: at,
-                    confirm_by: Some(*confirm_by),
-                    reservation: None,
-                    status: AwardStatus::Made,
-                });
-                let u = usage_of(need, *gpus, *price_per_gpu_hour);
-                usage.insert((at, need.spec.id.clone(), *award), (provider.clone(), u));
+                let status = AwardStatus::Made;
+                record_award(
+                    need,
+                    usage,
+                    at,
+                    provider,
+                    *gpus,
+                    *price_per_gpu_hour,
+                    *award,
+                    status,
+                );
+                if let Some(a) = award_mut(need, *award) {
+                    a.confirm_by = Some(*confirm_by);
+                }
             }
             if need.free() == Gpus::ZERO {
                 need.revive_at = None;

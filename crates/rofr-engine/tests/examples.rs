@@ -53,33 +53,6 @@ fn sized(
     spec
 }
 
-fn quote(who: &str, id: &str, gpus: u32, dollars: f64) -> Command {
-    Command::Quote {
-        provider: provider(who),
-        need: need_id(id),
-        gpus: Gpus(gpus),
-        price: price(dollars),
-    }
-}
-
-fn confirm(who: &str, id: &str, award: u32) -> Command {
-    Command::Confirm {
-        provider: provider(who),
-        need: need_id(id),
-        award,
-        reservation: format!("{who}-{id}-{award}"),
-    }
-}
-
-fn decline(who: &str, id: &str, reason: DeclineReason) -> Command {
-    Command::Decline {
-        provider: provider(who),
-        need: need_id(id),
-        offer: None,
-        reason,
-    }
-}
-
 #[test]
 fn stargate_story() {
     let deal = example("stargate");
@@ -102,7 +75,7 @@ fn stargate_story() {
             quote("coreweave", "gpt-train", 256, 6.16),
             Command::SubmitNeed { need: windsurf },
             quote("oracle", "windsurf-ft", 64, 6.0),
-            decline("coreweave", "windsurf-ft", DeclineReason::NoCapacity),
+            decline_because("coreweave", "windsurf-ft", DeclineReason::NoCapacity),
             confirm("azure", "gpt-train", 1),
             confirm("oracle", "gpt-train", 2),
             confirm("oracle", "windsurf-ft", 1),
@@ -112,7 +85,7 @@ fn stargate_story() {
             Command::Tick { now: hours(72) },
             quote("softbank-stargate", "chat-serve", 256, 8.5),
             quote("oracle", "chat-serve", 128, 9.2),
-            decline("coreweave", "chat-serve", DeclineReason::Price),
+            decline_because("coreweave", "chat-serve", DeclineReason::Price),
         ],
     );
     insta::assert_snapshot!("stargate_events", events);
@@ -129,7 +102,7 @@ fn last_look_story() {
             },
             quote("aws", "b200-train", 128, 7.2),
             Command::Tick { now: hours(24) },
-            decline("gcp", "b200-train", DeclineReason::Price),
+            decline_because("gcp", "b200-train", DeclineReason::Price),
         ],
     );
     insta::assert_snapshot!("last_look_events", events);
@@ -152,7 +125,7 @@ fn negotiate_story() {
                 price: Some(price(5.75)),
             },
             quote("lambda", "pretrain", 64, 3.49),
-            decline("aws", "pretrain", DeclineReason::NoCapacity),
+            decline_because("aws", "pretrain", DeclineReason::NoCapacity),
         ],
     );
     insta::assert_snapshot!("negotiate_events", events);

@@ -78,39 +78,7 @@ fn accept(need: &str, gpus: Option<u32>) -> Command {
 }
 
 fn decline(who: &str, need: &str) -> Command {
-    Command::Decline {
-        provider: provider(who),
-        need: need_id(need),
-        offer: None,
-        reason: DeclineReason::NoCapacity,
-    }
-}
-
-fn quote(who: &str, need: &str, gpus: u32, dollars: f64) -> Command {
-    Command::Quote {
-        provider: provider(who),
-        need: need_id(need),
-        gpus: Gpus(gpus),
-        price: price(dollars),
-    }
-}
-
-fn confirm(who: &str, need: &str, award: u32) -> Command {
-    Command::Confirm {
-        provider: provider(who),
-        need: need_id(need),
-        award,
-        reservation: format!("res-{who}-{award}"),
-    }
-}
-
-fn fail(who: &str, need: &str, award: u32) -> Command {
-    Command::Fail {
-        provider: provider(who),
-        need: need_id(need),
-        award,
-        reason: "hardware fault".into(),
-    }
+    decline_because(who, need, DeclineReason::NoCapacity)
 }
 
 #[test]

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use rofr_engine::deal::{parse_deal, Deal};
+use rofr_engine::event::DeclineReason;
 use rofr_engine::need::NeedSpec;
 use rofr_engine::types::{Gpus, NeedId, Price, ProviderId, Sku, Timestamp, Workload};
-use rofr_engine::{Event, EventKind};
+use rofr_engine::{Command, Event, EventKind};
 
 /// Monday 3 February 2025, midnight UTC: every test starts here.
 pub fn start() -> Timestamp {
@@ -169,4 +170,40 @@ pub fn describe(event: &Event) -> String {
     format!("+{at}h {} {body}", event.kind.type_name())
         .trim_end()
         .to_owned()
+}
+
+pub fn quote(who: &str, need: &str, gpus: u32, dollars: f64) -> Command {
+    Command::Quote {
+        provider: provider(who),
+        need: need_id(need),
+        gpus: Gpus(gpus),
+        price: price(dollars),
+    }
+}
+
+pub fn decline_because(who: &str, need: &str, reason: DeclineReason) -> Command {
+    Command::Decline {
+        provider: provider(who),
+        need: need_id(need),
+        offer: None,
+        reason,
+    }
+}
+
+pub fn confirm(who: &str, need: &str, award: u32) -> Command {
+    Command::Confirm {
+        provider: provider(who),
+        need: need_id(need),
+        award,
+        reservation: format!("{who}-{need}-{award}"),
+    }
+}
+
+pub fn fail(who: &str, need: &str, award: u32) -> Command {
+    Command::Fail {
+        provider: provider(who),
+        need: need_id(need),
+        award,
+        reason: "hardware fault".into(),
+    }
 }
