@@ -166,6 +166,8 @@ pub fn cap_usage(
         .window
         .map(|w| at.plus_seconds(-w.nominal_seconds()))
         .unwrap_or(Timestamp::from_unix_seconds(i64::MIN));
+    // "0" sorts before every valid need id (ids start with a letter or digit), so this
+    // key is the first possible entry at `from`.
     let start = (from, NeedId::parse("0").expect("valid"), 0);
     for ((_, _, _), (who, usage)) in state.usage.range(start..) {
         let amount = match cap.basis {

@@ -397,14 +397,16 @@ fn caps(deal: &Deal, findings: &mut Vec<Diagnostic>) {
     }
     // Each provider's tightest share; if they add up to less than one, some demand can
     // never be placed even when every provider has capacity.
-    let holder = deal.first_refusals.first().map(|fr| &fr.holder);
     let mut total = 0.0;
     let mut involved = Vec::new();
     for p in &deal.providers {
+        // As in the engine: a cap that does not bind the holder exempts any provider
+        // that holds a first-refusal right.
+        let is_holder = deal.first_refusals.iter().any(|fr| fr.holder == p.id);
         let tightest = deal
             .caps
             .iter()
-            .filter(|cap| cap.applies_to(&p.id, holder))
+            .filter(|cap| cap.applies_to(&p.id, is_holder.then_some(&p.id)))
             .inspect(|cap| involved.push(cap.clause.clone()))
             .map(|cap| cap.max_share)
             .fold(1.0_f64, f64::min);

@@ -327,6 +327,26 @@ fn refuse(need: &mut NeedState, gpus: Gpus, price: Option<Price>, revives_at: Op
     }
 }
 
+/// The holder declined or let lapse (part of) an offer. A partial decline follows an
+/// acceptance of the same offer, which already closed it; a decline after a failed
+/// delivery names no offer. Under `negotiate` the refusal frees the buyer at any price.
+fn offer_refused(
+    need: &mut NeedState,
+    offer: Option<u32>,
+    closed_as: OfferStatus,
+    gpus: Gpus,
+    price: Price,
+    revives_at: Option<Timestamp>,
+) {
+    if let Some(o) = offer.and_then(|seq| offer_mut(need, seq)) {
+        if o.status == OfferStatus::Open {
+            o.status = closed_as;
+        }
+    }
+    let any_price = need.variant == Some(Variant::Negotiate);
+    refuse(need, gpus, (!any_price).then_some(price), revives_at);
+}
+
 /// A new award, and the usage it adds for caps and shares.
 #[allow(clippy::too_many_arguments)]
 fn record_award(
@@ -419,22 +439,20 @@ fn apply_to_need(
         }
         EventKind::OfferDeclined {
             gpus,
-            reason: _,
             price_per_gpu_hour,
             offer,
             revives_at,
             ..
         } => {
-            // A partial decline follows an acceptance of the same offer, which already
-            // closed it; a decline after a failed delivery names no open offer.
-            if let Some(o) = offer.and_then(|seq| offer_mut(need, seq)) {
-                if o.status == OfferStatus::Open {
-                    o.status = OfferStatus::Declined;
-                }
-            }
-            let any_price = need.variant == Some(Variant::Negotiate);
-            let price = (!any_price).then_some(*price_per_gpu_hour);
-            refuse(need, *gpus, price, *revives_at);
+            let status = OfferStatus::Declined;
+            offer_refused(
+                need,
+                *offer,
+                status,
+                *gpus,
+                *price_per_gpu_hour,
+                *revives_at,
+            );
         }
         EventKind::OfferLapsed {
             gpus,
@@ -443,12 +461,15 @@ fn apply_to_need(
             revives_at,
             ..
         } => {
-            if let Some(o) = offer_mut(need, *offer) {
-                o.status = OfferStatus::Lapsed;
-            }
-            let any_price = need.variant == Some(Variant::Negotiate);
-            let price = (!any_price).then_some(*price_per_gpu_hour);
-            refuse(need, *gpus, price, *revives_at);
+            let status = OfferStatus::Lapsed;
+            offer_refused(
+                need,
+                Some(*offer),
+                status,
+                *gpus,
+                *price_per_gpu_hour,
+                *revives_at,
+            );
         }
         EventKind::MatchDeclined {
             gpus,
