@@ -1,0 +1,438 @@
+//! The embedded store: one SQLite file in WAL mode with full synchronous commits, so a
+//! commit that returned is on disk.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::{Batch, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, TokenRow};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (
+    idx INTEGER PRIMARY KEY,
+    need TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX events_need ON events (need, idx);
+CREATE TABLE needs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    gpus INTEGER NOT NULL,
+    awarded INTEGER NOT NULL,
+    holder TEXT,
+    submitted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    next_deadline TEXT
+);
+CREATE INDEX needs_status ON needs (status, id);
+CREATE INDEX needs_deadline ON needs (next_deadline) WHERE next_deadline IS NOT NULL;
+CREATE TABLE idempotency (
+    party TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (party, key)
+);
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY,
+    party TEXT NOT NULL,
+    provider TEXT,
+    label TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#];
+
+fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Database { doing, source }
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path).map_err(db("opening the database"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db("setting synchronous commits"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db("setting the busy timeout"))?;
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Applies the migrations not yet applied; returns how many ran.
+    pub fn migrate(&mut self) -> Result<usize> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db("reading the schema version"))?;
+        let mut ran = 0;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self
+                .conn
+                .transaction()
+                .map_err(db("starting a migration"))?;
+            tx.execute_batch(sql).map_err(db("running a migration"))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db("recording the schema version"))?;
+            tx.commit().map_err(db("committing a migration"))?;
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(db("reading settings"))
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(db("writing settings"))?;
+        Ok(())
+    }
+
+    /// Every stored event, in log order.
+    pub fn all_events(&self) -> Result<Vec<StoredEvent>> {
+        self.events_after(None, u32::MAX)
+    }
+
+    /// Up to `limit` events after index `after` (from the start where `None`).
+    pub fn events_after(&self, after: Option<u64>, limit: u32) -> Result<Vec<StoredEvent>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT idx, need, kind, at, data FROM events WHERE idx > ?1 ORDER BY idx LIMIT ?2",
+            )
+            .map_err(db("reading events"))?;
+        let after = after.map_or(-1, |a| a as i64);
+        let rows = stmt
+            .query_map(params![after, limit], |r| {
+                Ok(StoredEvent {
+                    index: r.get::<_, i64>(0)? as u64,
+                    need: r.get(1)?,
+                    kind: r.get(2)?,
+                    at: r.get(3)?,
+                    data: r.get(4)?,
+                })
+            })
+            .map_err(db("reading events"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("reading events"))
+    }
+
+    /// The events of one need, in log order.
+    pub fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT idx, need, kind, at, data FROM events WHERE need = ?1 ORDER BY idx",
+            )
+            .map_err(db("reading a need's events"))?;
+        let rows = stmt
+            .query_map([need], |r| {
+                Ok(StoredEvent {
+                    index: r.get::<_, i64>(0)? as u64,
+                    need: r.get(1)?,
+                    kind: r.get(2)?,
+                    at: r.get(3)?,
+                    data: r.get(4)?,
+                })
+            })
+            .map_err(db("reading a need's events"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("reading a need's events"))
+    }
+
+    pub fn event_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(db("counting events"))
+    }
+
+    /// Writes a whole batch in one transaction: events appended after the last one,
+    /// projections replaced, idempotent answers recorded. Returns the index of the
+    /// first new event.
+    pub fn commit(&mut self, batch: &Batch) -> Result<u64> {
+        let tx = self.conn.transaction().map_err(db("starting a commit"))?;
+        let first = write_batch(&tx, batch)?;
+        tx.commit().map_err(db("committing"))?;
+        Ok(first)
+    }
+
+    pub fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>> {
+        self.conn
+            .query_row(
+                "SELECT request_hash, status, body FROM idempotency WHERE party = ?1 AND key = ?2",
+                params![party, key],
+                |r| {
+                    Ok(IdempotentResponse {
+                        party: party.to_owned(),
+                        key: key.to_owned(),
+                        request_hash: r.get(0)?,
+                        status: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("reading an idempotency key"))
+    }
+
+    /// A page of the needs projection, ordered by id, optionally of one status.
+    pub fn list_needs(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NeedRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline
+                 FROM needs WHERE (?1 IS NULL OR status = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(db("listing needs"))?;
+        let rows = stmt
+            .query_map(params![status, after.unwrap_or(""), limit], need_row)
+            .map_err(db("listing needs"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("listing needs"))
+    }
+
+    pub fn all_need_rows(&self) -> Result<Vec<NeedRow>> {
+        self.list_needs(None, None, u32::MAX)
+    }
+
+    /// Replaces the whole needs projection (used when it disagrees with the log).
+    pub fn rebuild_projection(&mut self, rows: &[NeedRow]) -> Result<()> {
+        let tx = self.conn.transaction().map_err(db("starting a rebuild"))?;
+        tx.execute("DELETE FROM needs", [])
+            .map_err(db("clearing the projection"))?;
+        write_batch(
+            &tx,
+            &Batch {
+                needs: rows.to_vec(),
+                ..Batch::default()
+            },
+        )?;
+        tx.commit().map_err(db("rebuilding the projection"))
+    }
+
+    pub fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO tokens (hash, party, provider, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, token.party, token.provider, token.label, created_at],
+            )
+            .map_err(db("storing a token"))?;
+        Ok(())
+    }
+
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRow>> {
+        self.conn
+            .query_row(
+                "SELECT party, provider, label FROM tokens WHERE hash = ?1",
+                [hash],
+                |r| {
+                    Ok(TokenRow {
+                        party: r.get(0)?,
+                        provider: r.get(1)?,
+                        label: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("reading a token"))
+    }
+
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRow)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash, party, provider, label FROM tokens ORDER BY created_at, label")
+            .map_err(db("listing tokens"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    TokenRow {
+                        party: r.get(1)?,
+                        provider: r.get(2)?,
+                        label: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(db("listing tokens"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("listing tokens"))
+    }
+}
+
+/// Writes a batch inside an open transaction; returns the index of the first new event.
+fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
+    let first: i64 = tx
+        .query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM events", [], |r| {
+            r.get(0)
+        })
+        .map_err(db("finding the end of the log"))?;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (idx, need, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db("preparing the event insert"))?;
+        for (offset, event) in batch.events.iter().enumerate() {
+            insert
+                .execute(params![
+                    first + offset as i64,
+                    event.need,
+                    event.kind,
+                    event.at,
+                    event.data
+                ])
+                .map_err(db("appending an event"))?;
+        }
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO needs (id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded,
+                   updated_at = excluded.updated_at, next_deadline = excluded.next_deadline",
+            )
+            .map_err(db("preparing the projection update"))?;
+        for need in &batch.needs {
+            upsert
+                .execute(params![
+                    need.id,
+                    need.status,
+                    need.sku,
+                    need.gpus,
+                    need.awarded,
+                    need.holder,
+                    need.submitted_at,
+                    need.updated_at,
+                    need.next_deadline
+                ])
+                .map_err(db("updating the needs projection"))?;
+        }
+        let mut remember = tx
+            .prepare_cached(
+                "INSERT INTO idempotency (party, key, request_hash, status, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db("preparing the idempotency insert"))?;
+        for answer in &batch.idempotency {
+            remember
+                .execute(params![
+                    answer.party,
+                    answer.key,
+                    answer.request_hash,
+                    answer.status,
+                    answer.body
+                ])
+                .map_err(db("recording an idempotency key"))?;
+        }
+    }
+    Ok(first as u64)
+}
+
+fn need_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NeedRow> {
+    Ok(NeedRow {
+        id: r.get(0)?,
+        status: r.get(1)?,
+        sku: r.get(2)?,
+        gpus: r.get(3)?,
+        awarded: r.get(4)?,
+        holder: r.get(5)?,
+        submitted_at: r.get(6)?,
+        updated_at: r.get(7)?,
+        next_deadline: r.get(8)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewEvent;
+
+    #[test]
+    fn committed_events_come_back_in_order_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rofr.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let event = |n: u8| NewEvent {
+            need: "n1".into(),
+            kind: "need_submitted".into(),
+            at: "2025-01-01T00:00:00Z".into(),
+            data: vec![b'{', n, b'}'],
+        };
+        let first = store
+            .commit(&Batch {
+                events: vec![event(1), event(2)],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(first, 0);
+        drop(store);
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.migrate().unwrap(), 0, "migrations run once");
+        let second = store
+            .commit(&Batch {
+                events: vec![event(3)],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(second, 2);
+        let data: Vec<Vec<u8>> = store
+            .all_events()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(
+            data,
+            vec![b"{\x01}".to_vec(), b"{\x02}".to_vec(), b"{\x03}".to_vec()]
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("rofr.db")).unwrap();
+        let answer = IdempotentResponse {
+            party: "buyer".into(),
+            key: "k1".into(),
+            request_hash: "h".into(),
+            status: 201,
+            body: "{}".into(),
+        };
+        let batch = Batch {
+            idempotency: vec![answer.clone()],
+            ..Batch::default()
+        };
+        store.commit(&batch).unwrap();
+        assert_eq!(store.idempotent("buyer", "k1").unwrap(), Some(answer));
+        assert!(
+            store.commit(&batch).is_err(),
+            "a key cannot be stored twice"
+        );
+        assert_eq!(store.event_count().unwrap(), 0);
+    }
+}
