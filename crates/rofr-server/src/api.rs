@@ -1,0 +1,770 @@
+//! The HTTP API. Every handler returns `Result<_, ApiError>`, and every error reaches
+//! the client in one envelope: `{"error": {"code", "message", "field"}}`.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rofr_engine::command::RejectionCode;
+use rofr_engine::event::DeclineReason;
+use rofr_engine::need::NeedSpec;
+use rofr_engine::types::{Gpus, NeedId, Price, ProviderId};
+use rofr_engine::Command;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{raw_json, Broker, BrokerError, Idempotency, IndexedEvent, Party, Reply};
+use crate::views;
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Largest page a list returns.
+pub const MAX_PAGE: u32 = 1000;
+
+pub fn router(broker: Broker) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/needs", post(submit_need).get(list_needs))
+        .route("/v1/needs/{id}", get(show_need))
+        .route("/v1/needs/{id}/events", get(need_events))
+        .route("/v1/needs/{id}/cancel", post(cancel_need))
+        .route("/v1/needs/{id}/accept", post(accept))
+        .route("/v1/needs/{id}/decline", post(decline))
+        .route("/v1/needs/{id}/quote", post(quote))
+        .route("/v1/needs/{id}/match", post(match_offer))
+        .route("/v1/needs/{id}/awards/{award}/approve", post(approve))
+        .route("/v1/needs/{id}/awards/{award}/reject", post(reject))
+        .route("/v1/needs/{id}/awards/{award}/confirm", post(confirm))
+        .route("/v1/needs/{id}/awards/{award}/fail", post(fail))
+        .route("/v1/offers", get(my_offers))
+        .route("/v1/rfqs", get(my_rfqs))
+        .route("/v1/awards", get(my_awards))
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(broker)
+}
+
+// ----- errors ------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    fn forbidden(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token may not {what}"),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let envelope = Envelope {
+            error: Body {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        (self.status, Json(envelope)).into_response()
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> ApiError {
+        match error {
+            BrokerError::Rejected(r) => {
+                let (status, code) = match r.code {
+                    RejectionCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    RejectionCode::InvalidField => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
+                    }
+                    RejectionCode::Conflict => (StatusCode::CONFLICT, "conflict"),
+                    RejectionCode::Lapsed => (StatusCode::CONFLICT, "lapsed"),
+                    RejectionCode::ClockBackwards => (StatusCode::CONFLICT, "conflict"),
+                };
+                let mut e = ApiError::new(status, code, r.message);
+                e.field = r.field.map(str::to_owned);
+                e
+            }
+            BrokerError::KeyReused(key) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!("the Idempotency-Key `{key}` was already used for a different request"),
+            )
+            .field("Idempotency-Key"),
+            BrokerError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the broker is shutting down",
+            ),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+// ----- authentication ----------------------------------------------------------------
+
+/// The party behind the request's bearer token.
+pub struct Caller(pub Party);
+
+impl FromRequestParts<Broker> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Self, ApiError> {
+        let unauthorized = |message: &str| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_owned())
+        };
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthorized(
+                "send `Authorization: Bearer <token>`; tokens come from `rofr token create`",
+            )
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        match broker.authenticate(token.trim())? {
+            Some(party) => Ok(Caller(party)),
+            None => Err(unauthorized("unknown token")),
+        }
+    }
+}
+
+impl Caller {
+    fn buyer(&self, what: &str) -> Result<(), ApiError> {
+        match self.0 {
+            Party::Buyer => Ok(()),
+            _ => Err(ApiError::forbidden(what)),
+        }
+    }
+
+    fn reader(&self, what: &str) -> Result<(), ApiError> {
+        match self.0 {
+            Party::Buyer | Party::Auditor => Ok(()),
+            _ => Err(ApiError::forbidden(what)),
+        }
+    }
+
+    fn provider(&self, what: &str) -> Result<ProviderId, ApiError> {
+        match &self.0 {
+            Party::Provider(id) => Ok(id.clone()),
+            _ => Err(ApiError::forbidden(what)),
+        }
+    }
+}
+
+// ----- request parsing ---------------------------------------------------------------
+
+/// Parses a JSON body, naming the field at fault in the error.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let status = if inner.is_syntax() || inner.is_eof() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        let code = if status == StatusCode::BAD_REQUEST {
+            "malformed_json"
+        } else {
+            "invalid_field"
+        };
+        let e = ApiError::new(status, code, inner.to_string());
+        if path == "." {
+            e
+        } else {
+            e.field(path)
+        }
+    })
+}
+
+fn need_id(id: &str) -> Result<NeedId, ApiError> {
+    NeedId::parse(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.0))
+}
+
+fn idempotency(
+    headers: &HeaderMap,
+    method_path: &str,
+    body: &Bytes,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "an Idempotency-Key is 1 to 200 visible ASCII characters",
+            )
+            .field("Idempotency-Key")
+        })?;
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(method_path.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        request_hash: hex::encode(hasher.finalize()),
+    }))
+}
+
+fn reply(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.body,
+    )
+        .into_response();
+    if reply.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", "true".parse().expect("valid header"));
+    }
+    response
+}
+
+async fn run(
+    broker: &Broker,
+    caller: &Caller,
+    headers: &HeaderMap,
+    path: &str,
+    body: &Bytes,
+    command: Command,
+) -> Result<Response, ApiError> {
+    let idem = idempotency(headers, path, body)?;
+    let answer = broker.execute(caller.0.clone(), command, idem).await?;
+    Ok(reply(answer))
+}
+
+// ----- buyer -------------------------------------------------------------------------
+
+async fn submit_need(
+    State(broker): State<Broker>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.buyer("submit needs")?;
+    let need: NeedSpec = parse(&body)?;
+    run(
+        &broker,
+        &caller,
+        &headers,
+        "POST /v1/needs",
+        &body,
+        Command::SubmitNeed { need },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(100) {
+        0 => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "limit must be at least 1",
+        )
+        .field("limit")),
+        n if n > MAX_PAGE => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("limit may be at most {MAX_PAGE}"),
+        )
+        .field("limit")),
+        n => Ok(n),
+    }
+}
+
+const STATUSES: [&str; 8] = [
+    "offered",
+    "sourcing",
+    "waiting",
+    "awarded",
+    "active",
+    "completed",
+    "expired",
+    "cancelled",
+];
+
+async fn list_needs(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.reader("list needs")?;
+    if let Some(status) = &query.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!(
+                    "unknown status `{status}`: use one of {}",
+                    STATUSES.join(", ")
+                ),
+            )
+            .field("status"));
+        }
+    }
+    let limit = page_limit(query.limit)?;
+    let rows = broker
+        .store(|s| s.list_needs(query.status.as_deref(), query.after.as_deref(), limit))
+        .map_err(BrokerError::from)?;
+    let next = (rows.len() as u32 == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    let needs: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id, "status": r.status, "sku": r.sku, "gpus": r.gpus, "awarded": r.awarded,
+                "holder": r.holder, "submitted_at": r.submitted_at, "updated_at": r.updated_at,
+                "next_deadline": r.next_deadline,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "needs": needs, "next": next })))
+}
+
+async fn show_need(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<views::NeedView>, ApiError> {
+    caller.reader("read needs")?;
+    let id = need_id(&id)?;
+    broker
+        .read(|e| e.state().needs.get(&id).map(views::need_view))
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no need `{id}`"),
+            )
+        })
+}
+
+async fn need_events(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.reader("read the event log")?;
+    let id = need_id(&id)?;
+    let rows = broker
+        .store(|s| s.events_of(id.as_str()))
+        .map_err(BrokerError::from)?;
+    if rows.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no need `{id}`"),
+        ));
+    }
+    #[derive(Serialize)]
+    struct NeedEvents<'a> {
+        need: &'a str,
+        events: Vec<IndexedEvent>,
+    }
+    let body = NeedEvents {
+        need: id.as_str(),
+        events: rows
+            .iter()
+            .map(|r| IndexedEvent {
+                index: r.index,
+                event: raw_json(&r.data),
+            })
+            .collect(),
+    };
+    let body = serde_json::to_string(&body).expect("pages serialize");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reason {
+    reason: String,
+}
+
+async fn cancel_need(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.buyer("cancel needs")?;
+    let need = need_id(&id)?;
+    let Reason { reason } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/cancel");
+    run(
+        &broker,
+        &caller,
+        &headers,
+        &path,
+        &body,
+        Command::CancelNeed { need, reason },
+    )
+    .await
+}
+
+async fn approve(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path((id, award)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.buyer("approve awards")?;
+    let need = need_id(&id)?;
+    let path = format!("POST /v1/needs/{id}/awards/{award}/approve");
+    run(
+        &broker,
+        &caller,
+        &headers,
+        &path,
+        &body,
+        Command::Approve { need, award },
+    )
+    .await
+}
+
+async fn reject(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path((id, award)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.buyer("reject awards")?;
+    let need = need_id(&id)?;
+    let Reason { reason } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/awards/{award}/reject");
+    run(
+        &broker,
+        &caller,
+        &headers,
+        &path,
+        &body,
+        Command::Reject {
+            need,
+            award,
+            reason,
+        },
+    )
+    .await
+}
+
+// ----- providers ---------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    offer: Option<u32>,
+    gpus: Option<Gpus>,
+    price: Option<Price>,
+}
+
+async fn accept(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = caller.provider("answer offers")?;
+    let need = need_id(&id)?;
+    let AcceptBody { offer, gpus, price } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/accept");
+    let command = Command::Accept {
+        provider,
+        need,
+        offer,
+        gpus,
+        price,
+    };
+    run(&broker, &caller, &headers, &path, &body, command).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclineBody {
+    offer: Option<u32>,
+    reason: DeclineReason,
+}
+
+async fn decline(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = caller.provider("answer offers")?;
+    let need = need_id(&id)?;
+    let DeclineBody { offer, reason } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/decline");
+    let command = Command::Decline {
+        provider,
+        need,
+        offer,
+        reason,
+    };
+    run(&broker, &caller, &headers, &path, &body, command).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuoteBody {
+    gpus: Gpus,
+    price: Price,
+}
+
+async fn quote(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = caller.provider("quote")?;
+    let need = need_id(&id)?;
+    let QuoteBody { gpus, price } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/quote");
+    let command = Command::Quote {
+        provider,
+        need,
+        gpus,
+        price,
+    };
+    run(&broker, &caller, &headers, &path, &body, command).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchBody {
+    offer: Option<u32>,
+    gpus: Option<Gpus>,
+}
+
+async fn match_offer(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = caller.provider("match offers")?;
+    let need = need_id(&id)?;
+    let MatchBody { offer, gpus } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/match");
+    let command = Command::Match {
+        provider,
+        need,
+        offer,
+        gpus,
+    };
+    run(&broker, &caller, &headers, &path, &body, command).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    reservation: String,
+}
+
+async fn confirm(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path((id, award)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = caller.provider("confirm awards")?;
+    let need = need_id(&id)?;
+    let ConfirmBody { reservation } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/awards/{award}/confirm");
+    let command = Command::Confirm {
+        provider,
+        need,
+        award,
+        reservation,
+    };
+    run(&broker, &caller, &headers, &path, &body, command).await
+}
+
+async fn fail(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path((id, award)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = caller.provider("report failed awards")?;
+    let need = need_id(&id)?;
+    let Reason { reason } = parse(&body)?;
+    let path = format!("POST /v1/needs/{id}/awards/{award}/fail");
+    let command = Command::Fail {
+        provider,
+        need,
+        award,
+        reason,
+    };
+    run(&broker, &caller, &headers, &path, &body, command).await
+}
+
+async fn my_offers(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let provider = caller.provider("list its offers")?;
+    let offers = broker.read(|e| views::offers_for(e, &provider));
+    Ok(Json(serde_json::json!({ "offers": offers })))
+}
+
+async fn my_rfqs(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let provider = caller.provider("list its requests for quotes")?;
+    let rfqs = broker.read(|e| views::rfqs_for(e, &provider));
+    Ok(Json(serde_json::json!({ "rfqs": rfqs })))
+}
+
+async fn my_awards(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let provider = caller.provider("list its awards")?;
+    let awards = broker.read(|e| views::awards_for(e, &provider));
+    Ok(Json(serde_json::json!({ "awards": awards })))
+}
+
+// ----- auditor -----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    caller.reader("read the event log")?;
+    let limit = page_limit(query.limit)?;
+    let rows = broker
+        .store(|s| s.events_after(query.after, limit))
+        .map_err(BrokerError::from)?;
+    let next = (rows.len() as u32 == limit)
+        .then(|| rows.last().map(|r| r.index))
+        .flatten();
+    #[derive(Serialize)]
+    struct Page {
+        events: Vec<IndexedEvent>,
+        next: Option<u64>,
+    }
+    let page = Page {
+        events: rows
+            .iter()
+            .map(|r| IndexedEvent {
+                index: r.index,
+                event: raw_json(&r.data),
+            })
+            .collect(),
+        next,
+    };
+    let body = serde_json::to_string(&page).expect("pages serialize");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+// ----- operations --------------------------------------------------------------------
+
+async fn healthz(State(broker): State<Broker>) -> Json<serde_json::Value> {
+    let now = broker.read(|e| e.clock());
+    Json(serde_json::json!({ "status": "ok", "deal": broker.deal().name, "now": now }))
+}
+
+async fn metrics(State(broker): State<Broker>) -> Response {
+    let text = crate::metrics::render(&broker);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

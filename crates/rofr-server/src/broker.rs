@@ -1,0 +1,599 @@
+//! The broker: the engine behind one writer thread that turns commands into durable
+//! events. Commands queue up; the writer takes every command waiting, runs them
+//! through the engine, writes all their events in one transaction (group commit), and
+//! only then answers. Between batches it sleeps until the next deadline, so deadlines
+//! fire on time, and a deadline that passed while the broker was down fires at start,
+//! as of its own time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rofr_engine::deal::{parse_deal, Deal};
+use rofr_engine::state::{NeedState, OfferStatus};
+use rofr_engine::types::ProviderId;
+use rofr_engine::{Command, Engine, Event, Rejection};
+use rofr_store::{Batch, IdempotentResponse, NeedRow, NewEvent, SqliteStore, StoreError, TokenRow};
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+
+/// Who is asking. Each bearer token speaks for exactly one party.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Party {
+    Buyer,
+    Auditor,
+    Provider(ProviderId),
+}
+
+impl Party {
+    /// A stable name, used to scope idempotency keys.
+    pub fn key(&self) -> String {
+        match self {
+            Party::Buyer => "buyer".into(),
+            Party::Auditor => "auditor".into(),
+            Party::Provider(id) => format!("provider:{id}"),
+        }
+    }
+}
+
+/// An `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// The answer to an accepted command: the JSON body and its status, exactly as first
+/// sent (a retry with the same key gets the same bytes back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("the Idempotency-Key `{0}` was already used for a different request")]
+    KeyReused(String),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the broker is shutting down")]
+    Stopped,
+}
+
+type ReplyTo = oneshot::Sender<Result<Reply, BrokerError>>;
+
+struct Job {
+    party: Party,
+    command: Command,
+    idempotency: Option<Idempotency>,
+    reply: ReplyTo,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub commands_accepted: AtomicU64,
+    pub commands_rejected: AtomicU64,
+    pub idempotent_replays: AtomicU64,
+    pub events_appended: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+struct Inner {
+    engine: RwLock<Engine>,
+    jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
+    reader: Mutex<SqliteStore>,
+    clock: Clock,
+    deal: Arc<Deal>,
+    deal_text: String,
+    counters: Counters,
+    tokens: Mutex<HashMap<String, Option<Party>>>,
+    path: PathBuf,
+}
+
+/// A cheap handle to the running broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+const MAX_BATCH: usize = 4096;
+
+impl Broker {
+    /// Opens the database, adopts `deal_text` (or the deal stored there), rebuilds the
+    /// engine from the event log, repairs the projection if it disagrees with the log,
+    /// and starts the writer.
+    pub fn open(
+        path: &Path,
+        deal_file: Option<(&str, &str)>,
+        clock: Clock,
+    ) -> Result<Broker, BrokerError> {
+        let mut store = SqliteStore::open(path)?;
+        let stored = store.meta("deal")?;
+        let (file, text) = match (deal_file, stored) {
+            (Some((file, text)), None) => {
+                store.set_meta("deal", text)?;
+                store.set_meta("deal_file", file)?;
+                (file.to_owned(), text.to_owned())
+            }
+            (Some((file, text)), Some(stored)) => {
+                if text != stored {
+                    return Err(BrokerError::Setup(format!(
+                        "{} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)",
+                        path.display()
+                    )));
+                }
+                (file.to_owned(), stored)
+            }
+            (None, Some(stored)) => {
+                let file = store
+                    .meta("deal_file")?
+                    .unwrap_or_else(|| "deal.toml".into());
+                (file, stored)
+            }
+            (None, None) => {
+                return Err(BrokerError::Setup(format!(
+                    "{} holds no deal yet: pass one with --deal",
+                    path.display()
+                )))
+            }
+        };
+        let deal = parse_deal(&file, &text).map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            BrokerError::Setup(format!("the deal does not parse:\n{}", text.join("\n")))
+        })?;
+        let deal = Arc::new(deal);
+
+        let stored = store.all_events()?;
+        let mut events = Vec::with_capacity(stored.len());
+        let mut last_touch: BTreeMap<String, String> = BTreeMap::new();
+        for row in &stored {
+            let event = Event::from_json(&row.data).map_err(|e| {
+                BrokerError::Setup(format!(
+                    "event {} in the log does not parse: {e}",
+                    row.index
+                ))
+            })?;
+            last_touch.insert(row.need.clone(), row.at.clone());
+            events.push(event);
+        }
+        let start = events.first().map_or_else(|| clock.now(), |e| e.at);
+        let engine = Engine::replay(deal.clone(), &events, start);
+        let rows: Vec<NeedRow> = engine
+            .state()
+            .needs
+            .values()
+            .map(|need| need_row(need, last_touch.get(need.spec.id.as_str())))
+            .collect();
+        if store.all_need_rows()? != rows {
+            tracing::warn!(
+                needs = rows.len(),
+                "the needs projection disagreed with the event log; rebuilt it from the log"
+            );
+            store.rebuild_projection(&rows)?;
+        }
+        let next_index = stored.len() as u64;
+        let reader = SqliteStore::open(path)?;
+        let (sender, receiver) = mpsc::sync_channel(MAX_BATCH * 4);
+        let inner = Arc::new(Inner {
+            engine: RwLock::new(engine),
+            jobs: Mutex::new(Some(sender)),
+            reader: Mutex::new(reader),
+            clock,
+            deal,
+            deal_text: text,
+            counters: Counters::default(),
+            tokens: Mutex::new(HashMap::new()),
+            path: path.to_owned(),
+        });
+        let writer = Writer {
+            inner: inner.clone(),
+            store,
+            next_index,
+        };
+        std::thread::Builder::new()
+            .name("rofr-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| BrokerError::Setup(format!("cannot start the writer thread: {e}")))?;
+        Ok(Broker { inner })
+    }
+
+    pub fn deal(&self) -> &Arc<Deal> {
+        &self.inner.deal
+    }
+
+    pub fn deal_text(&self) -> &str {
+        &self.inner.deal_text
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub fn database_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` with read access to the engine's state as of the last commit.
+    pub fn read<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        let engine = self.inner.engine.read().expect("engine lock poisoned");
+        f(&engine)
+    }
+
+    /// Runs `f` with the read connection to the store.
+    pub fn store<T>(&self, f: impl FnOnce(&SqliteStore) -> T) -> T {
+        let store = self.inner.reader.lock().expect("store lock poisoned");
+        f(&store)
+    }
+
+    /// Queues a command and waits until its events are on disk.
+    pub async fn execute(
+        &self,
+        party: Party,
+        command: Command,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Reply, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job {
+            party,
+            command,
+            idempotency,
+            reply,
+        })?;
+        answer.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// The same, for callers outside an async runtime.
+    pub fn execute_blocking(
+        &self,
+        party: Party,
+        command: Command,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Reply, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job {
+            party,
+            command,
+            idempotency,
+            reply,
+        })?;
+        answer.blocking_recv().map_err(|_| BrokerError::Stopped)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), BrokerError> {
+        let sender = self
+            .inner
+            .jobs
+            .lock()
+            .expect("job lock poisoned")
+            .clone()
+            .ok_or(BrokerError::Stopped)?;
+        sender.send(job).map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Stops taking commands; the writer finishes what is queued and exits.
+    pub fn shutdown(&self) {
+        self.inner.jobs.lock().expect("job lock poisoned").take();
+    }
+
+    /// The party a bearer token speaks for, if it is known. Tokens are stored only as
+    /// SHA-256 hashes.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Party>, BrokerError> {
+        let hash = token_hash(token);
+        if let Some(known) = self.inner.tokens.lock().expect("token lock").get(&hash) {
+            return Ok(known.clone());
+        }
+        let row = self.store(|s| s.token(&hash))?;
+        let party = row.and_then(|row| party_of(&row));
+        self.inner
+            .tokens
+            .lock()
+            .expect("token lock")
+            .insert(hash, party.clone());
+        Ok(party)
+    }
+
+    /// Makes a new token for a party and stores its hash; returns the token itself,
+    /// which is shown once and never stored.
+    pub fn create_token(path: &Path, party: &Party, label: &str) -> Result<String, BrokerError> {
+        let mut store = SqliteStore::open(path)?;
+        let token = new_token();
+        let row = TokenRow {
+            party: match party {
+                Party::Buyer => "buyer".into(),
+                Party::Auditor => "auditor".into(),
+                Party::Provider(_) => "provider".into(),
+            },
+            provider: match party {
+                Party::Provider(id) => Some(id.to_string()),
+                _ => None,
+            },
+            label: label.to_owned(),
+        };
+        let now = Clock::System.now().to_string();
+        store.create_token(&token_hash(&token), &row, &now)?;
+        Ok(token)
+    }
+}
+
+fn party_of(row: &TokenRow) -> Option<Party> {
+    match (row.party.as_str(), &row.provider) {
+        ("buyer", _) => Some(Party::Buyer),
+        ("auditor", _) => Some(Party::Auditor),
+        ("provider", Some(id)) => ProviderId::parse(id).ok().map(Party::Provider),
+        _ => None,
+    }
+}
+
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("rofr_{}", hex::encode(bytes))
+}
+
+/// A need's status as list queries show it, derived from its state.
+pub fn need_status(need: &NeedState) -> &'static str {
+    use rofr_engine::state::Closed;
+    match need.closed {
+        Some(Closed::Completed) => "completed",
+        Some(Closed::Expired) => "expired",
+        Some(Closed::Cancelled) => "cancelled",
+        None if need.fulfilled_until.is_some() => "active",
+        None if need.awarded() == need.spec.gpus => "awarded",
+        None if need.offers.iter().any(|o| o.status == OfferStatus::Open) => "offered",
+        None if need.sourcing_open => "sourcing",
+        None => "waiting",
+    }
+}
+
+fn need_row(need: &NeedState, last_touch: Option<&String>) -> NeedRow {
+    let submitted_at = need.submitted_at.to_string();
+    NeedRow {
+        id: need.spec.id.to_string(),
+        status: need_status(need).into(),
+        sku: need.spec.sku.to_string(),
+        gpus: need.spec.gpus.get(),
+        awarded: need.awarded().get(),
+        holder: need.holder.as_ref().map(|h| h.to_string()),
+        updated_at: last_touch.cloned().unwrap_or_else(|| submitted_at.clone()),
+        submitted_at,
+        next_deadline: need.next_deadline().map(|d| d.to_string()),
+    }
+}
+
+struct Writer {
+    inner: Arc<Inner>,
+    store: SqliteStore,
+    next_index: u64,
+}
+
+impl Writer {
+    fn run(mut self, receiver: mpsc::Receiver<Job>) {
+        loop {
+            let wait = self
+                .inner
+                .engine
+                .read()
+                .expect("engine lock")
+                .state()
+                .next_deadline();
+            let wait = wait
+                .map(|at| self.inner.clock.real_wait_until(at))
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(1), Duration::from_secs(1));
+            let mut jobs = Vec::new();
+            match receiver.recv_timeout(wait) {
+                Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while jobs.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.process(jobs);
+        }
+    }
+
+    fn process(&mut self, jobs: Vec<Job>) {
+        let inner = self.inner.clone();
+        let mut engine = inner.engine.write().expect("engine lock");
+        let now = inner.clock.now().max(engine.clock());
+        let mut batch = Batch::default();
+        let mut touched: BTreeMap<String, String> = BTreeMap::new();
+        let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
+        let mut keys_in_batch: HashMap<(String, String), IdempotentResponse> = HashMap::new();
+
+        let ticked = engine
+            .execute(Command::Tick { now })
+            .expect("the broker's clock never goes back");
+        self.append(&mut batch, &mut touched, &ticked);
+
+        for job in jobs {
+            let party = job.party.key();
+            if let Some(idem) = &job.idempotency {
+                let key = (party.clone(), idem.key.clone());
+                let earlier = match keys_in_batch.get(&key) {
+                    Some(answer) => Some(answer.clone()),
+                    None => match self.store.idempotent(&party, &idem.key) {
+                        Ok(found) => found,
+                        Err(error) => {
+                            answers.push((job.reply, Err(error.into())));
+                            continue;
+                        }
+                    },
+                };
+                if let Some(earlier) = earlier {
+                    let answer = if earlier.request_hash == idem.request_hash {
+                        inner
+                            .counters
+                            .idempotent_replays
+                            .fetch_add(1, Ordering::Relaxed);
+                        Ok(Reply {
+                            status: earlier.status,
+                            body: earlier.body,
+                            replayed: true,
+                        })
+                    } else {
+                        Err(BrokerError::KeyReused(idem.key.clone()))
+                    };
+                    answers.push((job.reply, answer));
+                    continue;
+                }
+            }
+            let status = if matches!(job.command, Command::SubmitNeed { .. }) {
+                201
+            } else {
+                200
+            };
+            match engine.execute(job.command) {
+                Ok(events) => {
+                    inner
+                        .counters
+                        .commands_accepted
+                        .fetch_add(1, Ordering::Relaxed);
+                    let first = self.next_index + batch.events.len() as u64;
+                    let start = batch.events.len();
+                    self.append(&mut batch, &mut touched, &events);
+                    let body = command_body(first, &batch.events[start..]);
+                    if let Some(idem) = job.idempotency {
+                        let answer = IdempotentResponse {
+                            party: party.clone(),
+                            key: idem.key.clone(),
+                            request_hash: idem.request_hash,
+                            status,
+                            body: body.clone(),
+                        };
+                        keys_in_batch.insert((party, idem.key), answer.clone());
+                        batch.idempotency.push(answer);
+                    }
+                    answers.push((
+                        job.reply,
+                        Ok(Reply {
+                            status,
+                            body,
+                            replayed: false,
+                        }),
+                    ));
+                }
+                Err(rejection) => {
+                    inner
+                        .counters
+                        .commands_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    answers.push((job.reply, Err(rejection.into())));
+                }
+            }
+        }
+
+        if !batch.events.is_empty() || !batch.idempotency.is_empty() {
+            let state = engine.state();
+            batch.needs = touched
+                .iter()
+                .filter_map(|(id, at)| state.needs.get(id.as_str()).map(|n| need_row(n, Some(at))))
+                .collect();
+            match self.store.commit(&batch) {
+                Ok(_) => {
+                    self.next_index += batch.events.len() as u64;
+                    inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .counters
+                        .events_appended
+                        .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    // Nothing of this batch is on disk: nobody is told it succeeded, and
+                    // the engine goes back to what the log holds.
+                    tracing::error!(%error, "commit failed; the batch is refused and the engine reloaded from the log");
+                    for (reply, _) in answers {
+                        let _ =
+                            reply.send(Err(BrokerError::Setup(format!("storage failed: {error}"))));
+                    }
+                    let events: Vec<Event> = self
+                        .store
+                        .all_events()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|row| Event::from_json(&row.data).ok())
+                        .collect();
+                    *engine = Engine::replay(inner.deal.clone(), &events, engine.clock());
+                    self.next_index = events.len() as u64;
+                    return;
+                }
+            }
+        }
+        drop(engine);
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn append(&self, batch: &mut Batch, touched: &mut BTreeMap<String, String>, events: &[Event]) {
+        for event in events {
+            let at = event.at.to_string();
+            touched.insert(event.need.to_string(), at.clone());
+            batch.events.push(NewEvent {
+                need: event.need.to_string(),
+                kind: event.kind.type_name().to_owned(),
+                at,
+                data: event.to_json(),
+            });
+        }
+    }
+}
+
+/// `{"need": …, "events": [{"index": …, "event": …}, …]}`, quoting each event's stored
+/// bytes as they are.
+fn command_body(first: u64, events: &[NewEvent]) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        need: Option<&'a str>,
+        events: Vec<IndexedEvent>,
+    }
+    let body = Body {
+        need: events.first().map(|e| e.need.as_str()),
+        events: events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| IndexedEvent {
+                index: first + i as u64,
+                event: raw_json(&event.data),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&body).expect("bodies serialize")
+}
+
+/// An event with its position in the log, its bytes quoted exactly as stored.
+#[derive(Debug, serde::Serialize)]
+pub struct IndexedEvent {
+    pub index: u64,
+    pub event: Box<RawValue>,
+}
+
+/// Stored event bytes, embedded in a response without re-serializing them.
+pub fn raw_json(bytes: &[u8]) -> Box<RawValue> {
+    let text = String::from_utf8(bytes.to_vec()).expect("events are UTF-8 JSON");
+    RawValue::from_string(text).expect("events are valid JSON")
+}

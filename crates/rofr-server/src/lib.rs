@@ -1,0 +1,25 @@
+//! The broker service: the engine behind a durable, group-committing command loop, an
+//! HTTP API for buyers, providers and auditors, provider agents, and the demo.
+//!
+//! Only this crate knows HTTP and the JSON shapes of the API; it never decides a rule
+//! itself (the engine does) and never writes SQL (the store does).
+
+pub mod api;
+pub mod broker;
+pub mod clock;
+pub mod metrics;
+pub mod views;
+
+pub use broker::{Broker, BrokerError, Party};
+pub use clock::Clock;
+
+/// Serves the API on `listener` until the future `shutdown` completes.
+pub async fn serve(
+    broker: Broker,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, api::router(broker))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

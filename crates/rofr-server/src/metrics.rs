@@ -1,0 +1,59 @@
+//! `/metrics` in the Prometheus text format, encoded by `prometheus-client` from the
+//! broker's counters and the needs it holds.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::broker::{need_status, Broker};
+
+pub fn render(broker: &Broker) -> String {
+    let mut registry = Registry::with_prefix("rofr");
+    let counters = broker.counters();
+    let counter = |value: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        c
+    };
+    registry.register(
+        "commands_accepted",
+        "Commands the engine accepted",
+        counter(counters.commands_accepted.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "commands_rejected",
+        "Commands the engine refused",
+        counter(counters.commands_rejected.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "idempotent_replays",
+        "Retries answered from a stored Idempotency-Key",
+        counter(counters.idempotent_replays.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "events_appended",
+        "Events committed to the log",
+        counter(counters.events_appended.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "commits",
+        "Group commits written",
+        counter(counters.commits.load(Ordering::Relaxed)),
+    );
+    let needs = Family::<Vec<(String, String)>, Gauge>::default();
+    broker.read(|engine| {
+        for need in engine.state().needs.values() {
+            needs
+                .get_or_create(&vec![("status".to_owned(), need_status(need).to_owned())])
+                .inc();
+        }
+    });
+    registry.register("needs", "Needs by status", needs);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}

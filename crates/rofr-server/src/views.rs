@@ -1,0 +1,208 @@
+//! What each party sees, built from the engine's state. A provider's views hold only
+//! what is addressed to it (I6).
+
+use rofr_engine::state::{AwardStatus, NeedState, OfferKind, OfferStatus, RfqStatus};
+use rofr_engine::types::{Gpus, Price, ProviderId, Timestamp};
+use rofr_engine::Engine;
+use serde::Serialize;
+
+use crate::broker::need_status;
+
+#[derive(Debug, Serialize)]
+pub struct NeedView {
+    pub id: String,
+    pub status: &'static str,
+    pub sku: String,
+    pub gpus: Gpus,
+    pub awarded: Gpus,
+    pub hours: u32,
+    pub regions: Vec<String>,
+    pub workload: String,
+    pub tags: Vec<String>,
+    pub max_price_per_gpu_hour: Price,
+    pub holder: Option<String>,
+    pub variant: Option<&'static str>,
+    pub submitted_at: Timestamp,
+    pub decide_by: Timestamp,
+    pub next_deadline: Option<Timestamp>,
+    pub launch: Option<String>,
+    pub offers: Vec<OfferView>,
+    pub rfqs: Vec<RfqView>,
+    pub awards: Vec<AwardView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OfferView {
+    pub need: String,
+    pub offer: u32,
+    pub kind: &'static str,
+    pub provider: String,
+    pub gpus: Gpus,
+    pub price_per_gpu_hour: Price,
+    pub deadline: Timestamp,
+    pub status: &'static str,
+    pub sku: String,
+    pub hours: u32,
+    pub earliest_start: Timestamp,
+    pub latest_start: Timestamp,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RfqView {
+    pub need: String,
+    pub round: u32,
+    pub provider: String,
+    pub gpus: Gpus,
+    pub deadline: Timestamp,
+    pub status: &'static str,
+    pub sku: String,
+    pub hours: u32,
+    pub regions: Vec<String>,
+    pub earliest_start: Timestamp,
+    pub latest_start: Timestamp,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AwardView {
+    pub need: String,
+    pub award: u32,
+    pub provider: String,
+    pub gpus: Gpus,
+    pub price_per_gpu_hour: Price,
+    pub status: &'static str,
+    pub confirm_by: Option<Timestamp>,
+    pub reservation: Option<String>,
+    pub sku: String,
+    pub hours: u32,
+}
+
+fn offer_view(need: &NeedState, o: &rofr_engine::state::HolderOffer) -> OfferView {
+    OfferView {
+        need: need.spec.id.to_string(),
+        offer: o.seq,
+        kind: match o.kind {
+            OfferKind::First => "first",
+            OfferKind::Reoffer => "reoffer",
+            OfferKind::Match => "match",
+        },
+        provider: o.provider.to_string(),
+        gpus: o.gpus,
+        price_per_gpu_hour: o.price,
+        deadline: o.deadline,
+        status: match o.status {
+            OfferStatus::Open => "open",
+            OfferStatus::Accepted(_) => "accepted",
+            OfferStatus::Declined => "declined",
+            OfferStatus::Lapsed => "lapsed",
+        },
+        sku: need.spec.sku.to_string(),
+        hours: need.spec.hours,
+        earliest_start: need.spec.earliest_start,
+        latest_start: need.spec.latest_start,
+    }
+}
+
+fn rfq_views(need: &NeedState) -> impl Iterator<Item = RfqView> + '_ {
+    need.rfqs.iter().map(move |r| RfqView {
+        need: need.spec.id.to_string(),
+        round: need.round,
+        provider: r.provider.to_string(),
+        gpus: r.gpus,
+        deadline: r.deadline,
+        status: match (&r.status, need.sourcing_open) {
+            (RfqStatus::Open, true) => "open",
+            (RfqStatus::Open, false) => "closed",
+            (RfqStatus::Quoted { .. }, _) => "quoted",
+            (RfqStatus::Declined, _) => "declined",
+        },
+        sku: need.spec.sku.to_string(),
+        hours: need.spec.hours,
+        regions: need.spec.regions.iter().map(|r| r.to_string()).collect(),
+        earliest_start: need.spec.earliest_start,
+        latest_start: need.spec.latest_start,
+    })
+}
+
+fn award_views(need: &NeedState) -> impl Iterator<Item = AwardView> + '_ {
+    need.awards.iter().map(move |a| AwardView {
+        need: need.spec.id.to_string(),
+        award: a.seq,
+        provider: a.provider.to_string(),
+        gpus: a.gpus,
+        price_per_gpu_hour: a.price,
+        status: match a.status {
+            AwardStatus::PendingApproval => "pending_approval",
+            AwardStatus::Made => "made",
+            AwardStatus::Confirmed => "confirmed",
+            AwardStatus::Rejected => "rejected",
+            AwardStatus::Failed => "failed",
+        },
+        confirm_by: a.confirm_by,
+        reservation: a.reservation.clone(),
+        sku: need.spec.sku.to_string(),
+        hours: need.spec.hours,
+    })
+}
+
+pub fn need_view(need: &NeedState) -> NeedView {
+    let spec = &need.spec;
+    NeedView {
+        id: spec.id.to_string(),
+        status: need_status(need),
+        sku: spec.sku.to_string(),
+        gpus: spec.gpus,
+        awarded: need.awarded(),
+        hours: spec.hours,
+        regions: spec.regions.iter().map(|r| r.to_string()).collect(),
+        workload: spec.workload.to_string(),
+        tags: spec.tags.iter().map(|t| t.to_string()).collect(),
+        max_price_per_gpu_hour: spec.max_price_per_gpu_hour,
+        holder: need.holder.as_ref().map(|h| h.to_string()),
+        variant: need.variant.map(|v| v.as_str()),
+        submitted_at: need.submitted_at,
+        decide_by: spec.decide_by,
+        next_deadline: need.next_deadline(),
+        launch: spec.launch.clone(),
+        offers: need.offers.iter().map(|o| offer_view(need, o)).collect(),
+        rfqs: rfq_views(need).collect(),
+        awards: award_views(need).collect(),
+    }
+}
+
+/// Open offers (first offers, re-offers, match offers) addressed to `provider`.
+pub fn offers_for(engine: &Engine, provider: &ProviderId) -> Vec<OfferView> {
+    engine
+        .state()
+        .needs
+        .values()
+        .filter(|n| n.closed.is_none())
+        .flat_map(|n| {
+            n.open_offers()
+                .filter(|o| &o.provider == provider)
+                .map(move |o| offer_view(n, o))
+        })
+        .collect()
+}
+
+/// Open requests for quotes addressed to `provider`.
+pub fn rfqs_for(engine: &Engine, provider: &ProviderId) -> Vec<RfqView> {
+    engine
+        .state()
+        .needs
+        .values()
+        .filter(|n| n.sourcing_open && n.closed.is_none())
+        .flat_map(|n| {
+            rfq_views(n).filter(|r| r.provider == provider.as_str() && r.status == "open")
+        })
+        .collect()
+}
+
+/// Every award to `provider`, of any status.
+pub fn awards_for(engine: &Engine, provider: &ProviderId) -> Vec<AwardView> {
+    engine
+        .state()
+        .needs
+        .values()
+        .flat_map(|n| award_views(n).filter(|a| a.provider == provider.as_str()))
+        .collect()
+}

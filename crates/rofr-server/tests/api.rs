@@ -1,0 +1,386 @@
+//! Black-box tests of the HTTP API: a real server on a loopback port, a fresh SQLite
+//! file each, real HTTP.
+
+use std::path::PathBuf;
+
+use rofr_engine::types::{ProviderId, Timestamp};
+use rofr_server::{Broker, Clock, Party};
+use serde_json::{json, Value};
+
+const DEAL: &str = r#"
+[deal]
+name = "api-test"
+
+[[provider]]
+id = "azure"
+
+[[provider]]
+id = "oracle"
+
+[[provider]]
+id = "coreweave"
+
+[[first_refusal]]
+holder = "azure"
+variant = "first_offer"
+window = "72h"
+partial = true
+term = { from = 2025-01-01 }
+offer_prices = { H100 = 6.0 }
+"#;
+
+struct App {
+    url: String,
+    client: reqwest::Client,
+    buyer: String,
+    auditor: String,
+    azure: String,
+    oracle: String,
+    stranger: String,
+    _dir: tempfile::TempDir,
+}
+
+fn origin() -> Timestamp {
+    Timestamp::parse("2025-02-03T00:00:00Z").unwrap()
+}
+
+async fn spawn_app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("rofr.db");
+    let broker = Broker::open(
+        &path,
+        Some(("deal.toml", DEAL)),
+        Clock::scaled(origin(), 1.0),
+    )
+    .unwrap();
+    let token = |party: Party| Broker::create_token(&path, &party, "test").unwrap();
+    let provider = |id: &str| Party::Provider(ProviderId::parse(id).unwrap());
+    let (buyer, auditor) = (token(Party::Buyer), token(Party::Auditor));
+    let (azure, oracle, stranger) = (
+        token(provider("azure")),
+        token(provider("oracle")),
+        token(provider("nobody")),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(rofr_server::serve(broker, listener, std::future::pending()));
+    App {
+        url,
+        client: reqwest::Client::new(),
+        buyer,
+        auditor,
+        azure,
+        oracle,
+        stranger,
+        _dir: dir,
+    }
+}
+
+impl App {
+    async fn post(&self, token: &str, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn event_count(&self) -> usize {
+        let (status, page) = self.get(&self.auditor, "/v1/events?limit=1000").await;
+        assert_eq!(status, 200);
+        page["events"].as_array().unwrap().len()
+    }
+
+    async fn submit(&self, id: &str, gpus: i64) -> (u16, Value) {
+        self.post(&self.buyer, "/v1/needs", &need(id, gpus).to_string())
+            .await
+    }
+}
+
+fn need(id: &str, gpus: i64) -> Value {
+    json!({
+        "id": id, "sku": "H100", "gpus": gpus, "hours": 100, "workload": "training",
+        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-03-01T00:00:00Z",
+        "max_price_per_gpu_hour": 8.0, "decide_by": "2025-04-01T00:00:00Z"
+    })
+}
+
+fn types(body: &Value) -> Vec<String> {
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_submitted_need_is_offered_to_the_holder_first() {
+    let app = spawn_app().await;
+    let (status, body) = app.submit("n1", 64).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(types(&body), ["need_submitted", "offer_sent"]);
+    assert_eq!(body["events"][1]["event"]["provider"], "azure");
+    assert_eq!(body["events"][0]["index"], 0);
+    let (_, offers) = app.get(&app.azure, "/v1/offers").await;
+    assert_eq!(offers["offers"][0]["need"], "n1");
+    assert_eq!(offers["offers"][0]["gpus"], 64);
+}
+
+#[tokio::test]
+async fn another_provider_can_neither_see_nor_answer_the_holders_offer() {
+    let app = spawn_app().await;
+    app.submit("n1", 64).await;
+    let (_, offers) = app.get(&app.oracle, "/v1/offers").await;
+    assert_eq!(offers["offers"], json!([]));
+    let before = app.event_count().await;
+    let (status, body) = app.post(&app.oracle, "/v1/needs/n1/accept", "{}").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = app
+        .post(&app.oracle, "/v1/needs/n1/decline", r#"{"reason":"price"}"#)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get(&app.oracle, "/v1/needs/n1").await;
+    assert_eq!(
+        status, 403,
+        "providers read needs only through their offers"
+    );
+    assert_eq!(app.event_count().await, before);
+}
+
+#[tokio::test]
+async fn a_decline_sends_requests_for_quotes_and_the_cheapest_quote_wins() {
+    let app = spawn_app().await;
+    app.submit("n1", 64).await;
+    let (status, body) = app
+        .post(
+            &app.azure,
+            "/v1/needs/n1/decline",
+            r#"{"reason":"no_capacity"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(types(&body), ["offer_declined", "rfq_sent", "rfq_sent"]);
+    let (_, rfqs) = app.get(&app.oracle, "/v1/rfqs").await;
+    assert_eq!(rfqs["rfqs"][0]["need"], "n1");
+    let (status, body) = app
+        .post(
+            &app.oracle,
+            "/v1/needs/n1/quote",
+            r#"{"gpus":64,"price":5.5}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, need) = app.get(&app.buyer, "/v1/needs/n1").await;
+    assert_eq!(need["status"], "sourcing");
+    let (_, listed) = app.get(&app.auditor, "/v1/needs?status=sourcing").await;
+    assert_eq!(listed["needs"][0]["id"], "n1");
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_unauthorized() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/v1/needs", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let (status, body) = app.get("rofr_not_a_token", "/v1/needs").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn parties_are_held_to_their_roles() {
+    let app = spawn_app().await;
+    let (status, _) = app
+        .post(&app.azure, "/v1/needs", &need("n1", 8).to_string())
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app
+        .post(&app.auditor, "/v1/needs", &need("n1", 8).to_string())
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app.get(&app.buyer, "/v1/offers").await;
+    assert_eq!(status, 403);
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing() {
+    let app = spawn_app().await;
+    app.submit("n1", 64).await;
+    let before = app.event_count().await;
+    let mut unknown = need("n2", 8);
+    unknown["colour"] = json!("blue");
+    let mut past = need("n3", 8);
+    past["decide_by"] = json!("2024-01-01T00:00:00Z");
+    let mut bad_time = need("n4", 8);
+    bad_time["earliest_start"] = json!("next tuesday");
+    let cases: Vec<(&str, &str, String, u16, Option<&str>)> = vec![
+        (&app.buyer, "/v1/needs", "{not json".into(), 400, None),
+        (&app.buyer, "/v1/needs", unknown.to_string(), 422, None),
+        (
+            &app.buyer,
+            "/v1/needs",
+            need("n5", 0).to_string(),
+            422,
+            Some("gpus"),
+        ),
+        (
+            &app.buyer,
+            "/v1/needs",
+            need("n6", -4).to_string(),
+            422,
+            Some("gpus"),
+        ),
+        (
+            &app.buyer,
+            "/v1/needs",
+            past.to_string(),
+            422,
+            Some("decide_by"),
+        ),
+        (
+            &app.buyer,
+            "/v1/needs",
+            bad_time.to_string(),
+            422,
+            Some("earliest_start"),
+        ),
+        (
+            &app.buyer,
+            "/v1/needs",
+            need("n1", 8).to_string(),
+            409,
+            Some("id"),
+        ),
+        (
+            &app.azure,
+            "/v1/needs/n1/accept",
+            r#"{"gpus": 65}"#.into(),
+            422,
+            Some("gpus"),
+        ),
+        (
+            &app.azure,
+            "/v1/needs/n1/decline",
+            r#"{"reason": "bored"}"#.into(),
+            422,
+            Some("reason"),
+        ),
+        (&app.azure, "/v1/needs/nope/accept", "{}".into(), 404, None),
+        (&app.stranger, "/v1/needs/n1/accept", "{}".into(), 404, None),
+        (
+            &app.oracle,
+            "/v1/needs/n1/quote",
+            r#"{"gpus": 8, "price": 5.0}"#.into(),
+            404,
+            None,
+        ),
+    ];
+    for (token, path, body, status, field) in cases {
+        let (got, answer) = app.post(token, path, &body).await;
+        assert_eq!(got, status, "{path} {body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+        if let Some(field) = field {
+            assert_eq!(answer["error"]["field"], field, "{path} {body}: {answer}");
+        }
+    }
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "a refused request wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_repeats_no_effect() {
+    let app = spawn_app().await;
+    let send = |key: &'static str, body: String| {
+        app.client
+            .post(format!("{}/v1/needs", app.url))
+            .bearer_auth(&app.buyer)
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let first = send("k-1", need("n1", 8).to_string()).await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first_body = first.text().await.unwrap();
+    let again = send("k-1", need("n1", 8).to_string()).await.unwrap();
+    assert_eq!(again.status().as_u16(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.text().await.unwrap(), first_body);
+    assert_eq!(app.event_count().await, 2, "one need, one offer");
+    let other = send("k-1", need("n2", 8).to_string()).await.unwrap();
+    assert_eq!(other.status().as_u16(), 422);
+    assert_eq!(app.event_count().await, 2);
+}
+
+#[tokio::test]
+async fn pages_are_bounded_and_follow_on() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.submit(&format!("n{i}"), 8).await;
+    }
+    let (status, page) = app.get(&app.buyer, "/v1/needs?limit=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["needs"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().unwrap().to_owned();
+    let (_, page2) = app
+        .get(&app.buyer, &format!("/v1/needs?limit=2&after={next}"))
+        .await;
+    assert_eq!(page2["needs"][0]["id"], "n2");
+    let (status, body) = app.get(&app.buyer, "/v1/needs?limit=100000").await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "limit");
+    let (status, _) = app.get(&app.buyer, "/v1/needs?status=happy").await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test]
+async fn health_and_metrics_answer() {
+    let app = spawn_app().await;
+    app.submit("n1", 8).await;
+    let (status, health) = app.get("", "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["deal"], "api-test");
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("rofr_events_appended_total 2"), "{text}");
+    assert!(text.contains("rofr_needs{status=\"offered\"} 1"), "{text}");
+}
