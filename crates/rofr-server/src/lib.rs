@@ -4,9 +4,12 @@
 //! Only this crate knows HTTP and the JSON shapes of the API; it never decides a rule
 //! itself (the engine does) and never writes SQL (the store does).
 
+pub mod agent;
 pub mod api;
 pub mod broker;
+pub mod client;
 pub mod clock;
+pub mod demo;
 pub mod metrics;
 pub mod views;
 

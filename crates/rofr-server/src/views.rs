@@ -1,7 +1,7 @@
 //! What each party sees, built from the engine's state. A provider's views hold only
 //! what is addressed to it (I6).
 
-use rofr_engine::state::{AwardStatus, NeedState, OfferKind, OfferStatus, RfqStatus};
+use rofr_engine::state::{AwardStatus, Closed, NeedState, OfferKind, OfferStatus, RfqStatus};
 use rofr_engine::types::{Gpus, Price, ProviderId, Timestamp};
 use rofr_engine::Engine;
 use serde::Serialize;
@@ -133,6 +133,7 @@ fn award_views(need: &NeedState) -> impl Iterator<Item = AwardView> + '_ {
         status: match a.status {
             AwardStatus::PendingApproval => "pending_approval",
             AwardStatus::Made => "made",
+            AwardStatus::Confirmed if need.closed == Some(Closed::Completed) => "completed",
             AwardStatus::Confirmed => "confirmed",
             AwardStatus::Rejected => "rejected",
             AwardStatus::Failed => "failed",

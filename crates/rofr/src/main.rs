@@ -1,7 +1,12 @@
 //! The `rofr` binary: argument parsing and wiring only. Every rule lives in the
 //! library crates; this file turns their results into text, JSON and exit codes.
 
+mod agent;
 mod check;
+mod client;
+mod demo;
+mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -20,10 +25,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole system once: broker, four provider agents, a stream of needs.
+    Demo(demo::Args),
     /// Validate a deal file and lint its clauses for conflicts.
     ///
     /// Exit status: 0 when the deal is usable (warnings allowed), 1 when it has errors.
     Check(check::Args),
+    /// Run the broker: the HTTP API over a SQLite database.
+    Serve(serve::Args),
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Answer offers and requests for quotes as one provider, from a capacity model.
+    Agent(agent::Args),
+    /// Submit, list, show and cancel needs (buyer; auditors may read).
+    Need {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::NeedCommand,
+    },
+    /// List and answer offers (provider).
+    Offer {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::OfferCommand,
+    },
+    /// List requests for quotes (provider).
+    Rfq {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::RfqCommand,
+    },
+    /// Quote on a request for quotes (provider).
+    Quote {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(flatten)]
+        args: client::QuoteArgs,
+    },
+    /// Approve, reject, confirm or fail awards.
+    Award {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::AwardCommand,
+    },
+    /// Read the event log (buyer, auditor).
+    Events {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(flatten)]
+        args: client::EventsArgs,
+    },
 }
 
 /// Exit codes shared by every command (PRODUCT.md §6).
@@ -33,9 +89,38 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROFR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Token(command) => token::run(command),
+        Command::Agent(args) => agent::run(args),
+        Command::Need {
+            connection,
+            command,
+        } => client::need(connection, command),
+        Command::Offer {
+            connection,
+            command,
+        } => client::offer(connection, command),
+        Command::Rfq {
+            connection,
+            command,
+        } => client::rfq(connection, command),
+        Command::Quote { connection, args } => client::quote(connection, args),
+        Command::Award {
+            connection,
+            command,
+        } => client::award(connection, command),
+        Command::Events { connection, args } => client::events(connection, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,99 @@
+//! `rofr serve`: the broker on a SQLite file, serving the HTTP API.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rofr_engine::types::Timestamp;
+use rofr_server::{Broker, Clock};
+
+use crate::exit;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The SQLite database file; created if missing.
+    #[arg(long, default_value = "rofr.db")]
+    database: PathBuf,
+    /// The deal file. Needed the first time; later the database holds the deal.
+    #[arg(long)]
+    deal: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Run model time this many times faster than life (tests and rehearsals).
+    #[arg(long, value_name = "FACTOR")]
+    speed: Option<f64>,
+    /// With --speed: the model time to start from (RFC 3339).
+    #[arg(long, value_name = "TIME", requires = "speed")]
+    clock_start: Option<String>,
+}
+
+pub fn clock(speed: Option<f64>, start: Option<&str>) -> anyhow::Result<Clock> {
+    match speed {
+        None => Ok(Clock::System),
+        Some(speed) if speed.is_finite() && speed > 0.0 => {
+            let origin = match start {
+                Some(text) => {
+                    Timestamp::parse(text).map_err(|e| anyhow::anyhow!("--clock-start: {e}"))?
+                }
+                None => Clock::System.now(),
+            };
+            Ok(Clock::scaled(origin, speed))
+        }
+        Some(speed) => anyhow::bail!("--speed must be a positive number, not {speed}"),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let clock = clock(args.speed, args.clock_start.as_deref())?;
+    let deal = match &args.deal {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the deal file {}", path.display()))?;
+            Some((path.display().to_string(), text))
+        }
+        None => None,
+    };
+    let broker = Broker::open(
+        &args.database,
+        deal.as_ref().map(|(f, t)| (f.as_str(), t.as_str())),
+        clock,
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        println!(
+            "rofr: serving deal \"{}\" from {} on http://{address}",
+            broker.deal().name,
+            args.database.display()
+        );
+        tracing::info!(%address, "serving");
+        rofr_server::serve(broker.clone(), listener, shutdown_signal()).await?;
+        broker.shutdown();
+        anyhow::Ok(())
+    })?;
+    Ok(exit::OK)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
