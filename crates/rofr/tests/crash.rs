@@ -1,0 +1,192 @@
+//! The broker is killed with SIGKILL mid-stream and restarted: no acknowledged need is
+//! lost, the state equals a replay of the log, and deadlines that passed while it was
+//! down fire as of their own time.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use rofr_engine::state::State;
+use rofr_engine::types::Timestamp;
+use rofr_engine::{Event, EventKind};
+use serde_json::{json, Value};
+
+const DEAL: &str = r#"
+[deal]
+name = "crash"
+
+[sourcing]
+quote_window = "30m"
+confirm_window = "2h"
+retry_after = "1h"
+
+[[provider]]
+id = "azure"
+
+[[provider]]
+id = "oracle"
+
+[[first_refusal]]
+holder = "azure"
+variant = "first_offer"
+window = "1h"
+partial = true
+term = { from = 2025-01-01 }
+"#;
+
+const T0: &str = "2025-02-03T00:00:00Z";
+
+fn rofr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rofr"))
+}
+
+/// Starts `rofr serve` on a free port; returns the child and its URL.
+fn serve(database: &Path, deal: Option<&Path>, clock_start: &str) -> (Child, String) {
+    let mut command = rofr();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--speed", "3600", "--clock-start", clock_start]);
+    command.arg("--database").arg(database);
+    if let Some(deal) = deal {
+        command.arg("--deal").arg(deal);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().last().expect("the serve banner names the URL").to_owned();
+    assert!(url.starts_with("http://"), "{line}");
+    (child, url)
+}
+
+fn token(database: &Path, party: &str, provider: Option<&str>) -> String {
+    let mut command = rofr();
+    command.args(["token", "create", "--party", party]).arg("--database").arg(database);
+    if let Some(p) = provider {
+        command.args(["--provider", p]);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn need(id: &str) -> Value {
+    json!({
+        "id": id, "sku": "H100", "gpus": 16, "hours": 24, "workload": "training",
+        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-03-01T00:00:00Z",
+        "max_price_per_gpu_hour": 8.0, "decide_by": "2025-04-01T00:00:00Z"
+    })
+}
+
+async fn all_events(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let mut path = format!("{url}/v1/events?limit=1000");
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page: Value = client.get(path).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next"].as_u64() {
+            Some(next) => after = Some(next),
+            None => return events,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlines_as_of_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("rofr.db");
+    let deal = dir.path().join("deal.toml");
+    std::fs::write(&deal, DEAL).unwrap();
+
+    let (mut child, url) = serve(&database, Some(&deal), T0);
+    let buyer = token(&database, "buyer", None);
+    let auditor = token(&database, "auditor", None);
+    let client = reqwest::Client::new();
+
+    // Four writers submit needs as fast as they can; the broker is killed under them.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (client, url, buyer, acknowledged) = (client.clone(), url.clone(), buyer.clone(), acknowledged.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..10_000 {
+                let id = format!("w{w}-{i:05}");
+                let sent = client.post(format!("{url}/v1/needs")).bearer_auth(&buyer).json(&need(&id)).send().await;
+                match sent {
+                    Ok(response) if response.status().as_u16() == 201 => acknowledged.lock().unwrap().push(id),
+                    Ok(response) => panic!("unexpected answer {}", response.status()),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while acknowledged.lock().unwrap().len() < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    // The broker comes back three model hours later: every offer's one-hour window has
+    // passed while it was down.
+    let restart_at = Timestamp::parse(T0).unwrap().plus_seconds(3 * 3600);
+    let (mut child, url) = serve(&database, None, &restart_at.to_string());
+    // Let the first tick fire the overdue deadlines.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    for id in &acknowledged {
+        let response = client.get(format!("{url}/v1/needs/{id}")).bearer_auth(&buyer).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "acknowledged need {id} was lost");
+    }
+
+    let entries = all_events(&client, &url, &auditor).await;
+    let events: Vec<Event> = entries.iter().map(|e| serde_json::from_value(e["event"].clone()).unwrap()).collect();
+    let indexes: Vec<u64> = entries.iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, (0..entries.len() as u64).collect::<Vec<_>>(), "the log has no gaps");
+
+    let mut deadlines = BTreeMap::new();
+    let mut lapses = 0;
+    for event in &events {
+        match &event.kind {
+            EventKind::OfferSent { offer, deadline, .. } => {
+                deadlines.insert((event.need.clone(), *offer), *deadline);
+            }
+            EventKind::OfferLapsed { offer, .. } => {
+                assert_eq!(Some(&event.at), deadlines.get(&(event.need.clone(), *offer)), "lapse not at its deadline");
+                assert!(event.at < restart_at, "the lapse is recorded as of the deadline, not the restart");
+                lapses += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(lapses >= acknowledged.len(), "every acknowledged need's offer lapsed while the broker was down ({lapses} lapses)");
+
+    // The state the server reports equals a replay of its log.
+    let replayed = State::from_events(&events);
+    let listed: Vec<Value> = {
+        let page: Value = client
+            .get(format!("{url}/v1/needs?limit=1000"))
+            .bearer_auth(&buyer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["needs"].as_array().unwrap().clone()
+    };
+    for row in &listed {
+        let id = row["id"].as_str().unwrap();
+        let need = &replayed.needs[id];
+        assert_eq!(row["status"], rofr_server::broker::need_status(need), "{id}");
+        assert_eq!(row["awarded"], need.awarded().get(), "{id}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
