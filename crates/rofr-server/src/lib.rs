@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod clock;

@@ -2,6 +2,7 @@
 //! library crates; this file turns their results into text, JSON and exit codes.
 
 mod agent;
+mod bench;
 mod check;
 mod client;
 mod demo;
@@ -27,6 +28,9 @@ struct Cli {
 enum Command {
     /// Run the whole system once: broker, four provider agents, a stream of needs.
     Demo(demo::Args),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(bench::Command),
     /// Validate a deal file and lint its clauses for conflicts.
     ///
     /// Exit status: 0 when the deal is usable (warnings allowed), 1 when it has errors.
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
+        Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(args),
         Command::Token(command) => token::run(command),
         Command::Agent(args) => agent::run(args),

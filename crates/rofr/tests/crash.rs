@@ -45,27 +45,52 @@ fn rofr() -> Command {
 /// Starts `rofr serve` on a free port; returns the child and its URL.
 fn serve(database: &Path, deal: Option<&Path>, clock_start: &str) -> (Child, String) {
     let mut command = rofr();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--speed", "3600", "--clock-start", clock_start]);
+    command.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--speed",
+        "3600",
+        "--clock-start",
+        clock_start,
+    ]);
     command.arg("--database").arg(database);
     if let Some(deal) = deal {
         command.arg("--deal").arg(deal);
     }
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().last().expect("the serve banner names the URL").to_owned();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .last()
+        .expect("the serve banner names the URL")
+        .to_owned();
     assert!(url.starts_with("http://"), "{line}");
     (child, url)
 }
 
 fn token(database: &Path, party: &str, provider: Option<&str>) -> String {
     let mut command = rofr();
-    command.args(["token", "create", "--party", party]).arg("--database").arg(database);
+    command
+        .args(["token", "create", "--party", party])
+        .arg("--database")
+        .arg(database);
     if let Some(p) = provider {
         command.args(["--provider", p]);
     }
     let output = command.output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
@@ -85,7 +110,15 @@ async fn all_events(client: &reqwest::Client, url: &str, token: &str) -> Vec<Val
         if let Some(a) = after {
             path.push_str(&format!("&after={a}"));
         }
-        let page: Value = client.get(path).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        let page: Value = client
+            .get(path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         events.extend(page["events"].as_array().unwrap().iter().cloned());
         match page["next"].as_u64() {
             Some(next) => after = Some(next),
@@ -95,7 +128,8 @@ async fn all_events(client: &reqwest::Client, url: &str, token: &str) -> Vec<Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlines_as_of_their_time() {
+async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlines_as_of_their_time(
+) {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("rofr.db");
     let deal = dir.path().join("deal.toml");
@@ -110,13 +144,25 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
     for w in 0..4 {
-        let (client, url, buyer, acknowledged) = (client.clone(), url.clone(), buyer.clone(), acknowledged.clone());
+        let (client, url, buyer, acknowledged) = (
+            client.clone(),
+            url.clone(),
+            buyer.clone(),
+            acknowledged.clone(),
+        );
         writers.push(tokio::spawn(async move {
             for i in 0..10_000 {
                 let id = format!("w{w}-{i:05}");
-                let sent = client.post(format!("{url}/v1/needs")).bearer_auth(&buyer).json(&need(&id)).send().await;
+                let sent = client
+                    .post(format!("{url}/v1/needs"))
+                    .bearer_auth(&buyer)
+                    .json(&need(&id))
+                    .send()
+                    .await;
                 match sent {
-                    Ok(response) if response.status().as_u16() == 201 => acknowledged.lock().unwrap().push(id),
+                    Ok(response) if response.status().as_u16() == 201 => {
+                        acknowledged.lock().unwrap().push(id)
+                    }
                     Ok(response) => panic!("unexpected answer {}", response.status()),
                     Err(_) => return,
                 }
@@ -141,31 +187,62 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
     for id in &acknowledged {
-        let response = client.get(format!("{url}/v1/needs/{id}")).bearer_auth(&buyer).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 200, "acknowledged need {id} was lost");
+        let response = client
+            .get(format!("{url}/v1/needs/{id}"))
+            .bearer_auth(&buyer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "acknowledged need {id} was lost"
+        );
     }
 
     let entries = all_events(&client, &url, &auditor).await;
-    let events: Vec<Event> = entries.iter().map(|e| serde_json::from_value(e["event"].clone()).unwrap()).collect();
-    let indexes: Vec<u64> = entries.iter().map(|e| e["index"].as_u64().unwrap()).collect();
-    assert_eq!(indexes, (0..entries.len() as u64).collect::<Vec<_>>(), "the log has no gaps");
+    let events: Vec<Event> = entries
+        .iter()
+        .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
+        .collect();
+    let indexes: Vec<u64> = entries
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        (0..entries.len() as u64).collect::<Vec<_>>(),
+        "the log has no gaps"
+    );
 
     let mut deadlines = BTreeMap::new();
     let mut lapses = 0;
     for event in &events {
         match &event.kind {
-            EventKind::OfferSent { offer, deadline, .. } => {
+            EventKind::OfferSent {
+                offer, deadline, ..
+            } => {
                 deadlines.insert((event.need.clone(), *offer), *deadline);
             }
             EventKind::OfferLapsed { offer, .. } => {
-                assert_eq!(Some(&event.at), deadlines.get(&(event.need.clone(), *offer)), "lapse not at its deadline");
-                assert!(event.at < restart_at, "the lapse is recorded as of the deadline, not the restart");
+                assert_eq!(
+                    Some(&event.at),
+                    deadlines.get(&(event.need.clone(), *offer)),
+                    "lapse not at its deadline"
+                );
+                assert!(
+                    event.at < restart_at,
+                    "the lapse is recorded as of the deadline, not the restart"
+                );
                 lapses += 1;
             }
             _ => {}
         }
     }
-    assert!(lapses >= acknowledged.len(), "every acknowledged need's offer lapsed while the broker was down ({lapses} lapses)");
+    assert!(
+        lapses >= acknowledged.len(),
+        "every acknowledged need's offer lapsed while the broker was down ({lapses} lapses)"
+    );
 
     // The state the server reports equals a replay of its log.
     let replayed = State::from_events(&events);
@@ -184,7 +261,11 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     for row in &listed {
         let id = row["id"].as_str().unwrap();
         let need = &replayed.needs[id];
-        assert_eq!(row["status"], rofr_server::broker::need_status(need), "{id}");
+        assert_eq!(
+            row["status"],
+            rofr_server::broker::need_status(need),
+            "{id}"
+        );
         assert_eq!(row["awarded"], need.awarded().get(), "{id}");
     }
     child.kill().unwrap();

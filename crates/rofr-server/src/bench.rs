@@ -1,0 +1,290 @@
+//! `rofr bench broker`: end-to-end throughput of the broker, in process and over HTTP,
+//! beside the raw rate of appending the same event bytes to SQLite with the same
+//! commit batching. A command, not a test: it prints figures and asserts nothing.
+
+use std::time::{Duration, Instant};
+
+use rofr_engine::need::NeedSpec;
+use rofr_engine::types::{Gpus, NeedId, Price, ProviderId, Sku, Timestamp, Workload};
+use rofr_engine::Command;
+use rofr_store::{Batch, NewEvent, SqliteStore};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::{Broker, Clock, Party};
+
+pub const BENCH_DEAL: &str = r#"
+[deal]
+name = "bench"
+
+[[provider]]
+id = "holder"
+
+[[provider]]
+id = "alt"
+
+[[first_refusal]]
+holder = "holder"
+variant = "first_offer"
+window = "72h"
+partial = true
+term = { from = 2025-01-01 }
+"#;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub needs: usize,
+    pub clients: usize,
+    pub http: bool,
+}
+
+#[derive(Debug)]
+pub struct BenchReport {
+    pub mode: &'static str,
+    pub needs: usize,
+    pub clients: usize,
+    pub seconds: f64,
+    pub events: u64,
+    pub commits: u64,
+    pub latencies: Vec<Duration>,
+    pub raw_events_per_second: f64,
+    pub resident_mb: Option<f64>,
+}
+
+impl BenchReport {
+    pub fn render(&self) -> String {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let pct = |p: f64| {
+            sorted
+                .get(((sorted.len().max(1) - 1) as f64 * p) as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        let events_per_second = self.events as f64 / self.seconds;
+        format!(
+            "{mode:<11} needs {needs:>8}  clients {clients:>3}  {nps:>9.0} needs/s  {eps:>9.0} events/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  events/commit {epc:>6.1}  raw append {raw:>9.0} events/s  ratio {ratio:.2}  RSS {rss}",
+            mode = self.mode,
+            needs = self.needs,
+            clients = self.clients,
+            nps = self.needs as f64 / self.seconds,
+            eps = events_per_second,
+            p50 = pct(0.5),
+            p99 = pct(0.99),
+            epc = self.events as f64 / self.commits.max(1) as f64,
+            raw = self.raw_events_per_second,
+            ratio = events_per_second / self.raw_events_per_second,
+            rss = self.resident_mb.map_or("n/a".into(), |m| format!("{m:.0} MB")),
+        )
+    }
+}
+
+fn spec(i: usize, now: Timestamp) -> NeedSpec {
+    NeedSpec {
+        id: NeedId::parse(&format!("b{i:08}")).expect("valid"),
+        sku: Sku::parse("H100").expect("valid"),
+        gpus: Gpus(8),
+        regions: Default::default(),
+        earliest_start: now.plus_seconds(86_400),
+        latest_start: now.plus_seconds(30 * 86_400),
+        hours: 24,
+        workload: Workload::parse("training").expect("valid"),
+        tags: Default::default(),
+        max_price_per_gpu_hour: Price::from_dollars(8.0).expect("valid"),
+        offer_price_per_gpu_hour: None,
+        priority: 0,
+        launch: None,
+        decide_by: now.plus_seconds(20 * 86_400),
+    }
+}
+
+/// Resident memory of this process, from /proc (Linux only).
+pub fn resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// One need's whole life with instant answers: submit, the holder accepts, confirms.
+async fn one_need_in_process(
+    broker: &Broker,
+    holder: &ProviderId,
+    i: usize,
+    now: Timestamp,
+    lat: &mut Vec<Duration>,
+) {
+    let need = spec(i, now);
+    let id = need.id.clone();
+    let commands = [
+        (Party::Buyer, Command::SubmitNeed { need }),
+        (
+            Party::Provider(holder.clone()),
+            Command::Accept {
+                provider: holder.clone(),
+                need: id.clone(),
+                offer: None,
+                gpus: None,
+                price: None,
+            },
+        ),
+        (
+            Party::Provider(holder.clone()),
+            Command::Confirm {
+                provider: holder.clone(),
+                need: id,
+                award: 1,
+                reservation: "r".into(),
+            },
+        ),
+    ];
+    for (party, command) in commands {
+        let started = Instant::now();
+        broker
+            .execute(party, command, None)
+            .await
+            .expect("bench commands are valid");
+        lat.push(started.elapsed());
+    }
+}
+
+async fn one_need_over_http(
+    buyer: &Client,
+    holder: &Client,
+    i: usize,
+    now: Timestamp,
+    lat: &mut Vec<Duration>,
+) {
+    let need = serde_json::to_value(spec(i, now)).expect("serializes");
+    let id = need["id"].as_str().expect("id").to_owned();
+    let steps = [
+        (buyer, "/v1/needs".to_owned(), need),
+        (holder, format!("/v1/needs/{id}/accept"), json!({})),
+        (
+            holder,
+            format!("/v1/needs/{id}/awards/1/confirm"),
+            json!({"reservation": "r"}),
+        ),
+    ];
+    for (client, path, body) in steps {
+        let started = Instant::now();
+        client
+            .post(&path, &body)
+            .await
+            .expect("bench requests succeed");
+        lat.push(started.elapsed());
+    }
+}
+
+pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("bench.db");
+    let origin = Timestamp::parse("2025-02-03T00:00:00Z").expect("valid");
+    let broker = Broker::open(
+        &path,
+        Some(("bench.toml", BENCH_DEAL)),
+        Clock::scaled(origin, 1.0),
+    )
+    .map_err(|e| e.to_string())?;
+    let holder = ProviderId::parse("holder").expect("valid");
+    let now = origin;
+
+    let (url, buyer_token, holder_token) = if options.http {
+        let buyer =
+            Broker::create_token(&path, &Party::Buyer, "bench").map_err(|e| e.to_string())?;
+        let holder_token = Broker::create_token(&path, &Party::Provider(holder.clone()), "bench")
+            .map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::spawn(crate::serve(
+            broker.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        (url, buyer, holder_token)
+    } else {
+        Default::default()
+    };
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let per_client = options.needs.div_ceil(options.clients);
+    for c in 0..options.clients {
+        let range = (c * per_client)..((c + 1) * per_client).min(options.needs);
+        let broker = broker.clone();
+        let holder = holder.clone();
+        let clients = options.http.then(|| {
+            (
+                Client::new(&url, &buyer_token),
+                Client::new(&url, &holder_token),
+            )
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(range.len() * 3);
+            for i in range {
+                match &clients {
+                    Some((buyer, holder)) => {
+                        one_need_over_http(buyer, holder, i, now, &mut lat).await
+                    }
+                    None => one_need_in_process(&broker, &holder, i, now, &mut lat).await,
+                }
+            }
+            lat
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let counters = broker.counters();
+    let events = counters
+        .events_appended
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let commits = counters.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let resident = resident_mb();
+    broker.shutdown();
+
+    // The same bytes, appended raw with the same number of events per commit.
+    let stored = broker
+        .store(|s| s.all_events())
+        .map_err(|e| e.to_string())?;
+    let per_commit = (events as f64 / commits.max(1) as f64).round().max(1.0) as usize;
+    let mut raw = SqliteStore::open(&dir.path().join("raw.db")).map_err(|e| e.to_string())?;
+    let batches: Vec<Batch> = stored
+        .chunks(per_commit)
+        .map(|chunk| Batch {
+            events: chunk
+                .iter()
+                .map(|e| NewEvent {
+                    need: e.need.clone(),
+                    kind: e.kind.clone(),
+                    at: e.at.clone(),
+                    data: e.data.clone(),
+                })
+                .collect(),
+            ..Batch::default()
+        })
+        .collect();
+    let raw_started = Instant::now();
+    for batch in &batches {
+        raw.commit(batch).map_err(|e| e.to_string())?;
+    }
+    let raw_events_per_second = stored.len() as f64 / raw_started.elapsed().as_secs_f64();
+
+    Ok(BenchReport {
+        mode: if options.http { "http" } else { "in-process" },
+        needs: options.needs,
+        clients: options.clients,
+        seconds,
+        events,
+        commits,
+        latencies,
+        raw_events_per_second,
+        resident_mb: resident,
+    })
+}

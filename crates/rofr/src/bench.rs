@@ -1,0 +1,49 @@
+//! `rofr bench`: benchmark commands that print their figures.
+
+use rofr_server::bench::{bench_broker, BenchOptions};
+
+use crate::exit;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Broker throughput in process and over HTTP, beside raw SQLite appends.
+    Broker {
+        /// Needs per run; each is submitted, accepted by the holder and confirmed.
+        #[arg(long, default_value_t = 100_000)]
+        needs: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 512)]
+        clients: usize,
+        /// Which runs to make.
+        #[arg(long, value_parser = ["in-process", "http", "both"], default_value = "both")]
+        mode: String,
+    },
+}
+
+pub fn run(command: Command) -> anyhow::Result<u8> {
+    let Command::Broker {
+        needs,
+        clients,
+        mode,
+    } = command;
+    anyhow::ensure!(
+        needs > 0 && clients > 0,
+        "--needs and --clients must be positive"
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    println!("rofr bench broker: {needs} needs x 3 commands each, {clients} clients, a fresh SQLite file per run");
+    for http in [false, true] {
+        if (http && mode == "in-process") || (!http && mode == "http") {
+            continue;
+        }
+        let report = runtime
+            .block_on(bench_broker(BenchOptions {
+                needs,
+                clients,
+                http,
+            }))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        println!("{}", report.render());
+    }
+    Ok(exit::OK)
+}
