@@ -10,6 +10,7 @@ use crate::types::{Gpus, NeedId, Price, Region, Sku, Tag, Timestamp, Workload};
 /// What the buyer submits. Field checks that need no context (positive GPUs, ordered
 /// dates) happen in [`NeedSpec::validate`]; the engine adds those that need the clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NeedSpec {
     pub id: NeedId,

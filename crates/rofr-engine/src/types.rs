@@ -54,6 +54,16 @@ macro_rules! identifier {
             }
         }
 
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                openapi::string(concat!("A ", $what, ": 1 to 64 letters, digits, `-`, `_` or `.`"), None)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
+
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(d)?;
@@ -262,6 +272,54 @@ impl<'de> Deserialize<'de> for Timestamp {
         let text = String::deserialize(d)?;
         Timestamp::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// JSON schemas for the newtypes, for the HTTP API's OpenAPI document.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+    use utoipa::openapi::RefOr;
+
+    pub fn string(description: &str, format: Option<KnownFormat>) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(format.map(SchemaFormat::KnownFormat))
+            .description(Some(description))
+            .build()
+            .into()
+    }
+
+    pub fn number(kind: Type, description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(kind)
+            .description(Some(description))
+            .build()
+            .into()
+    }
+
+    impl utoipa::PartialSchema for super::Gpus {
+        fn schema() -> RefOr<Schema> {
+            number(Type::Integer, "A count of GPUs")
+        }
+    }
+    impl utoipa::ToSchema for super::Gpus {}
+
+    impl utoipa::PartialSchema for super::Price {
+        fn schema() -> RefOr<Schema> {
+            number(Type::Number, "US dollars per GPU-hour, to a ten-thousandth")
+        }
+    }
+    impl utoipa::ToSchema for super::Price {}
+
+    impl utoipa::PartialSchema for super::Timestamp {
+        fn schema() -> RefOr<Schema> {
+            string(
+                "RFC 3339 time in whole seconds",
+                Some(KnownFormat::DateTime),
+            )
+        }
+    }
+    impl utoipa::ToSchema for super::Timestamp {}
 }
 
 #[cfg(test)]

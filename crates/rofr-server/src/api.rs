@@ -28,6 +28,7 @@ pub fn router(broker: Broker) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/needs", post(submit_need).get(list_needs))
         .route("/v1/needs/{id}", get(show_need))
         .route("/v1/needs/{id}/events", get(need_events))
@@ -47,6 +48,109 @@ pub fn router(broker: Broker) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(broker)
+}
+
+// ----- response shapes ---------------------------------------------------------------
+
+/// The answer to every accepted write: the events it appended, with their log indexes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CommandAnswer {
+    pub need: Option<String>,
+    pub events: Vec<IndexedEvent>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NeedSummary {
+    pub id: String,
+    /// offered, sourcing, waiting, awarded, active, completed, expired or cancelled.
+    pub status: String,
+    pub sku: String,
+    pub gpus: u32,
+    pub awarded: u32,
+    pub holder: Option<String>,
+    pub submitted_at: String,
+    pub updated_at: String,
+    pub next_deadline: Option<String>,
+}
+
+/// A page of needs; pass `next` as `after` for the following page.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NeedsPage {
+    pub needs: Vec<NeedSummary>,
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NeedEvents {
+    pub need: String,
+    pub events: Vec<IndexedEvent>,
+}
+
+/// A page of the event log; pass `next` as `after` for the following page.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub events: Vec<IndexedEvent>,
+    pub next: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OfferList {
+    pub offers: Vec<views::OfferView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RfqList {
+    pub rfqs: Vec<views::RfqView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AwardList {
+    pub awards: Vec<views::AwardView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub deal: String,
+    /// The broker's clock.
+    pub now: rofr_engine::types::Timestamp,
+}
+
+// ----- the OpenAPI document ----------------------------------------------------------
+
+/// The API's OpenAPI 3 document, generated from the handlers and types below.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "rofr", description = "Contract-aware multi-cloud GPU compute sourcing: buyer, provider and auditor API."),
+    paths(
+        healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
+        accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events
+    ),
+    components(schemas(Envelope<'static>, Body<'static>)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+async fn openapi_json() -> Response {
+    use utoipa::OpenApi;
+    let text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the document serializes");
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 // ----- errors ------------------------------------------------------------------------
@@ -83,13 +187,16 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
+/// Every error: a stable `code`, a sentence, and the field at fault where there is one.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Envelope<'a> {
     error: Body<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Body<'a> {
+    /// `unauthorized`, `forbidden`, `not_found`, `malformed_json`, `invalid_field`,
+    /// `conflict`, `lapsed`, `idempotency_key_reused`, `unavailable` or `internal`.
     code: &'a str,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -299,6 +406,7 @@ async fn run(
 
 // ----- buyer -------------------------------------------------------------------------
 
+#[utoipa::path(post, path = "/v1/needs", tag = "buyer", request_body = NeedSpec, params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key repeat no effect")), responses((status = 201, body = CommandAnswer), (status = 400, body = Envelope, description = "Malformed JSON"), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn submit_need(
     State(broker): State<Broker>,
     caller: Caller,
@@ -318,7 +426,8 @@ async fn submit_need(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
@@ -355,11 +464,12 @@ const STATUSES: [&str; 8] = [
     "cancelled",
 ];
 
+#[utoipa::path(get, path = "/v1/needs", tag = "buyer", params(ListQuery), responses((status = 200, body = NeedsPage), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
 async fn list_needs(
     State(broker): State<Broker>,
     caller: Caller,
     Query(query): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<NeedsPage>, ApiError> {
     caller.reader("list needs")?;
     if let Some(status) = &query.status {
         if !STATUSES.contains(&status.as_str()) {
@@ -381,19 +491,24 @@ async fn list_needs(
     let next = (rows.len() as u32 == limit)
         .then(|| rows.last().map(|r| r.id.clone()))
         .flatten();
-    let needs: Vec<serde_json::Value> = rows
+    let needs = rows
         .into_iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.id, "status": r.status, "sku": r.sku, "gpus": r.gpus, "awarded": r.awarded,
-                "holder": r.holder, "submitted_at": r.submitted_at, "updated_at": r.updated_at,
-                "next_deadline": r.next_deadline,
-            })
+        .map(|r| NeedSummary {
+            id: r.id,
+            status: r.status,
+            sku: r.sku,
+            gpus: r.gpus,
+            awarded: r.awarded,
+            holder: r.holder,
+            submitted_at: r.submitted_at,
+            updated_at: r.updated_at,
+            next_deadline: r.next_deadline,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "needs": needs, "next": next })))
+    Ok(Json(NeedsPage { needs, next }))
 }
 
+#[utoipa::path(get, path = "/v1/needs/{id}", tag = "buyer", params(("id" = String, Path)), responses((status = 200, body = views::NeedView), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope)))]
 async fn show_need(
     State(broker): State<Broker>,
     caller: Caller,
@@ -413,6 +528,7 @@ async fn show_need(
         })
 }
 
+#[utoipa::path(get, path = "/v1/needs/{id}/events", tag = "auditor", params(("id" = String, Path)), responses((status = 200, body = NeedEvents), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope)))]
 async fn need_events(
     State(broker): State<Broker>,
     caller: Caller,
@@ -430,13 +546,8 @@ async fn need_events(
             format!("no need `{id}`"),
         ));
     }
-    #[derive(Serialize)]
-    struct NeedEvents<'a> {
-        need: &'a str,
-        events: Vec<IndexedEvent>,
-    }
     let body = NeedEvents {
-        need: id.as_str(),
+        need: id.to_string(),
         events: rows
             .iter()
             .map(|r| IndexedEvent {
@@ -449,12 +560,13 @@ async fn need_events(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Reason {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/cancel", tag = "buyer", request_body = Reason, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn cancel_need(
     State(broker): State<Broker>,
     caller: Caller,
@@ -477,6 +589,7 @@ async fn cancel_need(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/approve", tag = "buyer", params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn approve(
     State(broker): State<Broker>,
     caller: Caller,
@@ -498,6 +611,7 @@ async fn approve(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/reject", tag = "buyer", request_body = Reason, params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn reject(
     State(broker): State<Broker>,
     caller: Caller,
@@ -526,7 +640,7 @@ async fn reject(
 
 // ----- providers ---------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AcceptBody {
     offer: Option<u32>,
@@ -534,6 +648,7 @@ struct AcceptBody {
     price: Option<Price>,
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/accept", tag = "provider", request_body = AcceptBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn accept(
     State(broker): State<Broker>,
     caller: Caller,
@@ -555,13 +670,14 @@ async fn accept(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeclineBody {
     offer: Option<u32>,
     reason: DeclineReason,
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/decline", tag = "provider", request_body = DeclineBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn decline(
     State(broker): State<Broker>,
     caller: Caller,
@@ -582,13 +698,14 @@ async fn decline(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QuoteBody {
     gpus: Gpus,
     price: Price,
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/quote", tag = "provider", request_body = QuoteBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn quote(
     State(broker): State<Broker>,
     caller: Caller,
@@ -609,13 +726,14 @@ async fn quote(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MatchBody {
     offer: Option<u32>,
     gpus: Option<Gpus>,
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/match", tag = "provider", request_body = MatchBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn match_offer(
     State(broker): State<Broker>,
     caller: Caller,
@@ -636,12 +754,13 @@ async fn match_offer(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfirmBody {
     reservation: String,
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/confirm", tag = "provider", request_body = ConfirmBody, params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn confirm(
     State(broker): State<Broker>,
     caller: Caller,
@@ -662,6 +781,7 @@ async fn confirm(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
+#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/fail", tag = "provider", request_body = Reason, params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
 async fn fail(
     State(broker): State<Broker>,
     caller: Caller,
@@ -682,42 +802,44 @@ async fn fail(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
+#[utoipa::path(get, path = "/v1/offers", tag = "provider", responses((status = 200, body = OfferList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
 async fn my_offers(
     State(broker): State<Broker>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<OfferList>, ApiError> {
     let provider = caller.provider("list its offers")?;
     let offers = broker.read(|e| views::offers_for(e, &provider));
-    Ok(Json(serde_json::json!({ "offers": offers })))
+    Ok(Json(OfferList { offers }))
 }
 
-async fn my_rfqs(
-    State(broker): State<Broker>,
-    caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/rfqs", tag = "provider", responses((status = 200, body = RfqList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
+async fn my_rfqs(State(broker): State<Broker>, caller: Caller) -> Result<Json<RfqList>, ApiError> {
     let provider = caller.provider("list its requests for quotes")?;
     let rfqs = broker.read(|e| views::rfqs_for(e, &provider));
-    Ok(Json(serde_json::json!({ "rfqs": rfqs })))
+    Ok(Json(RfqList { rfqs }))
 }
 
+#[utoipa::path(get, path = "/v1/awards", tag = "provider", responses((status = 200, body = AwardList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
 async fn my_awards(
     State(broker): State<Broker>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AwardList>, ApiError> {
     let provider = caller.provider("list its awards")?;
     let awards = broker.read(|e| views::awards_for(e, &provider));
-    Ok(Json(serde_json::json!({ "awards": awards })))
+    Ok(Json(AwardList { awards }))
 }
 
 // ----- auditor -----------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<u64>,
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "auditor", params(EventsQuery), responses((status = 200, body = EventPage), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
 async fn events(
     State(broker): State<Broker>,
     caller: Caller,
@@ -731,12 +853,7 @@ async fn events(
     let next = (rows.len() as u32 == limit)
         .then(|| rows.last().map(|r| r.index))
         .flatten();
-    #[derive(Serialize)]
-    struct Page {
-        events: Vec<IndexedEvent>,
-        next: Option<u64>,
-    }
-    let page = Page {
+    let page = EventPage {
         events: rows
             .iter()
             .map(|r| IndexedEvent {
@@ -752,9 +869,14 @@ async fn events(
 
 // ----- operations --------------------------------------------------------------------
 
-async fn healthz(State(broker): State<Broker>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
+async fn healthz(State(broker): State<Broker>) -> Json<Health> {
     let now = broker.read(|e| e.clock());
-    Json(serde_json::json!({ "status": "ok", "deal": broker.deal().name, "now": now }))
+    Json(Health {
+        status: "ok",
+        deal: broker.deal().name.clone(),
+        now,
+    })
 }
 
 async fn metrics(State(broker): State<Broker>) -> Response {

@@ -586,9 +586,12 @@ fn command_body(first: u64, events: &[NewEvent]) -> String {
 }
 
 /// An event with its position in the log, its bytes quoted exactly as stored.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct IndexedEvent {
+    /// Position in the log, from 0: the ledger's leaf index.
     pub index: u64,
+    /// The event: `type`, its fields, `need` and `at` (PRODUCT.md §7.1).
+    #[schema(value_type = Object)]
     pub event: Box<RawValue>,
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::broker::need_status;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NeedView {
     pub id: String,
     pub status: &'static str,
@@ -31,7 +31,7 @@ pub struct NeedView {
     pub awards: Vec<AwardView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OfferView {
     pub need: String,
     pub offer: u32,
@@ -47,7 +47,7 @@ pub struct OfferView {
     pub latest_start: Timestamp,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RfqView {
     pub need: String,
     pub round: u32,
@@ -62,7 +62,7 @@ pub struct RfqView {
     pub latest_start: Timestamp,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AwardView {
     pub need: String,
     pub award: u32,

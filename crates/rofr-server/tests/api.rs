@@ -384,3 +384,34 @@ async fn health_and_metrics_answer() {
     assert!(text.contains("rofr_events_appended_total 2"), "{text}");
     assert!(text.contains("rofr_needs{status=\"offered\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_locked() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    let document: Value = serde_json::from_str(&text).unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    for path in [
+        "/v1/needs",
+        "/v1/needs/{id}/accept",
+        "/v1/needs/{id}/awards/{award}/confirm",
+        "/v1/events",
+        "/v1/offers",
+    ] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    insta::assert_snapshot!("openapi", text);
+}
