@@ -45,6 +45,8 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/rfqs", get(my_rfqs))
         .route("/v1/awards", get(my_awards))
         .route("/v1/events", get(events))
+        .route("/v1/webhook", axum::routing::put(set_webhook))
+        .route("/v1/webhook/deliveries", get(deliveries))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(broker)
@@ -124,7 +126,8 @@ pub struct Health {
     info(title = "rofr", description = "Contract-aware multi-cloud GPU compute sourcing: buyer, provider and auditor API."),
     paths(
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
-        accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events
+        accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
+        set_webhook, deliveries
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
     modifiers(&BearerAuth),
@@ -827,6 +830,108 @@ async fn my_awards(
     let provider = caller.provider("list its awards")?;
     let awards = broker.read(|e| views::awards_for(e, &provider));
     Ok(Json(AwardList { awards }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WebhookBody {
+    /// Where deliveries are posted: an http or https URL.
+    url: String,
+}
+
+/// A registered webhook and the secret its deliveries are signed with (shown once).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookAnswer {
+    pub url: String,
+    pub secret: String,
+}
+
+#[utoipa::path(put, path = "/v1/webhook", tag = "provider", request_body = WebhookBody, responses((status = 200, body = WebhookAnswer), (status = 401, body = Envelope), (status = 403, body = Envelope), (status = 422, body = Envelope)))]
+async fn set_webhook(
+    State(broker): State<Broker>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<WebhookAnswer>, ApiError> {
+    let provider = caller.provider("register a webhook")?;
+    let WebhookBody { url } = parse(&body)?;
+    let parsed = reqwest::Url::parse(&url).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("`{url}` is not a URL: {e}"),
+        )
+        .field("url")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "a webhook URL starts with http:// or https://",
+        )
+        .field("url"));
+    }
+    let secret = broker.set_webhook(&provider, &url)?;
+    Ok(Json(WebhookAnswer { url, secret }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct DeliveryQuery {
+    /// `pending`, `delivered` or `failed`.
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// One webhook delivery's state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub provider: String,
+    pub event_index: u64,
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[utoipa::path(get, path = "/v1/webhook/deliveries", tag = "buyer", params(DeliveryQuery), responses((status = 200, body = DeliveryList), (status = 401, body = Envelope), (status = 403, body = Envelope), (status = 422, body = Envelope)))]
+async fn deliveries(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Query(query): Query<DeliveryQuery>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    caller.buyer("read webhook deliveries")?;
+    if let Some(status) = &query.status {
+        if !["pending", "delivered", "failed"].contains(&status.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "status is pending, delivered or failed",
+            )
+            .field("status"));
+        }
+    }
+    let limit = page_limit(query.limit)?;
+    let rows = broker
+        .store(|s| s.list_deliveries(query.status.as_deref(), limit))
+        .map_err(BrokerError::from)?;
+    let deliveries = rows
+        .into_iter()
+        .map(|d| DeliveryView {
+            id: d.id,
+            provider: d.provider,
+            event_index: d.event_index,
+            status: d.status,
+            attempts: d.attempts,
+            last_error: d.last_error,
+        })
+        .collect();
+    Ok(Json(DeliveryList { deliveries }))
 }
 
 // ----- auditor -----------------------------------------------------------------------

@@ -15,8 +15,10 @@ use std::time::Duration;
 use rofr_engine::deal::{parse_deal, Deal};
 use rofr_engine::state::{NeedState, OfferStatus};
 use rofr_engine::types::ProviderId;
-use rofr_engine::{Command, Engine, Event, Rejection};
-use rofr_store::{Batch, IdempotentResponse, NeedRow, NewEvent, SqliteStore, StoreError, TokenRow};
+use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
+use rofr_store::{
+    Batch, IdempotentResponse, NeedRow, NewDelivery, NewEvent, SqliteStore, StoreError, TokenRow,
+};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
@@ -99,6 +101,8 @@ struct Inner {
     deal_text: String,
     counters: Counters,
     tokens: Mutex<HashMap<String, Option<Party>>>,
+    /// Providers with a webhook: their events get a delivery queued.
+    webhooks: RwLock<std::collections::BTreeSet<String>>,
     path: PathBuf,
 }
 
@@ -185,6 +189,11 @@ impl Broker {
         }
         let next_index = stored.len() as u64;
         let reader = SqliteStore::open(path)?;
+        let webhooks = reader
+            .webhooks()?
+            .into_iter()
+            .map(|(provider, _, _)| provider)
+            .collect();
         let (sender, receiver) = mpsc::sync_channel(MAX_BATCH * 4);
         let inner = Arc::new(Inner {
             engine: RwLock::new(engine),
@@ -195,6 +204,7 @@ impl Broker {
             deal_text: text,
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
+            webhooks: RwLock::new(webhooks),
             path: path.to_owned(),
         });
         let writer = Writer {
@@ -306,6 +316,20 @@ impl Broker {
             .expect("token lock")
             .insert(hash, party.clone());
         Ok(party)
+    }
+
+    /// Registers (or replaces) a provider's webhook; returns the new signing secret.
+    pub fn set_webhook(&self, provider: &ProviderId, url: &str) -> Result<String, BrokerError> {
+        let secret = crate::webhook::new_secret();
+        let now = Clock::System.now().to_string();
+        let mut store = SqliteStore::open(&self.inner.path)?;
+        store.set_webhook(provider.as_str(), url, &secret, &now)?;
+        self.inner
+            .webhooks
+            .write()
+            .expect("webhook lock")
+            .insert(provider.to_string());
+        Ok(secret)
     }
 
     /// Makes a new token for a party and stores its hash; returns the token itself,
@@ -550,16 +574,44 @@ impl Writer {
     }
 
     fn append(&self, batch: &mut Batch, touched: &mut BTreeMap<String, String>, events: &[Event]) {
+        let webhooks = self.inner.webhooks.read().expect("webhook lock");
         for event in events {
             let at = event.at.to_string();
             touched.insert(event.need.to_string(), at.clone());
+            let data = event.to_json();
+            if let Some(provider) = addressee(event).filter(|p| webhooks.contains(p.as_str())) {
+                let index = self.next_index + batch.events.len() as u64;
+                let body = serde_json::to_string(&IndexedEvent {
+                    index,
+                    event: raw_json(&data),
+                })
+                .expect("deliveries serialize");
+                batch.deliveries.push(NewDelivery {
+                    provider: provider.to_string(),
+                    event_offset: batch.events.len(),
+                    body,
+                    due_ms: crate::webhook::unix_ms(),
+                });
+            }
             batch.events.push(NewEvent {
                 need: event.need.to_string(),
                 kind: event.kind.type_name().to_owned(),
                 at,
-                data: event.to_json(),
+                data,
             });
         }
+    }
+}
+
+/// The provider an event asks to act: offers, match offers, requests for quotes and
+/// awards are announced to it by webhook.
+fn addressee(event: &Event) -> Option<&ProviderId> {
+    match &event.kind {
+        EventKind::OfferSent { provider, .. }
+        | EventKind::MatchOffered { provider, .. }
+        | EventKind::RfqSent { provider, .. }
+        | EventKind::AwardMade { provider, .. } => Some(provider),
+        _ => None,
     }
 }
 

@@ -13,17 +13,24 @@ pub mod clock;
 pub mod demo;
 pub mod metrics;
 pub mod views;
+pub mod webhook;
 
 pub use broker::{Broker, BrokerError, Party};
 pub use clock::Clock;
 
-/// Serves the API on `listener` until the future `shutdown` completes.
+/// Serves the API on `listener`, and posts webhook deliveries, until the future
+/// `shutdown` completes.
 pub async fn serve(
     broker: Broker,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(broker))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let deliveries = tokio::spawn(webhook::deliver(broker.database_path().to_owned(), stopped));
+    let served = axum::serve(listener, api::router(broker))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    let _ = stop.send(true);
+    let _ = deliveries.await;
+    served
 }

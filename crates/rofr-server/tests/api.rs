@@ -415,3 +415,86 @@ async fn the_openapi_document_is_served_and_locked() {
     }
     insta::assert_snapshot!("openapi", text);
 }
+
+#[tokio::test]
+async fn offers_reach_the_providers_webhook_signed_and_retried_until_accepted() {
+    use std::sync::{Arc, Mutex};
+    let app = spawn_app().await;
+
+    // A receiver that refuses the first two attempts.
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let receiver = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let seen = seen.clone();
+                async move {
+                    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((header("rofr-timestamp"), header("rofr-signature"), body));
+                    if seen.len() <= 2 {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let response = app
+        .client
+        .put(format!("{}/v1/webhook", app.url))
+        .bearer_auth(&app.azure)
+        .json(&json!({"url": hook}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let secret = response.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = app.post(&app.azure, "/v1/webhook", "{}").await;
+    assert_eq!(status, 405, "registration is a PUT");
+    let bad = app
+        .client
+        .put(format!("{}/v1/webhook", app.url))
+        .bearer_auth(&app.azure)
+        .json(&json!({"url": "ftp://x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422);
+
+    app.submit("n1", 64).await;
+    let started = std::time::Instant::now();
+    let delivered = loop {
+        let (_, list) = app.get(&app.buyer, "/v1/webhook/deliveries").await;
+        let first = list["deliveries"][0].clone();
+        if first["status"] == "delivered" || started.elapsed() > std::time::Duration::from_secs(15)
+        {
+            break first;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivered["status"], "delivered", "{delivered}");
+    assert_eq!(delivered["attempts"], 3);
+    assert_eq!(delivered["provider"], "azure");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    let (timestamp, signature, body) = &seen[2];
+    let now = rofr_server::webhook::unix_ms() / 1000;
+    rofr_server::webhook::verify(&secret, timestamp, body.as_bytes(), signature, now, 300).unwrap();
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["event"]["type"], "offer_sent");
+    assert_eq!(body["index"], 1);
+    // Another provider's token sees nothing of it.
+    let (status, _) = app.get(&app.oracle, "/v1/webhook/deliveries").await;
+    assert_eq!(status, 403);
+}

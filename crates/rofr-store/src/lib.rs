@@ -69,6 +69,36 @@ pub struct Batch {
     /// Projection rows to insert or replace.
     pub needs: Vec<NeedRow>,
     pub idempotency: Vec<IdempotentResponse>,
+    /// Webhook deliveries to queue, each for one of this batch's events.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A webhook delivery to queue with a batch.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub provider: String,
+    /// Which of the batch's events it carries (0 is the batch's first).
+    pub event_offset: usize,
+    pub body: String,
+    /// When to make the first attempt, in Unix milliseconds.
+    pub due_ms: i64,
+}
+
+/// A queued webhook delivery and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub provider: String,
+    pub event_index: u64,
+    pub body: String,
+    /// `pending`, `delivered` or `failed` (gave up after the last retry).
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+    /// The provider's current webhook URL and secret, if it still has one.
+    pub url: Option<String>,
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -5,9 +5,12 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::{Batch, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, TokenRow};
+use crate::{
+    Batch, Delivery, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, TokenRow,
+};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE events (
     idx INTEGER PRIMARY KEY,
@@ -45,7 +48,28 @@ CREATE TABLE tokens (
     label TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE webhooks (
+    provider TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    provider TEXT NOT NULL,
+    event_index INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_ms) WHERE status = 'pending';
+CREATE INDEX deliveries_provider ON deliveries (provider, id);
+"#,
+];
 
 fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Database { doing, source }
@@ -243,6 +267,106 @@ impl SqliteStore {
         tx.commit().map_err(db("rebuilding the projection"))
     }
 
+    /// Registers (or replaces) a provider's webhook.
+    pub fn set_webhook(
+        &mut self,
+        provider: &str,
+        url: &str,
+        secret: &str,
+        now: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO webhooks (provider, url, secret, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (provider) DO UPDATE SET url = excluded.url, secret = excluded.secret,
+                   updated_at = excluded.updated_at",
+                params![provider, url, secret, now],
+            )
+            .map_err(db("storing a webhook"))?;
+        Ok(())
+    }
+
+    /// Every registered webhook: provider, URL, secret.
+    pub fn webhooks(&self) -> Result<Vec<(String, String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT provider, url, secret FROM webhooks ORDER BY provider")
+            .map_err(db("listing webhooks"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db("listing webhooks"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("listing webhooks"))
+    }
+
+    /// Pending deliveries due at or before `now_ms`, oldest first.
+    pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>> {
+        self.deliveries_where(
+            "status = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+            params![now_ms, limit],
+        )
+    }
+
+    /// A page of deliveries, newest first, optionally of one status.
+    pub fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>> {
+        self.deliveries_where(
+            "(?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2",
+            params![status, limit],
+        )
+    }
+
+    fn deliveries_where(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "SELECT d.id, d.provider, d.event_index, d.body, d.status, d.attempts, d.next_attempt_ms, d.last_error,
+                    w.url, w.secret
+             FROM deliveries d LEFT JOIN webhooks w ON w.provider = d.provider WHERE {condition}"
+        );
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(db("reading deliveries"))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(Delivery {
+                    id: r.get(0)?,
+                    provider: r.get(1)?,
+                    event_index: r.get::<_, i64>(2)? as u64,
+                    body: r.get(3)?,
+                    status: r.get(4)?,
+                    attempts: r.get(5)?,
+                    next_attempt_ms: r.get(6)?,
+                    last_error: r.get(7)?,
+                    url: r.get(8)?,
+                    secret: r.get(9)?,
+                })
+            })
+            .map_err(db("reading deliveries"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("reading deliveries"))
+    }
+
+    /// Records the outcome of one delivery attempt.
+    pub fn record_attempt(
+        &mut self,
+        id: i64,
+        status: &str,
+        next_attempt_ms: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?4
+                 WHERE id = ?1",
+                params![id, status, next_attempt_ms, error],
+            )
+            .map_err(db("recording a delivery attempt"))?;
+        Ok(())
+    }
+
     pub fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
         self.conn
             .execute(
@@ -338,6 +462,21 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
                     need.next_deadline
                 ])
                 .map_err(db("updating the needs projection"))?;
+        }
+        let mut enqueue = tx
+        .prepare_cached(
+            "INSERT INTO deliveries (provider, event_index, body, status, next_attempt_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+        )
+        .map_err(db("preparing the delivery insert"))?;
+        for delivery in &batch.deliveries {
+            enqueue
+                .execute(params![
+                    delivery.provider,
+                    first + delivery.event_offset as i64,
+                    delivery.body,
+                    delivery.due_ms
+                ])
+                .map_err(db("queueing a webhook delivery"))?;
         }
         let mut remember = tx
             .prepare_cached(
