@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rofr_engine::need::NeedSpec;
 use rofr_engine::types::{Gpus, NeedId, Price, ProviderId, Sku, Timestamp, Workload};
 use rofr_engine::Command;
+use rofr_store::Store as _;
 use rofr_store::{Batch, NewEvent, SqliteStore};
 use serde_json::json;
 

@@ -17,7 +17,8 @@ use rofr_engine::state::{NeedState, OfferStatus};
 use rofr_engine::types::ProviderId;
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{
-    Batch, IdempotentResponse, NeedRow, NewDelivery, NewEvent, SqliteStore, StoreError, TokenRow,
+    Batch, IdempotentResponse, NeedRow, NewDelivery, NewEvent, SqliteStore, Store, StoreError,
+    TokenRow,
 };
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -95,7 +96,7 @@ pub struct Counters {
 struct Inner {
     engine: RwLock<Engine>,
     jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
-    reader: Mutex<SqliteStore>,
+    reader: Mutex<Box<dyn Store>>,
     clock: Clock,
     deal: Arc<Deal>,
     deal_text: String,
@@ -198,7 +199,7 @@ impl Broker {
         let inner = Arc::new(Inner {
             engine: RwLock::new(engine),
             jobs: Mutex::new(Some(sender)),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Box::new(reader)),
             clock,
             deal,
             deal_text: text,
@@ -209,7 +210,7 @@ impl Broker {
         });
         let writer = Writer {
             inner: inner.clone(),
-            store,
+            store: Box::new(store),
             next_index,
         };
         std::thread::Builder::new()
@@ -246,9 +247,9 @@ impl Broker {
     }
 
     /// Runs `f` with the read connection to the store.
-    pub fn store<T>(&self, f: impl FnOnce(&SqliteStore) -> T) -> T {
+    pub fn store<T>(&self, f: impl FnOnce(&dyn Store) -> T) -> T {
         let store = self.inner.reader.lock().expect("store lock poisoned");
-        f(&store)
+        f(store.as_ref())
     }
 
     /// Queues a command and waits until its events are on disk.
@@ -406,7 +407,7 @@ fn need_row(need: &NeedState, last_touch: Option<&String>) -> NeedRow {
 
 struct Writer {
     inner: Arc<Inner>,
-    store: SqliteStore,
+    store: Box<dyn Store>,
     next_index: u64,
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use rofr_store::SqliteStore;
+use rofr_store::Store as _;
 use sha2::Sha256;
 
 /// Attempts before a delivery is given up as failed.

@@ -9,6 +9,73 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+/// What the broker needs of durable storage. SQLite implements it here; a server
+/// database can implement it the same way. Every method is one round trip or one
+/// transaction; none decides a rule.
+pub trait Store: Send {
+    fn meta(&self, key: &str) -> Result<Option<String>>;
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<()>;
+
+    /// Every stored event, in log order.
+    fn all_events(&self) -> Result<Vec<StoredEvent>>;
+
+    /// Up to `limit` events after index `after` (from the start where `None`).
+    fn events_after(&self, after: Option<u64>, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// The events of one need, in log order.
+    fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>>;
+
+    fn event_count(&self) -> Result<u64>;
+
+    /// Writes a whole batch in one transaction: events appended after the last one,
+    /// projections replaced, idempotent answers recorded. Returns the index of the
+    /// first new event.
+    fn commit(&mut self, batch: &Batch) -> Result<u64>;
+
+    fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>>;
+
+    /// A page of the needs projection, ordered by id, optionally of one status.
+    fn list_needs(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NeedRow>>;
+
+    fn all_need_rows(&self) -> Result<Vec<NeedRow>>;
+
+    /// Replaces the whole needs projection (used when it disagrees with the log).
+    fn rebuild_projection(&mut self, rows: &[NeedRow]) -> Result<()>;
+
+    /// Registers (or replaces) a provider's webhook.
+    fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()>;
+
+    /// Every registered webhook: provider, URL, secret.
+    fn webhooks(&self) -> Result<Vec<(String, String, String)>>;
+
+    /// Pending deliveries due at or before `now_ms`, oldest first.
+    fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>>;
+
+    /// A page of deliveries, newest first, optionally of one status.
+    fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>>;
+
+    /// Records the outcome of one delivery attempt.
+    fn record_attempt(
+        &mut self,
+        id: i64,
+        status: &str,
+        next_attempt_ms: i64,
+        error: Option<&str>,
+    ) -> Result<()>;
+
+    fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()>;
+
+    fn token(&self, hash: &str) -> Result<Option<TokenRow>>;
+
+    fn tokens(&self) -> Result<Vec<(String, TokenRow)>>;
+}
+
 /// Why storage failed. Every variant carries the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::Store;
+
 use crate::{
     Batch, Delivery, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, TokenRow,
 };
@@ -120,15 +122,17 @@ impl SqliteStore {
         }
         Ok(ran)
     }
+}
 
-    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+impl Store for SqliteStore {
+    fn meta(&self, key: &str) -> Result<Option<String>> {
         self.conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(db("reading settings"))
     }
 
-    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
         self.conn
             .execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -139,13 +143,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Every stored event, in log order.
-    pub fn all_events(&self) -> Result<Vec<StoredEvent>> {
+    fn all_events(&self) -> Result<Vec<StoredEvent>> {
         self.events_after(None, u32::MAX)
     }
 
-    /// Up to `limit` events after index `after` (from the start where `None`).
-    pub fn events_after(&self, after: Option<u64>, limit: u32) -> Result<Vec<StoredEvent>> {
+    fn events_after(&self, after: Option<u64>, limit: u32) -> Result<Vec<StoredEvent>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -168,8 +170,7 @@ impl SqliteStore {
             .map_err(db("reading events"))
     }
 
-    /// The events of one need, in log order.
-    pub fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
+    fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -191,24 +192,21 @@ impl SqliteStore {
             .map_err(db("reading a need's events"))
     }
 
-    pub fn event_count(&self) -> Result<u64> {
+    fn event_count(&self) -> Result<u64> {
         self.conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(db("counting events"))
     }
 
-    /// Writes a whole batch in one transaction: events appended after the last one,
-    /// projections replaced, idempotent answers recorded. Returns the index of the
-    /// first new event.
-    pub fn commit(&mut self, batch: &Batch) -> Result<u64> {
+    fn commit(&mut self, batch: &Batch) -> Result<u64> {
         let tx = self.conn.transaction().map_err(db("starting a commit"))?;
         let first = write_batch(&tx, batch)?;
         tx.commit().map_err(db("committing"))?;
         Ok(first)
     }
 
-    pub fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>> {
+    fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>> {
         self.conn
             .query_row(
                 "SELECT request_hash, status, body FROM idempotency WHERE party = ?1 AND key = ?2",
@@ -227,8 +225,7 @@ impl SqliteStore {
             .map_err(db("reading an idempotency key"))
     }
 
-    /// A page of the needs projection, ordered by id, optionally of one status.
-    pub fn list_needs(
+    fn list_needs(
         &self,
         status: Option<&str>,
         after: Option<&str>,
@@ -248,12 +245,11 @@ impl SqliteStore {
             .map_err(db("listing needs"))
     }
 
-    pub fn all_need_rows(&self) -> Result<Vec<NeedRow>> {
+    fn all_need_rows(&self) -> Result<Vec<NeedRow>> {
         self.list_needs(None, None, u32::MAX)
     }
 
-    /// Replaces the whole needs projection (used when it disagrees with the log).
-    pub fn rebuild_projection(&mut self, rows: &[NeedRow]) -> Result<()> {
+    fn rebuild_projection(&mut self, rows: &[NeedRow]) -> Result<()> {
         let tx = self.conn.transaction().map_err(db("starting a rebuild"))?;
         tx.execute("DELETE FROM needs", [])
             .map_err(db("clearing the projection"))?;
@@ -267,14 +263,7 @@ impl SqliteStore {
         tx.commit().map_err(db("rebuilding the projection"))
     }
 
-    /// Registers (or replaces) a provider's webhook.
-    pub fn set_webhook(
-        &mut self,
-        provider: &str,
-        url: &str,
-        secret: &str,
-        now: &str,
-    ) -> Result<()> {
+    fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()> {
         self.conn
             .execute(
                 "INSERT INTO webhooks (provider, url, secret, updated_at) VALUES (?1, ?2, ?3, ?4)
@@ -286,8 +275,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Every registered webhook: provider, URL, secret.
-    pub fn webhooks(&self) -> Result<Vec<(String, String, String)>> {
+    fn webhooks(&self) -> Result<Vec<(String, String, String)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT provider, url, secret FROM webhooks ORDER BY provider")
@@ -299,22 +287,87 @@ impl SqliteStore {
             .map_err(db("listing webhooks"))
     }
 
-    /// Pending deliveries due at or before `now_ms`, oldest first.
-    pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>> {
+    fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>> {
         self.deliveries_where(
             "status = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
             params![now_ms, limit],
         )
     }
 
-    /// A page of deliveries, newest first, optionally of one status.
-    pub fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>> {
+    fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>> {
         self.deliveries_where(
             "(?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2",
             params![status, limit],
         )
     }
 
+    fn record_attempt(
+        &mut self,
+        id: i64,
+        status: &str,
+        next_attempt_ms: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?4
+                 WHERE id = ?1",
+                params![id, status, next_attempt_ms, error],
+            )
+            .map_err(db("recording a delivery attempt"))?;
+        Ok(())
+    }
+
+    fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO tokens (hash, party, provider, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, token.party, token.provider, token.label, created_at],
+            )
+            .map_err(db("storing a token"))?;
+        Ok(())
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<TokenRow>> {
+        self.conn
+            .query_row(
+                "SELECT party, provider, label FROM tokens WHERE hash = ?1",
+                [hash],
+                |r| {
+                    Ok(TokenRow {
+                        party: r.get(0)?,
+                        provider: r.get(1)?,
+                        label: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("reading a token"))
+    }
+
+    fn tokens(&self) -> Result<Vec<(String, TokenRow)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash, party, provider, label FROM tokens ORDER BY created_at, label")
+            .map_err(db("listing tokens"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    TokenRow {
+                        party: r.get(1)?,
+                        provider: r.get(2)?,
+                        label: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(db("listing tokens"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("listing tokens"))
+    }
+}
+
+impl SqliteStore {
     fn deliveries_where(
         &self,
         condition: &str,
@@ -347,72 +400,6 @@ impl SqliteStore {
             .map_err(db("reading deliveries"))?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(db("reading deliveries"))
-    }
-
-    /// Records the outcome of one delivery attempt.
-    pub fn record_attempt(
-        &mut self,
-        id: i64,
-        status: &str,
-        next_attempt_ms: i64,
-        error: Option<&str>,
-    ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?4
-                 WHERE id = ?1",
-                params![id, status, next_attempt_ms, error],
-            )
-            .map_err(db("recording a delivery attempt"))?;
-        Ok(())
-    }
-
-    pub fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO tokens (hash, party, provider, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, token.party, token.provider, token.label, created_at],
-            )
-            .map_err(db("storing a token"))?;
-        Ok(())
-    }
-
-    pub fn token(&self, hash: &str) -> Result<Option<TokenRow>> {
-        self.conn
-            .query_row(
-                "SELECT party, provider, label FROM tokens WHERE hash = ?1",
-                [hash],
-                |r| {
-                    Ok(TokenRow {
-                        party: r.get(0)?,
-                        provider: r.get(1)?,
-                        label: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db("reading a token"))
-    }
-
-    pub fn tokens(&self) -> Result<Vec<(String, TokenRow)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT hash, party, provider, label FROM tokens ORDER BY created_at, label")
-            .map_err(db("listing tokens"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    TokenRow {
-                        party: r.get(1)?,
-                        provider: r.get(2)?,
-                        label: r.get(3)?,
-                    },
-                ))
-            })
-            .map_err(db("listing tokens"))?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(db("listing tokens"))
     }
 }
 

@@ -6,6 +6,7 @@ use rofr_engine::deal::parse_deal;
 use rofr_engine::types::ProviderId;
 use rofr_server::{Broker, Party};
 use rofr_store::SqliteStore;
+use rofr_store::Store as _;
 
 use crate::exit;
 
