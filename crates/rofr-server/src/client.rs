@@ -75,6 +75,17 @@ impl Client {
         answer(request.send().await?).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        answer(response).await
+    }
+
     /// Every item of a paged list, following `next` until the end.
     pub async fn all_pages(&self, path: &str, items: &str) -> Result<Vec<Value>, ClientError> {
         let mut all = Vec::new();

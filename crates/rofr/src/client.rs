@@ -118,6 +118,18 @@ pub enum AwardCommand {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum WebhookCommand {
+    /// Register this provider's webhook URL; prints the signing secret once.
+    Set { url: String },
+    /// List webhook deliveries and their state (buyer).
+    Deliveries {
+        /// pending, delivered or failed.
+        #[arg(long)]
+        status: Option<String>,
+    },
+}
+
 #[derive(clap::Args)]
 pub struct QuoteArgs {
     need: String,
@@ -461,6 +473,50 @@ pub fn events(connection: Connection, args: EventsArgs) -> anyhow::Result<u8> {
         }
         let answer = call(&client, &path, None, None).await?;
         print_events(&answer, connection.json);
+        Ok(exit::OK)
+    })
+}
+
+pub fn webhook(connection: Connection, command: WebhookCommand) -> anyhow::Result<u8> {
+    let client = client(&connection)?;
+    block_on(async {
+        match command {
+            WebhookCommand::Set { url } => {
+                let answer = client
+                    .put("/v1/webhook", &json!({"url": url}))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if connection.json {
+                    println!("{answer}");
+                } else {
+                    println!("webhook: {}", answer["url"].as_str().unwrap_or_default());
+                    println!(
+                        "secret:  {}  (shown once; verify Rofr-Signature with it)",
+                        answer["secret"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            WebhookCommand::Deliveries { status } => {
+                let path = match status {
+                    Some(s) => format!("/v1/webhook/deliveries?status={s}"),
+                    None => "/v1/webhook/deliveries".into(),
+                };
+                let answer = call(&client, &path, None, None).await?;
+                let rows = answer["deliveries"].as_array().cloned().unwrap_or_default();
+                print_table(
+                    &rows,
+                    &[
+                        "id",
+                        "provider",
+                        "event_index",
+                        "status",
+                        "attempts",
+                        "last_error",
+                    ],
+                    connection.json,
+                );
+            }
+        }
         Ok(exit::OK)
     })
 }

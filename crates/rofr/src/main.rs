@@ -77,6 +77,13 @@ enum Command {
         #[command(subcommand)]
         command: client::AwardCommand,
     },
+    /// Register a webhook (provider) or follow deliveries (buyer).
+    Webhook {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::WebhookCommand,
+    },
     /// Read the event log (buyer, auditor).
     Events {
         #[command(flatten)]
@@ -126,6 +133,10 @@ fn main() -> ExitCode {
             command,
         } => client::award(connection, command),
         Command::Events { connection, args } => client::events(connection, args),
+        Command::Webhook {
+            connection,
+            command,
+        } => client::webhook(connection, command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,112 @@
+//! The command-line client against a real `rofr serve`: a need's life driven by the
+//! buyer's and the holder's commands, as a user would type them.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rofr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rofr"))
+}
+
+fn serve(database: &Path, deal: &Path) -> Server {
+    let mut child = rofr()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--database")
+        .arg(database)
+        .arg("--deal")
+        .arg(deal)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().last().unwrap().to_owned();
+    Server { child, url }
+}
+
+/// Runs `rofr ARGS` against the server with a token; returns (exit code, stdout, stderr).
+fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = rofr()
+        .args(args)
+        .env("ROFR_SERVER", &server.url)
+        .env("ROFR_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn token(database: &Path, args: &[&str]) -> String {
+    let output = rofr().args(["token", "create"]).arg("--database").arg(database).args(args).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("rofr.db");
+    let deal = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/deals/stargate.toml"));
+    let server = serve(&database, deal);
+    let buyer = token(&database, &["--party", "buyer"]);
+    let azure = token(&database, &["--party", "provider", "--provider", "azure"]);
+    let unknown = rofr()
+        .args(["token", "create", "--party", "provider", "--provider", "aws"])
+        .arg("--database")
+        .arg(&database)
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no provider `aws`"));
+
+    let now = chrono::Utc::now();
+    let at = |days: i64| (now + chrono::Duration::days(days)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let need = serde_json::json!({
+        "id": "train-1", "sku": "H100", "gpus": 64, "hours": 72, "workload": "training",
+        "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
+    });
+    let file = dir.path().join("need.json");
+    std::fs::write(&file, need.to_string()).unwrap();
+
+    let (code, out, err) = run(&server, &buyer, &["need", "submit", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("need_submitted") && out.contains("offer_sent") && out.contains("provider=azure"), "{out}");
+
+    let (code, out, _) = run(&server, &azure, &["offer", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("train-1")), "{out}");
+
+    let (code, out, err) = run(&server, &azure, &["offer", "accept", "train-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("award_made"), "{out}");
+
+    let (code, out, err) = run(&server, &azure, &["award", "confirm", "train-1", "1", "--reservation", "az-77"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("award_confirmed") && out.contains("need_fulfilled"), "{out}");
+
+    let (code, out, _) = run(&server, &buyer, &["need", "list", "--json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["status"], "active");
+
+    // A provider command with the buyer's token is refused with the server's reason.
+    let (code, _, err) = run(&server, &buyer, &["offer", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403 forbidden"), "{err}");
+}
