@@ -32,7 +32,9 @@ fn serve(database: &Path, deal: &Path) -> Server {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let url = line.split_whitespace().last().unwrap().to_owned();
     Server { child, url }
 }
@@ -53,8 +55,18 @@ fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 fn token(database: &Path, args: &[&str]) -> String {
-    let output = rofr().args(["token", "create"]).arg("--database").arg(database).args(args).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = rofr()
+        .args(["token", "create"])
+        .arg("--database")
+        .arg(database)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
@@ -62,12 +74,22 @@ fn token(database: &Path, args: &[&str]) -> String {
 fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("rofr.db");
-    let deal = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/deals/stargate.toml"));
+    let deal = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/deals/stargate.toml"
+    ));
     let server = serve(&database, deal);
     let buyer = token(&database, &["--party", "buyer"]);
     let azure = token(&database, &["--party", "provider", "--provider", "azure"]);
     let unknown = rofr()
-        .args(["token", "create", "--party", "provider", "--provider", "aws"])
+        .args([
+            "token",
+            "create",
+            "--party",
+            "provider",
+            "--provider",
+            "aws",
+        ])
         .arg("--database")
         .arg(&database)
         .output()
@@ -76,7 +98,11 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no provider `aws`"));
 
     let now = chrono::Utc::now();
-    let at = |days: i64| (now + chrono::Duration::days(days)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let at = |days: i64| {
+        (now + chrono::Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
     let need = serde_json::json!({
         "id": "train-1", "sku": "H100", "gpus": 64, "hours": 72, "workload": "training",
         "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
@@ -86,19 +112,34 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
 
     let (code, out, err) = run(&server, &buyer, &["need", "submit", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("need_submitted") && out.contains("offer_sent") && out.contains("provider=azure"), "{out}");
+    assert!(
+        out.contains("need_submitted")
+            && out.contains("offer_sent")
+            && out.contains("provider=azure"),
+        "{out}"
+    );
 
     let (code, out, _) = run(&server, &azure, &["offer", "list"]);
     assert_eq!(code, 0);
-    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("train-1")), "{out}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with("train-1")),
+        "{out}"
+    );
 
     let (code, out, err) = run(&server, &azure, &["offer", "accept", "train-1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("award_made"), "{out}");
 
-    let (code, out, err) = run(&server, &azure, &["award", "confirm", "train-1", "1", "--reservation", "az-77"]);
+    let (code, out, err) = run(
+        &server,
+        &azure,
+        &["award", "confirm", "train-1", "1", "--reservation", "az-77"],
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("award_confirmed") && out.contains("need_fulfilled"), "{out}");
+    assert!(
+        out.contains("award_confirmed") && out.contains("need_fulfilled"),
+        "{out}"
+    );
 
     let (code, out, _) = run(&server, &buyer, &["need", "list", "--json"]);
     assert_eq!(code, 0);
