@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rofr_engine::deal::{parse_deal, Deal};
 use rofr_engine::state::{NeedState, OfferStatus};
@@ -162,7 +162,7 @@ impl Broker {
 
         let stored = store.all_events()?;
         let mut events = Vec::with_capacity(stored.len());
-        let mut last_touch: BTreeMap<String, String> = BTreeMap::new();
+        let mut touches: BTreeMap<String, Touch> = BTreeMap::new();
         for row in &stored {
             let event = Event::from_json(&row.data).map_err(|e| {
                 BrokerError::Setup(format!(
@@ -170,17 +170,12 @@ impl Broker {
                     row.index
                 ))
             })?;
-            last_touch.insert(row.need.clone(), row.at.clone());
+            touch(&mut touches, &row.need, &row.at, row.index);
             events.push(event);
         }
         let start = events.first().map_or_else(|| clock.now(), |e| e.at);
         let engine = Engine::replay(deal.clone(), &events, start);
-        let rows: Vec<NeedRow> = engine
-            .state()
-            .needs
-            .values()
-            .map(|need| need_row(need, last_touch.get(need.spec.id.as_str())))
-            .collect();
+        let rows = projection(&engine, &touches);
         if store.all_need_rows()? != rows {
             tracing::warn!(
                 needs = rows.len(),
@@ -212,6 +207,8 @@ impl Broker {
             inner: inner.clone(),
             store: Box::new(store),
             next_index,
+            dirty: BTreeMap::new(),
+            last_flush: Instant::now(),
         };
         std::thread::Builder::new()
             .name("rofr-writer".into())
@@ -390,8 +387,29 @@ pub fn need_status(need: &NeedState) -> &'static str {
     }
 }
 
-fn need_row(need: &NeedState, last_touch: Option<&String>) -> NeedRow {
-    let submitted_at = need.submitted_at.to_string();
+/// Where a need's events lie in the log, and when the latest one happened.
+#[derive(Debug, Clone)]
+struct Touch {
+    at: String,
+    first: u64,
+    last: u64,
+}
+
+fn touch(touches: &mut BTreeMap<String, Touch>, need: &str, at: &str, index: u64) {
+    touches
+        .entry(need.to_owned())
+        .and_modify(|t| {
+            t.at = at.to_owned();
+            t.last = index;
+        })
+        .or_insert_with(|| Touch {
+            at: at.to_owned(),
+            first: index,
+            last: index,
+        });
+}
+
+fn need_row(need: &NeedState, touch: &Touch) -> NeedRow {
     NeedRow {
         id: need.spec.id.to_string(),
         status: need_status(need).into(),
@@ -399,37 +417,59 @@ fn need_row(need: &NeedState, last_touch: Option<&String>) -> NeedRow {
         gpus: need.spec.gpus.get(),
         awarded: need.awarded().get(),
         holder: need.holder.as_ref().map(|h| h.to_string()),
-        updated_at: last_touch.cloned().unwrap_or_else(|| submitted_at.clone()),
-        submitted_at,
+        submitted_at: need.submitted_at.to_string(),
+        updated_at: touch.at.clone(),
         next_deadline: need.next_deadline().map(|d| d.to_string()),
+        first_event: touch.first,
+        last_event: touch.last,
     }
 }
+
+/// Projection rows for the needs in `touches`, as the engine's state has them.
+fn projection(engine: &Engine, touches: &BTreeMap<String, Touch>) -> Vec<NeedRow> {
+    let state = engine.state();
+    touches
+        .iter()
+        .filter_map(|(id, t)| state.needs.get(id.as_str()).map(|n| need_row(n, t)))
+        .collect()
+}
+
+/// How long the needs projection may trail the log while commands keep coming. When
+/// the queue runs dry it is written with the very next commit.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 struct Writer {
     inner: Arc<Inner>,
     store: Box<dyn Store>,
     next_index: u64,
+    /// Needs whose projection rows are not yet written.
+    dirty: BTreeMap<String, Touch>,
+    last_flush: Instant,
 }
 
 impl Writer {
     fn run(mut self, receiver: mpsc::Receiver<Job>) {
+        // A job taken to see whether more are waiting; it opens the next batch.
+        let mut carry: Option<Job> = None;
         loop {
-            let wait = self
-                .inner
-                .engine
-                .read()
-                .expect("engine lock")
-                .state()
-                .next_deadline();
-            let wait = wait
-                .map(|at| self.inner.clock.real_wait_until(at))
-                .unwrap_or(Duration::from_secs(1))
-                .clamp(Duration::from_millis(1), Duration::from_secs(1));
-            let mut jobs = Vec::new();
-            match receiver.recv_timeout(wait) {
-                Ok(job) => jobs.push(job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let mut jobs: Vec<Job> = carry.take().into_iter().collect();
+            if jobs.is_empty() {
+                let wait = self
+                    .inner
+                    .engine
+                    .read()
+                    .expect("engine lock")
+                    .state()
+                    .next_deadline();
+                let wait = wait
+                    .map(|at| self.inner.clock.real_wait_until(at))
+                    .unwrap_or(Duration::from_secs(1))
+                    .clamp(Duration::from_millis(1), Duration::from_secs(1));
+                match receiver.recv_timeout(wait) {
+                    Ok(job) => jobs.push(job),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
             while jobs.len() < MAX_BATCH {
                 match receiver.try_recv() {
@@ -437,23 +477,24 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.process(jobs);
+            carry = receiver.try_recv().ok();
+            let flush = carry.is_none() || self.last_flush.elapsed() >= FLUSH_EVERY;
+            self.process(jobs, flush);
         }
     }
 
-    fn process(&mut self, jobs: Vec<Job>) {
+    fn process(&mut self, jobs: Vec<Job>, flush: bool) {
         let inner = self.inner.clone();
         let mut engine = inner.engine.write().expect("engine lock");
         let now = inner.clock.now().max(engine.clock());
         let mut batch = Batch::default();
-        let mut touched: BTreeMap<String, String> = BTreeMap::new();
         let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
         let mut keys_in_batch: HashMap<(String, String), IdempotentResponse> = HashMap::new();
 
         let ticked = engine
             .execute(Command::Tick { now })
             .expect("the broker's clock never goes back");
-        self.append(&mut batch, &mut touched, &ticked);
+        self.append(&mut batch, &ticked);
 
         for job in jobs {
             let party = job.party.key();
@@ -500,7 +541,7 @@ impl Writer {
                         .fetch_add(1, Ordering::Relaxed);
                     let first = self.next_index + batch.events.len() as u64;
                     let start = batch.events.len();
-                    self.append(&mut batch, &mut touched, &events);
+                    self.append(&mut batch, &events);
                     let body = command_body(first, &batch.events[start..]);
                     if let Some(idem) = job.idempotency {
                         let answer = IdempotentResponse {
@@ -532,15 +573,26 @@ impl Writer {
             }
         }
 
-        if !batch.events.is_empty() || !batch.idempotency.is_empty() {
-            let state = engine.state();
-            batch.needs = touched
-                .iter()
-                .filter_map(|(id, at)| state.needs.get(id.as_str()).map(|n| need_row(n, Some(at))))
-                .collect();
+        let wrote = !batch.events.is_empty() || !batch.idempotency.is_empty();
+        if wrote || (flush && !self.dirty.is_empty()) {
+            for (offset, event) in batch.events.iter().enumerate() {
+                touch(
+                    &mut self.dirty,
+                    &event.need,
+                    &event.at,
+                    self.next_index + offset as u64,
+                );
+            }
+            if flush {
+                batch.needs = projection(&engine, &self.dirty);
+            }
             match self.store.commit(&batch) {
                 Ok(_) => {
                     self.next_index += batch.events.len() as u64;
+                    if flush {
+                        self.dirty.clear();
+                        self.last_flush = Instant::now();
+                    }
                     inner.counters.commits.fetch_add(1, Ordering::Relaxed);
                     inner
                         .counters
@@ -555,15 +607,24 @@ impl Writer {
                         let _ =
                             reply.send(Err(BrokerError::Setup(format!("storage failed: {error}"))));
                     }
-                    let events: Vec<Event> = self
-                        .store
-                        .all_events()
-                        .unwrap_or_default()
+                    let stored = self.store.all_events().unwrap_or_default();
+                    let mut touches = BTreeMap::new();
+                    for row in &stored {
+                        touch(&mut touches, &row.need, &row.at, row.index);
+                    }
+                    let events: Vec<Event> = stored
                         .iter()
                         .filter_map(|row| Event::from_json(&row.data).ok())
                         .collect();
                     *engine = Engine::replay(inner.deal.clone(), &events, engine.clock());
                     self.next_index = events.len() as u64;
+                    self.dirty.clear();
+                    if let Err(error) = self
+                        .store
+                        .rebuild_projection(&projection(&engine, &touches))
+                    {
+                        tracing::error!(%error, "rebuilding the projection failed; it is rebuilt at the next start");
+                    }
                     return;
                 }
             }
@@ -574,11 +635,10 @@ impl Writer {
         }
     }
 
-    fn append(&self, batch: &mut Batch, touched: &mut BTreeMap<String, String>, events: &[Event]) {
+    fn append(&self, batch: &mut Batch, events: &[Event]) {
         let webhooks = self.inner.webhooks.read().expect("webhook lock");
         for event in events {
             let at = event.at.to_string();
-            touched.insert(event.need.to_string(), at.clone());
             let data = event.to_json();
             if let Some(provider) = addressee(event).filter(|p| webhooks.contains(p.as_str())) {
                 let index = self.next_index + batch.events.len() as u64;

@@ -102,7 +102,8 @@ pub struct StoredEvent {
     pub data: Vec<u8>,
 }
 
-/// A row of the needs projection: what list queries read.
+/// A row of the needs projection: what list queries read. The projection may trail the
+/// log by a moment under load; at start it is checked against the log and rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeedRow {
     pub id: String,
@@ -113,8 +114,12 @@ pub struct NeedRow {
     pub holder: Option<String>,
     pub submitted_at: String,
     pub updated_at: String,
-    /// The need's next deadline (RFC 3339), if any: the durable timer.
+    /// The need's next deadline (RFC 3339), if any.
     pub next_deadline: Option<String>,
+    /// Log indexes of the need's first and latest events (bounds for reading them).
+    /// An update keeps the stored `first_event`.
+    pub first_event: u64,
+    pub last_event: u64,
 }
 
 /// The answer stored under an idempotency key, replayed on a retry.

@@ -71,6 +71,14 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries (next_attempt_ms) WHERE status = 'pending';
 CREATE INDEX deliveries_provider ON deliveries (provider, id);
 "#,
+    // The log loses its index by need (it halved the append rate); the projection
+    // records where each need's events lie instead.
+    r#"
+DROP INDEX events_need;
+DROP INDEX needs_deadline;
+ALTER TABLE needs ADD COLUMN first_event INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE needs ADD COLUMN last_event INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -171,14 +179,35 @@ impl Store for SqliteStore {
     }
 
     fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
+        // The log has no index by need (it would halve the append rate); the projection
+        // bounds the scan instead. A need not yet in the projection is found by a full
+        // scan, which only happens in the moment after it was submitted.
+        let bounds: Option<(i64, i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT first_event, last_event, status FROM needs WHERE id = ?1",
+                [need],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db("reading a need's bounds"))?;
+        let (low, high) = match bounds {
+            Some((first, last, status))
+                if matches!(status.as_str(), "completed" | "expired" | "cancelled") =>
+            {
+                (first, last)
+            }
+            Some((first, _, _)) => (first, i64::MAX),
+            None => (0, i64::MAX),
+        };
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT idx, need, kind, at, data FROM events WHERE need = ?1 ORDER BY idx",
+                "SELECT idx, need, kind, at, data FROM events WHERE idx BETWEEN ?2 AND ?3 AND need = ?1 ORDER BY idx",
             )
             .map_err(db("reading a need's events"))?;
         let rows = stmt
-            .query_map([need], |r| {
+            .query_map(params![need, low, high], |r| {
                 Ok(StoredEvent {
                     index: r.get::<_, i64>(0)? as u64,
                     need: r.get(1)?,
@@ -234,7 +263,8 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline
+                "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
+                        first_event, last_event
                  FROM needs WHERE (?1 IS NULL OR status = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
             )
             .map_err(db("listing needs"))?;
@@ -429,10 +459,12 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
         }
         let mut upsert = tx
             .prepare_cached(
-                "INSERT INTO needs (id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO needs (id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
+                                    first_event, last_event)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded,
-                   updated_at = excluded.updated_at, next_deadline = excluded.next_deadline",
+                   updated_at = excluded.updated_at, next_deadline = excluded.next_deadline,
+                   last_event = excluded.last_event",
             )
             .map_err(db("preparing the projection update"))?;
         for need in &batch.needs {
@@ -446,7 +478,9 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
                     need.holder,
                     need.submitted_at,
                     need.updated_at,
-                    need.next_deadline
+                    need.next_deadline,
+                    need.first_event as i64,
+                    need.last_event as i64
                 ])
                 .map_err(db("updating the needs projection"))?;
         }
@@ -496,6 +530,8 @@ fn need_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NeedRow> {
         submitted_at: r.get(6)?,
         updated_at: r.get(7)?,
         next_deadline: r.get(8)?,
+        first_event: r.get::<_, i64>(9)? as u64,
+        last_event: r.get::<_, i64>(10)? as u64,
     })
 }
 
