@@ -279,6 +279,9 @@ impl Step<'_> {
                 variant,
                 first_refusal: clause_index.filter(|_| variant.is_some()),
                 offer_price_per_gpu_hour: offer_price,
+                reoffer_threshold: clause_index
+                    .filter(|_| variant.is_some())
+                    .map(|i| self.deal.first_refusals[i].reoffer_threshold),
                 holder_exempt,
             },
         );
@@ -1054,9 +1057,11 @@ impl Step<'_> {
             self.award(id, &plan.provider, plan.gpus, plan.price);
             return;
         }
-        let clause = self.clause(id).expect("a holder comes from a clause");
-        let window = clause.window;
-        let threshold = clause.reoffer_threshold;
+        let window = self
+            .clause(id)
+            .expect("a holder comes from a clause")
+            .window;
+        let threshold = need.reoffer_threshold;
         let deadline = self.deal.calendar.add(self.now, window);
         let seq = need.offers.len() as u32 + 1;
         match variant {

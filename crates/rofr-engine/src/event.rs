@@ -77,6 +77,10 @@ pub enum EventKind {
         /// The price the holder is offered, per GPU-hour.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offer_price_per_gpu_hour: Option<Price>,
+        /// The clause's re-offer threshold, so that the event log alone tells whether a
+        /// third-party award was covered by the holder's refusals.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reoffer_threshold: Option<f64>,
         /// Why a need that matches a first-refusal scope skips the holder.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         holder_exempt: Option<String>,

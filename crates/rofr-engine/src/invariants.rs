@@ -106,8 +106,7 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
                     .third_party_awards()
                     .map(|a| (a.gpus, a.price))
                     .collect();
-                let clause = &deal.first_refusals[need.first_refusal.unwrap_or(0)];
-                if !refusals_cover(&need.refusals, &awards, clause.reoffer_threshold) {
+                if !refusals_cover(&need.refusals, &awards, need.reoffer_threshold) {
                     return fail(
                         "I1",
                         format!(

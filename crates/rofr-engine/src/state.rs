@@ -102,7 +102,7 @@ pub enum Closed {
     Cancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NeedState {
     pub spec: NeedSpec,
     pub submitted_at: Timestamp,
@@ -110,6 +110,7 @@ pub struct NeedState {
     pub variant: Option<Variant>,
     pub first_refusal: Option<usize>,
     pub holder_offer_price: Option<Price>,
+    pub reoffer_threshold: f64,
     pub offers: Vec<HolderOffer>,
     pub round: u32,
     pub rfqs: Vec<Rfq>,
@@ -270,6 +271,7 @@ fn new_need(event: &Event) -> NeedState {
         variant,
         first_refusal,
         offer_price_per_gpu_hour,
+        reoffer_threshold,
         holder_exempt: _,
     } = &event.kind
     else {
@@ -297,6 +299,7 @@ fn new_need(event: &Event) -> NeedState {
         variant: *variant,
         first_refusal: *first_refusal,
         holder_offer_price: *offer_price_per_gpu_hour,
+        reoffer_threshold: reoffer_threshold.unwrap_or(0.0),
         offers: Vec::new(),
         round: 0,
         rfqs: Vec::new(),

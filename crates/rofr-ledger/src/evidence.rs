@@ -1,0 +1,275 @@
+//! Evidence bundles (PRODUCT.md §7.1): every entry of one need with its inclusion proof
+//! against a signed checkpoint, and their offline verification — the signature, every
+//! proof, and the first-refusal story told in plain words.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rofr_engine::invariants::refusals_cover;
+use rofr_engine::state::State;
+use rofr_engine::types::{Gpus, Price};
+use rofr_engine::{Event, EventKind};
+use serde::{Deserialize, Serialize};
+
+use crate::note::{Checkpoint, VerifierKey};
+use crate::tree::{leaf_hash, verify_inclusion, Hash, MerkleTree};
+
+pub const FORMAT: &str = "rofr-evidence/1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub format: String,
+    pub verifier_key: String,
+    pub checkpoint: String,
+    pub holder: Option<String>,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub index: u64,
+    /// Base64 of the leaf bytes (the event's JSON exactly as logged).
+    pub data: String,
+    /// Base64 hashes of the inclusion proof against the checkpoint's tree.
+    pub proof: Vec<String>,
+}
+
+/// Builds a bundle for entries (index, bytes) of one need, proved against the tree of
+/// the checkpoint's size.
+pub fn build(
+    tree: &MerkleTree,
+    checkpoint: &Checkpoint,
+    signed_checkpoint: String,
+    verifier_key: String,
+    holder: Option<String>,
+    entries: &[(u64, Vec<u8>)],
+) -> Option<Bundle> {
+    let entries = entries
+        .iter()
+        .map(|(index, data)| {
+            let proof = tree.inclusion_proof(*index, checkpoint.size)?;
+            Some(Entry {
+                index: *index,
+                data: B64.encode(data),
+                proof: proof.iter().map(|h| B64.encode(h)).collect(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Bundle {
+        format: FORMAT.into(),
+        verifier_key,
+        checkpoint: signed_checkpoint,
+        holder,
+        entries,
+    })
+}
+
+/// Why a bundle does not verify, and the entry at fault where there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", entry.map(|e| format!("entry {e}: ")).unwrap_or_default())]
+pub struct Failure {
+    pub entry: Option<u64>,
+    pub reason: String,
+}
+
+fn fail(entry: Option<u64>, reason: impl Into<String>) -> Failure {
+    Failure {
+        entry,
+        reason: reason.into(),
+    }
+}
+
+/// What a verified bundle shows.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub need: String,
+    pub checkpoint: Checkpoint,
+    /// The story, one line per entry that matters, then the verdict.
+    pub lines: Vec<String>,
+}
+
+fn dollars(price: Price) -> String {
+    format!("${}/GPU-h", price.dollars())
+}
+
+/// Verifies a bundle offline with the verifier key the user trusts.
+pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> {
+    let bundle: Bundle = serde_json::from_slice(bundle_json)
+        .map_err(|e| fail(None, format!("the bundle is not rofr evidence JSON: {e}")))?;
+    if bundle.format != FORMAT {
+        return Err(fail(
+            None,
+            format!("unknown format `{}`; expected `{FORMAT}`", bundle.format),
+        ));
+    }
+    let body = key
+        .open(&bundle.checkpoint)
+        .map_err(|e| fail(None, format!("the checkpoint: {e}")))?;
+    let checkpoint =
+        Checkpoint::parse(body).map_err(|e| fail(None, format!("the checkpoint: {e}")))?;
+    let mut lines = vec![format!(
+        "Checkpoint signed by {} over the first {} entries of log \"{}\".",
+        key.name(),
+        checkpoint.size,
+        checkpoint.origin
+    )];
+
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    let mut last_index: Option<u64> = None;
+    for entry in &bundle.entries {
+        let at = Some(entry.index);
+        if last_index.is_some_and(|last| entry.index <= last) {
+            return Err(fail(at, "entries are not in increasing index order"));
+        }
+        last_index = Some(entry.index);
+        let data = B64
+            .decode(&entry.data)
+            .map_err(|e| fail(at, format!("data is not base64: {e}")))?;
+        let proof: Vec<Hash> = entry
+            .proof
+            .iter()
+            .map(|p| B64.decode(p).ok().and_then(|h| <Hash>::try_from(h).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| fail(at, "a proof hash is not the base64 of 32 bytes"))?;
+        if !verify_inclusion(
+            entry.index,
+            checkpoint.size,
+            &leaf_hash(&data),
+            &proof,
+            &checkpoint.root,
+        ) {
+            return Err(fail(
+                at,
+                "its inclusion proof does not lead to the checkpoint's root: the entry was altered, or is not in the log",
+            ));
+        }
+        let event =
+            Event::from_json(&data).map_err(|e| fail(at, format!("not a rofr event: {e}")))?;
+        events.push((entry.index, event));
+    }
+    lines.push(format!(
+        "All {} entries are in the log at the indexes given.",
+        events.len()
+    ));
+    let need = match events.first() {
+        Some((_, e)) if matches!(e.kind, EventKind::NeedSubmitted { .. }) => e.need.to_string(),
+        Some((index, _)) => {
+            return Err(fail(
+                Some(*index),
+                "the first entry is not the need's submission",
+            ))
+        }
+        None => return Err(fail(None, "the bundle holds no entries")),
+    };
+    story(&need, &bundle.holder, &events, &mut lines)?;
+    Ok(Report {
+        need,
+        checkpoint,
+        lines,
+    })
+}
+
+/// Replays the need's events and checks I1 at every award to someone other than the
+/// holder, telling what happened along the way.
+fn story(
+    need: &str,
+    holder: &Option<String>,
+    events: &[(u64, Event)],
+    lines: &mut Vec<String>,
+) -> Result<(), Failure> {
+    let mut state = State::default();
+    let mut third_party_gpus = Gpus::ZERO;
+    for (index, event) in events {
+        let at = Some(*index);
+        if event.need.as_str() != need {
+            return Err(fail(
+                at,
+                format!("belongs to need `{}`, not `{need}`", event.need),
+            ));
+        }
+        state.apply(event);
+        let n = &state.needs[need];
+        let when = event.at;
+        let line = match &event.kind {
+            EventKind::NeedSubmitted { sku, gpus, hours, holder: logged, variant, .. } => {
+                if logged.as_ref().map(|h| h.to_string()) != *holder {
+                    return Err(fail(at, format!(
+                        "the bundle names holder {holder:?}, but the log says {:?}",
+                        logged.as_ref().map(|h| h.as_str())
+                    )));
+                }
+                let right = match (logged, variant) {
+                    (Some(h), Some(v)) => format!(
+                        "{h} holds a {} right (re-offer threshold {}%)",
+                        v.as_str(),
+                        n.reoffer_threshold * 100.0
+                    ),
+                    _ => "no first-refusal right covers it".to_owned(),
+                };
+                Some(format!("need {need}: {gpus} {sku} for {hours} h, submitted {when}; {right}."))
+            }
+            EventKind::OfferSent { provider, gpus, price_per_gpu_hour, deadline, reoffer, .. } => Some(format!(
+                "#{index} {when}: {}offered {gpus} GPUs to {provider} at {}, answer due {deadline}.",
+                if *reoffer { "re-" } else { "" },
+                dollars(*price_per_gpu_hour)
+            )),
+            EventKind::OfferAccepted { provider, gpus, price_per_gpu_hour, .. } => {
+                Some(format!("#{index} {when}: {provider} accepted {gpus} GPUs at {}.", dollars(*price_per_gpu_hour)))
+            }
+            EventKind::OfferDeclined { provider, gpus, reason, price_per_gpu_hour, .. } => Some(format!(
+                "#{index} {when}: {provider} refused {gpus} GPUs at {} ({}).",
+                dollars(*price_per_gpu_hour),
+                reason.as_str()
+            )),
+            EventKind::OfferLapsed { provider, gpus, price_per_gpu_hour, .. } => Some(format!(
+                "#{index} {when}: {provider} let the offer of {gpus} GPUs at {} lapse: a deemed refusal.",
+                dollars(*price_per_gpu_hour)
+            )),
+            EventKind::MatchOffered { provider, gpus, price_per_gpu_hour, against, .. } => Some(format!(
+                "#{index} {when}: {provider} may match {against}'s terms for {gpus} GPUs at {}.",
+                dollars(*price_per_gpu_hour)
+            )),
+            EventKind::MatchAccepted { provider, gpus, .. } => Some(format!("#{index} {when}: {provider} matched for {gpus} GPUs.")),
+            EventKind::MatchDeclined { provider, gpus, .. } => Some(format!("#{index} {when}: {provider} declined to match for {gpus} GPUs.")),
+            EventKind::MatchLapsed { provider, gpus, .. } => Some(format!("#{index} {when}: {provider} let the match of {gpus} GPUs lapse.")),
+            EventKind::HolderCapped { provider, gpus, .. } => Some(format!("#{index} {when}: a cap kept {gpus} GPUs from {provider}.")),
+            EventKind::AwardMade { provider, gpus, price_per_gpu_hour, .. }
+            | EventKind::ApprovalRequested { provider, gpus, price_per_gpu_hour, .. } => {
+                let verb = if matches!(event.kind, EventKind::AwardMade { .. }) { "awarded" } else { "proposed for approval" };
+                let third_party = n.holder.as_ref().is_some_and(|h| h != provider);
+                if third_party {
+                    let awards: Vec<(Gpus, Price)> = n.third_party_awards().map(|a| (a.gpus, a.price)).collect();
+                    if !refusals_cover(&n.refusals, &awards, n.reoffer_threshold) {
+                        return Err(fail(at, format!(
+                            "{gpus} GPUs {verb} to {provider} at {} without the holder having refused them on terms at least as good: first refusal (I1) broken",
+                            dollars(*price_per_gpu_hour)
+                        )));
+                    }
+                    third_party_gpus = awards.iter().map(|(g, _)| *g).sum();
+                    Some(format!(
+                        "#{index} {when}: {verb} {gpus} GPUs to {provider} at {}; covered by the holder's refusals.",
+                        dollars(*price_per_gpu_hour)
+                    ))
+                } else {
+                    Some(format!("#{index} {when}: {verb} {gpus} GPUs to {provider} at {}.", dollars(*price_per_gpu_hour)))
+                }
+            }
+            EventKind::AwardFailed { provider, gpus, .. } => Some(format!("#{index} {when}: {provider} failed to deliver {gpus} GPUs.")),
+            EventKind::RightRevived { provider, gpus } => Some(format!("#{index} {when}: {provider}'s right revived for {gpus} GPUs.")),
+            EventKind::NeedExpired { gpus } => Some(format!("#{index} {when}: the need expired with {gpus} GPUs unplaced.")),
+            EventKind::NeedCancelled { .. } => Some(format!("#{index} {when}: the buyer cancelled the need.")),
+            _ => None,
+        };
+        lines.extend(line);
+    }
+    let n = &state.needs[need];
+    lines.push(match &n.holder {
+        Some(h) => format!(
+            "The evidence shows: {h} was offered this need first, and every GPU awarded to another provider ({third_party_gpus} in all) was refused by {h} on terms at least as good, within the {}% threshold.",
+            n.reoffer_threshold * 100.0
+        ),
+        None => "The evidence shows: no first-refusal holder had a claim on this need.".to_owned(),
+    });
+    Ok(())
+}

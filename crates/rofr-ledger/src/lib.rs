@@ -1,0 +1,14 @@
+//! The verifiable ledger: the RFC 9162 Merkle tree over the event log, C2SP signed
+//! checkpoints, inclusion and consistency proofs, evidence bundles and their offline
+//! verification.
+//!
+//! Pure: no IO, no clock. The broker feeds it the log's bytes; `rofr verify` feeds it a
+//! bundle and a key. An auditor can check everything here with their own tools, because
+//! the formats are the RFC's and C2SP's to the byte (PRODUCT.md §7.1).
+
+pub mod evidence;
+pub mod note;
+pub mod tree;
+
+pub use note::{Checkpoint, NoteError, SigningKey, VerifierKey};
+pub use tree::{leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
