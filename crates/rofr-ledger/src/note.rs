@@ -263,7 +263,7 @@ impl Checkpoint {
         let size = lines
             .next()
             .and_then(|s| {
-                (!s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')))
+                (!(s.starts_with('+') || s.len() > 1 && s.starts_with('0')))
                     .then(|| s.parse::<u64>().ok())
                     .flatten()
             })
