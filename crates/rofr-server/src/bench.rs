@@ -266,6 +266,7 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
                     kind: e.kind.clone(),
                     at: e.at.clone(),
                     data: e.data.clone(),
+                    leaf_hash: rofr_ledger::leaf_hash(&e.data),
                 })
                 .collect(),
             ..Batch::default()

@@ -102,6 +102,7 @@ struct Inner {
     deal_text: String,
     counters: Counters,
     tokens: Mutex<HashMap<String, Option<Party>>>,
+    ledger: Mutex<crate::ledger::Ledger>,
     /// Providers with a webhook: their events get a delivery queued.
     webhooks: RwLock<std::collections::BTreeSet<String>>,
     path: PathBuf,
@@ -183,6 +184,7 @@ impl Broker {
             );
             store.rebuild_projection(&rows)?;
         }
+        let ledger = crate::ledger::Ledger::open(path, &deal.name, &mut store, &stored)?;
         let next_index = stored.len() as u64;
         let reader = SqliteStore::open(path)?;
         let webhooks = reader
@@ -201,6 +203,7 @@ impl Broker {
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
             webhooks: RwLock::new(webhooks),
+            ledger: Mutex::new(ledger),
             path: path.to_owned(),
         });
         let writer = Writer {
@@ -314,6 +317,49 @@ impl Broker {
             .expect("token lock")
             .insert(hash, party.clone());
         Ok(party)
+    }
+
+    /// Runs `f` with the ledger: tree, key and latest checkpoint.
+    pub fn ledger<T>(&self, f: impl FnOnce(&mut crate::ledger::Ledger) -> T) -> T {
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+        f(&mut ledger)
+    }
+
+    /// Signs a checkpoint of everything committed so far, stores it, and returns its
+    /// size and signed note.
+    pub fn checkpoint_now(&self) -> Result<(u64, String), BrokerError> {
+        let (size, note) = self.ledger(|l| l.checkpoint());
+        let mut store = self.inner.reader.lock().expect("store lock poisoned");
+        store.add_checkpoint(size, &note, &crate::ledger::now_text())?;
+        Ok((size, note))
+    }
+
+    /// The evidence bundle of one need; `None` if the need has no entries.
+    pub fn evidence(
+        &self,
+        need: &str,
+    ) -> Result<Option<rofr_ledger::evidence::Bundle>, BrokerError> {
+        let rows = self.store(|s| s.events_of(need))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let holder = self.read(|e| {
+            e.state()
+                .needs
+                .get(need)
+                .and_then(|n| n.holder.as_ref().map(|h| h.to_string()))
+        });
+        let entries: Vec<(u64, Vec<u8>)> = rows.into_iter().map(|r| (r.index, r.data)).collect();
+        let made = self.ledger(|l| l.evidence(holder, &entries));
+        let Some((bundle, made_now)) = made else {
+            return Ok(None);
+        };
+        if made_now {
+            let (size, note) = self.ledger(|l| l.latest().cloned()).expect("just made");
+            let mut store = self.inner.reader.lock().expect("store lock poisoned");
+            store.add_checkpoint(size, &note, &crate::ledger::now_text())?;
+        }
+        Ok(Some(bundle))
     }
 
     /// Registers (or replaces) a provider's webhook; returns the new signing secret.
@@ -588,6 +634,11 @@ impl Writer {
             }
             match self.store.commit(&batch) {
                 Ok(_) => {
+                    inner
+                        .ledger
+                        .lock()
+                        .expect("ledger lock")
+                        .append(batch.events.iter().map(|e| e.leaf_hash));
                     self.next_index += batch.events.len() as u64;
                     if flush {
                         self.dirty.clear();
@@ -633,6 +684,22 @@ impl Writer {
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
+        self.checkpoint_if_due();
+    }
+
+    /// Signs and stores a checkpoint when the policy says one is due.
+    fn checkpoint_if_due(&mut self) {
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+        if !ledger.due() {
+            return;
+        }
+        let (size, note) = ledger.checkpoint();
+        if let Err(error) = self
+            .store
+            .add_checkpoint(size, &note, &crate::ledger::now_text())
+        {
+            tracing::error!(%error, size, "storing a checkpoint failed");
+        }
     }
 
     fn append(&self, batch: &mut Batch, events: &[Event]) {
@@ -658,6 +725,7 @@ impl Writer {
                 need: event.need.to_string(),
                 kind: event.kind.type_name().to_owned(),
                 at,
+                leaf_hash: rofr_ledger::leaf_hash(&data),
                 data,
             });
         }

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod client;
 pub mod clock;
 pub mod demo;
+pub mod ledger;
 pub mod metrics;
 pub mod views;
 pub mod webhook;

@@ -69,6 +69,12 @@ pub trait Store: Send {
         error: Option<&str>,
     ) -> Result<()>;
 
+    /// Stores a signed checkpoint of the first `size` entries (kept forever).
+    fn add_checkpoint(&mut self, size: u64, note: &str, created_at: &str) -> Result<()>;
+
+    /// Every stored checkpoint, by size.
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>>;
+
     fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()>;
 
     fn token(&self, hash: &str) -> Result<Option<TokenRow>>;
@@ -100,6 +106,9 @@ pub struct StoredEvent {
     pub kind: String,
     pub at: String,
     pub data: Vec<u8>,
+    /// The RFC 9162 leaf hash recorded when the entry was appended (absent in logs
+    /// written before the ledger existed).
+    pub leaf_hash: Option<Vec<u8>>,
 }
 
 /// A row of the needs projection: what list queries read. The projection may trail the
@@ -179,6 +188,8 @@ pub struct NewEvent {
     pub kind: String,
     pub at: String,
     pub data: Vec<u8>,
+    /// SHA-256(0x00 ‖ data), the entry's leaf in the ledger's Merkle tree.
+    pub leaf_hash: [u8; 32],
 }
 
 /// Which party a bearer token speaks for.

@@ -79,6 +79,16 @@ DROP INDEX needs_deadline;
 ALTER TABLE needs ADD COLUMN first_event INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE needs ADD COLUMN last_event INTEGER NOT NULL DEFAULT 0;
 "#,
+    // The ledger: each entry's RFC 9162 leaf hash beside its bytes, and every signed
+    // checkpoint.
+    r#"
+ALTER TABLE events ADD COLUMN leaf_hash BLOB;
+CREATE TABLE checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"#,
 ];
 
 fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -159,7 +169,7 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT idx, need, kind, at, data FROM events WHERE idx > ?1 ORDER BY idx LIMIT ?2",
+                "SELECT idx, need, kind, at, data, leaf_hash FROM events WHERE idx > ?1 ORDER BY idx LIMIT ?2",
             )
             .map_err(db("reading events"))?;
         let after = after.map_or(-1, |a| a as i64);
@@ -171,6 +181,7 @@ impl Store for SqliteStore {
                     kind: r.get(2)?,
                     at: r.get(3)?,
                     data: r.get(4)?,
+                    leaf_hash: r.get(5)?,
                 })
             })
             .map_err(db("reading events"))?;
@@ -203,7 +214,7 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT idx, need, kind, at, data FROM events WHERE idx BETWEEN ?2 AND ?3 AND need = ?1 ORDER BY idx",
+                "SELECT idx, need, kind, at, data, leaf_hash FROM events WHERE idx BETWEEN ?2 AND ?3 AND need = ?1 ORDER BY idx",
             )
             .map_err(db("reading a need's events"))?;
         let rows = stmt
@@ -214,6 +225,7 @@ impl Store for SqliteStore {
                     kind: r.get(2)?,
                     at: r.get(3)?,
                     data: r.get(4)?,
+                    leaf_hash: r.get(5)?,
                 })
             })
             .map_err(db("reading a need's events"))?;
@@ -348,6 +360,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn add_checkpoint(&mut self, size: u64, note: &str, created_at: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO checkpoints (size, note, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (size) DO NOTHING",
+                params![size as i64, note, created_at],
+            )
+            .map_err(db("storing a checkpoint"))?;
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT size, note FROM checkpoints ORDER BY size")
+            .map_err(db("reading checkpoints"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .map_err(db("reading checkpoints"))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db("reading checkpoints"))
+    }
+
     fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
         self.conn
             .execute(
@@ -443,7 +478,7 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO events (idx, need, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (idx, need, kind, at, data, leaf_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(db("preparing the event insert"))?;
         for (offset, event) in batch.events.iter().enumerate() {
@@ -453,7 +488,8 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
                     event.need,
                     event.kind,
                     event.at,
-                    event.data
+                    event.data,
+                    event.leaf_hash.as_slice()
                 ])
                 .map_err(db("appending an event"))?;
         }
@@ -550,6 +586,7 @@ mod tests {
             kind: "need_submitted".into(),
             at: "2025-01-01T00:00:00Z".into(),
             data: vec![b'{', n, b'}'],
+            leaf_hash: [n; 32],
         };
         let first = store
             .commit(&Batch {

@@ -1,0 +1,324 @@
+//! The broker's side of the ledger: the Merkle tree kept beside the log, the signing
+//! key, checkpoints made every N entries or T seconds and on demand, evidence bundles,
+//! and the offline audit of a database.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rofr_ledger::evidence::{self, Bundle};
+use rofr_ledger::{leaf_hash, Checkpoint, MerkleTree, SigningKey, VerifierKey};
+use rofr_store::{SqliteStore, Store, StoredEvent};
+
+use crate::broker::BrokerError;
+use crate::clock::Clock;
+
+/// When checkpoints are made without being asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    pub every_entries: u64,
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_entries: 1000,
+            every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The signing key's file: beside the database, readable only by its owner.
+pub fn key_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".ledger-key");
+    PathBuf::from(name)
+}
+
+/// Reads the signing key, creating it (mode 0600) on first start.
+pub fn load_or_create_key(database: &Path, deal_name: &str) -> Result<SigningKey, BrokerError> {
+    let path = key_path(database);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            BrokerError::Setup(format!(
+                "cannot read the ledger key {}: {e}",
+                path.display()
+            ))
+        })?;
+        return SigningKey::from_private_text(&text).map_err(|e| {
+            BrokerError::Setup(format!(
+                "the ledger key {} is not valid: {e}",
+                path.display()
+            ))
+        });
+    }
+    let name: String = format!("rofr-{deal_name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let seed: [u8; 32] = rand::random();
+    let key = SigningKey::from_seed(&name, &seed).map_err(|e| BrokerError::Setup(e.to_string()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path).map_err(|e| {
+        BrokerError::Setup(format!(
+            "cannot create the ledger key {}: {e}",
+            path.display()
+        ))
+    })?;
+    writeln!(file, "{}", key.private_text())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| {
+            BrokerError::Setup(format!(
+                "cannot write the ledger key {}: {e}",
+                path.display()
+            ))
+        })?;
+    Ok(key)
+}
+
+pub struct Ledger {
+    tree: MerkleTree,
+    key: SigningKey,
+    origin: String,
+    latest: Option<(u64, String)>,
+    last_made: Instant,
+    pub policy: CheckpointPolicy,
+}
+
+impl Ledger {
+    /// Builds the tree from the stored log (hashing each entry's bytes afresh).
+    pub fn open(
+        database: &Path,
+        deal_name: &str,
+        store: &mut dyn Store,
+        events: &[StoredEvent],
+    ) -> Result<Ledger, BrokerError> {
+        let key = load_or_create_key(database, deal_name)?;
+        let origin = match store.meta("ledger_origin")? {
+            Some(origin) => origin,
+            None => {
+                let suffix: [u8; 4] = rand::random();
+                let origin = format!("rofr.local/{}/{}", key.name(), hex::encode(suffix));
+                store.set_meta("ledger_origin", &origin)?;
+                origin
+            }
+        };
+        let mut tree = MerkleTree::new();
+        for event in events {
+            tree.append(&event.data);
+        }
+        let latest = store.checkpoints()?.pop();
+        Ok(Ledger {
+            tree,
+            key,
+            origin,
+            latest,
+            last_made: Instant::now(),
+            policy: CheckpointPolicy::default(),
+        })
+    }
+
+    pub fn tree(&self) -> &MerkleTree {
+        &self.tree
+    }
+
+    pub fn verifier_key(&self) -> String {
+        self.key.verifier_key()
+    }
+
+    pub fn latest(&self) -> Option<&(u64, String)> {
+        self.latest.as_ref()
+    }
+
+    pub fn append(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>) {
+        for hash in hashes {
+            self.tree.push_leaf_hash(hash);
+        }
+    }
+
+    /// Whether the policy asks for a checkpoint now.
+    pub fn due(&self) -> bool {
+        let signed = self.latest.as_ref().map_or(0, |(size, _)| *size);
+        let grown = self.tree.len() - signed;
+        grown >= self.policy.every_entries
+            || (grown > 0 && self.last_made.elapsed() >= self.policy.every)
+    }
+
+    /// Signs a checkpoint of the whole tree (or returns the latest, if nothing grew).
+    pub fn checkpoint(&mut self) -> (u64, String) {
+        let size = self.tree.len();
+        if let Some(latest) = self.latest.as_ref().filter(|(s, _)| *s == size) {
+            return latest.clone();
+        }
+        let body = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root: self.tree.root(size).expect("the size is the tree's"),
+        }
+        .body();
+        let note = self
+            .key
+            .sign(&body)
+            .expect("checkpoint bodies end with a newline");
+        self.latest = Some((size, note.clone()));
+        self.last_made = Instant::now();
+        (size, note)
+    }
+
+    /// An evidence bundle for the entries (index, bytes) of one need, against the latest
+    /// checkpoint, made now if it does not cover them all.
+    pub fn evidence(
+        &mut self,
+        holder: Option<String>,
+        entries: &[(u64, Vec<u8>)],
+    ) -> Option<(Bundle, bool)> {
+        let needed = entries.last().map_or(0, |(i, _)| i + 1);
+        let mut made = false;
+        if self.latest.as_ref().is_none_or(|(size, _)| *size < needed) {
+            self.checkpoint();
+            made = true;
+        }
+        let (size, note) = self.latest.clone()?;
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root: self.tree.root(size)?,
+        };
+        let bundle = evidence::build(
+            &self.tree,
+            &checkpoint,
+            note,
+            self.verifier_key(),
+            holder,
+            entries,
+        )?;
+        Some((bundle, made))
+    }
+}
+
+/// What `rofr ledger audit` found.
+#[derive(Debug)]
+pub struct Audit {
+    pub entries: u64,
+    pub checkpoints: usize,
+    /// The first problem found, naming the entry where one can be named.
+    pub problem: Option<String>,
+}
+
+/// Recomputes the tree from the database, checks each entry against its recorded
+/// leaf hash, and each stored checkpoint's signature, root and consistency with the
+/// one before it.
+pub fn audit(database: &Path, key: &VerifierKey) -> Result<Audit, BrokerError> {
+    let store = SqliteStore::open(database)?;
+    let events = store.all_events()?;
+    let checkpoints = store.checkpoints()?;
+    let mut audit = Audit {
+        entries: events.len() as u64,
+        checkpoints: checkpoints.len(),
+        problem: None,
+    };
+    let mut tree = MerkleTree::new();
+    for (position, event) in events.iter().enumerate() {
+        let position = position as u64;
+        if event.index != position {
+            audit.problem = Some(format!(
+                "entry {position} is missing: the log jumps from entry {} to entry {} (removed or reordered)",
+                position.saturating_sub(1),
+                event.index
+            ));
+            return Ok(audit);
+        }
+        let computed = leaf_hash(&event.data);
+        if let Some(recorded) = &event.leaf_hash {
+            if recorded.as_slice() != computed.as_slice() {
+                audit.problem = Some(format!(
+                    "entry {position} was altered: its bytes no longer hash to the leaf recorded when it was appended"
+                ));
+                return Ok(audit);
+            }
+        }
+        tree.push_leaf_hash(computed);
+    }
+    let mut previous: Option<Checkpoint> = None;
+    for (size, note) in &checkpoints {
+        let body = match key.open(note) {
+            Ok(body) => body,
+            Err(e) => {
+                audit.problem = Some(format!(
+                    "the checkpoint of {size} entries does not verify: {e}"
+                ));
+                return Ok(audit);
+            }
+        };
+        let checkpoint = match Checkpoint::parse(body) {
+            Ok(c) if c.size == *size => c,
+            Ok(c) => {
+                audit.problem = Some(format!(
+                    "the checkpoint stored as size {size} says size {}",
+                    c.size
+                ));
+                return Ok(audit);
+            }
+            Err(e) => {
+                audit.problem = Some(format!("the checkpoint of {size} entries: {e}"));
+                return Ok(audit);
+            }
+        };
+        let from = previous.as_ref().map_or(0, |p| p.size);
+        if checkpoint.size > tree.len() {
+            audit.problem = Some(format!(
+                "entry {} is missing: a signed checkpoint covers {} entries but the log holds {}",
+                tree.len(),
+                checkpoint.size,
+                tree.len()
+            ));
+            return Ok(audit);
+        }
+        if tree.root(checkpoint.size) != Some(checkpoint.root) {
+            audit.problem = Some(format!(
+                "an entry between {from} and {} was altered, removed or reordered together with its recorded hash: the log no longer matches the checkpoint of {} entries",
+                checkpoint.size - 1,
+                checkpoint.size
+            ));
+            return Ok(audit);
+        }
+        if let Some(p) = &previous {
+            let proof = tree
+                .consistency_proof(p.size, checkpoint.size)
+                .expect("sizes within the tree");
+            if !rofr_ledger::verify_consistency(
+                p.size,
+                checkpoint.size,
+                &p.root,
+                &checkpoint.root,
+                &proof,
+            ) {
+                audit.problem = Some(format!(
+                    "the checkpoints of {} and {} entries are not consistent: history was rewritten",
+                    p.size, checkpoint.size
+                ));
+                return Ok(audit);
+            }
+        }
+        previous = Some(checkpoint);
+    }
+    Ok(audit)
+}
+
+/// The time checkpoints record: wall-clock, for operators.
+pub fn now_text() -> String {
+    Clock::System.now().to_string()
+}
