@@ -45,6 +45,14 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/rfqs", get(my_rfqs))
         .route("/v1/awards", get(my_awards))
         .route("/v1/events", get(events))
+        .route("/v1/ledger/key", get(ledger_key))
+        .route(
+            "/v1/ledger/checkpoint",
+            get(latest_checkpoint).post(make_checkpoint),
+        )
+        .route("/v1/ledger/inclusion", get(inclusion_proof))
+        .route("/v1/ledger/consistency", get(consistency_proof))
+        .route("/v1/ledger/evidence/{id}", get(evidence))
         .route("/v1/webhook", axum::routing::put(set_webhook))
         .route("/v1/webhook/deliveries", get(deliveries))
         .fallback(not_found)
@@ -127,7 +135,8 @@ pub struct Health {
     paths(
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
         accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
-        set_webhook, deliveries
+        set_webhook, deliveries, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
+        consistency_proof, evidence
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
     modifiers(&BearerAuth),
@@ -932,6 +941,163 @@ async fn deliveries(
         })
         .collect();
     Ok(Json(DeliveryList { deliveries }))
+}
+
+// ----- ledger ------------------------------------------------------------------------
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+#[utoipa::path(get, path = "/v1/ledger/key", tag = "auditor", responses((status = 200, body = String, description = "The verifier key: `<name>+<key ID>+<base64 key>`"), (status = 401, body = Envelope)))]
+async fn ledger_key(State(broker): State<Broker>, _caller: Caller) -> Response {
+    text(format!("{}\n", broker.ledger(|l| l.verifier_key())))
+}
+
+#[utoipa::path(get, path = "/v1/ledger/checkpoint", tag = "auditor", responses((status = 200, body = String, description = "The latest checkpoint as a C2SP signed note"), (status = 401, body = Envelope), (status = 404, body = Envelope)))]
+async fn latest_checkpoint(
+    State(broker): State<Broker>,
+    _caller: Caller,
+) -> Result<Response, ApiError> {
+    match broker.ledger(|l| l.latest().cloned()) {
+        Some((_, note)) => Ok(text(note)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no checkpoint yet: POST to make one",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/ledger/checkpoint", tag = "auditor", responses((status = 200, body = String, description = "A checkpoint of every committed entry, signed now"), (status = 401, body = Envelope), (status = 403, body = Envelope)))]
+async fn make_checkpoint(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.reader("make checkpoints")?;
+    let (_, note) = broker.checkpoint_now()?;
+    Ok(text(note))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    /// The entry's log index.
+    index: u64,
+    /// The tree size to prove against (a checkpoint's size).
+    size: u64,
+}
+
+/// An inclusion or consistency proof: base64 hashes, as RFC 9162 orders them.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProofAnswer {
+    pub proof: Vec<String>,
+}
+
+fn b64(hashes: &[rofr_ledger::Hash]) -> Vec<String> {
+    use base64::Engine as _;
+    hashes
+        .iter()
+        .map(|h| base64::engine::general_purpose::STANDARD.encode(h))
+        .collect()
+}
+
+#[utoipa::path(get, path = "/v1/ledger/inclusion", tag = "auditor", params(InclusionQuery), responses((status = 200, body = ProofAnswer), (status = 401, body = Envelope), (status = 404, body = Envelope), (status = 422, body = Envelope)))]
+async fn inclusion_proof(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Query(query): Query<InclusionQuery>,
+) -> Result<Json<ProofAnswer>, ApiError> {
+    if let Party::Provider(provider) = &caller.0 {
+        // A provider may prove only entries that name it.
+        let rows = broker
+            .store(|s| s.events_after(query.index.checked_sub(1), 1))
+            .map_err(BrokerError::from)?;
+        let names_it = rows.first().is_some_and(|r| {
+            r.index == query.index
+                && serde_json::from_slice::<serde_json::Value>(&r.data)
+                    .is_ok_and(|e| e["provider"] == provider.as_str())
+        });
+        if !names_it {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no entry {} for this provider", query.index),
+            ));
+        }
+    }
+    broker
+        .ledger(|l| l.tree().inclusion_proof(query.index, query.size))
+        .map(|proof| Json(ProofAnswer { proof: b64(&proof) }))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "the index must be below the size, and the size at most the log's length",
+            )
+            .field("size")
+        })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+#[utoipa::path(get, path = "/v1/ledger/consistency", tag = "auditor", params(ConsistencyQuery), responses((status = 200, body = ProofAnswer), (status = 401, body = Envelope), (status = 422, body = Envelope)))]
+async fn consistency_proof(
+    State(broker): State<Broker>,
+    _caller: Caller,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Json<ProofAnswer>, ApiError> {
+    broker
+        .ledger(|l| l.tree().consistency_proof(query.from, query.to))
+        .map(|proof| Json(ProofAnswer { proof: b64(&proof) }))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "`from` must be at most `to`, and `to` at most the log's length",
+            )
+            .field("to")
+        })
+}
+
+#[utoipa::path(get, path = "/v1/ledger/evidence/{id}", tag = "auditor", params(("id" = String, Path)), responses((status = 200, description = "The evidence bundle (PRODUCT.md §7.1)"), (status = 401, body = Envelope), (status = 404, body = Envelope)))]
+async fn evidence(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = need_id(&id)?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no need `{id}`"),
+        )
+    };
+    if let Party::Provider(provider) = &caller.0 {
+        // A provider sees the evidence of needs that concern it: something was
+        // offered, requested of or awarded to it.
+        let rows = broker
+            .store(|s| s.events_of(id.as_str()))
+            .map_err(BrokerError::from)?;
+        let concerns = rows.iter().any(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.data)
+                .is_ok_and(|e| e["provider"] == provider.as_str())
+        });
+        if !concerns {
+            return Err(missing());
+        }
+    }
+    let bundle = broker.evidence(id.as_str())?.ok_or_else(missing)?;
+    let body = serde_json::to_string_pretty(&bundle).expect("bundles serialize");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 // ----- auditor -----------------------------------------------------------------------

@@ -75,6 +75,20 @@ impl Client {
         answer(request.send().await?).await
     }
 
+    /// POSTs with an empty body and returns the answer as text (signed notes).
+    pub async fn post_text(&self, path: &str) -> Result<String, ClientError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(response.text().await?);
+        }
+        answer(response).await.map(|v| v.to_string())
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let response = self
             .http

@@ -6,6 +6,7 @@ mod bench;
 mod check;
 mod client;
 mod demo;
+mod ledger;
 mod serve;
 mod token;
 
@@ -28,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run the whole system once: broker, four provider agents, a stream of needs.
     Demo(demo::Args),
+    /// The verifiable ledger: verifier key, checkpoints, evidence bundles, audit.
+    #[command(subcommand)]
+    Ledger(ledger::Command),
+    /// Verify an evidence bundle offline against a verifier key. Exit status 3 when the
+    /// evidence fails, naming the entry.
+    Verify(ledger::VerifyArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -97,6 +104,7 @@ enum Command {
 pub mod exit {
     pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;
+    pub const VERIFICATION_FAILED: u8 = 3;
 }
 
 fn main() -> ExitCode {
@@ -112,6 +120,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Ledger(command) => ledger::run(command),
+        Command::Verify(args) => ledger::verify(args),
         Command::Serve(args) => serve::run(args),
         Command::Token(command) => token::run(command),
         Command::Agent(args) => agent::run(args),

@@ -1,0 +1,168 @@
+//! `rofr ledger` and `rofr verify`: the verifiable ledger from the command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rofr_ledger::{SigningKey, VerifierKey};
+use rofr_server::client::Client;
+
+use crate::exit;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Print the verifier key of a broker's database (read from its key file).
+    Key {
+        #[arg(long, default_value = "rofr.db")]
+        database: PathBuf,
+    },
+    /// Ask the broker to sign a checkpoint of everything committed now; prints it.
+    Checkpoint {
+        #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
+        server: String,
+    },
+    /// Write the evidence bundle of one need.
+    Evidence {
+        need: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
+        server: String,
+    },
+    /// Recompute the whole tree from a database and check every stored checkpoint.
+    ///
+    /// Exit status 3 names the first entry altered, removed or reordered.
+    Audit {
+        #[arg(long, default_value = "rofr.db")]
+        database: PathBuf,
+        /// The verifier key (text, or a file holding it); by default the one derived
+        /// from the database's key file.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The evidence bundle (JSON), as written by `rofr ledger evidence`.
+    bundle: PathBuf,
+    /// The verifier key you trust: its text, or a file holding it.
+    #[arg(long)]
+    key: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_key(text_or_file: &str) -> anyhow::Result<VerifierKey> {
+    let text = match std::fs::read_to_string(text_or_file) {
+        Ok(contents) => contents,
+        Err(_) => text_or_file.to_owned(),
+    };
+    VerifierKey::parse(text.trim()).map_err(|e| anyhow::anyhow!("--key: {e}"))
+}
+
+fn database_key(database: &std::path::Path) -> anyhow::Result<SigningKey> {
+    let path = rofr_server::ledger::key_path(database);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the ledger key {} (it is made on the broker's first start)",
+            path.display()
+        )
+    })?;
+    SigningKey::from_private_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn token() -> anyhow::Result<String> {
+    std::env::var("ROFR_TOKEN").context("set ROFR_TOKEN to a buyer, auditor or provider token")
+}
+
+pub fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Key { database } => {
+            println!("{}", database_key(&database)?.verifier_key());
+            Ok(exit::OK)
+        }
+        Command::Checkpoint { server } => {
+            let client = Client::new(&server, &token()?);
+            let note = tokio::runtime::Runtime::new()?
+                .block_on(client.post_text("/v1/ledger/checkpoint"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{note}");
+            Ok(exit::OK)
+        }
+        Command::Evidence { need, out, server } => {
+            let client = Client::new(&server, &token()?);
+            let bundle = tokio::runtime::Runtime::new()?
+                .block_on(client.get(&format!("/v1/ledger/evidence/{need}")))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let text = serde_json::to_string_pretty(&bundle)? + "\n";
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "rofr: evidence of need {need} written to {}",
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+            Ok(exit::OK)
+        }
+        Command::Audit { database, key } => {
+            let key = match key {
+                Some(k) => read_key(&k)?,
+                None => VerifierKey::parse(&database_key(&database)?.verifier_key())
+                    .expect("own key parses"),
+            };
+            let audit = rofr_server::ledger::audit(&database, &key)?;
+            match audit.problem {
+                None => {
+                    println!(
+                        "audit ok: {} entries recomputed, {} signed checkpoints match the log and are consistent with each other",
+                        audit.entries, audit.checkpoints
+                    );
+                    Ok(exit::OK)
+                }
+                Some(problem) => {
+                    println!("audit FAILED: {problem}");
+                    Ok(exit::VERIFICATION_FAILED)
+                }
+            }
+        }
+    }
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+    let key = read_key(&args.key)?;
+    let bundle = std::fs::read(&args.bundle)
+        .with_context(|| format!("cannot read {}", args.bundle.display()))?;
+    match rofr_ledger::evidence::verify(&bundle, &key) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": true, "need": report.need, "story": report.lines})
+                );
+            } else {
+                println!("VERIFIED: evidence for need {}", report.need);
+                for line in &report.lines {
+                    println!("  {line}");
+                }
+            }
+            Ok(exit::OK)
+        }
+        Err(failure) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": false, "entry": failure.entry, "reason": failure.reason})
+                );
+            } else {
+                println!("NOT VERIFIED: {failure}");
+            }
+            Ok(exit::VERIFICATION_FAILED)
+        }
+    }
+}

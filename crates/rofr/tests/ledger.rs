@@ -1,0 +1,313 @@
+//! The ledger as a user and an auditor meet it: a real broker, an evidence bundle that
+//! verifies offline, and a database tampered with in every way the audit must catch.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rofr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rofr"))
+}
+
+fn run(args: &[&str], token: Option<&str>, server: Option<&str>) -> Output {
+    let mut command = rofr();
+    command.args(args);
+    if let Some(t) = token {
+        command.env("ROFR_TOKEN", t);
+    }
+    if let Some(s) = server {
+        command.env("ROFR_SERVER", s);
+    }
+    command.output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn token(database: &Path, party: &[&str]) -> String {
+    let output = run(
+        &[
+            &["token", "create", "--database", database.to_str().unwrap()],
+            party,
+        ]
+        .concat(),
+        None,
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(&output).trim().to_owned()
+}
+
+fn need_file(dir: &Path) -> PathBuf {
+    let now = chrono::Utc::now();
+    let at = |days: i64| {
+        (now + chrono::Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let need = serde_json::json!({
+        "id": "train-7", "sku": "H100", "gpus": 64, "hours": 72, "workload": "training",
+        "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
+    });
+    let path = dir.join("need.json");
+    std::fs::write(&path, need.to_string()).unwrap();
+    path
+}
+
+/// Makes a database whose log tells a full first-refusal story: the holder declines,
+/// Oracle is awarded, a checkpoint covers it all. Returns (database, bundle, key).
+fn story(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let database = dir.join("rofr.db");
+    let deal = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/deals/stargate.toml"
+    );
+    let mut child = rofr()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--deal",
+            deal,
+            "--database",
+        ])
+        .arg(&database)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Server {
+        url: line.split_whitespace().last().unwrap().to_owned(),
+        child,
+    };
+    let url = Some(server.url.as_str());
+
+    let buyer = token(&database, &["--party", "buyer"]);
+    let azure = token(&database, &["--party", "provider", "--provider", "azure"]);
+    let oracle = token(&database, &["--party", "provider", "--provider", "oracle"]);
+    let coreweave = token(
+        &database,
+        &["--party", "provider", "--provider", "coreweave"],
+    );
+    let auditor = token(&database, &["--party", "auditor"]);
+    let need = need_file(dir);
+    for (args, who) in [
+        (vec!["need", "submit", need.to_str().unwrap()], &buyer),
+        (
+            vec!["offer", "decline", "train-7", "--reason", "no_capacity"],
+            &azure,
+        ),
+        (
+            vec!["quote", "train-7", "--gpus", "64", "--price", "5.9"],
+            &oracle,
+        ),
+        (
+            vec!["offer", "decline", "train-7", "--reason", "no_capacity"],
+            &coreweave,
+        ),
+    ] {
+        let output = run(&args, Some(who), url);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let bundle = dir.join("bundle.json");
+    let output = run(
+        &[
+            "ledger",
+            "evidence",
+            "train-7",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+        Some(&auditor),
+        url,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A provider the need never concerned is not shown its evidence.
+    let lambda = run(
+        &["ledger", "evidence", "train-7"],
+        Some(&token(
+            &database,
+            &["--party", "provider", "--provider", "softbank-stargate"],
+        )),
+        url,
+    );
+    assert_eq!(lambda.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&lambda.stderr).contains("404"));
+    drop(server);
+
+    let key = stdout(&run(
+        &["ledger", "key", "--database", database.to_str().unwrap()],
+        None,
+        None,
+    ))
+    .trim()
+    .to_owned();
+    // Fold the WAL into the main file, so that copies of the file are whole.
+    rusqlite::Connection::open(&database)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    (database, bundle, key)
+}
+
+fn verify(bundle: &Path, key: &str) -> Output {
+    run(
+        &["verify", bundle.to_str().unwrap(), "--key", key],
+        None,
+        None,
+    )
+}
+
+fn audit(database: &Path) -> Output {
+    run(
+        &["ledger", "audit", "--database", database.to_str().unwrap()],
+        None,
+        None,
+    )
+}
+
+/// A copy of the database (and its key file) with `sql` applied.
+fn tampered(database: &Path, name: &str, sql: &str) -> PathBuf {
+    let copy = database.with_file_name(format!("{name}.db"));
+    std::fs::copy(database, &copy).unwrap();
+    std::fs::copy(
+        rofr_server::ledger::key_path(database),
+        rofr_server::ledger::key_path(&copy),
+    )
+    .unwrap();
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    copy
+}
+
+#[test]
+fn the_ledger_proves_the_story_and_catches_every_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (database, bundle, key) = story(dir.path());
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(rofr_server::ledger::key_path(&database))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the signing key is readable only by its owner"
+        );
+    }
+
+    let verified = verify(&bundle, &key);
+    let text = stdout(&verified);
+    assert_eq!(verified.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("VERIFIED: evidence for need train-7"),
+        "{text}"
+    );
+    assert!(text.contains("azure refused 64 GPUs"), "{text}");
+    assert!(
+        text.contains("awarded 64 GPUs to oracle at $5.9/GPU-h; covered by the holder's refusals"),
+        "{text}"
+    );
+
+    // One byte changed in one entry's data: the entry is named.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let entry = &mut json["entries"][2];
+    let index = entry["index"].as_u64().unwrap();
+    let mut data = B64.decode(entry["data"].as_str().unwrap()).unwrap();
+    let at = data.iter().position(|b| *b == b'6').unwrap();
+    data[at] = b'9';
+    entry["data"] = serde_json::Value::String(B64.encode(&data));
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, json.to_string()).unwrap();
+    let refused = verify(&forged, &key);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(
+        stdout(&refused).contains(&format!("entry {index}:")),
+        "{}",
+        stdout(&refused)
+    );
+
+    // Another key does not accept the checkpoint.
+    let stranger = "stranger+aabbccdd+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+    let other_key = rofr_ledger::SigningKey::from_seed("someone", &[7; 32])
+        .unwrap()
+        .verifier_key();
+    assert_eq!(verify(&bundle, &other_key).status.code(), Some(3));
+    assert_eq!(
+        verify(&bundle, stranger).status.code(),
+        Some(1),
+        "a malformed key is a usage error"
+    );
+
+    let clean = audit(&database);
+    assert_eq!(clean.status.code(), Some(0), "{}", stdout(&clean));
+    assert!(stdout(&clean).starts_with("audit ok"), "{}", stdout(&clean));
+
+    let cases = [
+        ("edited", "UPDATE events SET data = CAST(replace(CAST(data AS TEXT), '64', '65') AS BLOB) WHERE idx = 2;", "entry 2 was altered"),
+        ("deleted", "DELETE FROM events WHERE idx = 3;", "entry 3 is missing"),
+        (
+            "swapped",
+            "UPDATE events SET data = (SELECT data FROM events WHERE idx = 2) WHERE idx = 1;",
+            "entry 1 was altered",
+        ),
+        (
+            "rehashed",
+            "UPDATE events SET data = CAST(replace(CAST(data AS TEXT), '64', '65') AS BLOB), leaf_hash = NULL WHERE idx = 2;",
+            "between 0 and",
+        ),
+        ("truncated", "DELETE FROM events WHERE idx = (SELECT MAX(idx) FROM events);", "is missing"),
+        (
+            "forged",
+            "UPDATE checkpoints SET note = replace(note, 'rofr.local/', 'rofr.forged/');",
+            "does not verify",
+        ),
+    ];
+    for (name, sql, expected) in cases {
+        let copy = tampered(&database, name, sql);
+        let output = audit(&copy);
+        assert_eq!(output.status.code(), Some(3), "{name}: {}", stdout(&output));
+        assert!(
+            stdout(&output).contains(expected),
+            "{name}: {}",
+            stdout(&output)
+        );
+    }
+}
