@@ -290,3 +290,133 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
         resident_mb: resident,
     })
 }
+
+/// What `rofr bench ledger` measured.
+#[derive(Debug)]
+pub struct LedgerReport {
+    pub entries: u64,
+    pub bytes: u64,
+    pub raw_sha256_mb_s: f64,
+    pub appends_per_second: f64,
+    pub proofs_per_second: f64,
+    pub audit_seconds: f64,
+    pub audit_mb_s: f64,
+    pub audit_ok: bool,
+}
+
+impl LedgerReport {
+    pub fn render(&self) -> String {
+        format!(
+            "entries {}  bytes {:.1} MB\n  raw SHA-256           {:>10.1} MB/s\n  tree appends          {:>10.0} entries/s\n  inclusion proofs      {:>10.0} proofs/s (made and verified, size {})\n  full audit            {:>10.2} s = {:.1} MB/s, {:.2} of raw SHA-256 ({})",
+            self.entries,
+            self.bytes as f64 / 1e6,
+            self.raw_sha256_mb_s,
+            self.appends_per_second,
+            self.proofs_per_second,
+            self.entries,
+            self.audit_seconds,
+            self.audit_mb_s,
+            self.audit_mb_s / self.raw_sha256_mb_s,
+            if self.audit_ok { "ok" } else { "FAILED" },
+        )
+    }
+}
+
+/// Event-sized entries (about 300 bytes of JSON each), deterministic.
+fn synthetic_entries(count: u64) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            format!(
+                r#"{{"type":"offer_sent","provider":"azure","gpus":{},"price_per_gpu_hour":6.98,"deadline":"2025-02-06T00:00:00Z","variant":"first_offer","offer":1,"need":"need-{i:08}","at":"2025-02-03T00:00:00Z","padding":"{}"}}"#,
+                8 + i % 1024,
+                "x".repeat(90)
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// Tree appends, proofs, and a full audit of a stored log of `entries` entries, each
+/// beside the raw SHA-256 rate over the same bytes.
+pub fn bench_ledger(entries: u64) -> Result<LedgerReport, String> {
+    use rofr_ledger::{leaf_hash, verify_inclusion, MerkleTree};
+
+    let data = synthetic_entries(entries);
+    let bytes: u64 = data.iter().map(|d| d.len() as u64).sum();
+
+    let started = Instant::now();
+    let mut sink = 0u8;
+    for d in &data {
+        sink ^= leaf_hash(d)[0];
+    }
+    let raw_seconds = started.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    let raw_sha256_mb_s = bytes as f64 / 1e6 / raw_seconds;
+
+    let started = Instant::now();
+    let mut tree = MerkleTree::new();
+    for d in &data {
+        tree.append(d);
+    }
+    let appends_per_second = entries as f64 / started.elapsed().as_secs_f64();
+
+    let root = tree.root(entries).expect("whole tree");
+    let proofs = 100_000u64.min(entries * 4);
+    let started = Instant::now();
+    for i in 0..proofs {
+        let index = (i * 7_919) % entries;
+        let proof = tree.inclusion_proof(index, entries).expect("in range");
+        let leaf = *tree.leaf(index).expect("in range");
+        assert!(
+            verify_inclusion(index, entries, &leaf, &proof, &root),
+            "a proof failed to verify"
+        );
+    }
+    let proofs_per_second = proofs as f64 / started.elapsed().as_secs_f64();
+
+    // A stored log of the same entries with one checkpoint, audited from disk.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("ledger.db");
+    let mut store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    for chunk in data.chunks(10_000) {
+        let batch = Batch {
+            events: chunk
+                .iter()
+                .map(|d| NewEvent {
+                    need: "bench".into(),
+                    kind: "offer_sent".into(),
+                    at: "2025-02-03T00:00:00Z".into(),
+                    leaf_hash: leaf_hash(d),
+                    data: d.clone(),
+                })
+                .collect(),
+            ..Batch::default()
+        };
+        store.commit(&batch).map_err(|e| e.to_string())?;
+    }
+    let key = rofr_ledger::SigningKey::from_seed("bench", &[1; 32]).expect("valid name");
+    let body = rofr_ledger::Checkpoint {
+        origin: "rofr.bench/log".into(),
+        size: entries,
+        root,
+    }
+    .body();
+    store
+        .add_checkpoint(entries, &key.sign(&body).expect("ends in newline"), "bench")
+        .map_err(|e| e.to_string())?;
+    drop(store);
+    let verifier = rofr_ledger::VerifierKey::parse(&key.verifier_key()).expect("own key");
+    let started = Instant::now();
+    let audit = crate::ledger::audit(&path, &verifier).map_err(|e| e.to_string())?;
+    let audit_seconds = started.elapsed().as_secs_f64();
+    Ok(LedgerReport {
+        entries,
+        bytes,
+        raw_sha256_mb_s,
+        appends_per_second,
+        proofs_per_second,
+        audit_seconds,
+        audit_mb_s: bytes as f64 / 1e6 / audit_seconds,
+        audit_ok: audit.problem.is_none() && audit.entries == entries,
+    })
+}

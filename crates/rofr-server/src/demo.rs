@@ -74,6 +74,8 @@ pub struct Running {
     pub stop: tokio::sync::watch::Sender<bool>,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
     pub database: PathBuf,
+    /// The ledger's verifier key, for `rofr verify`.
+    pub verifier_key: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -194,7 +196,9 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
         }
         agents.push((id, task.await.unwrap_or_default()));
     }
+    let verifier_key = broker.ledger(|l| l.verifier_key());
     Ok(Running {
+        verifier_key,
         url,
         tokens,
         summary,

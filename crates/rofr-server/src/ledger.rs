@@ -223,34 +223,35 @@ pub struct Audit {
 /// one before it.
 pub fn audit(database: &Path, key: &VerifierKey) -> Result<Audit, BrokerError> {
     let store = SqliteStore::open(database)?;
-    let events = store.all_events()?;
     let checkpoints = store.checkpoints()?;
     let mut audit = Audit {
-        entries: events.len() as u64,
+        entries: 0,
         checkpoints: checkpoints.len(),
         problem: None,
     };
     let mut tree = MerkleTree::new();
-    for (position, event) in events.iter().enumerate() {
-        let position = position as u64;
-        if event.index != position {
+    store.scan_log(&mut |index, data, recorded| {
+        let position = tree.len();
+        if index != position {
             audit.problem = Some(format!(
-                "entry {position} is missing: the log jumps from entry {} to entry {} (removed or reordered)",
+                "entry {position} is missing: the log jumps from entry {} to entry {index} (removed or reordered)",
                 position.saturating_sub(1),
-                event.index
             ));
-            return Ok(audit);
+            return false;
         }
-        let computed = leaf_hash(&event.data);
-        if let Some(recorded) = &event.leaf_hash {
-            if recorded.as_slice() != computed.as_slice() {
-                audit.problem = Some(format!(
-                    "entry {position} was altered: its bytes no longer hash to the leaf recorded when it was appended"
-                ));
-                return Ok(audit);
-            }
+        let computed = leaf_hash(data);
+        if recorded.is_some_and(|r| r != computed.as_slice()) {
+            audit.problem = Some(format!(
+                "entry {position} was altered: its bytes no longer hash to the leaf recorded when it was appended"
+            ));
+            return false;
         }
         tree.push_leaf_hash(computed);
+        true
+    })?;
+    audit.entries = tree.len();
+    if audit.problem.is_some() {
+        return Ok(audit);
     }
     let mut previous: Option<Checkpoint> = None;
     for (size, note) in &checkpoints {

@@ -69,6 +69,10 @@ pub trait Store: Send {
         error: Option<&str>,
     ) -> Result<()>;
 
+    /// Streams the whole log in index order without copying it: `visit(index, data,
+    /// recorded leaf hash)`; stops early when `visit` returns false.
+    fn scan_log(&self, visit: &mut dyn FnMut(u64, &[u8], Option<&[u8]>) -> bool) -> Result<()>;
+
     /// Stores a signed checkpoint of the first `size` entries (kept forever).
     fn add_checkpoint(&mut self, size: u64, note: &str, created_at: &str) -> Result<()>;
 

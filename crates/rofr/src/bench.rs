@@ -1,6 +1,6 @@
 //! `rofr bench`: benchmark commands that print their figures.
 
-use rofr_server::bench::{bench_broker, BenchOptions};
+use rofr_server::bench::{bench_broker, bench_ledger, BenchOptions};
 
 use crate::exit;
 
@@ -18,14 +18,29 @@ pub enum Command {
         #[arg(long, value_parser = ["in-process", "http", "both"], default_value = "both")]
         mode: String,
     },
+    /// Ledger throughput: tree appends, proofs and a full audit of a stored log, beside
+    /// the raw SHA-256 rate over the same bytes.
+    Ledger {
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+    },
 }
 
 pub fn run(command: Command) -> anyhow::Result<u8> {
-    let Command::Broker {
-        needs,
-        clients,
-        mode,
-    } = command;
+    let (needs, clients, mode) = match command {
+        Command::Broker {
+            needs,
+            clients,
+            mode,
+        } => (needs, clients, mode),
+        Command::Ledger { entries } => {
+            anyhow::ensure!(entries > 0, "--entries must be positive");
+            println!("rofr bench ledger: {entries} synthetic entries of about 300 bytes");
+            let report = bench_ledger(entries).map_err(|e| anyhow::anyhow!(e))?;
+            println!("{}", report.render());
+            return Ok(exit::OK);
+        }
+    };
     anyhow::ensure!(
         needs > 0 && clients > 0,
         "--needs and --clients must be positive"

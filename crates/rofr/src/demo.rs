@@ -63,7 +63,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             for (label, token) in &running.tokens {
                 println!("  {label:<18} {token}");
             }
+            println!("Ledger verifier key: {}", running.verifier_key);
             println!("Try: ROFR_SERVER={} ROFR_TOKEN=<buyer token> rofr need list", running.url);
+            println!(
+                "     ROFR_SERVER={} ROFR_TOKEN=<auditor token> rofr ledger evidence <need> --out bundle.json",
+                running.url
+            );
+            println!("     rofr verify bundle.json --key '{}'", running.verifier_key);
             println!("Press Ctrl-C to stop.");
             crate::serve::shutdown_signal().await;
         }
