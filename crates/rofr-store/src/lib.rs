@@ -9,6 +9,10 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+/// Called for each entry of a log scan with (index, data, recorded leaf hash); returns
+/// whether to go on.
+pub type LogVisitor<'a> = dyn FnMut(u64, &[u8], Option<&[u8]>) -> bool + 'a;
+
 /// What the broker needs of durable storage. SQLite implements it here; a server
 /// database can implement it the same way. Every method is one round trip or one
 /// transaction; none decides a rule.
@@ -71,7 +75,7 @@ pub trait Store: Send {
 
     /// Streams the whole log in index order without copying it: `visit(index, data,
     /// recorded leaf hash)`; stops early when `visit` returns false.
-    fn scan_log(&self, visit: &mut dyn FnMut(u64, &[u8], Option<&[u8]>) -> bool) -> Result<()>;
+    fn scan_log(&self, visit: &mut LogVisitor<'_>) -> Result<()>;
 
     /// Stores a signed checkpoint of the first `size` entries (kept forever).
     fn add_checkpoint(&mut self, size: u64, note: &str, created_at: &str) -> Result<()>;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::Store;
+use crate::{LogVisitor, Store};
 
 use crate::{
     Batch, Delivery, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, TokenRow,
@@ -360,7 +360,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn scan_log(&self, visit: &mut dyn FnMut(u64, &[u8], Option<&[u8]>) -> bool) -> Result<()> {
+    fn scan_log(&self, visit: &mut LogVisitor<'_>) -> Result<()> {
         // Reading through a memory map saves a system call per page on a full scan.
         self.conn
             .pragma_update(None, "mmap_size", 1i64 << 34)
