@@ -311,3 +311,51 @@ fn the_ledger_proves_the_story_and_catches_every_tampering() {
         );
     }
 }
+
+/// The independent verifier in `tools/` (Python, written from the RFC and C2SP specs)
+/// accepts the bundle as written, and refuses it changed.
+#[test]
+fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
+    let python = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status();
+    if !python.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: python3 with the `cryptography` package is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bundle, key) = story(dir.path());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/verify-evidence.py"
+    );
+    let accepted = Command::new("python3")
+        .arg(script)
+        .arg(&bundle)
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(accepted.status.success(), "{}", stdout(&accepted));
+    assert!(
+        stdout(&accepted).starts_with("ok: "),
+        "{}",
+        stdout(&accepted)
+    );
+
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let mut hash = B64
+        .decode(json["entries"][1]["proof"][0].as_str().unwrap())
+        .unwrap();
+    hash[0] ^= 1;
+    json["entries"][1]["proof"][0] = serde_json::Value::String(B64.encode(hash));
+    let changed = dir.path().join("changed.json");
+    std::fs::write(&changed, json.to_string()).unwrap();
+    let refused = Command::new("python3")
+        .arg(script)
+        .arg(&changed)
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+}

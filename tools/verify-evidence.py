@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""An independent check of rofr evidence bundles.
+
+Written from RFC 9162 (Merkle tree hashes and inclusion proofs, section 2.1) and the
+C2SP signed-note and tlog-checkpoint specifications alone, sharing no code with rofr:
+it uses Python's hashlib, base64 and json, and Ed25519 from the `cryptography` package.
+
+    python3 tools/verify-evidence.py BUNDLE.json 'name+keyid+base64key'
+
+Exit status 0 when the checkpoint's signature and every entry's inclusion proof
+verify, 1 otherwise. It checks the cryptography only; the first-refusal story is
+`rofr verify`'s to tell.
+"""
+
+import base64
+import hashlib
+import json
+import sys
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+def sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def parse_verifier_key(text):
+    name, key_id, encoded = text.strip().split("+", 2)
+    raw = base64.b64decode(encoded)
+    if len(raw) != 33 or raw[0] != 0x01:
+        raise ValueError("not an Ed25519 verifier key")
+    public = raw[1:]
+    computed = sha256(name.encode() + b"\n" + b"\x01" + public)[:4]
+    if computed.hex() != key_id:
+        raise ValueError("the key ID does not match the key")
+    return name, computed, public
+
+
+def open_note(note, key):
+    name, key_id, public = key
+    split = note.rindex("\n\n")
+    text, signatures = note[: split + 1], note[split + 2 :]
+    for line in signatures.splitlines():
+        if not line.startswith("\u2014 "):
+            raise ValueError("malformed signature line")
+        signer, blob = line[2:].split(" ", 1)
+        blob = base64.b64decode(blob)
+        if signer == name and blob[:4] == key_id:
+            Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], text.encode())
+            return text
+    raise ValueError("no signature by the key")
+
+
+def parse_checkpoint(body):
+    lines = body.split("\n")
+    return lines[0], int(lines[1]), base64.b64decode(lines[2])
+
+
+def leaf_hash(data):
+    return sha256(b"\x00" + data)
+
+
+def node_hash(left, right):
+    return sha256(b"\x01" + left + right)
+
+
+def verify_inclusion(index, size, leaf, proof, root):
+    """RFC 9162, section 2.1.3.2."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def main():
+    bundle = json.load(open(sys.argv[1]))
+    key = parse_verifier_key(sys.argv[2])
+    origin, size, root = parse_checkpoint(open_note(bundle["checkpoint"], key))
+    for entry in bundle["entries"]:
+        data = base64.b64decode(entry["data"])
+        proof = [base64.b64decode(p) for p in entry["proof"]]
+        if not verify_inclusion(entry["index"], size, leaf_hash(data), proof, root):
+            print(f"entry {entry['index']}: inclusion proof fails")
+            return 1
+    print(f"ok: {len(bundle['entries'])} entries proved against {origin} at size {size}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as error:  # any malformed input is a failed verification
+        print(f"failed: {error}")
+        sys.exit(1)
