@@ -222,33 +222,69 @@ pub struct Audit {
 /// leaf hash, and each stored checkpoint's signature, root and consistency with the
 /// one before it.
 pub fn audit(database: &Path, key: &VerifierKey) -> Result<Audit, BrokerError> {
-    let store = SqliteStore::open(database)?;
-    let checkpoints = store.checkpoints()?;
+    let checkpoints = SqliteStore::open(database)?.checkpoints()?;
     let mut audit = Audit {
         entries: 0,
         checkpoints: checkpoints.len(),
         problem: None,
     };
+    // One thread reads the log while this one hashes it, so that on two cores reading
+    // and hashing overlap. Entries travel in chunks: one buffer of bytes and one of
+    // (index, end offset, recorded hash) per few thousand entries.
+    struct Chunk {
+        bytes: Vec<u8>,
+        entries: Vec<(u64, usize, Option<[u8; 32]>)>,
+    }
+    let new_chunk = || Chunk {
+        bytes: Vec::with_capacity(1 << 20),
+        entries: Vec::with_capacity(4096),
+    };
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Chunk>(4);
     let mut tree = MerkleTree::new();
-    store.scan_log(&mut |index, data, recorded| {
-        let position = tree.len();
-        if index != position {
-            audit.problem = Some(format!(
-                "entry {position} is missing: the log jumps from entry {} to entry {index} (removed or reordered)",
-                position.saturating_sub(1),
-            ));
-            return false;
+    let scanned = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<(), BrokerError> {
+            let store = SqliteStore::open(database)?;
+            let mut chunk = new_chunk();
+            store.scan_log(&mut |index, data, recorded| {
+                chunk.bytes.extend_from_slice(data);
+                let recorded = recorded.map(|r| <[u8; 32]>::try_from(r).unwrap_or([0; 32]));
+                chunk.entries.push((index, chunk.bytes.len(), recorded));
+                if chunk.entries.len() == 4096 {
+                    return sender
+                        .send(std::mem::replace(&mut chunk, new_chunk()))
+                        .is_ok();
+                }
+                true
+            })?;
+            let _ = sender.send(chunk);
+            Ok(())
+        });
+        'chunks: for chunk in receiver {
+            let mut start = 0;
+            for (index, end, recorded) in chunk.entries {
+                let data = &chunk.bytes[start..end];
+                start = end;
+                let position = tree.len();
+                if index != position {
+                    audit.problem = Some(format!(
+                        "entry {position} is missing: the log jumps from entry {} to entry {index} (removed or reordered)",
+                        position.saturating_sub(1),
+                    ));
+                    break 'chunks;
+                }
+                let computed = leaf_hash(data);
+                if recorded.is_some_and(|r| r != computed) {
+                    audit.problem = Some(format!(
+                        "entry {position} was altered: its bytes no longer hash to the leaf recorded when it was appended"
+                    ));
+                    break 'chunks;
+                }
+                tree.push_leaf_hash(computed);
+            }
         }
-        let computed = leaf_hash(data);
-        if recorded.is_some_and(|r| r != computed.as_slice()) {
-            audit.problem = Some(format!(
-                "entry {position} was altered: its bytes no longer hash to the leaf recorded when it was appended"
-            ));
-            return false;
-        }
-        tree.push_leaf_hash(computed);
-        true
-    })?;
+        reader.join()
+    });
+    scanned.map_err(|_| BrokerError::Setup("the log reader stopped unexpectedly".into()))??;
     audit.entries = tree.len();
     if audit.problem.is_some() {
         return Ok(audit);
