@@ -325,6 +325,11 @@ impl Broker {
         f(&mut ledger)
     }
 
+    /// Changes when checkpoints are made without being asked for.
+    pub fn set_checkpoint_policy(&self, policy: crate::ledger::CheckpointPolicy) {
+        self.ledger(|l| l.policy = policy);
+    }
+
     /// Signs a checkpoint of everything committed so far, stores it, and returns its
     /// size and signed note.
     pub fn checkpoint_now(&self) -> Result<(u64, String), BrokerError> {

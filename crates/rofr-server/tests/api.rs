@@ -31,6 +31,7 @@ offer_prices = { H100 = 6.0 }
 
 struct App {
     url: String,
+    broker: Broker,
     client: reqwest::Client,
     buyer: String,
     auditor: String,
@@ -63,9 +64,14 @@ async fn spawn_app() -> App {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(rofr_server::serve(broker, listener, std::future::pending()));
+    tokio::spawn(rofr_server::serve(
+        broker.clone(),
+        listener,
+        std::future::pending(),
+    ));
     App {
         url,
+        broker,
         client: reqwest::Client::new(),
         buyer,
         auditor,
@@ -568,5 +574,144 @@ async fn offers_reach_the_providers_webhook_signed_and_retried_until_accepted() 
     assert_eq!(body["index"], 1);
     // Another provider's token sees nothing of it.
     let (status, _) = app.get(&app.oracle, "/v1/webhook/deliveries").await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn checkpoints_follow_the_policy_and_proofs_check_against_them() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let app = spawn_app().await;
+    app.broker
+        .set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
+            every_entries: 2,
+            every: std::time::Duration::from_secs(3600),
+        });
+    let missing = app
+        .client
+        .get(format!("{}/v1/ledger/checkpoint", app.url))
+        .bearer_auth(&app.auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.status().as_u16(),
+        404,
+        "no checkpoint before any entry"
+    );
+    app.submit("n1", 8).await;
+    app.submit("n2", 8).await;
+
+    let key_text = app
+        .client
+        .get(format!("{}/v1/ledger/key", app.url))
+        .bearer_auth(&app.auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = rofr_ledger::VerifierKey::parse(key_text.trim()).unwrap();
+    let note = app
+        .client
+        .get(format!("{}/v1/ledger/checkpoint", app.url))
+        .bearer_auth(&app.auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let checkpoint = rofr_ledger::Checkpoint::parse(key.open(&note).unwrap()).unwrap();
+    assert_eq!(
+        checkpoint.size, 4,
+        "made after the fourth entry, per the policy"
+    );
+
+    // The log's bytes must be read as they are: re-serializing parsed JSON would
+    // reorder keys and change the leaf.
+    #[derive(serde::Deserialize)]
+    struct Page {
+        events: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        event: Box<serde_json::value::RawValue>,
+    }
+    let text = app
+        .client
+        .get(format!("{}/v1/events?limit=10", app.url))
+        .bearer_auth(&app.auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let page: Page = serde_json::from_str(&text).unwrap();
+    let event = page.events[1].event.get().to_owned();
+    let (status, proof) = app
+        .get(&app.auditor, "/v1/ledger/inclusion?index=1&size=4")
+        .await;
+    assert_eq!(status, 200);
+    let proof: Vec<[u8; 32]> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| b64.decode(p.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    let leaf = rofr_ledger::leaf_hash(event.as_bytes());
+    assert!(
+        rofr_ledger::verify_inclusion(1, 4, &leaf, &proof, &checkpoint.root),
+        "the served bytes are the leaf"
+    );
+
+    let fresh = app
+        .client
+        .post(format!("{}/v1/ledger/checkpoint", app.url))
+        .bearer_auth(&app.buyer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let later = rofr_ledger::Checkpoint::parse(key.open(&fresh).unwrap()).unwrap();
+    let (status, consistency) = app
+        .get(
+            &app.auditor,
+            &format!("/v1/ledger/consistency?from=4&to={}", later.size),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let consistency: Vec<[u8; 32]> = consistency["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| b64.decode(p.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    assert!(rofr_ledger::verify_consistency(
+        4,
+        later.size,
+        &checkpoint.root,
+        &later.root,
+        &consistency
+    ));
+
+    let (status, _) = app
+        .get(&app.auditor, "/v1/ledger/inclusion?index=9&size=4")
+        .await;
+    assert_eq!(status, 422);
+    // The holder may prove its own offer, not the buyer's submission.
+    let (status, _) = app
+        .get(&app.azure, "/v1/ledger/inclusion?index=1&size=4")
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .get(&app.azure, "/v1/ledger/inclusion?index=0&size=4")
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.post(&app.azure, "/v1/ledger/checkpoint", "").await;
     assert_eq!(status, 403);
 }

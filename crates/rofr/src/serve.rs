@@ -25,6 +25,23 @@ pub struct Args {
     /// With --speed: the model time to start from (RFC 3339).
     #[arg(long, value_name = "TIME", requires = "speed")]
     clock_start: Option<String>,
+    /// Sign a ledger checkpoint after this many new entries.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    /// Sign a ledger checkpoint at least this often while entries arrive (e.g. 10s, 5m).
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    checkpoint_interval: std::time::Duration,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    match rofr_engine::duration::DealDuration::parse(text) {
+        Ok(rofr_engine::duration::DealDuration::Exact { seconds }) if seconds > 0 => {
+            Ok(std::time::Duration::from_secs(seconds as u64))
+        }
+        _ => Err(format!(
+            "`{text}` is not a positive interval such as 10s or 5m"
+        )),
+    }
 }
 
 pub fn clock(speed: Option<f64>, start: Option<&str>) -> anyhow::Result<Clock> {
@@ -58,6 +75,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         deal.as_ref().map(|(f, t)| (f.as_str(), t.as_str())),
         clock,
     )?;
+    broker.set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
+        every_entries: args.checkpoint_every,
+        every: args.checkpoint_interval,
+    });
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
