@@ -269,23 +269,6 @@ impl Broker {
         answer.await.map_err(|_| BrokerError::Stopped)?
     }
 
-    /// The same, for callers outside an async runtime.
-    pub fn execute_blocking(
-        &self,
-        party: Party,
-        command: Command,
-        idempotency: Option<Idempotency>,
-    ) -> Result<Reply, BrokerError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Job {
-            party,
-            command,
-            idempotency,
-            reply,
-        })?;
-        answer.blocking_recv().map_err(|_| BrokerError::Stopped)?
-    }
-
     fn send(&self, job: Job) -> Result<(), BrokerError> {
         let sender = self
             .inner

@@ -174,16 +174,7 @@ impl Store for SqliteStore {
             .map_err(db("reading events"))?;
         let after = after.map_or(-1, |a| a as i64);
         let rows = stmt
-            .query_map(params![after, limit], |r| {
-                Ok(StoredEvent {
-                    index: r.get::<_, i64>(0)? as u64,
-                    need: r.get(1)?,
-                    kind: r.get(2)?,
-                    at: r.get(3)?,
-                    data: r.get(4)?,
-                    leaf_hash: r.get(5)?,
-                })
-            })
+            .query_map(params![after, limit], stored_event)
             .map_err(db("reading events"))?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(db("reading events"))
@@ -218,16 +209,7 @@ impl Store for SqliteStore {
             )
             .map_err(db("reading a need's events"))?;
         let rows = stmt
-            .query_map(params![need, low, high], |r| {
-                Ok(StoredEvent {
-                    index: r.get::<_, i64>(0)? as u64,
-                    need: r.get(1)?,
-                    kind: r.get(2)?,
-                    at: r.get(3)?,
-                    data: r.get(4)?,
-                    leaf_hash: r.get(5)?,
-                })
-            })
+            .query_map(params![need, low, high], stored_event)
             .map_err(db("reading a need's events"))?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(db("reading a need's events"))
@@ -580,6 +562,18 @@ fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
         }
     }
     Ok(first as u64)
+}
+
+/// A row of `SELECT idx, need, kind, at, data, leaf_hash FROM events`.
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        index: r.get::<_, i64>(0)? as u64,
+        need: r.get(1)?,
+        kind: r.get(2)?,
+        at: r.get(3)?,
+        data: r.get(4)?,
+        leaf_hash: r.get(5)?,
+    })
 }
 
 fn need_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NeedRow> {

@@ -1,43 +1,11 @@
 //! The command-line client against a real `rofr serve`: a need's life driven by the
 //! buyer's and the holder's commands, as a user would type them.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rofr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rofr"))
-}
-
-fn serve(database: &Path, deal: &Path) -> Server {
-    let mut child = rofr()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--database")
-        .arg(database)
-        .arg("--deal")
-        .arg(deal)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.split_whitespace().last().unwrap().to_owned();
-    Server { child, url }
-}
+use common::{rofr, serve, token, Server};
 
 /// Runs `rofr ARGS` against the server with a token; returns (exit code, stdout, stderr).
 fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
@@ -54,22 +22,6 @@ fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn token(database: &Path, args: &[&str]) -> String {
-    let output = rofr()
-        .args(["token", "create"])
-        .arg("--database")
-        .arg(database)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 #[test]
 fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +30,7 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/deals/stargate.toml"
     ));
-    let server = serve(&database, deal);
+    let server = serve(&database, &["--deal", deal.to_str().unwrap()]);
     let buyer = token(&database, &["--party", "buyer"]);
     let azure = token(&database, &["--party", "provider", "--provider", "azure"]);
     let unknown = rofr()
@@ -97,16 +49,7 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no provider `aws`"));
 
-    let now = chrono::Utc::now();
-    let at = |days: i64| {
-        (now + chrono::Duration::days(days))
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    };
-    let need = serde_json::json!({
-        "id": "train-1", "sku": "H100", "gpus": 64, "hours": 72, "workload": "training",
-        "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
-    });
+    let need = common::need_json("train-1");
     let file = dir.path().join("need.json");
     std::fs::write(&file, need.to_string()).unwrap();
 

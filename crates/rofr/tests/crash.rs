@@ -2,12 +2,13 @@
 //! lost, the state equals a replay of the log, and deadlines that passed while it was
 //! down fire as of their own time.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use common::{token, Server};
 use rofr_engine::state::State;
 use rofr_engine::types::Timestamp;
 use rofr_engine::{Event, EventKind};
@@ -38,60 +39,14 @@ term = { from = 2025-01-01 }
 
 const T0: &str = "2025-02-03T00:00:00Z";
 
-fn rofr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rofr"))
-}
-
-/// Starts `rofr serve` on a free port; returns the child and its URL.
-fn serve(database: &Path, deal: Option<&Path>, clock_start: &str) -> (Child, String) {
-    let mut command = rofr();
-    command.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--speed",
-        "3600",
-        "--clock-start",
-        clock_start,
-    ]);
-    command.arg("--database").arg(database);
-    if let Some(deal) = deal {
-        command.arg("--deal").arg(deal);
+/// `rofr serve` at 3,600 model seconds per real second from `clock_start`.
+fn serve(database: &Path, deal: Option<&Path>, clock_start: &str) -> Server {
+    let mut extra = vec!["--speed", "3600", "--clock-start", clock_start];
+    let deal = deal.map(|d| d.to_str().unwrap().to_owned());
+    if let Some(deal) = &deal {
+        extra.extend(["--deal", deal.as_str()]);
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .last()
-        .expect("the serve banner names the URL")
-        .to_owned();
-    assert!(url.starts_with("http://"), "{line}");
-    (child, url)
-}
-
-fn token(database: &Path, party: &str, provider: Option<&str>) -> String {
-    let mut command = rofr();
-    command
-        .args(["token", "create", "--party", party])
-        .arg("--database")
-        .arg(database);
-    if let Some(p) = provider {
-        command.args(["--provider", p]);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    common::serve(database, &extra)
 }
 
 fn need(id: &str) -> Value {
@@ -135,9 +90,10 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     let deal = dir.path().join("deal.toml");
     std::fs::write(&deal, DEAL).unwrap();
 
-    let (mut child, url) = serve(&database, Some(&deal), T0);
-    let buyer = token(&database, "buyer", None);
-    let auditor = token(&database, "auditor", None);
+    let mut server = serve(&database, Some(&deal), T0);
+    let url = server.url.clone();
+    let buyer = token(&database, &["--party", "buyer"]);
+    let auditor = token(&database, &["--party", "auditor"]);
     let client = reqwest::Client::new();
 
     // Four writers submit needs as fast as they can; the broker is killed under them.
@@ -172,8 +128,8 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     while acknowledged.lock().unwrap().len() < 200 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
     for writer in writers {
         writer.await.unwrap();
     }
@@ -182,7 +138,8 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     // The broker comes back three model hours later: every offer's one-hour window has
     // passed while it was down.
     let restart_at = Timestamp::parse(T0).unwrap().plus_seconds(3 * 3600);
-    let (mut child, url) = serve(&database, None, &restart_at.to_string());
+    let server = serve(&database, None, &restart_at.to_string());
+    let url = server.url.clone();
     // Let the first tick fire the overdue deadlines.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
@@ -268,6 +225,5 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
         );
         assert_eq!(row["awarded"], need.awarded().get(), "{id}");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
 }

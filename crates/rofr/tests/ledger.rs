@@ -1,28 +1,14 @@
 //! The ledger as a user and an auditor meet it: a real broker, an evidence bundle that
 //! verifies offline, and a database tampered with in every way the audit must catch.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rofr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rofr"))
-}
+use common::{rofr, serve, stdout};
 
 fn run(args: &[&str], token: Option<&str>, server: Option<&str>) -> Output {
     let mut command = rofr();
@@ -36,41 +22,13 @@ fn run(args: &[&str], token: Option<&str>, server: Option<&str>) -> Output {
     command.output().unwrap()
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn token(database: &Path, party: &[&str]) -> String {
-    let output = run(
-        &[
-            &["token", "create", "--database", database.to_str().unwrap()],
-            party,
-        ]
-        .concat(),
-        None,
-        None,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout(&output).trim().to_owned()
+    common::token(database, party)
 }
 
 fn need_file(dir: &Path) -> PathBuf {
-    let now = chrono::Utc::now();
-    let at = |days: i64| {
-        (now + chrono::Duration::days(days))
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    };
-    let need = serde_json::json!({
-        "id": "train-7", "sku": "H100", "gpus": 64, "hours": 72, "workload": "training",
-        "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
-    });
     let path = dir.join("need.json");
-    std::fs::write(&path, need.to_string()).unwrap();
+    std::fs::write(&path, common::need_json("train-7").to_string()).unwrap();
     path
 }
 
@@ -82,27 +40,7 @@ fn story(dir: &Path) -> (PathBuf, PathBuf, String) {
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/deals/stargate.toml"
     );
-    let mut child = rofr()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--deal",
-            deal,
-            "--database",
-        ])
-        .arg(&database)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = Server {
-        url: line.split_whitespace().last().unwrap().to_owned(),
-        child,
-    };
+    let server = serve(&database, &["--deal", deal]);
     let url = Some(server.url.as_str());
 
     let buyer = token(&database, &["--party", "buyer"]);

@@ -1,0 +1,82 @@
+//! Helpers shared by the binary's end-to-end tests: a real `rofr serve` on a free port,
+//! and running `rofr` commands against it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+/// A running `rofr serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rofr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rofr"))
+}
+
+/// Starts `rofr serve` on a free loopback port with `extra` arguments; the URL is read
+/// from its first line of output.
+pub fn serve(database: &Path, extra: &[&str]) -> Server {
+    let mut child = rofr()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(database)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .last()
+        .expect("the banner names the URL")
+        .to_owned();
+    assert!(url.starts_with("http://"), "{line}");
+    Server { child, url }
+}
+
+/// Creates a token with `rofr token create` and returns it.
+pub fn token(database: &Path, party: &[&str]) -> String {
+    let output = rofr()
+        .args(["token", "create", "--database"])
+        .arg(database)
+        .args(party)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A need starting in a week, as JSON, with RFC 3339 times from the real clock.
+pub fn need_json(id: &str) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    let at = |days: i64| {
+        (now + chrono::Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    serde_json::json!({
+        "id": id, "sku": "H100", "gpus": 64, "hours": 72, "workload": "training",
+        "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
+    })
+}
