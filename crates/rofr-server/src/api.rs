@@ -42,6 +42,12 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/needs/{id}/awards/{award}/confirm", post(confirm))
         .route("/v1/needs/{id}/awards/{award}/fail", post(fail))
         .route("/v1/offers", get(my_offers))
+        .route("/v1/summary", get(summary))
+        .route("/v1/whoami", get(whoami))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
+        .route("/ui/", get(crate::dashboard::index))
+        .route("/ui/app.js", get(crate::dashboard::script))
+        .route("/ui/app.css", get(crate::dashboard::style))
         .route("/v1/rfqs", get(my_rfqs))
         .route("/v1/awards", get(my_awards))
         .route("/v1/events", get(events))
@@ -124,6 +130,8 @@ pub struct Health {
     pub deal: String,
     /// The broker's clock.
     pub now: rofr_engine::types::Timestamp,
+    /// Model seconds per real second (1 unless time is scaled).
+    pub speed: f64,
 }
 
 // ----- the OpenAPI document ----------------------------------------------------------
@@ -135,7 +143,7 @@ pub struct Health {
     paths(
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
         accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
-        set_webhook, deliveries, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
+        set_webhook, deliveries, summary, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
         consistency_proof, evidence
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
@@ -819,8 +827,10 @@ async fn my_offers(
     State(broker): State<Broker>,
     caller: Caller,
 ) -> Result<Json<OfferList>, ApiError> {
-    let provider = caller.provider("list its offers")?;
-    let offers = broker.read(|e| views::offers_for(e, &provider));
+    let offers = match &caller.0 {
+        Party::Provider(provider) => broker.read(|e| views::offers_for(e, provider)),
+        _ => broker.read(views::open_offers),
+    };
     Ok(Json(OfferList { offers }))
 }
 
@@ -941,6 +951,43 @@ async fn deliveries(
         })
         .collect();
     Ok(Json(DeliveryList { deliveries }))
+}
+
+// ----- dashboard support -------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/summary", tag = "buyer", responses((status = 200, body = views::Summary), (status = 401, body = Envelope), (status = 403, body = Envelope)))]
+async fn summary(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Json<views::Summary>, ApiError> {
+    caller.reader("read the summary")?;
+    Ok(Json(broker.read(views::summary)))
+}
+
+/// Who a token speaks for.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Whoami {
+    /// buyer, auditor or provider.
+    pub party: &'static str,
+    pub provider: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Whoami), (status = 401, body = Envelope)))]
+async fn whoami(caller: Caller) -> Json<Whoami> {
+    Json(match caller.0 {
+        Party::Buyer => Whoami {
+            party: "buyer",
+            provider: None,
+        },
+        Party::Auditor => Whoami {
+            party: "auditor",
+            provider: None,
+        },
+        Party::Provider(id) => Whoami {
+            party: "provider",
+            provider: Some(id.to_string()),
+        },
+    })
 }
 
 // ----- ledger ------------------------------------------------------------------------
@@ -1143,10 +1190,15 @@ async fn events(
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
 async fn healthz(State(broker): State<Broker>) -> Json<Health> {
     let now = broker.read(|e| e.clock());
+    let speed = match broker.clock() {
+        crate::Clock::System => 1.0,
+        crate::Clock::Scaled { speed, .. } => *speed,
+    };
     Json(Health {
         status: "ok",
         deal: broker.deal().name.clone(),
         now,
+        speed,
     })
 }
 

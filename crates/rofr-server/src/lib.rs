@@ -10,6 +10,7 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod clock;
+pub mod dashboard;
 pub mod demo;
 pub mod ledger;
 pub mod metrics;

@@ -207,3 +207,132 @@ pub fn awards_for(engine: &Engine, provider: &ProviderId) -> Vec<AwardView> {
         .flat_map(|n| award_views(n).filter(|a| a.provider == provider.as_str()))
         .collect()
 }
+
+/// Every open offer, for the buyer and auditors.
+pub fn open_offers(engine: &Engine) -> Vec<OfferView> {
+    engine
+        .state()
+        .needs
+        .values()
+        .filter(|n| n.closed.is_none())
+        .flat_map(|n| n.open_offers().map(move |o| offer_view(n, o)))
+        .collect()
+}
+
+/// One provider's share of awarded GPU-hours.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProviderShare {
+    pub provider: String,
+    pub gpu_hours: f64,
+    /// Percent of all awarded GPU-hours.
+    pub share: f64,
+    /// The tightest cap that applies to it, as a percentage, if any.
+    pub cap: Option<f64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommitmentView {
+    pub provider: String,
+    pub min_gpu_hours: Option<f64>,
+    pub awarded_gpu_hours: f64,
+}
+
+/// Figures aggregated on the server, so pages stay fast however many needs there are.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub now: Timestamp,
+    pub needs: usize,
+    pub by_status: std::collections::BTreeMap<String, usize>,
+    pub providers: Vec<ProviderShare>,
+    pub hhi: f64,
+    pub hhi_alert: Option<f64>,
+    pub lapses: usize,
+    pub reoffers: usize,
+    /// Median model hours from submission to first award.
+    pub median_hours_to_award: Option<f64>,
+    pub commitments: Vec<CommitmentView>,
+}
+
+pub fn summary(engine: &Engine) -> Summary {
+    use std::collections::BTreeMap;
+    let state = engine.state();
+    let deal = engine.deal();
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    let mut gpu_hours: BTreeMap<String, f64> = deal
+        .providers
+        .iter()
+        .map(|p| (p.id.to_string(), 0.0))
+        .collect();
+    let (mut lapses, mut reoffers) = (0, 0);
+    let mut to_award: Vec<f64> = Vec::new();
+    for need in state.needs.values() {
+        *by_status.entry(need_status(need).to_owned()).or_default() += 1;
+        for award in need.awards.iter().filter(|a| a.status.is_live()) {
+            *gpu_hours.entry(award.provider.to_string()).or_default() +=
+                need.spec.gpu_hours(award.gpus);
+        }
+        lapses += need
+            .offers
+            .iter()
+            .filter(|o| o.status == OfferStatus::Lapsed)
+            .count();
+        reoffers += need
+            .offers
+            .iter()
+            .filter(|o| o.kind == OfferKind::Reoffer)
+            .count();
+        if let Some(first) = need.awards.iter().map(|a| a.decided_at).min() {
+            to_award
+                .push((first.unix_seconds() - need.submitted_at.unix_seconds()) as f64 / 3600.0);
+        }
+    }
+    let total: f64 = gpu_hours.values().sum();
+    let holders: Vec<&ProviderId> = deal.first_refusals.iter().map(|f| &f.holder).collect();
+    let providers: Vec<ProviderShare> = gpu_hours
+        .iter()
+        .map(|(provider, hours)| {
+            let id = ProviderId::parse(provider).ok();
+            let cap = id.as_ref().and_then(|id| {
+                let holder = holders.contains(&id).then_some(id);
+                deal.caps
+                    .iter()
+                    .filter(|c| c.applies_to(id, holder))
+                    .map(|c| c.max_share * 100.0)
+                    .reduce(f64::min)
+            });
+            ProviderShare {
+                provider: provider.clone(),
+                gpu_hours: *hours,
+                share: if total > 0.0 {
+                    hours / total * 100.0
+                } else {
+                    0.0
+                },
+                cap,
+            }
+        })
+        .collect();
+    let hhi = providers.iter().map(|p| p.share * p.share).sum();
+    to_award.sort_by(f64::total_cmp);
+    let commitments = deal
+        .commitments
+        .iter()
+        .map(|c| CommitmentView {
+            provider: c.provider.to_string(),
+            min_gpu_hours: c.min_gpu_hours,
+            awarded_gpu_hours: gpu_hours.get(c.provider.as_str()).copied().unwrap_or(0.0),
+        })
+        .collect();
+    Summary {
+        now: engine.clock(),
+        needs: state.needs.len(),
+        by_status,
+        providers,
+        hhi,
+        hhi_alert: deal.caps.iter().find_map(|c| c.hhi_alert),
+        lapses,
+        reoffers,
+        median_hours_to_award: (!to_award.is_empty()).then(|| to_award[to_award.len() / 2]),
+        commitments,
+    }
+}

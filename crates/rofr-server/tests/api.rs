@@ -157,6 +157,11 @@ async fn another_provider_can_neither_see_nor_answer_the_holders_offer() {
     app.submit("n1", 64).await;
     let (_, offers) = app.get(&app.oracle, "/v1/offers").await;
     assert_eq!(offers["offers"], json!([]));
+    let (_, all) = app.get(&app.buyer, "/v1/offers").await;
+    assert_eq!(
+        all["offers"][0]["provider"], "azure",
+        "the buyer sees every open offer"
+    );
     let before = app.event_count().await;
     let (status, body) = app.post(&app.oracle, "/v1/needs/n1/accept", "{}").await;
     assert_eq!(status, 404, "{body}");
@@ -228,7 +233,12 @@ async fn parties_are_held_to_their_roles() {
         .post(&app.auditor, "/v1/needs", &need("n1", 8).to_string())
         .await;
     assert_eq!(status, 403);
-    let (status, _) = app.get(&app.buyer, "/v1/offers").await;
+    let (status, _) = app.get(&app.buyer, "/v1/rfqs").await;
+    assert_eq!(
+        status, 403,
+        "requests for quotes are listed to their providers"
+    );
+    let (status, _) = app.get(&app.azure, "/v1/summary").await;
     assert_eq!(status, 403);
     assert_eq!(app.event_count().await, 0);
 }

@@ -59,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         print!("{}", running.summary.render());
         if args.keep {
             println!("\nThe broker keeps running at {} (database {}).", running.url, running.database.display());
+            println!("Dashboard: {}/ui/ (sign in with a token below)", running.url);
             println!("Tokens (send as `Authorization: Bearer <token>`, or set ROFR_TOKEN for the CLI):");
             for (label, token) in &running.tokens {
                 println!("  {label:<18} {token}");

@@ -90,7 +90,7 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     assert_eq!(rows[0]["status"], "active");
 
     // A provider command with the buyer's token is refused with the server's reason.
-    let (code, _, err) = run(&server, &buyer, &["offer", "list"]);
+    let (code, _, err) = run(&server, &buyer, &["rfq", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("403 forbidden"), "{err}");
 }

@@ -1,0 +1,264 @@
+// The rofr dashboard: a small single-page app over the JSON API. It keeps the token in
+// this tab's sessionStorage and sends it as a bearer token; it never stores it
+// anywhere else.
+"use strict";
+
+const main = document.getElementById("main");
+let me = null;
+let clock = { now: 0, at: 0, speed: 1 };
+
+function token() { return sessionStorage.getItem("rofr-token"); }
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "authorization": "Bearer " + token(), "content-type": "application/json", ...(options.headers || {}) },
+  });
+  const text = await response.text();
+  let body = null;
+  try { body = JSON.parse(text); } catch (_) { body = text; }
+  if (!response.ok) {
+    const message = body && body.error ? body.error.code + ": " + body.error.message : response.status + "";
+    throw new Error(message);
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    node.append(child instanceof Node ? child : document.createTextNode(child == null ? "" : String(child)));
+  }
+  return node;
+}
+
+function table(columns, rows) {
+  return el("table", {},
+    el("thead", {}, el("tr", {}, columns.map(([title]) => el("th", {}, title)))),
+    el("tbody", {}, rows.map(row => el("tr", {}, columns.map(([, cell]) => el("td", {}, cell(row)))))));
+}
+
+function fmt(n, digits = 0) {
+  return Number(n).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+// Model time now, from the server's clock and its speed.
+function modelNow() { return clock.now + (Date.now() - clock.at) * clock.speed; }
+
+function countdown(deadline) {
+  const span = el("span", { class: "countdown", "data-deadline": deadline });
+  tick(span);
+  return span;
+}
+
+function tick(span) {
+  let seconds = Math.round((Date.parse(span.dataset.deadline) - modelNow()) / 1000);
+  if (seconds <= 0) { span.textContent = "due"; span.className = "countdown alert"; return; }
+  const d = Math.floor(seconds / 86400); seconds %= 86400;
+  const h = Math.floor(seconds / 3600); seconds %= 3600;
+  const m = Math.floor(seconds / 60); const s = seconds % 60;
+  span.textContent = (d ? d + "d " : "") + String(h).padStart(2, "0") + ":" + String(m).padStart(2, "0") + ":" + String(s).padStart(2, "0");
+}
+setInterval(() => document.querySelectorAll(".countdown").forEach(tick), 1000);
+
+function signIn(message) {
+  main.replaceChildren(
+    el("h1", {}, "Sign in"),
+    el("p", {}, "Paste a token from `rofr token create` or the one `rofr demo --keep` printed."),
+    message ? el("p", { class: "error" }, message) : "",
+    el("form", { id: "signin", onsubmit: async (event) => {
+      event.preventDefault();
+      sessionStorage.setItem("rofr-token", document.getElementById("token").value.trim());
+      await start();
+    } }, el("input", { id: "token", type: "password", placeholder: "rofr_…", autocomplete: "off" }), " ", el("button", { type: "submit" }, "Sign in")));
+}
+
+const buyerPages = [["overview", "Overview"], ["offers", "Offers"], ["providers", "Providers"], ["needs", "Needs"], ["ledger", "Ledger"]];
+const providerPages = [["my-offers", "My offers"], ["my-rfqs", "Requests for quotes"], ["my-awards", "My awards"], ["ledger", "Ledger"]];
+
+function navigation() {
+  const pages = me.party === "provider" ? providerPages : buyerPages;
+  const current = (location.hash.slice(2) || pages[0][0]).split("/")[0];
+  document.getElementById("nav").replaceChildren(...pages.map(([id, title]) =>
+    el("a", { href: "#/" + id, class: id === current ? "active" : "" }, title)));
+  document.getElementById("who").replaceChildren(
+    (me.provider ? "provider " + me.provider : me.party) + " · ",
+    el("a", { href: "#", style: "color:#cfe0ff", onclick: () => { sessionStorage.clear(); location.hash = ""; start(); } }, "sign out"));
+}
+
+async function overview() {
+  const s = await api("/v1/summary");
+  const cards = [["needs", s.needs], ...Object.entries(s.by_status), ["lapses", s.lapses], ["re-offers", s.reoffers],
+    ["median hours to award", s.median_hours_to_award == null ? "–" : fmt(s.median_hours_to_award, 1)]];
+  const page = await api("/v1/needs?limit=20");
+  main.replaceChildren(
+    el("h1", {}, "Overview"),
+    el("div", { class: "cards", id: "status-cards" }, cards.map(([k, v]) => el("div", { class: "card", "data-key": k }, el("b", {}, v), k))),
+    el("h2", {}, "Needs"),
+    needsTable(page.needs));
+}
+
+function needsTable(needs) {
+  return table([
+    ["Need", n => el("a", { href: "#/need/" + n.id }, n.id)], ["Status", n => n.status], ["SKU", n => n.sku],
+    ["GPUs", n => n.gpus], ["Awarded", n => n.awarded], ["Holder", n => n.holder || "–"], ["Next deadline", n => n.next_deadline || "–"]],
+    needs);
+}
+
+async function needsPage(after) {
+  const page = await api("/v1/needs?limit=100" + (after ? "&after=" + encodeURIComponent(after) : ""));
+  main.replaceChildren(el("h1", {}, "Needs"), needsTable(page.needs),
+    page.next ? el("a", { href: "#/needs/" + page.next }, "Next page →") : "");
+}
+
+async function needTimeline(id) {
+  const [need, events, checkpoint] = await Promise.all([
+    api("/v1/needs/" + encodeURIComponent(id)),
+    api("/v1/needs/" + encodeURIComponent(id) + "/events"),
+    api("/v1/ledger/checkpoint").catch(() => null),
+  ]);
+  const signed = checkpoint ? Number(String(checkpoint).split("\n")[1]) : 0;
+  main.replaceChildren(
+    el("h1", {}, "Need " + need.id),
+    el("p", {}, `${need.gpus} ${need.sku} for ${need.hours} h · ${need.status} · holder ${need.holder || "none"} · awarded ${need.awarded}`),
+    table([
+      ["Ledger #", e => e.index], ["At", e => e.event.at], ["Event", e => e.event.type],
+      ["Provider", e => e.event.provider || ""], ["GPUs", e => e.event.gpus == null ? "" : e.event.gpus],
+      ["Price", e => e.event.price_per_gpu_hour == null ? "" : "$" + e.event.price_per_gpu_hour],
+      ["Proof", e => e.index < signed ? el("span", { class: "ok" }, "in checkpoint " + signed) : "awaiting checkpoint"]],
+      events.events),
+    el("a", { href: "/v1/ledger/evidence/" + encodeURIComponent(id), id: "evidence" }, "Evidence bundle (JSON)"));
+}
+
+async function offersPage(mine) {
+  const { offers } = await api("/v1/offers");
+  const columns = [["Need", o => o.need], ["Offer", o => o.offer], ["Kind", o => o.kind], ["Provider", o => o.provider],
+    ["GPUs", o => o.gpus], ["Price", o => "$" + o.price_per_gpu_hour], ["Deadline", o => o.deadline], ["Time left", o => countdown(o.deadline)]];
+  if (mine) {
+    columns.push(["Answer", o => el("span", {},
+      el("button", { "data-action": "accept", "data-need": o.need, onclick: () => answer(o, o.kind === "match" ? "match" : "accept", {}) }, o.kind === "match" ? "Match" : "Accept"), " ",
+      el("button", { class: "secondary", "data-action": "decline", "data-need": o.need, onclick: () => answer(o, "decline", { reason: "no_capacity" }) }, "Decline"))]);
+  }
+  main.replaceChildren(el("h1", {}, mine ? "Offers awaiting your answer" : "Offers awaiting an answer"),
+    offers.length ? table(columns, offers) : el("p", { id: "no-offers" }, "No open offers."),
+    el("p", { id: "answer-result" }));
+}
+
+async function answer(offer, verb, body) {
+  const result = document.getElementById("answer-result");
+  try {
+    const answer = await api(`/v1/needs/${encodeURIComponent(offer.need)}/${verb}`, { method: "POST", body: JSON.stringify({ offer: offer.offer, ...body }) });
+    await offersPage(true);
+    document.getElementById("answer-result").replaceChildren(el("span", { class: "ok" },
+      `${verb} recorded for ${offer.need}: ` + answer.events.map(e => e.event.type).join(", ")));
+  } catch (error) {
+    result.replaceChildren(el("span", { class: "error" }, error.message));
+  }
+}
+
+async function myRfqs() {
+  const { rfqs } = await api("/v1/rfqs");
+  main.replaceChildren(el("h1", {}, "Requests for quotes"), rfqs.length ? table([
+    ["Need", r => r.need], ["Round", r => r.round], ["GPUs", r => r.gpus], ["SKU", r => r.sku], ["Hours", r => r.hours],
+    ["Deadline", r => r.deadline], ["Time left", r => countdown(r.deadline)]], rfqs) : el("p", {}, "No open requests."));
+}
+
+async function myAwards() {
+  const { awards } = await api("/v1/awards");
+  main.replaceChildren(el("h1", {}, "My awards"), table([
+    ["Need", a => a.need], ["Award", a => a.award], ["Status", a => a.status], ["GPUs", a => a.gpus],
+    ["Price", a => "$" + a.price_per_gpu_hour], ["Reservation", a => a.reservation || "–"]], awards));
+}
+
+// Shares of awarded GPU-hours as horizontal bars, with each provider's cap and the HHI.
+function sharesChart(providers) {
+  const width = 640, row = 28, left = 150, scale = (width - left - 20) / 100;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", width); svg.setAttribute("height", providers.length * row + 30); svg.setAttribute("id", "shares-chart");
+  const add = (tag, attrs, text) => {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text != null) node.textContent = text;
+    svg.append(node);
+  };
+  providers.forEach((p, i) => {
+    const y = i * row + 10;
+    add("text", { x: 0, y: y + 15, "font-size": 13 }, p.provider);
+    add("rect", { x: left, y, width: Math.max(1, p.share * scale), height: 18, fill: "#3662d8" });
+    add("text", { x: left + p.share * scale + 6, y: y + 14, "font-size": 12 }, fmt(p.share, 1) + "%");
+    if (p.cap != null) add("line", { x1: left + p.cap * scale, x2: left + p.cap * scale, y1: y - 2, y2: y + 20, stroke: "#b3261e", "stroke-width": 2 });
+  });
+  add("text", { x: left, y: providers.length * row + 25, "font-size": 11, fill: "#555" }, "red marks: caps");
+  return svg;
+}
+
+async function providersPage() {
+  const s = await api("/v1/summary");
+  const alert = s.hhi_alert != null && s.hhi > s.hhi_alert;
+  main.replaceChildren(
+    el("h1", {}, "Providers"),
+    el("p", { id: "hhi" }, "HHI of awarded GPU-hours: ", el("b", { class: alert ? "alert" : "ok" }, fmt(s.hhi)),
+      s.hhi_alert != null ? ` (alert above ${fmt(s.hhi_alert)})` : ""),
+    sharesChart(s.providers),
+    table([["Provider", p => p.provider], ["GPU-hours", p => fmt(p.gpu_hours)], ["Share", p => fmt(p.share, 1) + "%"], ["Cap", p => p.cap == null ? "–" : fmt(p.cap) + "%"]], s.providers),
+    el("h2", {}, "Commitments"),
+    table([["Provider", c => c.provider], ["Committed GPU-hours", c => c.min_gpu_hours == null ? "–" : fmt(c.min_gpu_hours)],
+      ["Awarded", c => fmt(c.awarded_gpu_hours)],
+      ["Remaining", c => c.min_gpu_hours == null ? "–" : fmt(Math.max(0, c.min_gpu_hours - c.awarded_gpu_hours))]], s.commitments));
+}
+
+async function ledgerPage() {
+  const [key, checkpoint] = await Promise.all([api("/v1/ledger/key"), api("/v1/ledger/checkpoint").catch(() => "no checkpoint yet")]);
+  const children = [el("h1", {}, "Ledger"), el("h2", {}, "Verifier key"), el("pre", { id: "verifier-key" }, key),
+    el("h2", {}, "Latest checkpoint"), el("pre", { id: "checkpoint" }, checkpoint)];
+  if (me.party !== "provider") {
+    children.push(el("button", { onclick: async () => { await api("/v1/ledger/checkpoint", { method: "POST" }); ledgerPage(); } }, "Sign a checkpoint now"));
+    const page = await api("/v1/events?limit=50");
+    children.push(el("h2", {}, "First entries"), table([["#", e => e.index], ["At", e => e.event.at], ["Type", e => e.event.type], ["Need", e => e.event.need]], page.events));
+  }
+  main.replaceChildren(...children);
+}
+
+async function route() {
+  if (!me) return;
+  navigation();
+  const [page, arg] = (location.hash.slice(2) || (me.party === "provider" ? "my-offers" : "overview")).split("/");
+  try {
+    switch (page) {
+      case "overview": return await overview();
+      case "offers": return await offersPage(false);
+      case "providers": return await providersPage();
+      case "needs": return await needsPage(arg);
+      case "need": return await needTimeline(decodeURIComponent(arg));
+      case "ledger": return await ledgerPage();
+      case "my-offers": return await offersPage(true);
+      case "my-rfqs": return await myRfqs();
+      case "my-awards": return await myAwards();
+      default: main.replaceChildren(el("p", {}, "No such page."));
+    }
+  } catch (error) {
+    main.replaceChildren(el("p", { class: "error", id: "page-error" }, error.message));
+  }
+}
+
+async function start() {
+  const health = await (await fetch("/healthz")).json();
+  clock = { now: Date.parse(health.now), at: Date.now(), speed: health.speed };
+  document.getElementById("deal").textContent = "deal " + health.deal;
+  if (!token()) { me = null; return signIn(); }
+  try {
+    me = await api("/v1/whoami");
+  } catch (error) {
+    sessionStorage.clear();
+    me = null;
+    return signIn("That token was not accepted.");
+  }
+  await route();
+}
+
+window.addEventListener("hashchange", route);
+start();
