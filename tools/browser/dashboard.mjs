@@ -56,6 +56,7 @@ try {
   await page.click("text=Providers");
   await page.waitForSelector("#shares-chart");
   check((await page.textContent("#hhi")).includes("HHI"), "the providers page shows the HHI");
+  check((await page.$("#shares-over-time")) !== null, "the providers page charts shares over time");
   await page.screenshot({ path: `${shots}/providers.png`, fullPage: true });
 
   await page.click("text=Offers");

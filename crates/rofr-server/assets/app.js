@@ -196,6 +196,41 @@ function sharesChart(providers) {
   return svg;
 }
 
+// Cumulative shares over time, one line per provider, with the HHI (right axis) and
+// its alert line dashed.
+function timelineChart(points, alert) {
+  const width = 760, height = 260, left = 40, right = 60, top = 10, bottom = 30;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", width); svg.setAttribute("height", height); svg.setAttribute("id", "shares-over-time");
+  const add = (tag, attrs, text) => {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text != null) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  if (points.length === 0) { add("text", { x: left, y: 40 }, "No awards yet."); return svg; }
+  const x = (i) => left + (points.length === 1 ? 0 : i * (width - left - right) / (points.length - 1));
+  const y = (percent) => top + (100 - percent) * (height - top - bottom) / 100;
+  const yHhi = (hhi) => top + (10000 - hhi) * (height - top - bottom) / 10000;
+  add("line", { x1: left, x2: width - right, y1: y(0), y2: y(0), stroke: "#999" });
+  add("text", { x: 2, y: y(100) + 4, "font-size": 10 }, "100%");
+  add("text", { x: 2, y: y(0), "font-size": 10 }, "0%");
+  add("text", { x: width - right + 4, y: yHhi(10000) + 4, "font-size": 10 }, "HHI 10k");
+  const colors = ["#3662d8", "#e07b00", "#1e7d34", "#8e44ad", "#b3261e", "#16a2b8"];
+  const providers = [...new Set(points.flatMap((p) => Object.keys(p.shares)))];
+  providers.forEach((provider, k) => {
+    const path = points.map((p, i) => `${i ? "L" : "M"}${x(i)},${y(p.shares[provider] || 0)}`).join(" ");
+    add("path", { d: path, fill: "none", stroke: colors[k % colors.length], "stroke-width": 2 });
+    add("text", { x: left + 4 + k * 120, y: height - 6, "font-size": 11, fill: colors[k % colors.length] }, provider);
+  });
+  add("path", { d: points.map((p, i) => `${i ? "L" : "M"}${x(i)},${yHhi(p.hhi)}`).join(" "), fill: "none", stroke: "#222", "stroke-width": 1.5 });
+  if (alert != null) add("line", { x1: left, x2: width - right, y1: yHhi(alert), y2: yHhi(alert), stroke: "#b3261e", "stroke-dasharray": "5 4" });
+  add("text", { x: x(0), y: height - 18, "font-size": 10 }, points[0].day);
+  add("text", { x: x(points.length - 1) - 50, y: height - 18, "font-size": 10 }, points[points.length - 1].day);
+  return svg;
+}
+
 async function providersPage() {
   const s = await api("/v1/summary");
   const alert = s.hhi_alert != null && s.hhi > s.hhi_alert;
@@ -204,6 +239,9 @@ async function providersPage() {
     el("p", { id: "hhi" }, "HHI of awarded GPU-hours: ", el("b", { class: alert ? "alert" : "ok" }, fmt(s.hhi)),
       s.hhi_alert != null ? ` (alert above ${fmt(s.hhi_alert)})` : ""),
     sharesChart(s.providers),
+    el("h2", {}, "Shares over time"),
+    el("p", {}, "Cumulative share of awarded GPU-hours by day; the black line is the HHI (right scale), the dashed red line its alert level."),
+    timelineChart(s.timeline, s.hhi_alert),
     table([["Provider", p => p.provider], ["GPU-hours", p => fmt(p.gpu_hours)], ["Share", p => fmt(p.share, 1) + "%"], ["Cap", p => p.cap == null ? "–" : fmt(p.cap) + "%"]], s.providers),
     el("h2", {}, "Commitments"),
     table([["Provider", c => c.provider], ["Committed GPU-hours", c => c.min_gpu_hours == null ? "–" : fmt(c.min_gpu_hours)],

@@ -251,6 +251,16 @@ pub struct Summary {
     /// Median model hours from submission to first award.
     pub median_hours_to_award: Option<f64>,
     pub commitments: Vec<CommitmentView>,
+    /// Cumulative shares by day of award, oldest first, for the shares-over-time chart.
+    pub timeline: Vec<SharePoint>,
+}
+
+/// Each provider's share of GPU-hours awarded up to the end of one day, and the HHI.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SharePoint {
+    pub day: String,
+    pub shares: std::collections::BTreeMap<String, f64>,
+    pub hhi: f64,
 }
 
 pub fn summary(engine: &Engine) -> Summary {
@@ -265,7 +275,16 @@ pub fn summary(engine: &Engine) -> Summary {
         .collect();
     let (mut lapses, mut reoffers) = (0, 0);
     let mut to_award: Vec<f64> = Vec::new();
+    // GPU-hours awarded per day and provider, for the timeline.
+    let mut by_day: BTreeMap<i64, BTreeMap<String, f64>> = BTreeMap::new();
     for need in state.needs.values() {
+        for award in need.awards.iter().filter(|a| a.status.is_live()) {
+            *by_day
+                .entry(award.decided_at.unix_seconds().div_euclid(86_400))
+                .or_default()
+                .entry(award.provider.to_string())
+                .or_default() += need.spec.gpu_hours(award.gpus);
+        }
         *by_status.entry(need_status(need).to_owned()).or_default() += 1;
         for award in need.awards.iter().filter(|a| a.status.is_live()) {
             *gpu_hours.entry(award.provider.to_string()).or_default() +=
@@ -314,6 +333,27 @@ pub fn summary(engine: &Engine) -> Summary {
         .collect();
     let hhi = providers.iter().map(|p| p.share * p.share).sum();
     to_award.sort_by(f64::total_cmp);
+    let mut running: BTreeMap<String, f64> = BTreeMap::new();
+    let timeline = by_day
+        .into_iter()
+        .map(|(day, awarded)| {
+            for (provider, hours) in awarded {
+                *running.entry(provider).or_default() += hours;
+            }
+            let total: f64 = running.values().sum();
+            let shares: BTreeMap<String, f64> = running
+                .iter()
+                .map(|(p, h)| (p.clone(), if total > 0.0 { h / total * 100.0 } else { 0.0 }))
+                .collect();
+            let hhi = shares.values().map(|s| s * s).sum();
+            let date = Timestamp::from_unix_seconds(day * 86_400).to_string();
+            SharePoint {
+                day: date[..10].to_owned(),
+                shares,
+                hhi,
+            }
+        })
+        .collect();
     let commitments = deal
         .commitments
         .iter()
@@ -334,5 +374,6 @@ pub fn summary(engine: &Engine) -> Summary {
         reoffers,
         median_hours_to_award: (!to_award.is_empty()).then(|| to_award[to_award.len() / 2]),
         commitments,
+        timeline,
     }
 }
