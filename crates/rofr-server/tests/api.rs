@@ -623,17 +623,25 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them() {
         .await
         .unwrap();
     let key = rofr_ledger::VerifierKey::parse(key_text.trim()).unwrap();
-    let note = app
-        .client
-        .get(format!("{}/v1/ledger/checkpoint", app.url))
-        .bearer_auth(&app.auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let checkpoint = rofr_ledger::Checkpoint::parse(key.open(&note).unwrap()).unwrap();
+    // The writer signs after answering, so the checkpoint may trail the answer briefly.
+    let started = std::time::Instant::now();
+    let checkpoint = loop {
+        let note = app
+            .client
+            .get(format!("{}/v1/ledger/checkpoint", app.url))
+            .bearer_auth(&app.auditor)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let checkpoint = rofr_ledger::Checkpoint::parse(key.open(&note).unwrap()).unwrap();
+        if checkpoint.size == 4 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break checkpoint;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(
         checkpoint.size, 4,
         "made after the fourth entry, per the policy"
