@@ -140,8 +140,19 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     let restart_at = Timestamp::parse(T0).unwrap().plus_seconds(3 * 3600);
     let server = serve(&database, None, &restart_at.to_string());
     let url = server.url.clone();
-    // Let the first tick fire the overdue deadlines.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The restarted broker's first tick fires the overdue deadlines; wait for it.
+    let started = std::time::Instant::now();
+    loop {
+        let lapses = all_events(&client, &url, &auditor)
+            .await
+            .iter()
+            .filter(|e| e["event"]["type"] == "offer_lapsed")
+            .count();
+        if lapses >= acknowledged.len() || started.elapsed() > std::time::Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     for id in &acknowledged {
         let response = client
