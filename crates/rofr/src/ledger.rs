@@ -20,6 +20,28 @@ pub enum Command {
         #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
         server: String,
     },
+    /// Print the inclusion proof of entry INDEX in the tree of SIZE entries.
+    Inclusion {
+        #[arg(long)]
+        index: u64,
+        #[arg(long)]
+        size: u64,
+        #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the consistency proof between the trees of FROM and TO entries.
+    Consistency {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the evidence bundle of one need.
     Evidence {
         need: String,
@@ -91,6 +113,26 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             print!("{note}");
             Ok(exit::OK)
         }
+        Command::Inclusion {
+            index,
+            size,
+            server,
+            json,
+        } => proof(
+            &server,
+            &format!("/v1/ledger/inclusion?index={index}&size={size}"),
+            json,
+        ),
+        Command::Consistency {
+            from,
+            to,
+            server,
+            json,
+        } => proof(
+            &server,
+            &format!("/v1/ledger/consistency?from={from}&to={to}"),
+            json,
+        ),
         Command::Evidence { need, out, server } => {
             let client = Client::new(&server, &token()?);
             let bundle = tokio::runtime::Runtime::new()?
@@ -132,6 +174,22 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+/// Prints a proof's hashes, one base64 hash a line (or the JSON answer).
+fn proof(server: &str, path: &str, json: bool) -> anyhow::Result<u8> {
+    let client = Client::new(server, &token()?);
+    let answer = tokio::runtime::Runtime::new()?
+        .block_on(client.get(path))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{answer}");
+    } else {
+        for hash in answer["proof"].as_array().into_iter().flatten() {
+            println!("{}", hash.as_str().unwrap_or_default());
+        }
+    }
+    Ok(exit::OK)
 }
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {

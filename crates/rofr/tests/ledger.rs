@@ -74,6 +74,33 @@ fn story(dir: &Path) -> (PathBuf, PathBuf, String) {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // Proofs from the command line: the inclusion proof of entry 1 in the tree of 4.
+    let proof = run(
+        &["ledger", "inclusion", "--index", "1", "--size", "4"],
+        Some(&auditor),
+        url,
+    );
+    assert!(
+        proof.status.success(),
+        "{}",
+        String::from_utf8_lossy(&proof.stderr)
+    );
+    assert_eq!(
+        stdout(&proof).lines().count(),
+        2,
+        "a leaf in a tree of 4 has a path of 2"
+    );
+    let consistency = run(
+        &["ledger", "consistency", "--from", "2", "--to", "4"],
+        Some(&auditor),
+        url,
+    );
+    assert!(consistency.status.success());
+    assert_eq!(
+        stdout(&consistency).lines().count(),
+        1,
+        "the tree of 2 is the left half of the tree of 4"
+    );
     let bundle = dir.join("bundle.json");
     let output = run(
         &[
