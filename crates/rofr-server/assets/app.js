@@ -134,8 +134,8 @@ async function needTimeline(id) {
     el("a", { href: "/v1/ledger/evidence/" + encodeURIComponent(id), id: "evidence" }, "Evidence bundle (JSON)"));
 }
 
-async function offersPage(mine) {
-  const { offers } = await api("/v1/offers");
+async function offersPage(mine, after) {
+  const { offers, next } = await api("/v1/offers?limit=200" + (after ? "&after=" + encodeURIComponent(after) : ""));
   const columns = [["Need", o => o.need], ["Offer", o => o.offer], ["Kind", o => o.kind], ["Provider", o => o.provider],
     ["GPUs", o => o.gpus], ["Price", o => "$" + o.price_per_gpu_hour], ["Deadline", o => o.deadline], ["Time left", o => countdown(o.deadline)]];
   if (mine) {
@@ -145,6 +145,7 @@ async function offersPage(mine) {
   }
   main.replaceChildren(el("h1", {}, mine ? "Offers awaiting your answer" : "Offers awaiting an answer"),
     offers.length ? table(columns, offers) : el("p", { id: "no-offers" }, "No open offers."),
+    next ? el("a", { href: "#/" + (mine ? "my-offers/" : "offers/") + encodeURIComponent(next) }, "Next page →") : "",
     el("p", { id: "answer-result" }));
 }
 
@@ -268,12 +269,12 @@ async function route() {
   try {
     switch (page) {
       case "overview": return await overview();
-      case "offers": return await offersPage(false);
+      case "offers": return await offersPage(false, arg && decodeURIComponent(arg));
       case "providers": return await providersPage();
       case "needs": return await needsPage(arg);
       case "need": return await needTimeline(decodeURIComponent(arg));
       case "ledger": return await ledgerPage();
-      case "my-offers": return await offersPage(true);
+      case "my-offers": return await offersPage(true, arg && decodeURIComponent(arg));
       case "my-rfqs": return await myRfqs();
       case "my-awards": return await myAwards();
       default: main.replaceChildren(el("p", {}, "No such page."));

@@ -112,6 +112,8 @@ pub struct EventPage {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct OfferList {
     pub offers: Vec<views::OfferView>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -822,16 +824,30 @@ async fn fail(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
-#[utoipa::path(get, path = "/v1/offers", tag = "provider", responses((status = 200, body = OfferList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct OfferQuery {
+    /// Continue after this need (the previous page's `next`).
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Open offers: a provider's own, or every provider's for the buyer and auditors.
+#[utoipa::path(get, path = "/v1/offers", tag = "provider", params(OfferQuery), responses((status = 200, body = OfferList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 422, body = Envelope)))]
 async fn my_offers(
     State(broker): State<Broker>,
     caller: Caller,
+    Query(query): Query<OfferQuery>,
 ) -> Result<Json<OfferList>, ApiError> {
-    let offers = match &caller.0 {
-        Party::Provider(provider) => broker.read(|e| views::offers_for(e, provider)),
-        _ => broker.read(views::open_offers),
+    let limit = page_limit(query.limit)? as usize;
+    let provider = match &caller.0 {
+        Party::Provider(provider) => Some(provider.clone()),
+        _ => None,
     };
-    Ok(Json(OfferList { offers }))
+    let (offers, next) =
+        broker.read(|e| views::offers_page(e, provider.as_ref(), query.after.as_deref(), limit));
+    Ok(Json(OfferList { offers, next }))
 }
 
 #[utoipa::path(get, path = "/v1/rfqs", tag = "provider", responses((status = 200, body = RfqList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]

@@ -170,21 +170,6 @@ pub fn need_view(need: &NeedState) -> NeedView {
     }
 }
 
-/// Open offers (first offers, re-offers, match offers) addressed to `provider`.
-pub fn offers_for(engine: &Engine, provider: &ProviderId) -> Vec<OfferView> {
-    engine
-        .state()
-        .needs
-        .values()
-        .filter(|n| n.closed.is_none())
-        .flat_map(|n| {
-            n.open_offers()
-                .filter(|o| &o.provider == provider)
-                .map(move |o| offer_view(n, o))
-        })
-        .collect()
-}
-
 /// Open requests for quotes addressed to `provider`.
 pub fn rfqs_for(engine: &Engine, provider: &ProviderId) -> Vec<RfqView> {
     engine
@@ -208,15 +193,35 @@ pub fn awards_for(engine: &Engine, provider: &ProviderId) -> Vec<AwardView> {
         .collect()
 }
 
-/// Every open offer, for the buyer and auditors.
-pub fn open_offers(engine: &Engine) -> Vec<OfferView> {
-    engine
+/// A page of open offers, in need order after `after`: every provider's for the buyer
+/// and auditors (`provider` is `None`), one provider's own otherwise. The second value
+/// is the need to continue after, when the page is full.
+pub fn offers_page(
+    engine: &Engine,
+    provider: Option<&ProviderId>,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<OfferView>, Option<String>) {
+    use std::ops::Bound;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut offers = Vec::new();
+    for need in engine
         .state()
         .needs
-        .values()
+        .range::<str, _>((start, Bound::Unbounded))
+        .map(|(_, n)| n)
         .filter(|n| n.closed.is_none())
-        .flat_map(|n| n.open_offers().map(move |o| offer_view(n, o)))
-        .collect()
+    {
+        offers.extend(
+            need.open_offers()
+                .filter(|o| provider.is_none_or(|p| &o.provider == p))
+                .map(|o| offer_view(need, o)),
+        );
+        if offers.len() >= limit {
+            return (offers, Some(need.spec.id.to_string()));
+        }
+    }
+    (offers, None)
 }
 
 /// One provider's share of awarded GPU-hours.

@@ -451,6 +451,18 @@ async fn pages_are_bounded_and_follow_on() {
     assert_eq!(body["error"]["field"], "limit");
     let (status, _) = app.get(&app.buyer, "/v1/needs?status=happy").await;
     assert_eq!(status, 422);
+    let (_, offers) = app.get(&app.buyer, "/v1/offers?limit=2").await;
+    assert_eq!(offers["offers"].as_array().unwrap().len(), 2);
+    let next = offers["next"].as_str().unwrap().to_owned();
+    let (_, rest) = app
+        .get(&app.azure, &format!("/v1/offers?limit=10&after={next}"))
+        .await;
+    assert_eq!(
+        rest["offers"].as_array().unwrap().len(),
+        3,
+        "the holder pages through its own offers"
+    );
+    assert_eq!(rest["next"], Value::Null);
 }
 
 #[tokio::test]
