@@ -120,6 +120,22 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// The schema version of a database file, read without migrating it.
+    pub fn version_of(path: &Path) -> Result<usize> {
+        let conn = Connection::open(path).map_err(db("opening the database"))?;
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as usize)
+            .map_err(db("reading the schema version"))
+    }
+
+    /// The number of migrations applied to this database.
+    pub fn schema_version(&self) -> Result<usize> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as usize)
+            .map_err(db("reading the schema version"))
+    }
+
     /// Applies the migrations not yet applied; returns how many ran.
     pub fn migrate(&mut self) -> Result<usize> {
         let version: i64 = self

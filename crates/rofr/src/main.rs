@@ -44,6 +44,11 @@ enum Command {
     Check(check::Args),
     /// Run the broker: the HTTP API over a SQLite database.
     Serve(serve::Args),
+    /// Bring a database's schema up to date (the broker also does this at start).
+    Migrate {
+        #[arg(long, default_value = "rofr.db")]
+        database: std::path::PathBuf,
+    },
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(token::Command),
@@ -107,6 +112,25 @@ pub mod exit {
     pub const VERIFICATION_FAILED: u8 = 3;
 }
 
+fn migrate(database: &std::path::Path) -> anyhow::Result<u8> {
+    let existed = database.exists();
+    let before = if existed {
+        rofr_store::SqliteStore::version_of(database)?
+    } else {
+        0
+    };
+    // Opening applies every migration not yet applied, each in its own transaction.
+    let store = rofr_store::SqliteStore::open(database)?;
+    let after = store.schema_version()?;
+    println!(
+        "{}: schema version {after} ({} migration{} applied now)",
+        database.display(),
+        after - before,
+        if after - before == 1 { "" } else { "s" }
+    );
+    Ok(exit::OK)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -124,6 +148,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => ledger::verify(args),
         Command::Serve(args) => serve::run(args),
         Command::Token(command) => token::run(command),
+        Command::Migrate { database } => migrate(&database),
         Command::Agent(args) => agent::run(args),
         Command::Need {
             connection,

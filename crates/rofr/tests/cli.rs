@@ -89,6 +89,14 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["status"], "active");
 
+    let migrated = rofr()
+        .arg("migrate")
+        .arg("--database")
+        .arg(&database)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("(0 migrations applied now)"));
+
     // A provider command with the buyer's token is refused with the server's reason.
     let (code, _, err) = run(&server, &buyer, &["rfq", "list"]);
     assert_eq!(code, 1);
