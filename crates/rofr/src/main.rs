@@ -44,6 +44,20 @@ enum Command {
     Check(check::Args),
     /// Run the broker: the HTTP API over a SQLite database.
     Serve(serve::Args),
+    /// Allocate an instance (PRODUCT.md §7.2) and write the solution.
+    ///
+    /// The strategies are the baselines an optimizer must beat; no exact optimizer is
+    /// built yet. `status` is `optimal` only when the cost meets the lower bound printed
+    /// as `bound`, which proves it; otherwise `feasible`.
+    Solve {
+        /// The instance (JSON).
+        instance: std::path::PathBuf,
+        /// Write the solution here instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[arg(long, value_parser = ["ordered", "cheapest-first"], default_value = "cheapest-first")]
+        strategy: String,
+    },
     /// Bring a database's schema up to date (the broker also does this at start).
     Migrate {
         #[arg(long, default_value = "rofr.db")]
@@ -112,6 +126,30 @@ pub mod exit {
     pub const VERIFICATION_FAILED: u8 = 3;
 }
 
+fn solve(
+    path: &std::path::Path,
+    out: Option<&std::path::Path>,
+    strategy: &str,
+) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let instance = rofr_solver::Instance::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let strategy = match strategy {
+        "ordered" => rofr_solver::Strategy::Ordered,
+        _ => rofr_solver::Strategy::CheapestFirst,
+    };
+    let solution = rofr_solver::baseline(&instance, strategy)
+        .map_err(|e| anyhow::anyhow!("the baseline found no allocation within the caps: {e}"))?;
+    let text = serde_json::to_string_pretty(&solution)? + "\n";
+    match out {
+        Some(file) => std::fs::write(file, text)
+            .with_context(|| format!("cannot write {}", file.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(exit::OK)
+}
+
 fn migrate(database: &std::path::Path) -> anyhow::Result<u8> {
     let existed = database.exists();
     let before = if existed {
@@ -149,6 +187,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Token(command) => token::run(command),
         Command::Migrate { database } => migrate(&database),
+        Command::Solve {
+            instance,
+            out,
+            strategy,
+        } => solve(&instance, out.as_deref(), &strategy),
         Command::Agent(args) => agent::run(args),
         Command::Need {
             connection,

@@ -1,0 +1,400 @@
+//! Allocation (PRODUCT.md §7.2): the instance and solution formats that any LP/MIP
+//! solver can read, parsing with errors that name the JSON path, an independent
+//! feasibility and cost checker, a valid lower bound, and the two baselines an optimizer
+//! must beat — `ordered` (providers tried in a fixed preference order, as multi-cloud
+//! launchers fail over today) and `cheapest-first` (greedy by price).
+//!
+//! Pure: no IO. An exact optimizer is not here yet.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub needs: Vec<Need>,
+    pub pools: Vec<Pool>,
+    #[serde(default)]
+    pub caps: Vec<Cap>,
+    #[serde(default)]
+    pub base_gpu_hours: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Need {
+    pub id: String,
+    pub gpus: u64,
+    pub hours: f64,
+    pub unit: u64,
+    pub shortfall_penalty: f64,
+    pub pools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub id: String,
+    pub provider: String,
+    pub gpus: u64,
+    pub price_per_gpu_hour: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cap {
+    pub provider: String,
+    pub max_share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub need: String,
+    pub pool: String,
+    pub gpus: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shortfall {
+    pub need: String,
+    pub gpus: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Solution {
+    pub allocations: Vec<Allocation>,
+    pub shortfall: Vec<Shortfall>,
+    pub cost: f64,
+    /// `optimal`, `feasible` or `infeasible` (PRODUCT.md §7.2).
+    pub status: String,
+    pub bound: f64,
+}
+
+/// An invalid instance: the JSON path at fault and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct InstanceError {
+    pub path: String,
+    pub message: String,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> InstanceError {
+    InstanceError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn non_negative(path: String, value: f64, what: &str) -> Result<(), InstanceError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("{what} must be a finite number ≥ 0, not {value}"),
+        ))
+    }
+}
+
+impl Instance {
+    /// Parses and validates an instance; every error names its JSON path.
+    pub fn parse(json: &[u8]) -> Result<Instance, InstanceError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let instance: Instance = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            invalid(
+                if path == "." {
+                    "$".to_owned()
+                } else {
+                    format!("$.{path}")
+                },
+                e.into_inner().to_string(),
+            )
+        })?;
+        instance.validate()?;
+        Ok(instance)
+    }
+
+    pub fn validate(&self) -> Result<(), InstanceError> {
+        let mut pools: HashMap<&str, usize> = HashMap::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if pools.insert(pool.id.as_str(), i).is_some() {
+                return Err(invalid(
+                    format!("$.pools[{i}].id"),
+                    format!("pool `{}` is listed twice", pool.id),
+                ));
+            }
+            non_negative(
+                format!("$.pools[{i}].price_per_gpu_hour"),
+                pool.price_per_gpu_hour,
+                "a price",
+            )?;
+        }
+        let mut needs: HashMap<&str, usize> = HashMap::new();
+        for (i, need) in self.needs.iter().enumerate() {
+            if needs.insert(need.id.as_str(), i).is_some() {
+                return Err(invalid(
+                    format!("$.needs[{i}].id"),
+                    format!("need `{}` is listed twice", need.id),
+                ));
+            }
+            non_negative(format!("$.needs[{i}].hours"), need.hours, "hours")?;
+            non_negative(
+                format!("$.needs[{i}].shortfall_penalty"),
+                need.shortfall_penalty,
+                "a shortfall penalty",
+            )?;
+            if need.unit == 0 || need.gpus % need.unit != 0 {
+                return Err(invalid(
+                    format!("$.needs[{i}].unit"),
+                    format!(
+                        "the unit must be positive and divide the need's {} GPUs, not {}",
+                        need.gpus, need.unit
+                    ),
+                ));
+            }
+            for (j, pool) in need.pools.iter().enumerate() {
+                if !pools.contains_key(pool.as_str()) {
+                    return Err(invalid(
+                        format!("$.needs[{i}].pools[{j}]"),
+                        format!("no pool `{pool}`"),
+                    ));
+                }
+            }
+        }
+        for (i, cap) in self.caps.iter().enumerate() {
+            if !(cap.max_share > 0.0 && cap.max_share <= 1.0) {
+                return Err(invalid(
+                    format!("$.caps[{i}].max_share"),
+                    format!("a share lies in (0, 1], not {}", cap.max_share),
+                ));
+            }
+        }
+        for (provider, base) in &self.base_gpu_hours {
+            non_negative(
+                format!("$.base_gpu_hours.{provider}"),
+                *base,
+                "base GPU-hours",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A valid lower bound on any solution's cost: each need at its cheapest option
+    /// (a pool it may use, or shortfall), ignoring capacities, caps and units.
+    pub fn lower_bound(&self) -> f64 {
+        let price: HashMap<&str, f64> = self
+            .pools
+            .iter()
+            .map(|p| (p.id.as_str(), p.price_per_gpu_hour))
+            .collect();
+        self.needs
+            .iter()
+            .map(|n| {
+                let cheapest = n
+                    .pools
+                    .iter()
+                    .map(|p| price[p.as_str()])
+                    .fold(n.shortfall_penalty, f64::min);
+                n.gpus as f64 * n.hours * cheapest
+            })
+            .sum()
+    }
+}
+
+/// Why a solution is not feasible for its instance.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Infeasible(pub String);
+
+/// Checks every constraint of §7.2 and returns the solution's cost.
+pub fn check(instance: &Instance, allocations: &[Allocation]) -> Result<f64, Infeasible> {
+    let pools: HashMap<&str, &Pool> = instance.pools.iter().map(|p| (p.id.as_str(), p)).collect();
+    let needs: HashMap<&str, &Need> = instance.needs.iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut per_need: HashMap<&str, u64> = HashMap::new();
+    let mut per_pool: HashMap<&str, u64> = HashMap::new();
+    let mut per_provider: HashMap<&str, f64> = HashMap::new();
+    let mut total_hours = 0.0;
+    let mut cost = 0.0;
+    for a in allocations {
+        let need = needs
+            .get(a.need.as_str())
+            .ok_or_else(|| Infeasible(format!("unknown need `{}`", a.need)))?;
+        let pool = pools
+            .get(a.pool.as_str())
+            .ok_or_else(|| Infeasible(format!("unknown pool `{}`", a.pool)))?;
+        if !need.pools.contains(&a.pool) {
+            return Err(Infeasible(format!(
+                "need `{}` may not use pool `{}`",
+                a.need, a.pool
+            )));
+        }
+        if a.gpus % need.unit != 0 {
+            return Err(Infeasible(format!(
+                "{} GPUs of need `{}` is not a multiple of its unit {}",
+                a.gpus, a.need, need.unit
+            )));
+        }
+        *per_need.entry(&a.need).or_default() += a.gpus;
+        *per_pool.entry(&a.pool).or_default() += a.gpus;
+        let hours = a.gpus as f64 * need.hours;
+        *per_provider.entry(&pool.provider).or_default() += hours;
+        total_hours += hours;
+        cost += hours * pool.price_per_gpu_hour;
+    }
+    for need in &instance.needs {
+        let given = per_need.get(need.id.as_str()).copied().unwrap_or(0);
+        if given > need.gpus {
+            return Err(Infeasible(format!(
+                "need `{}` gets {given} GPUs, more than its {}",
+                need.id, need.gpus
+            )));
+        }
+        cost += (need.gpus - given) as f64 * need.hours * need.shortfall_penalty;
+    }
+    for pool in &instance.pools {
+        let used = per_pool.get(pool.id.as_str()).copied().unwrap_or(0);
+        if used > pool.gpus {
+            return Err(Infeasible(format!(
+                "pool `{}` gives {used} GPUs, more than its {}",
+                pool.id, pool.gpus
+            )));
+        }
+    }
+    let base_total: f64 = instance.base_gpu_hours.values().sum();
+    for cap in &instance.caps {
+        let base = instance
+            .base_gpu_hours
+            .get(&cap.provider)
+            .copied()
+            .unwrap_or(0.0);
+        let own = base
+            + per_provider
+                .get(cap.provider.as_str())
+                .copied()
+                .unwrap_or(0.0);
+        let limit = cap.max_share * (base_total + total_hours);
+        if own > limit * (1.0 + 1e-9) + 1e-6 {
+            return Err(Infeasible(format!(
+                "provider `{}` holds {own:.1} GPU-hours, above its cap of {limit:.1}",
+                cap.provider
+            )));
+        }
+    }
+    Ok(cost)
+}
+
+/// The baseline strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Pools in the instance's order (the preference order), each giving what it has.
+    Ordered,
+    /// Cheapest pool first across all needs, while cheaper than shortfall.
+    CheapestFirst,
+}
+
+/// Allocates with a baseline strategy. Allocations that would break a cap are cut back,
+/// so the result keeps every cap unless the bases alone already break one, in which case
+/// the baseline has no answer. The status is `optimal` only when the cost meets the
+/// lower bound, which proves it; otherwise `feasible`.
+pub fn baseline(instance: &Instance, strategy: Strategy) -> Result<Solution, Infeasible> {
+    let pool_index: HashMap<&str, usize> = instance
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.as_str(), i))
+        .collect();
+    // (need index, pool index) pairs in the order the strategy tries them.
+    let mut pairs: Vec<(usize, usize)> = instance
+        .needs
+        .iter()
+        .enumerate()
+        .flat_map(|(n, need)| need.pools.iter().map(move |p| (n, p)))
+        .map(|(n, p)| (n, pool_index[p.as_str()]))
+        .collect();
+    match strategy {
+        Strategy::Ordered => pairs.sort_by_key(|&(n, p)| (n, p)),
+        Strategy::CheapestFirst => pairs.sort_by(|&(n1, p1), &(n2, p2)| {
+            let price = |p: usize| instance.pools[p].price_per_gpu_hour;
+            price(p1)
+                .total_cmp(&price(p2))
+                .then((n1, p1).cmp(&(n2, p2)))
+        }),
+    }
+    let mut left_need: Vec<u64> = instance.needs.iter().map(|n| n.gpus).collect();
+    let mut left_pool: Vec<u64> = instance.pools.iter().map(|p| p.gpus).collect();
+    let mut provider_hours: HashMap<&str, f64> = HashMap::new();
+    let base_total: f64 = instance.base_gpu_hours.values().sum();
+    let mut total_hours = 0.0;
+    let mut taken: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    for (n, p) in pairs {
+        let need = &instance.needs[n];
+        let pool = &instance.pools[p];
+        if strategy == Strategy::CheapestFirst && pool.price_per_gpu_hour >= need.shortfall_penalty
+        {
+            continue;
+        }
+        let mut room = left_need[n].min(left_pool[p]);
+        for cap in instance
+            .caps
+            .iter()
+            .filter(|c| c.provider == pool.provider && c.max_share < 1.0)
+        {
+            let own = instance
+                .base_gpu_hours
+                .get(&cap.provider)
+                .copied()
+                .unwrap_or(0.0)
+                + provider_hours
+                    .get(pool.provider.as_str())
+                    .copied()
+                    .unwrap_or(0.0);
+            let headroom =
+                (cap.max_share * (base_total + total_hours) - own) / (1.0 - cap.max_share);
+            let gpus = if need.hours > 0.0 {
+                (headroom / need.hours + 1e-9).floor().max(0.0) as u64
+            } else {
+                u64::MAX
+            };
+            room = room.min(gpus);
+        }
+        let gpus = room / need.unit * need.unit;
+        if gpus == 0 {
+            continue;
+        }
+        left_need[n] -= gpus;
+        left_pool[p] -= gpus;
+        let hours = gpus as f64 * need.hours;
+        *provider_hours.entry(&pool.provider).or_default() += hours;
+        total_hours += hours;
+        *taken.entry((n, p)).or_default() += gpus;
+    }
+    let allocations: Vec<Allocation> = taken
+        .into_iter()
+        .map(|((n, p), gpus)| Allocation {
+            need: instance.needs[n].id.clone(),
+            pool: instance.pools[p].id.clone(),
+            gpus,
+        })
+        .collect();
+    let shortfall = instance
+        .needs
+        .iter()
+        .zip(&left_need)
+        .map(|(n, left)| Shortfall {
+            need: n.id.clone(),
+            gpus: *left,
+        })
+        .collect();
+    let cost = check(instance, &allocations)?;
+    let bound = instance.lower_bound();
+    let proven = cost - bound <= 1e-9 * cost.abs().max(1.0);
+    Ok(Solution {
+        allocations,
+        shortfall,
+        cost,
+        status: if proven { "optimal" } else { "feasible" }.to_owned(),
+        bound,
+    })
+}

@@ -1,0 +1,190 @@
+//! Instances and baselines: paths in errors, the checker, the bound, and baselines
+//! against brute-force optima on small instances.
+
+use proptest::prelude::*;
+use rofr_solver::{baseline, check, Allocation, Instance, Strategy as Baseline};
+
+const EXAMPLE: &str = r#"{
+  "needs": [ { "id": "n1", "gpus": 64, "hours": 720, "unit": 8, "shortfall_penalty": 50.0, "pools": ["oci-a"] } ],
+  "pools": [ { "id": "oci-a", "provider": "oci", "gpus": 512, "price_per_gpu_hour": 3.9 } ],
+  "caps": [ { "provider": "oci", "max_share": 0.4 } ],
+  "base_gpu_hours": { "oci": 100000, "azure": 800000 }
+}"#;
+
+#[test]
+fn the_product_example_costs_what_the_product_says_and_is_proven_optimal() {
+    let instance = Instance::parse(EXAMPLE.as_bytes()).unwrap();
+    for strategy in [Baseline::Ordered, Baseline::CheapestFirst] {
+        let solution = baseline(&instance, strategy).unwrap();
+        assert_eq!(solution.cost, 179712.0);
+        assert_eq!(solution.status, "optimal", "the cost meets the lower bound");
+        assert_eq!(
+            solution.allocations,
+            vec![Allocation {
+                need: "n1".into(),
+                pool: "oci-a".into(),
+                gpus: 64
+            }]
+        );
+    }
+}
+
+#[test]
+fn invalid_instances_name_the_json_path() {
+    let cases = [
+        (
+            EXAMPLE.replace(r#""pools": ["oci-a"]"#, r#""pools": ["cw-b"]"#),
+            "$.needs[0].pools[0]",
+        ),
+        (
+            EXAMPLE.replace(r#""gpus": 64"#, r#""gpus": -64"#),
+            "$.needs[0].gpus",
+        ),
+        (
+            EXAMPLE.replace(r#""unit": 8"#, r#""unit": 7"#),
+            "$.needs[0].unit",
+        ),
+        (
+            EXAMPLE.replace(r#""max_share": 0.4"#, r#""max_share": 1.5"#),
+            "$.caps[0].max_share",
+        ),
+        (
+            EXAMPLE.replace(r#""max_share": 0.4"#, r#""max_share": 0"#),
+            "$.caps[0].max_share",
+        ),
+        (
+            EXAMPLE.replace(
+                r#""price_per_gpu_hour": 3.9"#,
+                r#""price_per_gpu_hour": -3.9"#,
+            ),
+            "$.pools[0].price_per_gpu_hour",
+        ),
+        (
+            EXAMPLE.replace(r#""hours": 720"#, r#""hours": 720, "colour": 1"#),
+            "$.needs[0]",
+        ),
+    ];
+    for (text, path) in cases {
+        let error = Instance::parse(text.as_bytes()).unwrap_err();
+        assert!(error.path.starts_with(path), "{path}: {error}");
+    }
+}
+
+#[test]
+fn the_checker_refuses_each_broken_constraint() {
+    let instance = Instance::parse(EXAMPLE.as_bytes()).unwrap();
+    let alloc = |gpus| {
+        vec![Allocation {
+            need: "n1".into(),
+            pool: "oci-a".into(),
+            gpus,
+        }]
+    };
+    assert!(
+        check(&instance, &alloc(60)).is_err(),
+        "not a multiple of the unit"
+    );
+    assert!(check(&instance, &alloc(72)).is_err(), "more than the need");
+    let capped = EXAMPLE.replace(r#""max_share": 0.4"#, r#""max_share": 0.12"#);
+    let capped = Instance::parse(capped.as_bytes()).unwrap();
+    assert!(check(&capped, &alloc(64)).is_err(), "breaks the cap");
+    let solution = baseline(&capped, Baseline::CheapestFirst).unwrap();
+    assert!(
+        solution.allocations.iter().map(|a| a.gpus).sum::<u64>() < 64,
+        "the baseline cuts back under the cap"
+    );
+    assert_eq!(solution.status, "feasible");
+}
+
+fn instance_strategy() -> impl Strategy<Value = Instance> {
+    let need = (
+        prop::sample::select(vec![4u64, 8]),
+        1u64..4,
+        1u32..50,
+        prop::sample::subsequence(vec![0usize, 1, 2], 1..=3),
+        1u32..20,
+    )
+        .prop_map(|(unit, units, hours, pools, penalty)| {
+            (unit, unit * units, hours, pools, penalty)
+        });
+    (
+        prop::collection::vec(need, 1..=2),
+        prop::collection::vec((0u64..20, 1u32..15, 0usize..2), 3),
+        prop::option::of(1u32..10),
+    )
+        .prop_map(|(needs, pools, cap)| {
+            let json = serde_json::json!({
+                "needs": needs.iter().enumerate().map(|(i, (unit, gpus, hours, ps, penalty))| serde_json::json!({
+                    "id": format!("n{i}"), "gpus": gpus, "hours": hours, "unit": unit,
+                    "shortfall_penalty": *penalty as f64, "pools": ps.iter().map(|p| format!("p{p}")).collect::<Vec<_>>()
+                })).collect::<Vec<_>>(),
+                "pools": pools.iter().enumerate().map(|(i, (gpus, price, provider))| serde_json::json!({
+                    "id": format!("p{i}"), "provider": format!("c{provider}"), "gpus": gpus, "price_per_gpu_hour": *price as f64
+                })).collect::<Vec<_>>(),
+                "caps": cap.map(|c| vec![serde_json::json!({"provider": "c0", "max_share": c as f64 / 10.0})]).unwrap_or_default(),
+                "base_gpu_hours": {"c1": 200.0},
+            });
+            Instance::parse(json.to_string().as_bytes()).unwrap()
+        })
+}
+
+/// The cheapest feasible allocation, by trying every one.
+fn brute_force(instance: &Instance) -> f64 {
+    let pairs: Vec<(usize, String, u64)> = instance
+        .needs
+        .iter()
+        .enumerate()
+        .flat_map(|(n, need)| need.pools.iter().map(move |p| (n, p.clone(), need.unit)))
+        .collect();
+    let mut best = f64::INFINITY;
+    let mut counts = vec![0u64; pairs.len()];
+    loop {
+        let allocations: Vec<Allocation> = pairs
+            .iter()
+            .zip(&counts)
+            .filter(|(_, c)| **c > 0)
+            .map(|((n, p, unit), c)| Allocation {
+                need: instance.needs[*n].id.clone(),
+                pool: p.clone(),
+                gpus: c * unit,
+            })
+            .collect();
+        if let Ok(cost) = check(instance, &allocations) {
+            best = best.min(cost);
+        }
+        // Next combination: each pair takes 0..=gpus/unit units of its need.
+        let mut i = 0;
+        loop {
+            if i == pairs.len() {
+                return best;
+            }
+            let max = instance.needs[pairs[i].0].gpus / pairs[i].2;
+            if counts[i] < max {
+                counts[i] += 1;
+                break;
+            }
+            counts[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn baselines_are_feasible_and_never_beat_the_optimum_nor_the_bound(instance in instance_strategy()) {
+        let optimum = brute_force(&instance);
+        let bound = instance.lower_bound();
+        prop_assert!(bound <= optimum + 1e-6, "bound {bound} above the optimum {optimum}");
+        for strategy in [Baseline::Ordered, Baseline::CheapestFirst] {
+            if let Ok(solution) = baseline(&instance, strategy) {
+                prop_assert_eq!(check(&instance, &solution.allocations).unwrap(), solution.cost);
+                prop_assert!(solution.cost + 1e-6 >= optimum, "{strategy:?} {} below the optimum {optimum}", solution.cost);
+                if solution.status == "optimal" {
+                    prop_assert!((solution.cost - optimum).abs() < 1e-6, "claimed optimal but the optimum is {optimum}");
+                }
+            }
+        }
+    }
+}
