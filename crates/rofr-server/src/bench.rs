@@ -420,3 +420,88 @@ pub fn bench_ledger(entries: u64) -> Result<LedgerReport, String> {
         audit_ok: audit.problem.is_none() && audit.entries == entries,
     })
 }
+
+/// A seeded allocation instance: `needs` needs over `pools` pools of `providers`
+/// providers, with `caps` providers capped.
+pub fn generate_instance(
+    seed: u64,
+    needs: usize,
+    pools: usize,
+    caps: usize,
+) -> rofr_solver::Instance {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let providers = (pools / 4).max(2);
+    let pool_list: Vec<rofr_solver::Pool> = (0..pools)
+        .map(|p| rofr_solver::Pool {
+            id: format!("p{p}"),
+            provider: format!("c{}", p % providers),
+            gpus: [256u64, 512, 1024, 2048][rng.random_range(0..4)],
+            price_per_gpu_hour: (rng.random_range(250..700) as f64) / 100.0,
+        })
+        .collect();
+    let need_list: Vec<rofr_solver::Need> = (0..needs)
+        .map(|n| {
+            let unit = [1u64, 4, 8][rng.random_range(0..3)];
+            let k = rng.random_range(2..6).min(pools);
+            let mut chosen: Vec<String> = Vec::new();
+            while chosen.len() < k {
+                let p = format!("p{}", rng.random_range(0..pools));
+                if !chosen.contains(&p) {
+                    chosen.push(p);
+                }
+            }
+            rofr_solver::Need {
+                id: format!("n{n}"),
+                gpus: unit * rng.random_range(1..32),
+                hours: rng.random_range(24..720) as f64,
+                unit,
+                shortfall_penalty: (rng.random_range(500..1500) as f64) / 100.0,
+                pools: chosen,
+            }
+        })
+        .collect();
+    let cap_list = (0..caps.min(providers))
+        .map(|c| rofr_solver::Cap {
+            provider: format!("c{c}"),
+            max_share: 0.15 + 0.05 * (c % 4) as f64,
+        })
+        .collect();
+    let base = (0..providers)
+        .map(|c| (format!("c{c}"), 10_000.0))
+        .collect();
+    rofr_solver::Instance {
+        needs: need_list,
+        pools: pool_list,
+        caps: cap_list,
+        base_gpu_hours: base,
+    }
+}
+
+/// One row of `rofr bench solve`.
+pub fn bench_solve_row(needs: usize, pools: usize, caps: usize, limit: Duration) -> String {
+    let instance = generate_instance(42, needs, pools, caps);
+    instance.validate().expect("generated instances are valid");
+    let started = Instant::now();
+    let solved = rofr_solver::exact(&instance, Some(limit));
+    let seconds = started.elapsed().as_secs_f64();
+    let ordered = rofr_solver::baseline(&instance, rofr_solver::Strategy::Ordered);
+    let greedy = rofr_solver::baseline(&instance, rofr_solver::Strategy::CheapestFirst);
+    let shortfall = |s: &rofr_solver::Solution| s.shortfall.iter().map(|x| x.gpus).sum::<u64>();
+    let show = |r: &Result<rofr_solver::Solution, rofr_solver::Infeasible>| match r {
+        Ok(s) => format!("{:>14.0} ({:>5} short)", s.cost, shortfall(s)),
+        Err(_) => format!("{:>28}", "no answer"),
+    };
+    match &solved {
+        Ok(s) => format!(
+            "{needs:>6} x {pools:<4} caps {caps:<2} {:>8} {seconds:>7.2} s  cost {:>14.0}  gap {:>6.3}%  | ordered {} | cheapest-first {}",
+            s.status,
+            s.cost,
+            (s.cost - s.bound) / s.cost.abs().max(1.0) * 100.0,
+            show(&ordered),
+            show(&greedy)
+        ),
+        Err(e) => format!("{needs:>6} x {pools:<4} caps {caps:<2} failed after {seconds:.2} s: {e}"),
+    }
+}

@@ -4,7 +4,10 @@
 //! must beat — `ordered` (providers tried in a fixed preference order, as multi-cloud
 //! launchers fail over today) and `cheapest-first` (greedy by price).
 //!
-//! Pure: no IO. An exact optimizer is not here yet.
+//! The optimizer, [`exact`], states the problem as a mixed-integer program and solves it
+//! with `microlp` (pure Rust branch and bound); its answer is re-checked by [`check`].
+//!
+//! Pure: no IO.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -397,4 +400,161 @@ pub fn baseline(instance: &Instance, strategy: Strategy) -> Result<Solution, Inf
         status: if proven { "optimal" } else { "feasible" }.to_owned(),
         bound,
     })
+}
+
+/// Solves the instance exactly: integer multiples of each need's unit per pool, under
+/// pool sizes and caps, at least cost. `optimal` when branch and bound finished the
+/// proof within `time_limit`; otherwise `feasible` with the lower bound of
+/// [`Instance::lower_bound`]. `infeasible` when the solver proved no allocation keeps
+/// every cap.
+pub fn exact(
+    instance: &Instance,
+    time_limit: Option<std::time::Duration>,
+) -> Result<Solution, Infeasible> {
+    use microlp::{ComparisonOp, OptimizationDirection, Problem, SolutionStatus};
+    let pool_index: HashMap<&str, usize> = instance
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.as_str(), i))
+        .collect();
+    let mut problem = Problem::new(OptimizationDirection::Minimize);
+    // One integer variable per (need, pool): how many units of the need the pool gives.
+    let mut vars = Vec::new();
+    for (n, need) in instance.needs.iter().enumerate() {
+        for pool_id in &need.pools {
+            let p = pool_index[pool_id.as_str()];
+            let pool = &instance.pools[p];
+            let most = (need.gpus.min(pool.gpus) / need.unit).min(i32::MAX as u64) as i32;
+            // Shortfall is priced by difference: placing a GPU saves its penalty.
+            let per_unit =
+                need.unit as f64 * need.hours * (pool.price_per_gpu_hour - need.shortfall_penalty);
+            vars.push((n, p, problem.add_integer_var(per_unit, (0, most))));
+        }
+    }
+    for (n, need) in instance.needs.iter().enumerate() {
+        let terms: Vec<_> = vars
+            .iter()
+            .filter(|v| v.0 == n)
+            .map(|v| (v.2, need.unit as f64))
+            .collect();
+        if !terms.is_empty() {
+            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, need.gpus as f64);
+        }
+    }
+    for (p, pool) in instance.pools.iter().enumerate() {
+        let terms: Vec<_> = vars
+            .iter()
+            .filter(|v| v.1 == p)
+            .map(|v| (v.2, instance.needs[v.0].unit as f64))
+            .collect();
+        if !terms.is_empty() {
+            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, pool.gpus as f64);
+        }
+    }
+    let base_total: f64 = instance.base_gpu_hours.values().sum();
+    for cap in instance.caps.iter().filter(|c| c.max_share < 1.0) {
+        let base = instance
+            .base_gpu_hours
+            .get(&cap.provider)
+            .copied()
+            .unwrap_or(0.0);
+        let terms: Vec<_> = vars
+            .iter()
+            .map(|&(n, p, v)| {
+                let need = &instance.needs[n];
+                let own = if instance.pools[p].provider == cap.provider {
+                    1.0
+                } else {
+                    0.0
+                };
+                (v, need.unit as f64 * need.hours * (own - cap.max_share))
+            })
+            .filter(|(_, c)| *c != 0.0)
+            .collect();
+        if !terms.is_empty() {
+            problem.add_constraint(
+                terms.as_slice(),
+                ComparisonOp::Le,
+                cap.max_share * base_total - base,
+            );
+        }
+    }
+    let mut options = microlp::SolveOptions::default();
+    options.time_limit = time_limit;
+    let outcome = match problem.solve_with(options) {
+        Ok(outcome) => outcome,
+        Err(microlp::Error::Infeasible) => {
+            return Ok(Solution {
+                allocations: Vec::new(),
+                shortfall: Vec::new(),
+                cost: f64::INFINITY,
+                status: "infeasible".into(),
+                bound: f64::INFINITY,
+            })
+        }
+        Err(error) => return Err(Infeasible(format!("the solver failed: {error}"))),
+    };
+    // Without a proof the answer is the best allocation known: the solver's
+    // incumbent or a baseline, whichever costs less.
+    let best_baseline = || {
+        [Strategy::CheapestFirst, Strategy::Ordered]
+            .into_iter()
+            .filter_map(|s| baseline(instance, s).ok())
+            .min_by(|a, b| a.cost.total_cmp(&b.cost))
+            .map(|mut s| {
+                s.status = "feasible".into();
+                s
+            })
+    };
+    let Some(found) = outcome.solution() else {
+        return best_baseline().ok_or_else(|| {
+            Infeasible(
+                "the time limit passed before any allocation within the caps was found".into(),
+            )
+        });
+    };
+    let mut given = vec![0u64; instance.needs.len()];
+    let allocations: Vec<Allocation> = vars
+        .iter()
+        .filter_map(|&(n, p, v)| {
+            let units = found.var_value(v).round() as u64;
+            (units > 0).then(|| {
+                given[n] += units * instance.needs[n].unit;
+                Allocation {
+                    need: instance.needs[n].id.clone(),
+                    pool: instance.pools[p].id.clone(),
+                    gpus: units * instance.needs[n].unit,
+                }
+            })
+        })
+        .collect();
+    let cost = check(instance, &allocations)?;
+    let optimal = found.status() == SolutionStatus::Optimal;
+    let shortfall = instance
+        .needs
+        .iter()
+        .zip(&given)
+        .map(|(n, g)| Shortfall {
+            need: n.id.clone(),
+            gpus: n.gpus - g,
+        })
+        .collect();
+    let solved = Solution {
+        allocations,
+        shortfall,
+        cost,
+        status: if optimal { "optimal" } else { "feasible" }.into(),
+        bound: if optimal {
+            cost
+        } else {
+            instance.lower_bound()
+        },
+    };
+    if !optimal {
+        if let Some(better) = best_baseline().filter(|b| b.cost < solved.cost) {
+            return Ok(better);
+        }
+    }
+    Ok(solved)
 }

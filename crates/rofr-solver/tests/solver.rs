@@ -2,7 +2,7 @@
 //! against brute-force optima on small instances.
 
 use proptest::prelude::*;
-use rofr_solver::{baseline, check, Allocation, Instance, Strategy as Baseline};
+use rofr_solver::{baseline, check, exact, Allocation, Instance, Strategy as Baseline};
 
 const EXAMPLE: &str = r#"{
   "needs": [ { "id": "n1", "gpus": 64, "hours": 720, "unit": 8, "shortfall_penalty": 50.0, "pools": ["oci-a"] } ],
@@ -27,6 +27,42 @@ fn the_product_example_costs_what_the_product_says_and_is_proven_optimal() {
             }]
         );
     }
+}
+
+#[test]
+fn a_binding_cap_and_rounding_to_units_are_solved_exactly() {
+    // Two pools: a cheap one whose provider is capped at 30%, a dear one; units of 8.
+    let text = r#"{
+      "needs": [ { "id": "n1", "gpus": 64, "hours": 10, "unit": 8, "shortfall_penalty": 100.0, "pools": ["cheap", "dear"] } ],
+      "pools": [ { "id": "cheap", "provider": "a", "gpus": 64, "price_per_gpu_hour": 1.0 },
+                 { "id": "dear", "provider": "b", "gpus": 64, "price_per_gpu_hour": 5.0 } ],
+      "caps": [ { "provider": "a", "max_share": 0.3 } ],
+      "base_gpu_hours": { "b": 100 }
+    }"#;
+    let instance = Instance::parse(text.as_bytes()).unwrap();
+    let solved = exact(&instance, None).unwrap();
+    // a's GPU-hours 10·x ≤ 0.3·(100 + 640) = 222 → x ≤ 22.2 → 16 GPUs in units of 8.
+    let cheap: u64 = solved
+        .allocations
+        .iter()
+        .filter(|a| a.pool == "cheap")
+        .map(|a| a.gpus)
+        .sum();
+    assert_eq!(cheap, 16);
+    assert_eq!(solved.cost, 16.0 * 10.0 * 1.0 + 48.0 * 10.0 * 5.0);
+    assert_eq!(solved.status, "optimal");
+}
+
+#[test]
+fn shortfall_is_chosen_where_it_costs_less_than_supply() {
+    let text = EXAMPLE.replace(
+        r#""shortfall_penalty": 50.0"#,
+        r#""shortfall_penalty": 2.0"#,
+    );
+    let instance = Instance::parse(text.as_bytes()).unwrap();
+    let solved = exact(&instance, None).unwrap();
+    assert!(solved.allocations.is_empty());
+    assert_eq!(solved.cost, 64.0 * 720.0 * 2.0);
 }
 
 #[test]
@@ -173,9 +209,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn baselines_are_feasible_and_never_beat_the_optimum_nor_the_bound(instance in instance_strategy()) {
+    fn the_exact_solver_finds_the_brute_force_optimum_and_baselines_never_beat_it(instance in instance_strategy()) {
         let optimum = brute_force(&instance);
         let bound = instance.lower_bound();
+        let solved = exact(&instance, None).unwrap();
+        prop_assert_eq!(solved.status.as_str(), "optimal");
+        prop_assert!((solved.cost - optimum).abs() < 1e-6, "exact {} but the optimum is {optimum}", solved.cost);
+        prop_assert_eq!(check(&instance, &solved.allocations).unwrap(), solved.cost);
         prop_assert!(bound <= optimum + 1e-6, "bound {bound} above the optimum {optimum}");
         for strategy in [Baseline::Ordered, Baseline::CheapestFirst] {
             if let Ok(solution) = baseline(&instance, strategy) {

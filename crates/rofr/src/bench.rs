@@ -24,6 +24,12 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u64,
     },
+    /// The exact solver on seeded instances, beside both baselines.
+    Solve {
+        /// Time limit per instance, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        time_limit: f64,
+    },
 }
 
 pub fn run(command: Command) -> anyhow::Result<u8> {
@@ -33,6 +39,19 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             clients,
             mode,
         } => (needs, clients, mode),
+        Command::Solve { time_limit } => {
+            println!(
+                "rofr bench solve: seeded instances (seed 42), time limit {time_limit} s each"
+            );
+            for (needs, pools, caps) in [(100, 10, 0), (1000, 40, 8), (10_000, 100, 0)] {
+                let limit = std::time::Duration::from_secs_f64(time_limit);
+                println!(
+                    "{}",
+                    rofr_server::bench::bench_solve_row(needs, pools, caps, limit)
+                );
+            }
+            return Ok(exit::OK);
+        }
         Command::Ledger { entries } => {
             anyhow::ensure!(entries > 0, "--entries must be positive");
             println!("rofr bench ledger: {entries} synthetic entries of about 300 bytes");

@@ -46,17 +46,20 @@ enum Command {
     Serve(serve::Args),
     /// Allocate an instance (PRODUCT.md §7.2) and write the solution.
     ///
-    /// The strategies are the baselines an optimizer must beat; no exact optimizer is
-    /// built yet. `status` is `optimal` only when the cost meets the lower bound printed
-    /// as `bound`, which proves it; otherwise `feasible`.
+    /// `exact` solves the mixed-integer program; `status` is `optimal` only when proven,
+    /// `feasible` with a lower `bound` when the time limit cut the proof short. `ordered`
+    /// and `cheapest-first` are the baselines the optimizer must beat.
     Solve {
         /// The instance (JSON).
         instance: std::path::PathBuf,
         /// Write the solution here instead of standard output.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        #[arg(long, value_parser = ["ordered", "cheapest-first"], default_value = "cheapest-first")]
+        #[arg(long, value_parser = ["exact", "ordered", "cheapest-first"], default_value = "exact")]
         strategy: String,
+        /// Stop the exact search after this many seconds and report the best found.
+        #[arg(long, value_name = "SECONDS")]
+        time_limit: Option<f64>,
     },
     /// Bring a database's schema up to date (the broker also does this at start).
     Migrate {
@@ -130,17 +133,23 @@ fn solve(
     path: &std::path::Path,
     out: Option<&std::path::Path>,
     strategy: &str,
+    time_limit: Option<f64>,
 ) -> anyhow::Result<u8> {
     use anyhow::Context;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let instance = rofr_solver::Instance::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let strategy = match strategy {
-        "ordered" => rofr_solver::Strategy::Ordered,
-        _ => rofr_solver::Strategy::CheapestFirst,
+    let limit = match time_limit {
+        Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--time-limit must be a positive number of seconds, not {s}"),
+        None => None,
     };
-    let solution = rofr_solver::baseline(&instance, strategy)
-        .map_err(|e| anyhow::anyhow!("the baseline found no allocation within the caps: {e}"))?;
+    let solution = match strategy {
+        "ordered" => rofr_solver::baseline(&instance, rofr_solver::Strategy::Ordered),
+        "cheapest-first" => rofr_solver::baseline(&instance, rofr_solver::Strategy::CheapestFirst),
+        _ => rofr_solver::exact(&instance, limit),
+    }
+    .map_err(|e| anyhow::anyhow!("{strategy}: {e}"))?;
     let text = serde_json::to_string_pretty(&solution)? + "\n";
     match out {
         Some(file) => std::fs::write(file, text)
@@ -191,7 +200,8 @@ fn main() -> ExitCode {
             instance,
             out,
             strategy,
-        } => solve(&instance, out.as_deref(), &strategy),
+            time_limit,
+        } => solve(&instance, out.as_deref(), &strategy, time_limit),
         Command::Agent(args) => agent::run(args),
         Command::Need {
             connection,
