@@ -302,6 +302,16 @@ pub enum Strategy {
 /// the baseline has no answer. The status is `optimal` only when the cost meets the
 /// lower bound, which proves it; otherwise `feasible`.
 pub fn baseline(instance: &Instance, strategy: Strategy) -> Result<Solution, Infeasible> {
+    fill(instance, strategy, BTreeMap::new())
+}
+
+/// Adds to the allocation `start` (GPUs by need and pool index) in the order of
+/// `strategy`, as far as needs, pools and caps allow.
+fn fill(
+    instance: &Instance,
+    strategy: Strategy,
+    start: BTreeMap<(usize, usize), u64>,
+) -> Result<Solution, Infeasible> {
     let pool_index: HashMap<&str, usize> = instance
         .pools
         .iter()
@@ -330,7 +340,16 @@ pub fn baseline(instance: &Instance, strategy: Strategy) -> Result<Solution, Inf
     let mut provider_hours: HashMap<&str, f64> = HashMap::new();
     let base_total: f64 = instance.base_gpu_hours.values().sum();
     let mut total_hours = 0.0;
-    let mut taken: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    for (&(n, p), &gpus) in &start {
+        left_need[n] = left_need[n].saturating_sub(gpus);
+        left_pool[p] = left_pool[p].saturating_sub(gpus);
+        let hours = gpus as f64 * instance.needs[n].hours;
+        *provider_hours
+            .entry(&instance.pools[p].provider)
+            .or_default() += hours;
+        total_hours += hours;
+    }
+    let mut taken = start;
     for (n, p) in pairs {
         let need = &instance.needs[n];
         let pool = &instance.pools[p];
@@ -411,7 +430,103 @@ pub fn exact(
     instance: &Instance,
     time_limit: Option<std::time::Duration>,
 ) -> Result<Solution, Infeasible> {
-    use microlp::{ComparisonOp, OptimizationDirection, Problem, SolutionStatus};
+    use microlp::SolutionStatus;
+    let started = std::time::Instant::now();
+    // The relaxation first: its cost bounds every allocation from below, and rounding
+    // its answer down to whole units, then filling greedily, gives a good start.
+    let (relaxation, lp_vars) = program(instance, false);
+    let relaxed = match relaxation.solve() {
+        Ok(outcome) => outcome.solution().cloned(),
+        Err(microlp::Error::Infeasible) => return Ok(infeasible()),
+        Err(error) => return Err(Infeasible(format!("the solver failed: {error}"))),
+    };
+    let mut bound = instance.lower_bound();
+    let mut candidates: Vec<Solution> = Vec::new();
+    if let Some(lp) = &relaxed {
+        bound = bound.max(lp.objective() + constant_cost(instance));
+        let mut start = BTreeMap::new();
+        for &(n, p, v) in &lp_vars {
+            let units = (lp.var_value(v) + 1e-9).floor() as u64;
+            if units > 0 {
+                start.insert((n, p), units * instance.needs[n].unit);
+            }
+        }
+        if check(instance, &to_allocations(instance, &start)).is_ok() {
+            candidates.extend(fill(instance, Strategy::CheapestFirst, start).ok());
+        }
+    }
+    // The search gets what is left, less a margin for building its program and
+    // checking its answer, so that the whole call keeps to the limit.
+    let remaining = time_limit.map(|t| t.saturating_sub(started.elapsed()).mul_f64(0.8));
+    if remaining.is_some_and(|r| r.as_millis() < 50) && !candidates.is_empty() {
+        let mut best = candidates.remove(0);
+        best.status = "feasible".into();
+        best.bound = bound;
+        return Ok(best);
+    }
+    let (problem, vars) = program(instance, true);
+    let proven = exact_with(instance, problem, vars, remaining, SolutionStatus::Optimal)?;
+    if proven.status == "infeasible" || proven.status == "optimal" {
+        return Ok(proven);
+    }
+    candidates.push(proven);
+    let mut best = candidates
+        .into_iter()
+        .min_by(|a, b| a.cost.total_cmp(&b.cost))
+        .expect("at least the search's answer");
+    let met = best.cost - bound <= 1e-9 * best.cost.abs().max(1.0);
+    best.status = if met { "optimal" } else { "feasible" }.into();
+    best.bound = if met { best.cost } else { bound };
+    Ok(best)
+}
+
+fn infeasible() -> Solution {
+    Solution {
+        allocations: Vec::new(),
+        shortfall: Vec::new(),
+        cost: f64::INFINITY,
+        status: "infeasible".into(),
+        bound: f64::INFINITY,
+    }
+}
+
+/// The cost of leaving every need entirely short; the programs price placement against it.
+fn constant_cost(instance: &Instance) -> f64 {
+    instance
+        .needs
+        .iter()
+        .map(|n| n.gpus as f64 * n.hours * n.shortfall_penalty)
+        .sum()
+}
+
+fn to_allocations(instance: &Instance, taken: &BTreeMap<(usize, usize), u64>) -> Vec<Allocation> {
+    taken
+        .iter()
+        .map(|(&(n, p), &gpus)| Allocation {
+            need: instance.needs[n].id.clone(),
+            pool: instance.pools[p].id.clone(),
+            gpus,
+        })
+        .collect()
+}
+
+/// The least cost of the linear relaxation (GPUs need not come in units): a lower bound
+/// on every allocation's cost, far tighter than [`Instance::lower_bound`] when capacity
+/// or caps bind. `None` when the relaxation is infeasible or the solver fails.
+pub fn relaxation_bound(instance: &Instance) -> Option<f64> {
+    let (problem, _) = program(instance, false);
+    let outcome = problem.solve().ok()?;
+    outcome
+        .solution()
+        .map(|s| s.objective() + constant_cost(instance))
+}
+
+type Vars = Vec<(usize, usize, microlp::Variable)>;
+
+/// The allocation program: one variable per (need, pool) counting units of the need,
+/// integer or (for the relaxation) continuous.
+fn program(instance: &Instance, integer: bool) -> (microlp::Problem, Vars) {
+    use microlp::{ComparisonOp, OptimizationDirection, Problem};
     let pool_index: HashMap<&str, usize> = instance
         .pools
         .iter()
@@ -429,7 +544,12 @@ pub fn exact(
             // Shortfall is priced by difference: placing a GPU saves its penalty.
             let per_unit =
                 need.unit as f64 * need.hours * (pool.price_per_gpu_hour - need.shortfall_penalty);
-            vars.push((n, p, problem.add_integer_var(per_unit, (0, most))));
+            let var = if integer {
+                problem.add_integer_var(per_unit, (0, most))
+            } else {
+                problem.add_var(per_unit, (0.0, f64::from(most)))
+            };
+            vars.push((n, p, var));
         }
     }
     for (n, need) in instance.needs.iter().enumerate() {
@@ -480,19 +600,21 @@ pub fn exact(
             );
         }
     }
+    (problem, vars)
+}
+
+fn exact_with(
+    instance: &Instance,
+    problem: microlp::Problem,
+    vars: Vars,
+    time_limit: Option<std::time::Duration>,
+    proven: microlp::SolutionStatus,
+) -> Result<Solution, Infeasible> {
     let mut options = microlp::SolveOptions::default();
     options.time_limit = time_limit;
     let outcome = match problem.solve_with(options) {
         Ok(outcome) => outcome,
-        Err(microlp::Error::Infeasible) => {
-            return Ok(Solution {
-                allocations: Vec::new(),
-                shortfall: Vec::new(),
-                cost: f64::INFINITY,
-                status: "infeasible".into(),
-                bound: f64::INFINITY,
-            })
-        }
+        Err(microlp::Error::Infeasible) => return Ok(infeasible()),
         Err(error) => return Err(Infeasible(format!("the solver failed: {error}"))),
     };
     // Without a proof the answer is the best allocation known: the solver's
@@ -530,7 +652,7 @@ pub fn exact(
         })
         .collect();
     let cost = check(instance, &allocations)?;
-    let optimal = found.status() == SolutionStatus::Optimal;
+    let optimal = found.status() == proven;
     let shortfall = instance
         .needs
         .iter()

@@ -217,6 +217,9 @@ proptest! {
         prop_assert!((solved.cost - optimum).abs() < 1e-6, "exact {} but the optimum is {optimum}", solved.cost);
         prop_assert_eq!(check(&instance, &solved.allocations).unwrap(), solved.cost);
         prop_assert!(bound <= optimum + 1e-6, "bound {bound} above the optimum {optimum}");
+        if let Some(relaxed) = rofr_solver::relaxation_bound(&instance) {
+            prop_assert!(relaxed <= optimum + 1e-6, "relaxation {relaxed} above the optimum {optimum}");
+        }
         for strategy in [Baseline::Ordered, Baseline::CheapestFirst] {
             if let Ok(solution) = baseline(&instance, strategy) {
                 prop_assert_eq!(check(&instance, &solution.allocations).unwrap(), solution.cost);
@@ -227,4 +230,26 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn the_relaxation_bound_lies_between_the_simple_bound_and_the_optimum() {
+    let text = r#"{
+      "needs": [ { "id": "n1", "gpus": 64, "hours": 10, "unit": 8, "shortfall_penalty": 100.0, "pools": ["cheap", "dear"] } ],
+      "pools": [ { "id": "cheap", "provider": "a", "gpus": 64, "price_per_gpu_hour": 1.0 },
+                 { "id": "dear", "provider": "b", "gpus": 64, "price_per_gpu_hour": 5.0 } ],
+      "caps": [ { "provider": "a", "max_share": 0.3 } ],
+      "base_gpu_hours": { "b": 100 }
+    }"#;
+    let instance = Instance::parse(text.as_bytes()).unwrap();
+    let optimum = exact(&instance, None).unwrap().cost;
+    let relaxed = rofr_solver::relaxation_bound(&instance).unwrap();
+    assert!(
+        instance.lower_bound() < relaxed,
+        "the cap binds, so the relaxation is tighter"
+    );
+    assert!(
+        relaxed <= optimum + 1e-6,
+        "relaxation {relaxed} above the optimum {optimum}"
+    );
 }
