@@ -462,14 +462,17 @@ pub fn generate_instance(
             }
         })
         .collect();
-    let cap_list = (0..caps.min(providers))
+    let capped = caps.min(providers);
+    let cap_list = (0..capped)
         .map(|c| rofr_solver::Cap {
             provider: format!("c{c}"),
             max_share: 0.15 + 0.05 * (c % 4) as f64,
         })
         .collect();
+    // Usage from before: small at the capped providers, so that the bases alone keep
+    // every cap.
     let base = (0..providers)
-        .map(|c| (format!("c{c}"), 10_000.0))
+        .map(|c| (format!("c{c}"), if c < capped { 1_000.0 } else { 10_000.0 }))
         .collect();
     rofr_solver::Instance {
         needs: need_list,

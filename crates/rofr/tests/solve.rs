@@ -50,3 +50,67 @@ fn an_invalid_instance_is_refused_naming_the_json_path() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("$.needs[0].pools[0]: no pool `cw-b`"));
 }
+
+/// HiGHS, an independent MIP solver given the same instances, finds nothing cheaper
+/// than what `rofr solve` reports `optimal`, and nothing dearer than any answer.
+#[test]
+fn an_independent_solver_finds_no_cheaper_allocation() {
+    let highs = std::process::Command::new("python3")
+        .args(["-c", "import highspy"])
+        .status();
+    if !highs.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIPPED: python3 with the `highspy` package is not installed (.ci/run installs it)"
+        );
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/check-allocation.py"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut optimal = 0;
+    for seed in 1..=6u64 {
+        let instance = rofr_server::bench::generate_instance(seed, 40, 16, 2);
+        let file = dir.path().join(format!("instance-{seed}.json"));
+        std::fs::write(&file, serde_json::to_string(&instance).unwrap()).unwrap();
+        for strategy in ["exact", "ordered", "cheapest-first"] {
+            let out = dir.path().join(format!("solution-{seed}-{strategy}.json"));
+            let solved = rofr()
+                .args([
+                    "solve",
+                    file.to_str().unwrap(),
+                    "--strategy",
+                    strategy,
+                    "--time-limit",
+                    "20",
+                    "--out",
+                ])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                solved.status.success(),
+                "{}",
+                String::from_utf8_lossy(&solved.stderr)
+            );
+            let solution: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            if strategy == "exact" && solution["status"] == "optimal" {
+                optimal += 1;
+            }
+            let checked = std::process::Command::new("python3")
+                .arg(script)
+                .arg(&file)
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                checked.status.success(),
+                "seed {seed} {strategy}: {}",
+                stdout(&checked)
+            );
+        }
+    }
+    assert!(optimal >= 4, "only {optimal} of 6 instances proven optimal");
+}
