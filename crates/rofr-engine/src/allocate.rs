@@ -1,4 +1,4 @@
-//! The simple allocation the engine uses until an exact optimizer takes its place:
+//! The greedy allocation the engine falls back on should the exact solver ever fail:
 //! cheapest conforming quotes first, each as far as caps allow.
 
 use crate::types::{Gpus, Price, ProviderId};

@@ -14,6 +14,9 @@ use crate::need::NeedSpec;
 use crate::state::{AwardStatus, HolderOffer, NeedState, OfferKind, OfferStatus, RfqStatus, State};
 use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
 
+/// The most needs allocated together in one sourcing decision.
+const BATCH_LIMIT: usize = 64;
+
 /// The engine: a deal, the state folded from every event so far, and the time the last
 /// `Tick` brought. Commands are judged as of that time.
 #[derive(Debug, Clone)]
@@ -89,7 +92,22 @@ impl Engine {
                 now: due,
                 out: Vec::new(),
             };
-            step.fire(&id);
+            // Needs whose sourcing rounds close at this same moment are allocated
+            // together, so that the caps are shared out at least cost.
+            let batch: Vec<NeedId> = step
+                .state
+                .agenda
+                .range((due, id.clone())..)
+                .take_while(|(at, _)| *at == due)
+                .map(|(_, id)| id.clone())
+                .filter(|id| step.only_quotes_due(id))
+                .take(BATCH_LIMIT)
+                .collect();
+            if batch.len() > 1 && batch[0] == id {
+                step.close_sourcing_together(&batch);
+            } else {
+                step.fire(&id);
+            }
             let progressed = !step.out.is_empty();
             out.append(&mut step.out);
             if !progressed && self.state.agenda.first() == Some(&(due, id.clone())) {
@@ -1005,44 +1023,249 @@ impl Step<'_> {
     }
 
     fn close_sourcing(&mut self, id: &NeedId) {
+        self.close_sourcing_together(std::slice::from_ref(id));
+    }
+
+    /// True when the only thing due for a need now is the close of its sourcing round:
+    /// such needs are allocated together.
+    fn only_quotes_due(&self, id: &NeedId) -> bool {
         let need = self.need(id);
-        let round = need.round;
-        let quotes: Vec<QuoteOffer> = need
+        need.sourcing_open
+            && need
+                .rfqs
+                .iter()
+                .any(|r| r.status == RfqStatus::Open && r.deadline <= self.now)
+            && !need.open_offers().any(|o| o.deadline <= self.now)
+            && !need.awards.iter().any(|a| {
+                a.status == AwardStatus::Made && a.confirm_by.is_some_and(|c| c <= self.now)
+            })
+            && need.fulfilled_until.is_none_or(|end| end > self.now)
+    }
+
+    /// Closes the sourcing rounds of `ids` at once: their quotes are allocated together,
+    /// exactly, under the caps; then each need's share is routed in id order.
+    fn close_sourcing_together(&mut self, ids: &[NeedId]) {
+        let plans = self.plan_sourcing(ids);
+        for (id, plans) in ids.iter().zip(plans) {
+            let need = self.need(id);
+            let (round, wanted) = (need.round, need.free());
+            let quotes = need
+                .rfqs
+                .iter()
+                .filter(|r| matches!(r.status, RfqStatus::Quoted { .. }))
+                .count() as u32;
+            let planned_gpus: Gpus = plans.iter().map(|p| p.gpus).sum();
+            self.emit(
+                id,
+                EventKind::SourcingClosed {
+                    round,
+                    quotes,
+                    planned_gpus,
+                },
+            );
+            for plan in self.in_award_order(id, plans) {
+                self.route(id, plan);
+            }
+            let need = self.need(id);
+            if !need.in_flight() && need.free() > Gpus::ZERO && need.spec.decide_by > self.now {
+                let reason = format!(
+                    "quotes covered {planned_gpus} of the {wanted} GPUs sought in round {round}"
+                );
+                self.wait(id, &reason);
+            }
+            self.next_step(id);
+        }
+    }
+
+    /// The least-cost placement of the quotes of `ids` under every cap, found by the
+    /// exact solver (`rofr-solver`), favouring providers with a commitment in its
+    /// period where that costs nothing.
+    fn plan_sourcing(&self, ids: &[NeedId]) -> Vec<Vec<Plan>> {
+        use rofr_solver::{Instance, Need, Pool, Settings, ShareLimit};
+        let mut instance = Instance {
+            needs: Vec::new(),
+            pools: Vec::new(),
+            caps: Vec::new(),
+            base_gpu_hours: Default::default(),
+        };
+        // Pool index → (need index, provider, price).
+        let mut origin: Vec<(usize, ProviderId, Price)> = Vec::new();
+        let mut offers: Vec<Vec<QuoteOffer>> = vec![Vec::new(); ids.len()];
+        for (n, id) in ids.iter().enumerate() {
+            let need = self.need(id);
+            let mut pools = Vec::new();
+            let mut dearest = need.spec.max_price_per_gpu_hour.dollars();
+            for rfq in &need.rfqs {
+                let RfqStatus::Quoted { gpus, price } = rfq.status else {
+                    continue;
+                };
+                // A provider already at its cap can take nothing.
+                if self.cap_room(id, &rfq.provider, price, &[]) == Gpus::ZERO {
+                    continue;
+                }
+                let pool = format!("{n}/{}", rfq.provider);
+                instance.pools.push(Pool {
+                    id: pool.clone(),
+                    provider: rfq.provider.to_string(),
+                    gpus: u64::from(gpus.get()),
+                    price_per_gpu_hour: price.dollars(),
+                });
+                origin.push((n, rfq.provider.clone(), price));
+                offers[n].push(QuoteOffer {
+                    provider: rfq.provider.clone(),
+                    gpus,
+                    price,
+                });
+                dearest = dearest.max(price.dollars());
+                pools.push(pool);
+            }
+            instance.needs.push(Need {
+                id: id.to_string(),
+                gpus: u64::from(need.free().get()),
+                hours: f64::from(need.spec.hours),
+                unit: 1,
+                // Dearer than every quote: whatever can be placed is.
+                shortfall_penalty: dearest + 1.0,
+                pools,
+            });
+        }
+        let mut limits = Vec::new();
+        let quoting: std::collections::BTreeSet<&ProviderId> =
+            origin.iter().map(|(_, provider, _)| provider).collect();
+        for cap in self.deal.caps.iter().filter(|c| c.max_share < 1.0) {
+            for provider in &quoting {
+                let exempt = self
+                    .deal
+                    .first_refusals
+                    .iter()
+                    .any(|fr| fr.term.covers(self.now) && &fr.holder == *provider);
+                if !cap.applies_to(provider, exempt.then_some(*provider)) {
+                    continue;
+                }
+                let (total, own) = cap_usage(cap, self.state, provider, self.now);
+                limits.push(ShareLimit {
+                    provider: provider.to_string(),
+                    max_share: cap.max_share,
+                    spend: cap.basis == CapBasis::Spend,
+                    own,
+                    total,
+                });
+            }
+        }
+        let preferred = self
+            .deal
+            .commitments
+            .iter()
+            .filter(|c| c.period.covers(self.now))
+            .map(|c| c.provider.to_string())
+            .collect();
+        let settings = Settings {
+            limits,
+            preferred,
+            // No time limit: the answer must not depend on the machine's speed.
+            time_limit: None,
+        };
+        let mut plans: Vec<Vec<Plan>> = vec![Vec::new(); ids.len()];
+        match rofr_solver::solve(&instance, &settings) {
+            Ok(solution) if solution.status != "infeasible" => {
+                let index: std::collections::HashMap<&str, usize> = instance
+                    .pools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.id.as_str(), i))
+                    .collect();
+                for allocation in &solution.allocations {
+                    let (n, provider, price) = &origin[index[allocation.pool.as_str()]];
+                    plans[*n].push(Plan {
+                        provider: provider.clone(),
+                        gpus: Gpus(allocation.gpus as u32),
+                        price: *price,
+                    });
+                }
+            }
+            // The solver cannot fail on these instances (nothing placed keeps every
+            // cap); should it ever, the greedy allocation still keeps them.
+            _ => {
+                for (n, id) in ids.iter().enumerate() {
+                    plans[n] =
+                        cheapest_first(self.need(id).free(), &offers[n], |p, price, planned| {
+                            self.cap_room(id, p, price, planned)
+                        });
+                }
+            }
+        }
+        plans
+    }
+
+    /// Puts a need's plans in the order its awards will be made, so that each award
+    /// keeps every cap at the moment it is made (I3 is judged award by award, while the
+    /// solver judges the caps on the final totals): uncapped providers first, then by
+    /// price; a plan is trimmed to its provider's room, and what trimming left unplaced
+    /// goes to the cheapest quotes that still have room.
+    fn in_award_order(&self, id: &NeedId, mut plans: Vec<Plan>) -> Vec<Plan> {
+        let capped = |p: &Plan| self.cap_room(id, &p.provider, p.price, &[]) != Gpus(u32::MAX);
+        plans.sort_by(|a, b| {
+            let key = |p: &Plan| (capped(p), p.price);
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.provider.cmp(&b.provider))
+        });
+        let wanted: Gpus = plans.iter().map(|p| p.gpus).sum();
+        let mut ordered: Vec<Plan> = Vec::new();
+        for plan in plans {
+            let room = self.cap_room(id, &plan.provider, plan.price, &ordered);
+            let gpus = Gpus(plan.gpus.get().min(room.get()));
+            if gpus > Gpus::ZERO {
+                ordered.push(Plan { gpus, ..plan });
+            }
+        }
+        let mut left = wanted.saturating_sub(ordered.iter().map(|p| p.gpus).sum());
+        if left == Gpus::ZERO {
+            return ordered;
+        }
+        let mut quotes: Vec<(Price, ProviderId, Gpus)> = self
+            .need(id)
             .rfqs
             .iter()
             .filter_map(|r| match r.status {
-                RfqStatus::Quoted { gpus, price } => Some(QuoteOffer {
-                    provider: r.provider.clone(),
-                    gpus,
-                    price,
-                }),
+                RfqStatus::Quoted { gpus, price } => Some((price, r.provider.clone(), gpus)),
                 _ => None,
             })
             .collect();
-        let wanted = need.free();
-        let plans = cheapest_first(wanted, &quotes, |provider, price, planned| {
-            self.cap_room(id, provider, price, planned)
-        });
-        let planned_gpus: Gpus = plans.iter().map(|p| p.gpus).sum();
-        self.emit(
-            id,
-            EventKind::SourcingClosed {
-                round,
-                quotes: quotes.len() as u32,
-                planned_gpus,
-            },
-        );
-        for plan in plans {
-            self.route(id, plan);
-        }
-        let need = self.need(id);
-        if !need.in_flight() && need.free() > Gpus::ZERO && need.spec.decide_by > self.now {
-            let reason = format!(
-                "quotes covered {planned_gpus} of the {wanted} GPUs sought in round {round}"
+        quotes.sort();
+        for (price, provider, quoted) in quotes {
+            if left == Gpus::ZERO {
+                break;
+            }
+            let planned: Gpus = ordered
+                .iter()
+                .filter(|p| p.provider == provider)
+                .map(|p| p.gpus)
+                .sum();
+            let room = self.cap_room(id, &provider, price, &ordered);
+            let more = Gpus(
+                quoted
+                    .saturating_sub(planned)
+                    .get()
+                    .min(room.get())
+                    .min(left.get()),
             );
-            self.wait(id, &reason);
+            if more == Gpus::ZERO {
+                continue;
+            }
+            left = left.saturating_sub(more);
+            // Added to the provider's last plan where that is the last one made, else
+            // made as a further award after the others.
+            match ordered.last_mut() {
+                Some(last) if last.provider == provider => last.gpus += more,
+                _ => ordered.push(Plan {
+                    provider,
+                    gpus: more,
+                    price,
+                }),
+            }
         }
-        self.next_step(id);
+        ordered
     }
 
     /// Sends a planned third-party award where the right says it must go first: a

@@ -488,9 +488,11 @@ providers = ["holder", "alpha"]
 #[test]
 fn a_concentration_cap_limits_what_one_provider_is_awarded() {
     // Nobody may hold more than half. With a base of 6,400 GPU-hours at the holder and
-    // 3,200 at beta, alpha's x·100 ≤ 0.5·(9,600 + x·100) gives x ≤ 96, so the cheap
-    // alpha quote is cut at 96 and beta, whose room grows with alpha's award, takes
-    // the other 104.
+    // 3,200 at beta, alpha's x·100 ≤ 0.5·(9,600 + x·100) gives x ≤ 96 at first. The
+    // least-cost answer keeping the cap on the totals is alpha 148 (14,800 of 29,600,
+    // exactly half) and beta 52. Awards are judged one by one, so they are made in an
+    // order that keeps the cap at each: alpha 96, then beta 52, whose GPU-hours give
+    // alpha room for its other 52. Cheaper by $2,600 than alpha 96 and beta 104.
     let deal = deal(
         "first_offer",
         true,
@@ -518,7 +520,8 @@ base = { holder = 6400, beta = 3200 }
                 "+0h quote_received beta 200 @5.5",
                 "+0h sourcing_closed planned=200",
                 "+0h award_made alpha 96 @5",
-                "+0h award_made beta 104 @5.5",
+                "+0h award_made beta 52 @5.5",
+                "+0h award_made alpha 52 @5",
             ]),
         ],
     );
@@ -824,4 +827,101 @@ fn unknown_or_malformed_commands_do_not_parse() {
     }
     let good = r#"{"command":"quote","provider":"alpha","need":"n1","gpus":4,"price":5.0}"#;
     assert!(serde_json::from_str::<Command>(good).is_ok());
+}
+
+#[test]
+fn needs_whose_rounds_close_together_share_a_cap_at_least_cost() {
+    // alpha is the cheaper for both needs but may hold at most half: 150 of the 200
+    // GPUs once both are placed. One need at a time would give n1 all 100 of alpha
+    // and leave n2 to beta at 7.5 ($112,500); decided together, alpha's room goes
+    // where the alternative is dearer: n2 all 100, n1 50 + beta's 50 at 6 ($105,000).
+    let deal = deal(
+        "first_offer",
+        true,
+        r#"
+[[provider]]
+id = "gamma"
+
+[[concentration_cap]]
+max_share = 0.5
+binds_holder = false
+base = { holder = 10000 }
+"#,
+    );
+    run(
+        deal,
+        vec![
+            Run(submit(need("n1", 100))),
+            Run(submit(need("n2", 100))),
+            Run(decline("holder", "n1")),
+            Run(decline("holder", "n2")),
+            Run(quote("alpha", "n1", 100, 5.0)),
+            Run(quote("beta", "n1", 100, 6.0)),
+            Run(quote("alpha", "n2", 100, 5.0)),
+            Run(quote("beta", "n2", 100, 7.5)),
+            Expect(&[
+                "+0h need_submitted holder=holder",
+                "+0h offer_sent holder 100 @6",
+                "+0h need_submitted holder=holder",
+                "+0h offer_sent holder 100 @6",
+                "+0h offer_declined holder 100 no_capacity",
+                "+0h rfq_sent alpha 100",
+                "+0h rfq_sent beta 100",
+                "+0h rfq_sent gamma 100",
+                "+0h offer_declined holder 100 no_capacity",
+                "+0h rfq_sent alpha 100",
+                "+0h rfq_sent beta 100",
+                "+0h rfq_sent gamma 100",
+                "+0h quote_received alpha 100 @5",
+                "+0h quote_received beta 100 @6",
+                "+0h quote_received alpha 100 @5",
+                "+0h quote_received beta 100 @7.5",
+            ]),
+            // gamma stays silent; both rounds close at the quote deadline.
+            At(24),
+            Expect(&[
+                "+24h sourcing_closed planned=100",
+                "+24h award_made alpha 50 @5",
+                "+24h award_made beta 50 @6",
+                "+24h sourcing_closed planned=100",
+                "+24h award_made alpha 100 @5",
+            ]),
+        ],
+    );
+}
+
+#[test]
+fn a_commitment_is_preferred_where_it_costs_nothing() {
+    // alpha and beta quote the same price; beta has a commitment in its period, so
+    // beta is awarded (ids alone would pick alpha).
+    let deal = deal(
+        "first_offer",
+        true,
+        r#"
+[[commitment]]
+provider = "beta"
+min_gpu_hours = 1000000
+period = { from = 2025-01-01, until = 2026-01-01 }
+"#,
+    );
+    run(
+        deal,
+        vec![
+            Run(submit(need("n1", 64))),
+            Run(decline("holder", "n1")),
+            Run(quote("alpha", "n1", 64, 5.0)),
+            Run(quote("beta", "n1", 64, 5.0)),
+            Expect(&[
+                "+0h need_submitted holder=holder",
+                "+0h offer_sent holder 64 @6",
+                "+0h offer_declined holder 64 no_capacity",
+                "+0h rfq_sent alpha 64",
+                "+0h rfq_sent beta 64",
+                "+0h quote_received alpha 64 @5",
+                "+0h quote_received beta 64 @5",
+                "+0h sourcing_closed planned=64",
+                "+0h award_made beta 64 @5",
+            ]),
+        ],
+    );
 }

@@ -9,7 +9,7 @@
 //!
 //! Pure: no IO.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,42 @@ pub struct Pool {
 pub struct Cap {
     pub provider: String,
     pub max_share: f64,
+}
+
+/// A concentration limit in the general form the engine needs:
+/// `own + Σ w·x over the provider's pools ≤ max_share · (total + Σ w·x over all pools)`,
+/// where `w` is a placement's GPU-hours, or its spend when `spend` is set. A §7.2 cap is
+/// the case `own = base[provider]`, `total = Σ base`, counted in GPU-hours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareLimit {
+    pub provider: String,
+    pub max_share: f64,
+    pub spend: bool,
+    /// What the provider already holds.
+    pub own: f64,
+    /// What every provider together already holds.
+    pub total: f64,
+}
+
+impl ShareLimit {
+    /// The amount one GPU of a need lasting `hours` at `price` adds.
+    fn weight(&self, hours: f64, price: f64) -> f64 {
+        if self.spend {
+            hours * price
+        } else {
+            hours
+        }
+    }
+}
+
+/// How [`solve`] should go about an instance.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The limits to keep, in place of the instance's own caps.
+    pub limits: Vec<ShareLimit>,
+    /// Providers to favour where that costs nothing (commitments, PRODUCT.md §3).
+    pub preferred: BTreeSet<String>,
+    pub time_limit: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +220,32 @@ impl Instance {
         Ok(())
     }
 
+    /// The instance's caps in the general form.
+    pub fn share_limits(&self) -> Vec<ShareLimit> {
+        let total: f64 = self.base_gpu_hours.values().sum();
+        self.caps
+            .iter()
+            .filter(|c| c.max_share < 1.0)
+            .map(|c| ShareLimit {
+                provider: c.provider.clone(),
+                max_share: c.max_share,
+                spend: false,
+                own: self.base_gpu_hours.get(&c.provider).copied().unwrap_or(0.0),
+                total,
+            })
+            .collect()
+    }
+
+    /// True when no pool serves two needs: then, caps aside, each need is allocated on
+    /// its own, and the cheapest pools first are its optimum.
+    fn pools_unshared(&self) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        self.needs
+            .iter()
+            .flat_map(|n| n.pools.iter())
+            .all(|p| seen.insert(p.as_str()))
+    }
+
     /// A valid lower bound on any solution's cost: each need at its cheapest option
     /// (a pool it may use, or shortfall), ignoring capacities, caps and units.
     pub fn lower_bound(&self) -> f64 {
@@ -213,12 +275,22 @@ pub struct Infeasible(pub String);
 
 /// Checks every constraint of §7.2 and returns the solution's cost.
 pub fn check(instance: &Instance, allocations: &[Allocation]) -> Result<f64, Infeasible> {
+    check_within(instance, &instance.share_limits(), allocations)
+}
+
+/// Checks units, needs, pools and the given limits (in place of the instance's caps),
+/// and returns the solution's cost.
+pub fn check_within(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    allocations: &[Allocation],
+) -> Result<f64, Infeasible> {
     let pools: HashMap<&str, &Pool> = instance.pools.iter().map(|p| (p.id.as_str(), p)).collect();
     let needs: HashMap<&str, &Need> = instance.needs.iter().map(|n| (n.id.as_str(), n)).collect();
     let mut per_need: HashMap<&str, u64> = HashMap::new();
     let mut per_pool: HashMap<&str, u64> = HashMap::new();
-    let mut per_provider: HashMap<&str, f64> = HashMap::new();
-    let mut total_hours = 0.0;
+    let mut limit_own = vec![0.0; limits.len()];
+    let mut limit_total = vec![0.0; limits.len()];
     let mut cost = 0.0;
     for a in allocations {
         let need = needs
@@ -241,10 +313,14 @@ pub fn check(instance: &Instance, allocations: &[Allocation]) -> Result<f64, Inf
         }
         *per_need.entry(&a.need).or_default() += a.gpus;
         *per_pool.entry(&a.pool).or_default() += a.gpus;
-        let hours = a.gpus as f64 * need.hours;
-        *per_provider.entry(&pool.provider).or_default() += hours;
-        total_hours += hours;
-        cost += hours * pool.price_per_gpu_hour;
+        for (i, limit) in limits.iter().enumerate() {
+            let amount = a.gpus as f64 * limit.weight(need.hours, pool.price_per_gpu_hour);
+            limit_total[i] += amount;
+            if pool.provider == limit.provider {
+                limit_own[i] += amount;
+            }
+        }
+        cost += a.gpus as f64 * need.hours * pool.price_per_gpu_hour;
     }
     for need in &instance.needs {
         let given = per_need.get(need.id.as_str()).copied().unwrap_or(0);
@@ -265,23 +341,14 @@ pub fn check(instance: &Instance, allocations: &[Allocation]) -> Result<f64, Inf
             )));
         }
     }
-    let base_total: f64 = instance.base_gpu_hours.values().sum();
-    for cap in &instance.caps {
-        let base = instance
-            .base_gpu_hours
-            .get(&cap.provider)
-            .copied()
-            .unwrap_or(0.0);
-        let own = base
-            + per_provider
-                .get(cap.provider.as_str())
-                .copied()
-                .unwrap_or(0.0);
-        let limit = cap.max_share * (base_total + total_hours);
-        if own > limit * (1.0 + 1e-9) + 1e-6 {
+    for (i, limit) in limits.iter().enumerate() {
+        let own = limit.own + limit_own[i];
+        let bound = limit.max_share * (limit.total + limit_total[i]);
+        if own > bound * (1.0 + 1e-9) + 1e-6 {
+            let what = if limit.spend { "of spend" } else { "GPU-hours" };
             return Err(Infeasible(format!(
-                "provider `{}` holds {own:.1} GPU-hours, above its cap of {limit:.1}",
-                cap.provider
+                "provider `{}` holds {own:.1} {what}, above its cap of {bound:.1}",
+                limit.provider
             )));
         }
     }
@@ -302,13 +369,22 @@ pub enum Strategy {
 /// the baseline has no answer. The status is `optimal` only when the cost meets the
 /// lower bound, which proves it; otherwise `feasible`.
 pub fn baseline(instance: &Instance, strategy: Strategy) -> Result<Solution, Infeasible> {
-    fill(instance, strategy, BTreeMap::new())
+    fill(
+        instance,
+        &instance.share_limits(),
+        &BTreeSet::new(),
+        strategy,
+        BTreeMap::new(),
+    )
 }
 
 /// Adds to the allocation `start` (GPUs by need and pool index) in the order of
-/// `strategy`, as far as needs, pools and caps allow.
+/// `strategy`, as far as needs, pools and limits allow. At equal prices, pools of
+/// `preferred` providers come first.
 fn fill(
     instance: &Instance,
+    limits: &[ShareLimit],
+    preferred: &BTreeSet<String>,
     strategy: Strategy,
     start: BTreeMap<(usize, usize), u64>,
 ) -> Result<Solution, Infeasible> {
@@ -329,112 +405,216 @@ fn fill(
     match strategy {
         Strategy::Ordered => pairs.sort_by_key(|&(n, p)| (n, p)),
         Strategy::CheapestFirst => pairs.sort_by(|&(n1, p1), &(n2, p2)| {
-            let price = |p: usize| instance.pools[p].price_per_gpu_hour;
-            price(p1)
-                .total_cmp(&price(p2))
+            let pool = |p: usize| &instance.pools[p];
+            let favoured = |p: usize| !preferred.contains(&pool(p).provider);
+            pool(p1)
+                .price_per_gpu_hour
+                .total_cmp(&pool(p2).price_per_gpu_hour)
+                .then(favoured(p1).cmp(&favoured(p2)))
                 .then((n1, p1).cmp(&(n2, p2)))
         }),
     }
-    let mut left_need: Vec<u64> = instance.needs.iter().map(|n| n.gpus).collect();
-    let mut left_pool: Vec<u64> = instance.pools.iter().map(|p| p.gpus).collect();
-    let mut provider_hours: HashMap<&str, f64> = HashMap::new();
-    let base_total: f64 = instance.base_gpu_hours.values().sum();
-    let mut total_hours = 0.0;
+    let limits: Vec<&ShareLimit> = limits.iter().filter(|l| l.max_share < 1.0).collect();
+    let mut tally = Tally {
+        left_need: instance.needs.iter().map(|n| n.gpus).collect(),
+        left_pool: instance.pools.iter().map(|p| p.gpus).collect(),
+        own: limits.iter().map(|l| l.own).collect(),
+        total: limits.iter().map(|l| l.total).collect(),
+    };
     for (&(n, p), &gpus) in &start {
-        left_need[n] = left_need[n].saturating_sub(gpus);
-        left_pool[p] = left_pool[p].saturating_sub(gpus);
-        let hours = gpus as f64 * instance.needs[n].hours;
-        *provider_hours
-            .entry(&instance.pools[p].provider)
-            .or_default() += hours;
-        total_hours += hours;
+        tally.place(instance, &limits, n, p, gpus);
     }
     let mut taken = start;
     for (n, p) in pairs {
         let need = &instance.needs[n];
         let pool = &instance.pools[p];
-        if strategy == Strategy::CheapestFirst && pool.price_per_gpu_hour >= need.shortfall_penalty
-        {
+        // Supply no cheaper than shortfall is skipped, unless it is a preferred
+        // provider's and costs no more.
+        let dearer = match pool.price_per_gpu_hour.total_cmp(&need.shortfall_penalty) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => !preferred.contains(&pool.provider),
+            std::cmp::Ordering::Greater => true,
+        };
+        if strategy == Strategy::CheapestFirst && dearer {
             continue;
         }
-        let mut room = left_need[n].min(left_pool[p]);
-        for cap in instance
-            .caps
-            .iter()
-            .filter(|c| c.provider == pool.provider && c.max_share < 1.0)
-        {
-            let own = instance
-                .base_gpu_hours
-                .get(&cap.provider)
-                .copied()
-                .unwrap_or(0.0)
-                + provider_hours
-                    .get(pool.provider.as_str())
-                    .copied()
-                    .unwrap_or(0.0);
-            let headroom =
-                (cap.max_share * (base_total + total_hours) - own) / (1.0 - cap.max_share);
-            let gpus = if need.hours > 0.0 {
-                (headroom / need.hours + 1e-9).floor().max(0.0) as u64
-            } else {
-                u64::MAX
-            };
-            room = room.min(gpus);
+        let mut room = tally.left_need[n].min(tally.left_pool[p]);
+        for (i, limit) in limits.iter().enumerate() {
+            let weight = limit.weight(need.hours, pool.price_per_gpu_hour);
+            if limit.provider != pool.provider || weight <= 0.0 {
+                continue;
+            }
+            let headroom = (limit.max_share * tally.total[i] - tally.own[i])
+                / (weight * (1.0 - limit.max_share));
+            room = room.min((headroom + 1e-9).floor().max(0.0) as u64);
         }
         let gpus = room / need.unit * need.unit;
         if gpus == 0 {
             continue;
         }
-        left_need[n] -= gpus;
-        left_pool[p] -= gpus;
-        let hours = gpus as f64 * need.hours;
-        *provider_hours.entry(&pool.provider).or_default() += hours;
-        total_hours += hours;
+        tally.place(instance, &limits, n, p, gpus);
         *taken.entry((n, p)).or_default() += gpus;
     }
-    let allocations: Vec<Allocation> = taken
-        .into_iter()
-        .map(|((n, p), gpus)| Allocation {
-            need: instance.needs[n].id.clone(),
-            pool: instance.pools[p].id.clone(),
-            gpus,
-        })
-        .collect();
-    let shortfall = instance
-        .needs
-        .iter()
-        .zip(&left_need)
-        .map(|(n, left)| Shortfall {
-            need: n.id.clone(),
-            gpus: *left,
-        })
-        .collect();
-    let cost = check(instance, &allocations)?;
+    let allocations = to_allocations(instance, &taken);
+    let given = given_per_need(instance, &taken);
+    let cost = check_within(
+        instance,
+        &limits.into_iter().cloned().collect::<Vec<_>>(),
+        &allocations,
+    )?;
     let bound = instance.lower_bound();
     let proven = cost - bound <= 1e-9 * cost.abs().max(1.0);
     Ok(Solution {
         allocations,
-        shortfall,
+        shortfall: shortfall(instance, &given),
         cost,
         status: if proven { "optimal" } else { "feasible" }.to_owned(),
         bound,
     })
 }
 
+/// What is left of needs and pools, and what each limit counts, as a fill proceeds.
+struct Tally {
+    left_need: Vec<u64>,
+    left_pool: Vec<u64>,
+    own: Vec<f64>,
+    total: Vec<f64>,
+}
+
+impl Tally {
+    fn place(
+        &mut self,
+        instance: &Instance,
+        limits: &[&ShareLimit],
+        n: usize,
+        p: usize,
+        gpus: u64,
+    ) {
+        self.left_need[n] = self.left_need[n].saturating_sub(gpus);
+        self.left_pool[p] = self.left_pool[p].saturating_sub(gpus);
+        let pool = &instance.pools[p];
+        for (i, limit) in limits.iter().enumerate() {
+            let amount =
+                gpus as f64 * limit.weight(instance.needs[n].hours, pool.price_per_gpu_hour);
+            self.total[i] += amount;
+            if pool.provider == limit.provider {
+                self.own[i] += amount;
+            }
+        }
+    }
+}
+
+/// GPUs by (need, pool) in a solver's answer.
+fn taken_by(
+    instance: &Instance,
+    vars: &Vars,
+    found: &microlp::Solution,
+) -> BTreeMap<(usize, usize), u64> {
+    vars.iter()
+        .map(|&(n, p, v)| {
+            (
+                (n, p),
+                found.var_value(v).round() as u64 * instance.needs[n].unit,
+            )
+        })
+        .filter(|(_, gpus)| *gpus > 0)
+        .collect()
+}
+
+fn given_per_need(instance: &Instance, taken: &BTreeMap<(usize, usize), u64>) -> Vec<u64> {
+    let mut given = vec![0; instance.needs.len()];
+    for (&(n, _), &gpus) in taken {
+        given[n] += gpus;
+    }
+    given
+}
+
+fn shortfall(instance: &Instance, given: &[u64]) -> Vec<Shortfall> {
+    instance
+        .needs
+        .iter()
+        .zip(given)
+        .map(|(n, g)| Shortfall {
+            need: n.id.clone(),
+            gpus: n.gpus - g,
+        })
+        .collect()
+}
+
 /// Solves the instance exactly: integer multiples of each need's unit per pool, under
 /// pool sizes and caps, at least cost. `optimal` when branch and bound finished the
-/// proof within `time_limit`; otherwise `feasible` with the lower bound of
-/// [`Instance::lower_bound`]. `infeasible` when the solver proved no allocation keeps
-/// every cap.
+/// proof within `time_limit`; otherwise `feasible` with the best lower bound known.
+/// `infeasible` when the solver proved no allocation keeps every cap.
 pub fn exact(
     instance: &Instance,
+    time_limit: Option<std::time::Duration>,
+) -> Result<Solution, Infeasible> {
+    solve(
+        instance,
+        &Settings {
+            limits: instance.share_limits(),
+            preferred: BTreeSet::new(),
+            time_limit,
+        },
+    )
+}
+
+/// [`exact`] under the limits of `settings` in place of the instance's caps, favouring
+/// its preferred providers among allocations of the least cost.
+pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infeasible> {
+    let started = std::time::Instant::now();
+    let limits: Vec<ShareLimit> = settings
+        .limits
+        .iter()
+        .filter(|l| l.max_share < 1.0)
+        .cloned()
+        .collect();
+    // Where needs share no pool, cheapest first is the optimum without limits; when
+    // it keeps the limits too, nothing can cost less. The engine's sourcing rounds are
+    // mostly of this kind, so they rarely need the search.
+    if instance.pools_unshared() {
+        let greedy = fill(
+            instance,
+            &[],
+            &settings.preferred,
+            Strategy::CheapestFirst,
+            BTreeMap::new(),
+        )?;
+        if check_within(instance, &limits, &greedy.allocations).is_ok() {
+            return Ok(Solution {
+                status: "optimal".into(),
+                bound: greedy.cost,
+                ..greedy
+            });
+        }
+    }
+    let best = least_cost(instance, &limits, &settings.preferred, settings.time_limit)?;
+    if best.status != "optimal" || settings.preferred.is_empty() {
+        return Ok(best);
+    }
+    let remaining = settings
+        .time_limit
+        .map(|t| t.saturating_sub(started.elapsed()));
+    Ok(favour(
+        instance,
+        &limits,
+        &settings.preferred,
+        best,
+        remaining,
+    ))
+}
+
+fn least_cost(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    preferred: &BTreeSet<String>,
     time_limit: Option<std::time::Duration>,
 ) -> Result<Solution, Infeasible> {
     use microlp::SolutionStatus;
     let started = std::time::Instant::now();
     // The relaxation first: its cost bounds every allocation from below, and rounding
     // its answer down to whole units, then filling greedily, gives a good start.
-    let (relaxation, lp_vars) = program(instance, false);
+    let (relaxation, lp_vars) = program(instance, limits, false, &Objective::Cost);
     let relaxed = match relaxation.solve() {
         Ok(outcome) => outcome.solution().cloned(),
         Err(microlp::Error::Infeasible) => return Ok(infeasible()),
@@ -451,8 +631,9 @@ pub fn exact(
                 start.insert((n, p), units * instance.needs[n].unit);
             }
         }
-        if check(instance, &to_allocations(instance, &start)).is_ok() {
-            candidates.extend(fill(instance, Strategy::CheapestFirst, start).ok());
+        if check_within(instance, limits, &to_allocations(instance, &start)).is_ok() {
+            candidates
+                .extend(fill(instance, limits, preferred, Strategy::CheapestFirst, start).ok());
         }
     }
     // The search gets what is left, less a margin for building its program and
@@ -464,8 +645,15 @@ pub fn exact(
         best.bound = bound;
         return Ok(best);
     }
-    let (problem, vars) = program(instance, true);
-    let proven = exact_with(instance, problem, vars, remaining, SolutionStatus::Optimal)?;
+    let (problem, vars) = program(instance, limits, true, &Objective::Cost);
+    let proven = search(
+        instance,
+        limits,
+        problem,
+        vars,
+        remaining,
+        SolutionStatus::Optimal,
+    )?;
     if proven.status == "infeasible" || proven.status == "optimal" {
         return Ok(proven);
     }
@@ -478,6 +666,51 @@ pub fn exact(
     best.status = if met { "optimal" } else { "feasible" }.into();
     best.bound = if met { best.cost } else { bound };
     Ok(best)
+}
+
+/// Among allocations costing no more than the optimum `best`, finds one giving the most
+/// GPU-hours to preferred providers. Keeps `best` when that search fails or runs out of
+/// time.
+fn favour(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    preferred: &BTreeSet<String>,
+    best: Solution,
+    time_limit: Option<std::time::Duration>,
+) -> Solution {
+    let could_gain = instance
+        .pools
+        .iter()
+        .any(|p| preferred.contains(&p.provider));
+    if !could_gain {
+        return best;
+    }
+    let max_cost = best.cost - constant_cost(instance) + 1e-9 * best.cost.abs().max(1.0);
+    let objective = Objective::Favour {
+        preferred,
+        max_cost,
+    };
+    let (problem, vars) = program(instance, limits, true, &objective);
+    let mut options = microlp::SolveOptions::default();
+    options.time_limit = time_limit;
+    let Ok(outcome) = problem.solve_with(options) else {
+        return best;
+    };
+    let Some(found) = outcome.solution() else {
+        return best;
+    };
+    let taken = taken_by(instance, &vars, found);
+    let allocations = to_allocations(instance, &taken);
+    match check_within(instance, limits, &allocations) {
+        Ok(cost) if cost <= best.cost + 1e-9 * best.cost.abs().max(1.0) => Solution {
+            shortfall: shortfall(instance, &given_per_need(instance, &taken)),
+            allocations,
+            cost,
+            status: best.status,
+            bound: best.bound,
+        },
+        _ => best,
+    }
 }
 
 fn infeasible() -> Solution {
@@ -502,6 +735,7 @@ fn constant_cost(instance: &Instance) -> f64 {
 fn to_allocations(instance: &Instance, taken: &BTreeMap<(usize, usize), u64>) -> Vec<Allocation> {
     taken
         .iter()
+        .filter(|(_, &gpus)| gpus > 0)
         .map(|(&(n, p), &gpus)| Allocation {
             need: instance.needs[n].id.clone(),
             pool: instance.pools[p].id.clone(),
@@ -514,7 +748,7 @@ fn to_allocations(instance: &Instance, taken: &BTreeMap<(usize, usize), u64>) ->
 /// on every allocation's cost, far tighter than [`Instance::lower_bound`] when capacity
 /// or caps bind. `None` when the relaxation is infeasible or the solver fails.
 pub fn relaxation_bound(instance: &Instance) -> Option<f64> {
-    let (problem, _) = program(instance, false);
+    let (problem, _) = program(instance, &instance.share_limits(), false, &Objective::Cost);
     let outcome = problem.solve().ok()?;
     outcome
         .solution()
@@ -523,9 +757,26 @@ pub fn relaxation_bound(instance: &Instance) -> Option<f64> {
 
 type Vars = Vec<(usize, usize, microlp::Variable)>;
 
+/// What a program minimises.
+enum Objective<'a> {
+    /// The cost of placement, less the shortfall it saves.
+    Cost,
+    /// GPU-hours away from preferred providers, at a cost (as [`Objective::Cost`]
+    /// counts it) of at most `max_cost`.
+    Favour {
+        preferred: &'a BTreeSet<String>,
+        max_cost: f64,
+    },
+}
+
 /// The allocation program: one variable per (need, pool) counting units of the need,
 /// integer or (for the relaxation) continuous.
-fn program(instance: &Instance, integer: bool) -> (microlp::Problem, Vars) {
+fn program(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    integer: bool,
+    objective: &Objective,
+) -> (microlp::Problem, Vars) {
     use microlp::{ComparisonOp, OptimizationDirection, Problem};
     let pool_index: HashMap<&str, usize> = instance
         .pools
@@ -534,23 +785,41 @@ fn program(instance: &Instance, integer: bool) -> (microlp::Problem, Vars) {
         .map(|(i, p)| (p.id.as_str(), i))
         .collect();
     let mut problem = Problem::new(OptimizationDirection::Minimize);
-    // One integer variable per (need, pool): how many units of the need the pool gives.
+    // Shortfall is priced by difference: placing a GPU saves its penalty.
+    let unit_cost = |n: usize, p: usize| {
+        let need = &instance.needs[n];
+        need.unit as f64
+            * need.hours
+            * (instance.pools[p].price_per_gpu_hour - need.shortfall_penalty)
+    };
+    // One variable per (need, pool): how many units of the need the pool gives.
     let mut vars = Vec::new();
     for (n, need) in instance.needs.iter().enumerate() {
         for pool_id in &need.pools {
             let p = pool_index[pool_id.as_str()];
             let pool = &instance.pools[p];
             let most = (need.gpus.min(pool.gpus) / need.unit).min(i32::MAX as u64) as i32;
-            // Shortfall is priced by difference: placing a GPU saves its penalty.
-            let per_unit =
-                need.unit as f64 * need.hours * (pool.price_per_gpu_hour - need.shortfall_penalty);
+            let coefficient = match objective {
+                Objective::Cost => unit_cost(n, p),
+                Objective::Favour { preferred, .. } => {
+                    if preferred.contains(&pool.provider) {
+                        -(need.unit as f64 * need.hours)
+                    } else {
+                        0.0
+                    }
+                }
+            };
             let var = if integer {
-                problem.add_integer_var(per_unit, (0, most))
+                problem.add_integer_var(coefficient, (0, most))
             } else {
-                problem.add_var(per_unit, (0.0, f64::from(most)))
+                problem.add_var(coefficient, (0.0, f64::from(most)))
             };
             vars.push((n, p, var));
         }
+    }
+    if let Objective::Favour { max_cost, .. } = objective {
+        let terms: Vec<_> = vars.iter().map(|&(n, p, v)| (v, unit_cost(n, p))).collect();
+        problem.add_constraint(terms.as_slice(), ComparisonOp::Le, *max_cost);
     }
     for (n, need) in instance.needs.iter().enumerate() {
         let terms: Vec<_> = vars
@@ -572,23 +841,19 @@ fn program(instance: &Instance, integer: bool) -> (microlp::Problem, Vars) {
             problem.add_constraint(terms.as_slice(), ComparisonOp::Le, pool.gpus as f64);
         }
     }
-    let base_total: f64 = instance.base_gpu_hours.values().sum();
-    for cap in instance.caps.iter().filter(|c| c.max_share < 1.0) {
-        let base = instance
-            .base_gpu_hours
-            .get(&cap.provider)
-            .copied()
-            .unwrap_or(0.0);
+    for limit in limits.iter().filter(|l| l.max_share < 1.0) {
         let terms: Vec<_> = vars
             .iter()
             .map(|&(n, p, v)| {
                 let need = &instance.needs[n];
-                let own = if instance.pools[p].provider == cap.provider {
+                let pool = &instance.pools[p];
+                let own = if pool.provider == limit.provider {
                     1.0
                 } else {
                     0.0
                 };
-                (v, need.unit as f64 * need.hours * (own - cap.max_share))
+                let weight = limit.weight(need.hours, pool.price_per_gpu_hour);
+                (v, need.unit as f64 * weight * (own - limit.max_share))
             })
             .filter(|(_, c)| *c != 0.0)
             .collect();
@@ -596,15 +861,16 @@ fn program(instance: &Instance, integer: bool) -> (microlp::Problem, Vars) {
             problem.add_constraint(
                 terms.as_slice(),
                 ComparisonOp::Le,
-                cap.max_share * base_total - base,
+                limit.max_share * limit.total - limit.own,
             );
         }
     }
     (problem, vars)
 }
 
-fn exact_with(
+fn search(
     instance: &Instance,
+    limits: &[ShareLimit],
     problem: microlp::Problem,
     vars: Vars,
     time_limit: Option<std::time::Duration>,
@@ -622,7 +888,7 @@ fn exact_with(
     let best_baseline = || {
         [Strategy::CheapestFirst, Strategy::Ordered]
             .into_iter()
-            .filter_map(|s| baseline(instance, s).ok())
+            .filter_map(|s| fill(instance, limits, &BTreeSet::new(), s, BTreeMap::new()).ok())
             .min_by(|a, b| a.cost.total_cmp(&b.cost))
             .map(|mut s| {
                 s.status = "feasible".into();
@@ -636,35 +902,13 @@ fn exact_with(
             )
         });
     };
-    let mut given = vec![0u64; instance.needs.len()];
-    let allocations: Vec<Allocation> = vars
-        .iter()
-        .filter_map(|&(n, p, v)| {
-            let units = found.var_value(v).round() as u64;
-            (units > 0).then(|| {
-                given[n] += units * instance.needs[n].unit;
-                Allocation {
-                    need: instance.needs[n].id.clone(),
-                    pool: instance.pools[p].id.clone(),
-                    gpus: units * instance.needs[n].unit,
-                }
-            })
-        })
-        .collect();
-    let cost = check(instance, &allocations)?;
+    let taken = taken_by(instance, &vars, found);
+    let allocations = to_allocations(instance, &taken);
+    let cost = check_within(instance, limits, &allocations)?;
     let optimal = found.status() == proven;
-    let shortfall = instance
-        .needs
-        .iter()
-        .zip(&given)
-        .map(|(n, g)| Shortfall {
-            need: n.id.clone(),
-            gpus: n.gpus - g,
-        })
-        .collect();
     let solved = Solution {
         allocations,
-        shortfall,
+        shortfall: shortfall(instance, &given_per_need(instance, &taken)),
         cost,
         status: if optimal { "optimal" } else { "feasible" }.into(),
         bound: if optimal {

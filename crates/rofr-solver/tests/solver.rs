@@ -166,6 +166,15 @@ fn instance_strategy() -> impl Strategy<Value = Instance> {
 
 /// The cheapest feasible allocation, by trying every one.
 fn brute_force(instance: &Instance) -> f64 {
+    brute_force_with(instance, |allocations| check(instance, allocations).ok()).0
+}
+
+/// The least cost over every allocation that `cost` accepts, and the most GPUs that
+/// any allocation of that cost gives to pools of provider `c0`.
+fn brute_force_with(
+    instance: &Instance,
+    cost: impl Fn(&[Allocation]) -> Option<f64>,
+) -> (f64, u64) {
     let pairs: Vec<(usize, String, u64)> = instance
         .needs
         .iter()
@@ -173,6 +182,7 @@ fn brute_force(instance: &Instance) -> f64 {
         .flat_map(|(n, need)| need.pools.iter().map(move |p| (n, p.clone(), need.unit)))
         .collect();
     let mut best = f64::INFINITY;
+    let mut favoured = 0;
     let mut counts = vec![0u64; pairs.len()];
     loop {
         let allocations: Vec<Allocation> = pairs
@@ -185,14 +195,23 @@ fn brute_force(instance: &Instance) -> f64 {
                 gpus: c * unit,
             })
             .collect();
-        if let Ok(cost) = check(instance, &allocations) {
-            best = best.min(cost);
+        if let Some(cost) = cost(&allocations) {
+            let to_c0: u64 = allocations
+                .iter()
+                .filter(|a| provider_of(instance, &a.pool) == "c0")
+                .map(|a| a.gpus)
+                .sum();
+            if cost < best - 1e-6 {
+                (best, favoured) = (cost, to_c0);
+            } else if (cost - best).abs() <= 1e-6 {
+                favoured = favoured.max(to_c0);
+            }
         }
         // Next combination: each pair takes 0..=gpus/unit units of its need.
         let mut i = 0;
         loop {
             if i == pairs.len() {
-                return best;
+                return (best, favoured);
             }
             let max = instance.needs[pairs[i].0].gpus / pairs[i].2;
             if counts[i] < max {
@@ -203,6 +222,11 @@ fn brute_force(instance: &Instance) -> f64 {
             i += 1;
         }
     }
+}
+
+fn provider_of<'a>(instance: &'a Instance, pool: &str) -> &'a str {
+    let pool = instance.pools.iter().find(|p| p.id == pool).unwrap();
+    &pool.provider
 }
 
 proptest! {
@@ -252,4 +276,51 @@ fn the_relaxation_bound_lies_between_the_simple_bound_and_the_optimum() {
         relaxed <= optimum + 1e-6,
         "relaxation {relaxed} above the optimum {optimum}"
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The engine's form: limits counted in spend with usage already held, and a
+    /// preferred provider; the answer is the brute-force optimum and, among optima,
+    /// gives the preferred provider the most.
+    #[test]
+    fn limits_on_spend_and_preferences_are_solved_exactly(
+        instance in instance_strategy(),
+        share in 2u32..9,
+        own in 0u32..400,
+        others in 0u32..400,
+    ) {
+        let mut instance = instance;
+        instance.caps.clear();
+        let limits = vec![rofr_solver::ShareLimit {
+            provider: "c1".into(),
+            max_share: f64::from(share) / 10.0,
+            spend: true,
+            own: f64::from(own),
+            total: f64::from(own + others),
+        }];
+        let (optimum, favoured) = brute_force_with(&instance, |a| {
+            rofr_solver::check_within(&instance, &limits, a).ok()
+        });
+        let settings = rofr_solver::Settings {
+            limits: limits.clone(),
+            preferred: ["c0".to_owned()].into(),
+            time_limit: None,
+        };
+        let solved = rofr_solver::solve(&instance, &settings).unwrap();
+        if optimum.is_infinite() {
+            prop_assert_eq!(solved.status.as_str(), "infeasible");
+        } else {
+            prop_assert_eq!(solved.status.as_str(), "optimal");
+            prop_assert!((solved.cost - optimum).abs() < 1e-6, "solved {} but the optimum is {optimum}", solved.cost);
+            let checked = rofr_solver::check_within(&instance, &limits, &solved.allocations).unwrap();
+            prop_assert!((checked - solved.cost).abs() < 1e-6);
+            let to_c0: u64 = solved.allocations.iter()
+                .filter(|a| provider_of(&instance, &a.pool) == "c0")
+                .map(|a| a.gpus)
+                .sum();
+            prop_assert_eq!(to_c0, favoured, "c0 could get {} GPUs at the same cost", favoured);
+        }
+    }
 }
