@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::allocate::{cheapest_first, Plan, QuoteOffer};
 use crate::command::{Command, Rejection};
-use crate::deal::{CapBasis, Deal, FirstRefusal, Redelivery, Variant};
+use crate::deal::{Allocation, CapBasis, Deal, FirstRefusal, Redelivery, Variant};
 use crate::event::{DeclineReason, Event, EventKind};
 use crate::invariants::{cap_usage, refusals_cover};
 use crate::need::NeedSpec;
@@ -1166,7 +1166,15 @@ impl Step<'_> {
             time_limit: None,
         };
         let mut plans: Vec<Vec<Plan>> = vec![Vec::new(); ids.len()];
-        match rofr_solver::solve(&instance, &settings) {
+        let solved = match self.deal.sourcing.allocation {
+            Allocation::LeastCost => rofr_solver::solve(&instance, &settings),
+            Allocation::Ordered => rofr_solver::baseline_within(
+                &instance,
+                &settings.limits,
+                rofr_solver::Strategy::Ordered,
+            ),
+        };
+        match solved {
             Ok(solution) if solution.status != "infeasible" => {
                 let index: std::collections::HashMap<&str, usize> = instance
                     .pools
@@ -1200,15 +1208,15 @@ impl Step<'_> {
     /// Puts a need's plans in the order its awards will be made, so that each award
     /// keeps every cap at the moment it is made (I3 is judged award by award, while the
     /// solver judges the caps on the final totals): uncapped providers first, then by
-    /// price; a plan is trimmed to its provider's room, and what trimming left unplaced
+    /// price (or, under `ordered` allocation, in the deal's order); a plan is trimmed to its provider's room, and what trimming left unplaced
     /// goes to the cheapest quotes that still have room.
     fn in_award_order(&self, id: &NeedId, mut plans: Vec<Plan>) -> Vec<Plan> {
         let capped = |p: &Plan| self.cap_room(id, &p.provider, p.price, &[]) != Gpus(u32::MAX);
+        // `ordered` keeps the deal's order of providers, which is the plans' order.
+        let by_price = self.deal.sourcing.allocation == Allocation::LeastCost;
         plans.sort_by(|a, b| {
-            let key = |p: &Plan| (capped(p), p.price);
-            key(a)
-                .cmp(&key(b))
-                .then_with(|| a.provider.cmp(&b.provider))
+            let key = |p: &Plan| (capped(p), by_price.then_some((p.price, p.provider.clone())));
+            key(a).cmp(&key(b))
         });
         let wanted: Gpus = plans.iter().map(|p| p.gpus).sum();
         let mut ordered: Vec<Plan> = Vec::new();

@@ -262,3 +262,10 @@ fn business_day_windows_parse() {
     let text = FR.replace("72h", "10 business days");
     assert!(findings(&text).is_empty(), "{:#?}", findings(&text));
 }
+
+#[test]
+fn an_unknown_allocation_names_the_key_and_the_choices() {
+    let text = "[sourcing]\nallocation = \"cheapest\"\n";
+    check(text, "invalid-value", (2, 14), Some("sourcing.allocation"));
+    assert!(findings(text)[0].message.contains("`ordered`"));
+}

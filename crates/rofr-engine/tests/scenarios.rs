@@ -925,3 +925,32 @@ period = { from = 2025-01-01, until = 2026-01-01 }
         ],
     );
 }
+
+#[test]
+fn ordered_allocation_takes_providers_in_the_deals_order() {
+    // The failover baseline: alpha comes before beta in the deal, so alpha gives all
+    // it quoted although beta is cheaper; beta gives the rest.
+    let mut deal = (*deal("first_offer", true, "")).clone();
+    deal.sourcing.allocation = rofr_engine::deal::Allocation::Ordered;
+    run(
+        Arc::new(deal),
+        vec![
+            Run(submit(need("n1", 64))),
+            Run(decline("holder", "n1")),
+            Run(quote("alpha", "n1", 40, 5.5)),
+            Run(quote("beta", "n1", 64, 5.0)),
+            Expect(&[
+                "+0h need_submitted holder=holder",
+                "+0h offer_sent holder 64 @6",
+                "+0h offer_declined holder 64 no_capacity",
+                "+0h rfq_sent alpha 64",
+                "+0h rfq_sent beta 64",
+                "+0h quote_received alpha 40 @5.5",
+                "+0h quote_received beta 64 @5",
+                "+0h sourcing_closed planned=64",
+                "+0h award_made alpha 40 @5.5",
+                "+0h award_made beta 24 @5",
+            ]),
+        ],
+    );
+}

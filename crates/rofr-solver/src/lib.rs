@@ -378,6 +378,22 @@ pub fn baseline(instance: &Instance, strategy: Strategy) -> Result<Solution, Inf
     )
 }
 
+/// Allocates with a baseline strategy under the given limits in place of the
+/// instance's caps (the engine's `ordered` sourcing).
+pub fn baseline_within(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    strategy: Strategy,
+) -> Result<Solution, Infeasible> {
+    fill(
+        instance,
+        limits,
+        &BTreeSet::new(),
+        strategy,
+        BTreeMap::new(),
+    )
+}
+
 /// Adds to the allocation `start` (GPUs by need and pool index) in the order of
 /// `strategy`, as far as needs, pools and limits allow. At equal prices, pools of
 /// `preferred` providers come first.

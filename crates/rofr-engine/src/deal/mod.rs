@@ -50,6 +50,30 @@ pub struct Sourcing {
     pub confirm_window: DealDuration,
     /// How long a need that found no supply waits before it is sourced again.
     pub retry_after: DealDuration,
+    pub allocation: Allocation,
+}
+
+/// How the quotes of a sourcing round are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Allocation {
+    /// At least cost under the caps, proven by the solver.
+    #[default]
+    LeastCost,
+    /// Providers in the deal's order, each giving what it quoted, as multi-cloud
+    /// launchers fail over today: the baseline that least cost is measured against.
+    Ordered,
+}
+
+impl Allocation {
+    pub fn parse(text: &str) -> Result<Allocation, crate::types::ValueError> {
+        match text {
+            "least_cost" => Ok(Allocation::LeastCost),
+            "ordered" => Ok(Allocation::Ordered),
+            other => Err(crate::types::ValueError(format!(
+                "allocation is `least_cost` or `ordered`, not `{other}`"
+            ))),
+        }
+    }
 }
 
 impl Default for Sourcing {
@@ -58,6 +82,7 @@ impl Default for Sourcing {
             quote_window: DealDuration::Exact { seconds: 24 * 3600 },
             confirm_window: DealDuration::Exact { seconds: 48 * 3600 },
             retry_after: DealDuration::Exact { seconds: 24 * 3600 },
+            allocation: Allocation::LeastCost,
         }
     }
 }

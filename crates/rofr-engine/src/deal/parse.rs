@@ -61,6 +61,7 @@ struct RawSourcing {
     quote_window: Option<S<String>>,
     confirm_window: Option<S<String>>,
     retry_after: Option<S<String>>,
+    allocation: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -495,6 +496,11 @@ impl Cx<'_> {
                 if let Some(duration) = self.duration(raw, key) {
                     *slot = duration;
                 }
+            }
+        }
+        if let Some(raw) = &raw.allocation {
+            if let Some(allocation) = self.value(raw, "sourcing.allocation", Allocation::parse) {
+                sourcing.allocation = allocation;
             }
         }
         sourcing
