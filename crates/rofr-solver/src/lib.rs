@@ -85,6 +85,10 @@ pub struct Settings {
     /// Providers to favour where that costs nothing (commitments, PRODUCT.md §3).
     pub preferred: BTreeSet<String>,
     pub time_limit: Option<std::time::Duration>,
+    /// Stop after the relaxation and its rounding, without branch and bound: the answer
+    /// then depends on the instance alone, never on the machine's speed, and is
+    /// `optimal` only where it meets the relaxation's bound. The engine decides this way.
+    pub skip_search: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -571,6 +575,7 @@ pub fn exact(
             limits: instance.share_limits(),
             preferred: BTreeSet::new(),
             time_limit,
+            skip_search: false,
         },
     )
 }
@@ -604,7 +609,16 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
             });
         }
     }
-    let best = least_cost(instance, &limits, &settings.preferred, settings.time_limit)?;
+    let best = least_cost(
+        instance,
+        &limits,
+        &settings.preferred,
+        settings.time_limit,
+        settings.skip_search,
+    )?;
+    if settings.skip_search {
+        return Ok(best);
+    }
     if best.status != "optimal" || settings.preferred.is_empty() {
         return Ok(best);
     }
@@ -625,6 +639,7 @@ fn least_cost(
     limits: &[ShareLimit],
     preferred: &BTreeSet<String>,
     time_limit: Option<std::time::Duration>,
+    skip_search: bool,
 ) -> Result<Solution, Infeasible> {
     use microlp::SolutionStatus;
     let started = std::time::Instant::now();
@@ -655,10 +670,28 @@ fn least_cost(
     // The search gets what is left, less a margin for building its program and
     // checking its answer, so that the whole call keeps to the limit.
     let remaining = time_limit.map(|t| t.saturating_sub(started.elapsed()).mul_f64(0.8));
-    if remaining.is_some_and(|r| r.as_millis() < 50) && !candidates.is_empty() {
-        let mut best = candidates.remove(0);
-        best.status = "feasible".into();
-        best.bound = bound;
+    if skip_search {
+        // Cheapest first from nothing keeps every limit where nothing placed does, so
+        // there is always an answer without the search.
+        candidates.extend(
+            fill(
+                instance,
+                limits,
+                preferred,
+                Strategy::CheapestFirst,
+                BTreeMap::new(),
+            )
+            .ok(),
+        );
+    }
+    if (skip_search || remaining.is_some_and(|r| r.as_millis() < 50)) && !candidates.is_empty() {
+        let mut best = candidates
+            .into_iter()
+            .min_by(|a, b| a.cost.total_cmp(&b.cost))
+            .expect("not empty");
+        let met = best.cost - bound <= 1e-9 * best.cost.abs().max(1.0);
+        best.status = if met { "optimal" } else { "feasible" }.into();
+        best.bound = if met { best.cost } else { bound };
         return Ok(best);
     }
     let (problem, vars) = program(instance, limits, true, &Objective::Cost);

@@ -307,6 +307,7 @@ proptest! {
             limits: limits.clone(),
             preferred: ["c0".to_owned()].into(),
             time_limit: None,
+            skip_search: false,
         };
         let solved = rofr_solver::solve(&instance, &settings).unwrap();
         if optimum.is_infinite() {

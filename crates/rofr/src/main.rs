@@ -8,6 +8,7 @@ mod client;
 mod demo;
 mod ledger;
 mod serve;
+mod simulate;
 mod token;
 
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         time_limit: Option<f64>,
     },
+    /// Rehearse a scenario's demand against provider capacity under several sourcing
+    /// strategies, with the live broker's engine; write a JSON result and an HTML report.
+    Simulate(simulate::Args),
     /// Bring a database's schema up to date (the broker also does this at start).
     Migrate {
         #[arg(long, default_value = "rofr.db")]
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
             time_limit,
         } => solve(&instance, out.as_deref(), &strategy, time_limit),
         Command::Agent(args) => agent::run(args),
+        Command::Simulate(args) => simulate::run(args),
         Command::Need {
             connection,
             command,
