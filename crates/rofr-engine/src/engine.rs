@@ -94,16 +94,20 @@ impl Engine {
             };
             // Needs whose sourcing rounds close at this same moment are allocated
             // together, so that the caps are shared out at least cost.
-            let batch: Vec<NeedId> = step
-                .state
-                .agenda
-                .range((due, id.clone())..)
-                .take_while(|(at, _)| *at == due)
-                .map(|(_, id)| id.clone())
-                .filter(|id| step.only_quotes_due(id))
-                .take(BATCH_LIMIT)
-                .collect();
-            if batch.len() > 1 && batch[0] == id {
+            let batch: Vec<NeedId> = if step.only_quotes_due(&id) {
+                step.state
+                    .agenda
+                    .range((due, id.clone())..)
+                    .take_while(|(at, _)| *at == due)
+                    .take(4 * BATCH_LIMIT)
+                    .map(|(_, id)| id.clone())
+                    .filter(|id| step.only_quotes_due(id))
+                    .take(BATCH_LIMIT)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if batch.len() > 1 {
                 step.close_sourcing_together(&batch);
             } else {
                 step.fire(&id);

@@ -159,24 +159,15 @@ pub fn cap_usage(
     provider: &ProviderId,
     at: Timestamp,
 ) -> (f64, f64) {
-    let mut total: f64 = cap.base.values().sum();
-    let mut own: f64 = cap.base.get(provider).copied().unwrap_or(0.0);
-    let from = cap
-        .window
-        .map(|w| at.plus_seconds(-w.nominal_seconds()))
-        .unwrap_or(Timestamp::from_unix_seconds(i64::MIN));
-    // "0" sorts before every valid need id (ids start with a letter or digit), so this
-    // key is the first possible entry at `from`.
-    let start = (from, NeedId::parse("0").expect("valid"), 0);
-    for ((_, _, _), (who, usage)) in state.usage.range(start..) {
-        let amount = match cap.basis {
-            CapBasis::GpuHours => usage.gpu_hours,
-            CapBasis::Spend => usage.spend,
-        };
-        total += amount;
-        if who == provider {
-            own += amount;
-        }
-    }
+    let base_total: f64 = cap.base.values().sum();
+    let base_own: f64 = cap.base.get(provider).copied().unwrap_or(0.0);
+    let from = cap.window.map(|w| at.plus_seconds(-w.nominal_seconds()));
+    let (all, mine) = state.usage.since(from, provider);
+    let amount = |u: crate::usage::Usage| match cap.basis {
+        CapBasis::GpuHours => u.gpu_hours as f64,
+        CapBasis::Spend => u.spend(),
+    };
+    let total = base_total + amount(all);
+    let own = base_own + amount(mine);
     (total, own)
 }

@@ -16,6 +16,7 @@ pub mod lint;
 pub mod need;
 pub mod state;
 pub mod types;
+pub mod usage;
 
 pub use command::{Command, Rejection, RejectionCode};
 pub use deal::Deal;

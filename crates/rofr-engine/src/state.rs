@@ -190,18 +190,13 @@ impl NeedState {
     }
 }
 
-/// Usage of a provider, for caps and shares: one entry per live award.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Usage {
-    pub gpu_hours: f64,
-    pub spend: f64,
-}
+pub use crate::usage::{Usage, UsageLog};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub needs: BTreeMap<NeedId, NeedState>,
     /// Live awards by the time they were decided, for caps over rolling windows.
-    pub usage: BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
+    pub usage: UsageLog,
     /// Each need's next deadline, ordered by time.
     pub agenda: BTreeSet<(Timestamp, NeedId)>,
     pub events: u64,
@@ -354,7 +349,7 @@ fn offer_refused(
 #[allow(clippy::too_many_arguments)]
 fn record_award(
     need: &mut NeedState,
-    usage: &mut BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
+    usage: &mut UsageLog,
     at: Timestamp,
     provider: &ProviderId,
     gpus: Gpus,
@@ -372,17 +367,20 @@ fn record_award(
         reservation: None,
         status,
     });
-    let gpu_hours = need.spec.gpu_hours(gpus);
-    let spend = gpu_hours * price.dollars();
+    let gpu_hours = i64::from(gpus.get()) * i64::from(need.spec.hours);
+    let spend_units = i128::from(gpu_hours) * i128::from(price.units());
     let key = (at, need.spec.id.clone(), seq);
-    usage.insert(key, (provider.clone(), Usage { gpu_hours, spend }));
+    usage.insert(
+        key,
+        provider.clone(),
+        Usage {
+            gpu_hours,
+            spend_units,
+        },
+    );
 }
 
-fn apply_to_need(
-    need: &mut NeedState,
-    usage: &mut BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
-    event: &Event,
-) {
+fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
     let at = event.at;
     match &event.kind {
         EventKind::NeedSubmitted { .. } => {}

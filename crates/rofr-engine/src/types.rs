@@ -177,6 +177,11 @@ impl Price {
         self.0
     }
 
+    /// The price in ten-thousandths of a dollar.
+    pub fn units(self) -> u64 {
+        self.0
+    }
+
     pub fn dollars(self) -> f64 {
         self.0 as f64 / Self::SCALE
     }

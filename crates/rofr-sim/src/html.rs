@@ -76,7 +76,7 @@ struct Line<'a> {
 const W: f64 = 720.0;
 const H: f64 = 260.0;
 const LEFT: f64 = 64.0;
-const RIGHT: f64 = 150.0;
+const RIGHT: f64 = 190.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 34.0;
 
@@ -322,7 +322,7 @@ fn delay_chart(report: &Report) -> String {
                 legend_y,
                 escape(&bin.label)
             );
-            x += 16.0 + 7.5 * bin.label.chars().count() as f64 + 14.0;
+            x += 16.0 + 6.6 * bin.label.chars().count() as f64 + 12.0;
         }
     }
     svg.push_str("</svg></figure>");

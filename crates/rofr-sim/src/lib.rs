@@ -8,6 +8,7 @@
 //! spread over cores with rayon, and results are combined in a fixed order, so the same
 //! seed gives byte-identical output on any number of cores.
 
+pub mod bench;
 pub mod html;
 pub mod report;
 pub mod run;

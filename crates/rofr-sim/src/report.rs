@@ -307,10 +307,10 @@ fn summarise(scenario: &Scenario, holder: Option<&str>, reports: &[StrategyRepor
         return out;
     };
     out.push(format!(
-        "{} runs of {} launches each ({} needs), {} to {}, on the deal \"{}\".",
+        "{} runs of {} launches each ({} GPU-hours of demand on average), {} to {}, on the deal \"{}\".",
         scenario.runs,
         first.launches_per_run,
-        first.needs_per_run,
+        thousands(first.demand_gpu_hours),
         &scenario.start.to_string()[..10],
         &scenario.end.to_string()[..10],
         scenario.deal.name,
@@ -376,11 +376,13 @@ fn summarise(scenario: &Scenario, holder: Option<&str>, reports: &[StrategyRepor
         reports.iter().find(|r| r.strategy == "ordered"),
         reports.iter().find(|r| r.strategy == "open_market"),
     ) {
+        let extra =
+            (ordered.cost_per_gpu_hour - open.cost_per_gpu_hour) * ordered.awarded_gpu_hours;
         out.push(format!(
-            "Failing over in a fixed order pays {} per GPU-hour where choosing the cheapest quotes pays {}: {} over the horizon.",
+            "Failing over in a fixed order pays {} per GPU-hour where choosing the cheapest quotes pays {}: {} more for the GPU-hours it placed.",
             dollars_exact(ordered.cost_per_gpu_hour),
             dollars_exact(open.cost_per_gpu_hour),
-            dollars(ordered.total_cost - open.total_cost * ratio(ordered.awarded_gpu_hours, open.awarded_gpu_hours)),
+            dollars(extra),
         ));
     }
     if let Some(cheapest) = cheapest {

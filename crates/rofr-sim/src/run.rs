@@ -221,6 +221,20 @@ enum Action {
         need: NeedId,
         award: u32,
     },
+    /// The round is decided: capacity held for it and not awarded goes back.
+    Release {
+        need: NeedId,
+    },
+}
+
+/// Capacity a provider set aside for a need when it quoted, accepted or matched, until
+/// the round is decided; what is awarded stays set aside for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    provider: usize,
+    pool: usize,
+    start: Timestamp,
+    gpus: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -332,20 +346,26 @@ impl<'a> ProviderSim<'a> {
             .max_by_key(|&(i, free)| (free, Reverse(i)))
     }
 
-    fn reserve(
+    /// Sets `gpus` aside through the need's span (or gives them back).
+    fn adjust(
         &mut self,
         pool: usize,
         spec: &NeedSpec,
         from: Timestamp,
         origin: Timestamp,
         gpus: u32,
+        give_back: bool,
     ) {
         let first = ((from.unix_seconds() - origin.unix_seconds()) / DAY).max(0) as usize;
         let days = (spec.hours as usize).div_ceil(24).max(1);
         let free = &mut self.pools[pool].free;
         let end = (first + days).min(free.len());
         for slot in &mut free[first.min(end)..end] {
-            *slot -= gpus;
+            if give_back {
+                *slot += gpus;
+            } else {
+                *slot -= gpus;
+            }
         }
     }
 }
@@ -371,6 +391,10 @@ pub struct Sim<'a> {
     drawn: &'a Drawn,
     launch_start: Vec<Timestamp>,
     launch_got: Vec<u32>,
+    /// Capacity held for open rounds, by need.
+    holds: HashMap<NeedId, Vec<Hold>>,
+    /// Capacity set aside for awards not yet delivered, by need and award.
+    awarded: HashMap<(NeedId, u32), Hold>,
     result: RunResult,
     keep_log: bool,
 }
@@ -426,6 +450,8 @@ impl<'a> Sim<'a> {
             drawn,
             launch_start: drawn.launches.iter().map(|l| l.date).collect(),
             launch_got: vec![0; drawn.launches.len()],
+            holds: HashMap::new(),
+            awarded: HashMap::new(),
             result,
             keep_log: false,
         }
@@ -566,6 +592,7 @@ impl<'a> Sim<'a> {
                     ..
                 } => {
                     if let Some(&p) = self.index.get(provider) {
+                        self.carve(&event.need, p, *award, *gpus);
                         let action = Action::Deliver {
                             provider: p,
                             need: event.need.clone(),
@@ -582,7 +609,22 @@ impl<'a> Sim<'a> {
                 EventKind::OfferLapsed { .. } | EventKind::MatchLapsed { .. } => {
                     self.result.lapses += 1;
                 }
-                EventKind::NeedExpired { gpus } => self.resubmit(&event.need, *gpus, event.at),
+                EventKind::NeedExpired { gpus } => {
+                    self.release(&event.need);
+                    self.resubmit(&event.need, *gpus, event.at);
+                }
+                EventKind::SourcingClosed { .. } => {
+                    // After the awards this same decision makes.
+                    let action = Action::Release {
+                        need: event.need.clone(),
+                    };
+                    self.schedule(at, action);
+                }
+                EventKind::AwardFailed { award, .. } => {
+                    if let Some(hold) = self.awarded.remove(&(event.need.clone(), *award)) {
+                        self.give_back(&event.need, hold);
+                    }
+                }
                 _ => {}
             }
         }
@@ -645,12 +687,17 @@ impl<'a> Sim<'a> {
             Action::Approve { need, award } => {
                 self.execute(Command::Approve { need, award });
             }
+            Action::Release { need } => self.release(&need),
             Action::Answer {
                 provider,
                 need,
                 ask,
             } => {
-                if let Some(command) = self.answer(provider, &need, ask, now) {
+                if let Some((command, hold)) = self.answer(provider, &need, ask, now) {
+                    // Held before the command runs: an acceptance is awarded at once.
+                    if let Some(hold) = hold {
+                        self.hold(&need, hold);
+                    }
                     let declined = match &command {
                         Command::Accept { .. } => Some(Command::Decline {
                             provider: self.providers[provider].model.id.clone(),
@@ -665,6 +712,9 @@ impl<'a> Sim<'a> {
                     };
                     // Part of an all-or-nothing offer cannot be taken: decline instead.
                     if !self.execute(command) {
+                        if let Some(hold) = hold {
+                            self.unhold(&need, hold);
+                        }
                         if let Some(decline) = declined {
                             self.execute(decline);
                         }
@@ -682,7 +732,13 @@ impl<'a> Sim<'a> {
     }
 
     /// A provider's answer, from its model; `None` is silence.
-    fn answer(&mut self, p: usize, id: &NeedId, ask: Ask, now: Timestamp) -> Option<Command> {
+    fn answer(
+        &mut self,
+        p: usize,
+        id: &NeedId,
+        ask: Ask,
+        now: Timestamp,
+    ) -> Option<(Command, Option<Hold>)> {
         let model = self.providers[p].model;
         if self.rng.random::<f64>() < model.silence_probability {
             return None;
@@ -700,60 +756,73 @@ impl<'a> Sim<'a> {
             reason,
         };
         if self.rng.random::<f64>() < model.decline_probability {
-            return Some(decline(DeclineReason::Other));
+            return Some((decline(DeclineReason::Other), None));
         }
         let spec = &self.engine.state().needs.get(id)?.spec;
         let sim = &self.providers[p];
         let Some(own_price) = sim.price(spec, now, self.scenario.start) else {
-            return Some(decline(DeclineReason::NoCapacity));
+            return Some((decline(DeclineReason::NoCapacity), None));
         };
         let Some(start) = sim.start_for(spec, now) else {
-            return Some(decline(DeclineReason::Timing));
+            return Some((decline(DeclineReason::Timing), None));
         };
-        let free = sim
+        let (pool, free) = sim
             .best_pool(spec, start, self.scenario.start)
-            .map_or(0, |(_, f)| f);
+            .unwrap_or((0, 0));
         if free == 0 {
-            return Some(decline(DeclineReason::NoCapacity));
+            return Some((decline(DeclineReason::NoCapacity), None));
         }
+        let hold = |gpus: u32| {
+            Some(Hold {
+                provider: p,
+                pool,
+                start,
+                gpus,
+            })
+        };
         match ask {
             Ask::Rfq { gpus } => {
                 let price = Price::from_dollars(own_price).ok()?;
                 if price > spec.max_price_per_gpu_hour {
-                    return Some(decline(DeclineReason::Price));
+                    return Some((decline(DeclineReason::Price), None));
                 }
-                Some(Command::Quote {
+                let gpus = gpus.get().min(free);
+                let quote = Command::Quote {
                     provider,
                     need,
-                    gpus: Gpus(gpus.get().min(free)),
+                    gpus: Gpus(gpus),
                     price,
-                })
+                };
+                Some((quote, hold(gpus)))
             }
             Ask::Offer { gpus, price, .. } => {
                 if price.dollars() < own_price {
-                    return Some(decline(DeclineReason::Price));
+                    return Some((decline(DeclineReason::Price), None));
                 }
-                Some(Command::Accept {
+                let gpus = gpus.get().min(free);
+                let accept = Command::Accept {
                     provider,
                     need,
                     offer,
-                    gpus: Some(Gpus(gpus.get().min(free))),
+                    gpus: Some(Gpus(gpus)),
                     price: None,
-                })
+                };
+                Some((accept, hold(gpus)))
             }
             Ask::Match { gpus, price, .. } => {
                 if price.dollars() < own_price {
-                    return Some(decline(DeclineReason::Price));
+                    return Some((decline(DeclineReason::Price), None));
                 }
                 if free < gpus.get() {
-                    return Some(decline(DeclineReason::NoCapacity));
+                    return Some((decline(DeclineReason::NoCapacity), None));
                 }
-                Some(Command::Match {
+                let matched = Command::Match {
                     provider,
                     need,
                     offer,
                     gpus: None,
-                })
+                };
+                Some((matched, hold(gpus.get())))
             }
         }
     }
@@ -776,19 +845,38 @@ impl<'a> Sim<'a> {
             reason: reason.to_owned(),
         };
         if self.rng.random::<f64>() < model.failure_probability {
+            if let Some(hold) = self.awarded.remove(&(id.clone(), award)) {
+                self.give_back(&id, hold);
+            }
             self.execute(fail("could not deliver"));
             return;
         }
         let spec = self.engine.state().needs[&id].spec.clone();
-        // Late delivery is still delivery: the launch slips.
-        let start = spec.earliest_start.max(now.plus_seconds(model.lead_time));
-        let pool = self.providers[p]
-            .best_pool(&spec, start, self.scenario.start)
-            .filter(|&(_, free)| free >= gpus.get());
-        let Some((pool, _)) = pool else {
-            self.execute(fail("the capacity was taken meanwhile"));
-            return;
-        };
+        let set_aside = self.awarded.remove(&(id.clone(), award));
+        // What was held for the award, topped up from what is free now where the hold
+        // fell short; late delivery is still delivery: the launch slips.
+        let start = set_aside.map_or_else(
+            || spec.earliest_start.max(now.plus_seconds(model.lead_time)),
+            |h| h.start,
+        );
+        let held = set_aside.map_or(0, |h| h.gpus);
+        let mut topped = None;
+        if held < gpus.get() {
+            let more = gpus.get() - held;
+            match self.providers[p]
+                .best_pool(&spec, start, self.scenario.start)
+                .filter(|&(_, free)| free >= more)
+            {
+                Some((pool, _)) => topped = Some((pool, more)),
+                None => {
+                    if let Some(hold) = set_aside {
+                        self.give_back(&id, hold);
+                    }
+                    self.execute(fail("the capacity was taken meanwhile"));
+                    return;
+                }
+            }
+        }
         self.providers[p].reservations += 1;
         let reservation = format!("{}-{}", provider, self.providers[p].reservations);
         if !self.execute(Command::Confirm {
@@ -797,9 +885,14 @@ impl<'a> Sim<'a> {
             award,
             reservation,
         }) {
+            if let Some(hold) = set_aside {
+                self.give_back(&id, hold);
+            }
             return;
         }
-        self.providers[p].reserve(pool, &spec, start, self.scenario.start, gpus.get());
+        if let Some((pool, more)) = topped {
+            self.providers[p].adjust(pool, &spec, start, self.scenario.start, more, false);
+        }
         let gpu_hours = spec.gpu_hours(gpus);
         let cost = gpu_hours * price.dollars();
         let step = step_of(self.scenario, now);
@@ -811,6 +904,70 @@ impl<'a> Sim<'a> {
         let launch = self.needs[&id].launch;
         self.launch_start[launch] = self.launch_start[launch].max(start);
         self.launch_got[launch] += gpus.get();
+    }
+
+    fn hold(&mut self, need: &NeedId, hold: Hold) {
+        let spec = &self.engine.state().needs[need].spec;
+        self.providers[hold.provider].adjust(
+            hold.pool,
+            spec,
+            hold.start,
+            self.scenario.start,
+            hold.gpus,
+            false,
+        );
+        self.holds.entry(need.clone()).or_default().push(hold);
+    }
+
+    /// Gives back a hold whose command the engine refused.
+    fn unhold(&mut self, need: &NeedId, hold: Hold) {
+        if let Some(holds) = self.holds.get_mut(need) {
+            if let Some(i) = holds.iter().rposition(|h| *h == hold) {
+                holds.remove(i);
+                self.give_back(need, hold);
+            }
+        }
+    }
+
+    fn give_back(&mut self, need: &NeedId, hold: Hold) {
+        let spec = &self.engine.state().needs[need].spec;
+        self.providers[hold.provider].adjust(
+            hold.pool,
+            spec,
+            hold.start,
+            self.scenario.start,
+            hold.gpus,
+            true,
+        );
+    }
+
+    /// Moves an award's GPUs from the provider's hold on the round to the award.
+    fn carve(&mut self, need: &NeedId, provider: usize, award: u32, gpus: Gpus) {
+        let Some(holds) = self.holds.get_mut(need) else {
+            return;
+        };
+        let Some(hold) = holds
+            .iter_mut()
+            .find(|h| h.provider == provider && h.gpus > 0)
+        else {
+            return;
+        };
+        let taken = hold.gpus.min(gpus.get());
+        hold.gpus -= taken;
+        let carved = Hold {
+            gpus: taken,
+            ..*hold
+        };
+        self.awarded.insert((need.clone(), award), carved);
+    }
+
+    /// Gives back whatever is still held for a need's rounds.
+    fn release(&mut self, need: &NeedId) {
+        for hold in self.holds.remove(need).unwrap_or_default() {
+            if hold.gpus > 0 {
+                self.give_back(need, hold);
+            }
+        }
     }
 
     fn finish(mut self) -> RunResult {

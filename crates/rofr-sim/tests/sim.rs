@@ -203,12 +203,12 @@ fn the_tiny_scenario_gives_the_figures_worked_out_by_hand() {
     assert_eq!((first.lapses, first.reoffers), (0.0, 0.0));
     // exclusive: h's 32 only until its first reservation (20–24 January) ends; the
     // other 32 find no one, wait, expire on the 25th at their latest start and are asked
-    // again at once; h takes them then, confirming at 02:00 after its hour's answer
-    // and hour's delivery: the launch starts 5 days 2 hours late, all 64 at $6.
+    // again at once; h accepts at 01:00 after its hour's answer and sets them aside
+    // from then: the launch starts 5 days 1 hour late (5.04 days), all 64 at $6.
     let exclusive = by("exclusive");
     assert_eq!(exclusive.total_cost, 38_400.0);
     assert_eq!(exclusive.unmet_gpu_hours, 0.0);
-    assert_eq!(exclusive.launch_delay_days.mean, 5.08);
+    assert_eq!(exclusive.launch_delay_days.mean, 5.04);
     assert_eq!(exclusive.met_share, 1.0);
     assert_eq!(exclusive.holder_share, 1.0);
     assert_eq!(exclusive.resubmissions, 1.0);

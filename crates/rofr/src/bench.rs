@@ -24,6 +24,14 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u64,
     },
+    /// The simulator: a three-year scenario with eight providers and about 50,000 needs
+    /// per run, `runs` runs of one strategy spread over the cores.
+    Simulate {
+        #[arg(long, default_value_t = 100)]
+        runs: u32,
+        #[arg(long, default_value = "first_offer")]
+        strategy: String,
+    },
     /// The exact solver on seeded instances, beside both baselines.
     Solve {
         /// Time limit per instance, in seconds.
@@ -39,6 +47,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             clients,
             mode,
         } => (needs, clients, mode),
+        Command::Simulate { runs, strategy } => return simulate(runs, &strategy),
         Command::Solve { time_limit } => {
             println!(
                 "rofr bench solve: seeded instances (seed 42), time limit {time_limit} s each"
@@ -79,5 +88,33 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             .map_err(|e| anyhow::anyhow!(e))?;
         println!("{}", report.render());
     }
+    Ok(exit::OK)
+}
+
+fn simulate(runs: u32, strategy: &str) -> anyhow::Result<u8> {
+    let strategy = rofr_sim::Strategy::parse(strategy).map_err(|e| anyhow::anyhow!(e.0))?;
+    let scenario = rofr_sim::bench::scenario(runs, strategy);
+    let drawn = rofr_sim::run::draw(&scenario, 0).needs.len();
+    println!(
+        "rofr bench simulate: {} to {}, {} providers, {drawn} needs drawn in run 0, {runs} runs of `{}` on {} threads",
+        &scenario.start.to_string()[..10],
+        &scenario.end.to_string()[..10],
+        scenario.providers.len(),
+        strategy.as_str(),
+        rayon::current_num_threads()
+    );
+    let started = std::time::Instant::now();
+    let outcome = rofr_sim::simulate(&scenario, &|| {});
+    let seconds = started.elapsed().as_secs_f64();
+    let runs_done = outcome.results.iter().flatten();
+    let (needs, events) = runs_done.fold((0u64, 0u64), |(n, e), r| {
+        (n + u64::from(r.needs), e + r.events)
+    });
+    println!(
+        "{runs} runs in {seconds:.2} s: {needs} needs ({:.0} needs/s simulated), {events} engine events ({:.0}/s), {:.2} s per run per thread",
+        needs as f64 / seconds,
+        events as f64 / seconds,
+        seconds * rayon::current_num_threads() as f64 / f64::from(runs)
+    );
     Ok(exit::OK)
 }
