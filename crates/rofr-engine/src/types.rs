@@ -14,9 +14,16 @@ pub struct ValueError(pub String);
 macro_rules! identifier {
     ($(#[$meta:meta])* $name:ident, $what:literal) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        // Shared text: ids are cloned into every event and index, and a clone of an
+        // `Arc<str>` is a count, not an allocation.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(std::sync::Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Accepts 1 to 64 characters of ASCII letters, digits, `-`, `_` and `.`,
@@ -27,7 +34,7 @@ macro_rules! identifier {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
                 if text.len() <= 64 && ok_first && ok_rest {
-                    Ok(Self(text.to_owned()))
+                    Ok(Self(text.into()))
                 } else {
                     Err(ValueError(format!(
                         concat!("`{}` is not a valid ", $what,
