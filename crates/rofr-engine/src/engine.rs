@@ -1086,6 +1086,11 @@ impl Step<'_> {
     /// period where that costs nothing.
     fn plan_sourcing(&self, ids: &[NeedId]) -> Vec<Vec<Plan>> {
         use rofr_solver::{Instance, Need, Pool, Settings, ShareLimit};
+        if let ([id], Allocation::LeastCost) = (ids, self.deal.sourcing.allocation) {
+            if let Some(plans) = self.cheapest_within_caps(id) {
+                return vec![plans];
+            }
+        }
         let mut instance = Instance {
             needs: Vec::new(),
             pools: Vec::new(),
@@ -1211,6 +1216,80 @@ impl Step<'_> {
             }
         }
         plans
+    }
+
+    /// The solver's first step for one need, without building its instance: cheapest
+    /// quotes first (committed providers first at equal price, then in the order the
+    /// RFQs went out), kept only if the totals keep every cap. Without caps that is the
+    /// optimum, so when it keeps them nothing costs less; otherwise `None`, and the
+    /// solver takes over.
+    fn cheapest_within_caps(&self, id: &NeedId) -> Option<Vec<Plan>> {
+        let need = self.need(id);
+        let committed = |p: &ProviderId| {
+            self.deal
+                .commitments
+                .iter()
+                .any(|c| c.period.covers(self.now) && &c.provider == p)
+        };
+        let mut quotes: Vec<(Price, bool, usize, &ProviderId, Gpus)> = need
+            .rfqs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r.status {
+                RfqStatus::Quoted { gpus, price } => {
+                    Some((price, !committed(&r.provider), i, &r.provider, gpus))
+                }
+                _ => None,
+            })
+            .filter(|&(price, _, _, provider, _)| {
+                self.cap_room(id, provider, price, &[]) > Gpus::ZERO
+            })
+            .collect();
+        quotes.sort_by_key(|&(price, later, i, _, _)| (price, later, i));
+        let mut left = need.free();
+        let mut plans = Vec::new();
+        for (price, _, _, provider, gpus) in quotes {
+            let take = Gpus(gpus.get().min(left.get()));
+            if take == Gpus::ZERO {
+                break;
+            }
+            left = left.saturating_sub(take);
+            plans.push(Plan {
+                provider: provider.clone(),
+                gpus: take,
+                price,
+            });
+        }
+        let hours = f64::from(need.spec.hours);
+        for cap in self.deal.caps.iter().filter(|c| c.max_share < 1.0) {
+            let weight = |plan: &Plan| match cap.basis {
+                CapBasis::GpuHours => hours * f64::from(plan.gpus.get()),
+                CapBasis::Spend => hours * plan.price.dollars() * f64::from(plan.gpus.get()),
+            };
+            let added: f64 = plans.iter().map(weight).sum();
+            for plan in &plans {
+                let exempt = self
+                    .deal
+                    .first_refusals
+                    .iter()
+                    .any(|fr| fr.term.covers(self.now) && fr.holder == plan.provider);
+                if !cap.applies_to(&plan.provider, exempt.then_some(&plan.provider)) {
+                    continue;
+                }
+                let (total, own) = cap_usage(cap, self.state, &plan.provider, self.now);
+                let mine: f64 = plans
+                    .iter()
+                    .filter(|p| p.provider == plan.provider)
+                    .map(weight)
+                    .sum();
+                let bound = cap.max_share * (total + added);
+                // The solver's checker's tolerance.
+                if own + mine > bound * (1.0 + 1e-9) + 1e-6 {
+                    return None;
+                }
+            }
+        }
+        Some(plans)
     }
 
     /// Puts a need's plans in the order its awards will be made, so that each award

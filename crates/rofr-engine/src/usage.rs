@@ -1,6 +1,6 @@
-//! Live awards by the time they were decided, with sums by day kept in Fenwick trees
+//! Live awards by the time they were decided, with sums by hour kept in Fenwick trees
 //! (one for everyone, one per provider) so that a cap over a rolling window costs
-//! O(log days) plus the awards of the window's first day, not a scan of the window.
+//! O(log hours) plus the awards of the window's first hour, not a scan of the window.
 //! Sums are integers — GPU-hours, and spend in ten-thousandths of a dollar — so they
 //! are exact whatever order awards come and go in.
 
@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use crate::types::{NeedId, ProviderId, Timestamp};
 
-const DAY: i64 = 86_400;
+/// The width of a bucket, in seconds.
+const BUCKET: i64 = 3_600;
 
 /// What one live award counts for caps and shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,7 +39,7 @@ impl Usage {
     }
 }
 
-/// Sums by day index, with prefix sums in O(log n).
+/// Sums by bucket index, with prefix sums in O(log n).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Fenwick {
     buckets: Vec<Usage>,
@@ -94,14 +95,14 @@ impl Fenwick {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageLog {
     entries: BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
-    /// The day index 0 stands for.
+    /// The bucket index 0 stands for.
     origin: i64,
     everyone: Fenwick,
     providers: BTreeMap<ProviderId, Fenwick>,
 }
 
-fn day(at: Timestamp) -> i64 {
-    at.unix_seconds().div_euclid(DAY)
+fn bucket(at: Timestamp) -> i64 {
+    at.unix_seconds().div_euclid(BUCKET)
 }
 
 /// "0" sorts before every need id but "0" itself, and no award has sequence 0.
@@ -119,10 +120,10 @@ impl UsageLog {
             self.count(key.0, &old_provider, old, true);
         }
         if self.entries.is_empty() && self.everyone.buckets.is_empty() {
-            self.origin = day(key.0);
+            self.origin = bucket(key.0);
         }
-        if day(key.0) < self.origin {
-            self.reindex(day(key.0));
+        if bucket(key.0) < self.origin {
+            self.reindex(bucket(key.0));
         }
         self.count(key.0, &provider, usage, false);
         self.entries.insert(key, (provider, usage));
@@ -135,7 +136,7 @@ impl UsageLog {
     }
 
     fn count(&mut self, at: Timestamp, provider: &ProviderId, usage: Usage, negative: bool) {
-        let index = (day(at) - self.origin) as usize;
+        let index = (bucket(at) - self.origin) as usize;
         self.everyone.add(index, usage, negative);
         self.providers
             .entry(provider.clone())
@@ -143,7 +144,7 @@ impl UsageLog {
             .add(index, usage, negative);
     }
 
-    /// Starts the day index earlier, for an award decided before every other.
+    /// Starts the bucket index earlier, for an award decided before every other.
     fn reindex(&mut self, origin: i64) {
         let entries = std::mem::take(&mut self.entries);
         self.everyone = Fenwick::default();
@@ -165,8 +166,8 @@ impl UsageLog {
                 own_tree.map_or(Usage::default(), |t| t.total),
             );
         };
-        let first = day(from) - self.origin;
-        // Whole days after the first, from the trees.
+        let first = bucket(from) - self.origin;
+        // Whole buckets after the first, from the trees.
         let after = |tree: &Fenwick| {
             if first < 0 {
                 tree.total
@@ -176,12 +177,12 @@ impl UsageLog {
         };
         let mut all = after(&self.everyone);
         let mut own = own_tree.map_or(Usage::default(), after);
-        // The first day from `from` on, entry by entry.
+        // The first bucket from `from` on, entry by entry.
         if first >= 0 {
-            let next_day = Timestamp::from_unix_seconds((day(from) + 1) * DAY);
+            let next_bucket = Timestamp::from_unix_seconds((bucket(from) + 1) * BUCKET);
             for (who, usage) in self
                 .entries
-                .range(first_key(from)..first_key(next_day))
+                .range(first_key(from)..first_key(next_bucket))
                 .map(|(_, v)| v)
             {
                 all = all.plus(*usage);
@@ -220,8 +221,8 @@ mod tests {
         /// any time (earlier than all others too) and removals.
         #[test]
         fn window_sums_equal_a_scan(
-            ops in prop::collection::vec((0i64..400 * DAY, 0u8..3, 1i64..5000, any::<bool>()), 1..120),
-            probes in prop::collection::vec(-10i64..420 * DAY, 1..20),
+            ops in prop::collection::vec((0i64..400 * 86_400, 0u8..3, 1i64..5000, any::<bool>()), 1..120),
+            probes in prop::collection::vec(-10i64..420 * 86_400, 1..20),
         ) {
             let mut log = UsageLog::default();
             let providers: Vec<ProviderId> =
