@@ -154,6 +154,9 @@ pub struct Scenario {
     pub cap: f64,
     pub demand: Demand,
     pub providers: Vec<ProviderModel>,
+    /// Things that parse but will not behave as the author likely means: a provider
+    /// that answers after its windows close, a provider of the deal nobody modelled.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Scenario {
@@ -320,10 +323,13 @@ pub fn parse_scenario(
     let mut cx = Cx {
         map,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let scenario = cx.scenario(raw, deal);
     if cx.errors.is_empty() {
-        Ok(scenario.expect("no errors means a scenario"))
+        let mut scenario = scenario.expect("no errors means a scenario");
+        scenario.warnings = cx.warnings;
+        Ok(scenario)
     } else {
         cx.errors
             .sort_by_key(|d| (d.location.line, d.location.column));
@@ -334,6 +340,7 @@ pub fn parse_scenario(
 struct Cx<'a> {
     map: SourceMap<'a>,
     errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Cx<'_> {
@@ -527,6 +534,24 @@ impl Cx<'_> {
                 );
             }
         }
+        for provider in &deal.providers {
+            if !raw
+                .provider
+                .iter()
+                .any(|p| p.get_ref().id.get_ref() == provider.id.as_str())
+            {
+                let warning = Diagnostic::warning(
+                    "provider-not-modelled",
+                    self.map.location(header.deal.span().start),
+                    format!(
+                        "the deal names `{}` but no [[provider]] models it: it will never answer",
+                        provider.id
+                    ),
+                )
+                .key("provider");
+                self.warnings.push(warning);
+            }
+        }
         if raw.provider.is_empty() {
             self.fail(
                 header.deal.span(),
@@ -546,6 +571,7 @@ impl Cx<'_> {
             cap,
             demand: demand?,
             providers,
+            warnings: Vec::new(),
         })
     }
 
@@ -698,6 +724,40 @@ impl Cx<'_> {
         })
     }
 
+    /// Warns where a provider answers only after the window it answers in has closed.
+    fn late_answers(
+        &mut self,
+        raw: &RawProvider,
+        key: &str,
+        id: &ProviderId,
+        delay: i64,
+        deal: &Deal,
+    ) {
+        let span = raw
+            .answer_delay
+            .as_ref()
+            .map_or(raw.id.span(), |d| d.span());
+        let mut windows = vec![("quote window", deal.sourcing.quote_window.nominal_seconds())];
+        if let Some(fr) = deal.first_refusals.iter().find(|fr| &fr.holder == id) {
+            windows.push(("first-refusal window", fr.window.nominal_seconds()));
+        }
+        for (what, window) in windows {
+            if delay >= window {
+                let warning = Diagnostic::warning(
+                    "answers-too-late",
+                    self.map.location(span.start),
+                    format!(
+                        "`{id}` answers {} h after being asked, when the deal's {what} of {} h has closed: its answers will all be too late",
+                        delay / 3600,
+                        window / 3600
+                    ),
+                )
+                .key(format!("{key}.answer_delay"));
+                self.warnings.push(warning);
+            }
+        }
+    }
+
     fn provider(&mut self, i: usize, raw: &S<RawProvider>, deal: &Deal) -> Option<ProviderModel> {
         let raw = raw.get_ref();
         let key = format!("provider[{i}]");
@@ -714,6 +774,7 @@ impl Cx<'_> {
             );
         }
         let answer_delay = self.seconds(&raw.answer_delay, &format!("{key}.answer_delay"), 3600);
+        self.late_answers(raw, &key, &id, answer_delay, deal);
         let lead_time = self.seconds(&raw.lead_time, &format!("{key}.lead_time"), 0);
         let decline_probability = self.probability(
             &raw.decline_probability,

@@ -377,3 +377,30 @@ fn scenario_errors_name_the_file_line_and_column() {
         (9, 1)
     );
 }
+
+#[test]
+fn capped_without_a_cap_base_is_refused() {
+    // Shares are judged award by award, and the tiny deal has no cap base.
+    let capped = TINY.replace(r#"["exclusive", "#, r#"["capped", "exclusive", "#);
+    let deal = Arc::new(parse_deal("tiny-deal.toml", DEAL).unwrap());
+    let errors = parse_scenario("tiny.toml", &capped, deal).unwrap_err();
+    assert_eq!(errors[0].key.as_deref(), Some("scenario.strategies[0]"));
+    assert!(errors[0].message.contains("base"), "{}", errors[0]);
+}
+
+#[test]
+fn a_provider_that_answers_after_the_window_closes_is_warned_about() {
+    let slow = TINY.replace(
+        "id = \"a\"\nanswer_delay = \"2h\"",
+        "id = \"a\"\nanswer_delay = \"30h\"",
+    );
+    let warned = scenario(DEAL, &slow);
+    assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
+    let warning = &warned.warnings[0];
+    assert_eq!(warning.key.as_deref(), Some("provider[1].answer_delay"));
+    assert!(
+        warning.message.contains("quote window of 24 h"),
+        "{warning}"
+    );
+    assert!(scenario(DEAL, TINY).warnings.is_empty());
+}

@@ -58,6 +58,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Ok(scenario) => scenario,
         Err(errors) => return Ok(report_errors(&file, &errors)),
     };
+    for warning in &scenario.warnings {
+        eprintln!("{warning}");
+    }
     if let Some(runs) = args.runs {
         anyhow::ensure!(runs >= 1, "--runs must be at least 1");
         scenario.runs = runs;
