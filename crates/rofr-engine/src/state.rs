@@ -1,7 +1,7 @@
 //! The state: a fold of events, and nothing else (I4). `State::apply` never fails and
 //! never decides; decisions live in the engine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::deal::Variant;
 use crate::event::{Event, EventKind};
@@ -125,6 +125,8 @@ pub struct NeedState {
     pub fulfilled_until: Option<Timestamp>,
     pub closed: Option<Closed>,
     pub unmet: Gpus,
+    /// The deadline it holds in the agenda: its next deadline as of its last event.
+    pub scheduled: Option<Timestamp>,
 }
 
 impl NeedState {
@@ -192,9 +194,16 @@ impl NeedState {
 
 pub use crate::usage::{Usage, UsageLog};
 
+/// Needs by id, hashed: the engine looks needs up many times per command. The hasher
+/// (FxHash) has no random keys, so iteration order depends only on the needs
+/// themselves; whatever needs an order (lists, pages) goes through `State::ids`.
+pub type NeedMap = std::collections::HashMap<NeedId, NeedState, rustc_hash::FxBuildHasher>;
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
-    pub needs: BTreeMap<NeedId, NeedState>,
+    pub needs: NeedMap,
+    /// Every need's id, in order, for lists and pages.
+    pub ids: BTreeSet<NeedId>,
     /// Live awards by the time they were decided, for caps over rolling windows.
     pub usage: UsageLog,
     /// Each need's next deadline, ordered by time.
@@ -224,19 +233,17 @@ impl State {
         if submitted {
             let need = new_need(event);
             self.needs.insert(id.clone(), need);
+            self.ids.insert(id.clone());
         }
         let Some(need) = self.needs.get_mut(id) else {
             // An event for an unknown need cannot come from this engine; a fold that
             // never fails skips it, and the replay check reports the difference.
             return;
         };
-        let before = if submitted {
-            None
-        } else {
-            need.next_deadline()
-        };
+        let before = need.scheduled;
         apply_to_need(need, &mut self.usage, event);
         let after = need.next_deadline();
+        need.scheduled = after;
         if before != after {
             if let Some(at) = before {
                 self.agenda.remove(&(at, id.clone()));
@@ -297,7 +304,8 @@ fn new_need(event: &Event) -> NeedState {
         reoffer_threshold: reoffer_threshold.unwrap_or(0.0),
         offers: Vec::new(),
         round: 0,
-        rfqs: Vec::new(),
+        // A round asks every eligible provider: room for a few without growing.
+        rfqs: Vec::with_capacity(8),
         sourcing_open: false,
         awards: Vec::new(),
         refusals: Vec::new(),
@@ -307,6 +315,7 @@ fn new_need(event: &Event) -> NeedState {
         fulfilled_until: None,
         closed: None,
         unmet: Gpus::ZERO,
+        scheduled: None,
     }
 }
 

@@ -107,7 +107,9 @@ fn bucket(at: Timestamp) -> i64 {
 
 /// "0" sorts before every need id but "0" itself, and no award has sequence 0.
 fn first_key(at: Timestamp) -> (Timestamp, NeedId, u32) {
-    (at, NeedId::parse("0").expect("valid"), 0)
+    static ZERO: std::sync::LazyLock<NeedId> =
+        std::sync::LazyLock::new(|| NeedId::parse("0").expect("valid"));
+    (at, ZERO.clone(), 0)
 }
 
 impl UsageLog {

@@ -205,11 +205,11 @@ pub fn offers_page(
     use std::ops::Bound;
     let start = after.map_or(Bound::Unbounded, Bound::Excluded);
     let mut offers = Vec::new();
-    for need in engine
-        .state()
-        .needs
+    let state = engine.state();
+    for need in state
+        .ids
         .range::<str, _>((start, Bound::Unbounded))
-        .map(|(_, n)| n)
+        .map(|id| &state.needs[id])
         .filter(|n| n.closed.is_none())
     {
         offers.extend(

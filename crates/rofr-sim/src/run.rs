@@ -3,7 +3,9 @@
 //! simulated clock. Nothing here decides what the deal allows; the engine does.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -446,12 +448,12 @@ impl<'a> Sim<'a> {
             seq: 0,
             providers,
             index,
-            needs: HashMap::new(),
+            needs: HashMap::default(),
             drawn,
             launch_start: drawn.launches.iter().map(|l| l.date).collect(),
             launch_got: vec![0; drawn.launches.len()],
-            holds: HashMap::new(),
-            awarded: HashMap::new(),
+            holds: HashMap::default(),
+            awarded: HashMap::default(),
             result,
             keep_log: false,
         }
