@@ -271,6 +271,18 @@ fn shares_chart(report: &Report, strategy: &StrategyReport, alert: Option<f64>) 
         W - RIGHT + 68.0,
         y + 4.0
     );
+    if let Some(alert) = alert {
+        let y = y + 18.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#d62728" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" class="legend">HHI alert {}</text>"##,
+            W - RIGHT + 50.0,
+            W - RIGHT + 62.0,
+            W - RIGHT + 68.0,
+            y + 4.0,
+            thousands(alert)
+        );
+    }
     svg.push_str("</svg></figure>");
     svg
 }
@@ -322,7 +334,7 @@ fn delay_chart(report: &Report) -> String {
                 legend_y,
                 escape(&bin.label)
             );
-            x += 16.0 + 6.6 * bin.label.chars().count() as f64 + 12.0;
+            x += 16.0 + 6.2 * bin.label.chars().count() as f64 + 12.0;
         }
     }
     svg.push_str("</svg></figure>");
