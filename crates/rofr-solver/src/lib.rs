@@ -685,14 +685,7 @@ fn least_cost(
         );
     }
     if (skip_search || remaining.is_some_and(|r| r.as_millis() < 50)) && !candidates.is_empty() {
-        let mut best = candidates
-            .into_iter()
-            .min_by(|a, b| a.cost.total_cmp(&b.cost))
-            .expect("not empty");
-        let met = best.cost - bound <= 1e-9 * best.cost.abs().max(1.0);
-        best.status = if met { "optimal" } else { "feasible" }.into();
-        best.bound = if met { best.cost } else { bound };
-        return Ok(best);
+        return Ok(cheapest_against(candidates, bound));
     }
     let (problem, vars) = program(instance, limits, true, &Objective::Cost);
     let proven = search(
@@ -707,14 +700,19 @@ fn least_cost(
         return Ok(proven);
     }
     candidates.push(proven);
+    Ok(cheapest_against(candidates, bound))
+}
+
+/// The cheapest of `candidates` (not empty), `optimal` where its cost meets `bound`.
+fn cheapest_against(candidates: Vec<Solution>, bound: f64) -> Solution {
     let mut best = candidates
         .into_iter()
         .min_by(|a, b| a.cost.total_cmp(&b.cost))
-        .expect("at least the search's answer");
+        .expect("at least one candidate");
     let met = best.cost - bound <= 1e-9 * best.cost.abs().max(1.0);
     best.status = if met { "optimal" } else { "feasible" }.into();
     best.bound = if met { best.cost } else { bound };
-    Ok(best)
+    best
 }
 
 /// Among allocations costing no more than the optimum `best`, finds one giving the most
