@@ -27,9 +27,11 @@ pub enum Command {
     /// The simulator: a three-year scenario with eight providers and about 50,000 needs
     /// per run, `runs` runs of one strategy spread over the cores.
     Simulate {
-        #[arg(long, default_value_t = 100)]
+        /// Runs to make, spread over the cores.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
-        #[arg(long, default_value = "first_offer")]
+        /// The strategy every run uses.
+        #[arg(long, default_value = "first_offer", value_parser = ["exclusive", "first_offer", "last_look", "open_market", "capped", "ordered"])]
         strategy: String,
     },
     /// The exact solver on seeded instances, beside both baselines.
