@@ -98,7 +98,8 @@ pub struct UsageLog {
     /// The bucket index 0 stands for.
     origin: i64,
     everyone: Fenwick,
-    providers: BTreeMap<ProviderId, Fenwick>,
+    /// One tree per provider; there are few, so a list searched in order.
+    providers: Vec<(ProviderId, Fenwick)>,
 }
 
 fn bucket(at: Timestamp) -> i64 {
@@ -140,10 +141,14 @@ impl UsageLog {
     fn count(&mut self, at: Timestamp, provider: &ProviderId, usage: Usage, negative: bool) {
         let index = (bucket(at) - self.origin) as usize;
         self.everyone.add(index, usage, negative);
-        self.providers
-            .entry(provider.clone())
-            .or_default()
-            .add(index, usage, negative);
+        let tree = match self.providers.iter().position(|(p, _)| p == provider) {
+            Some(i) => &mut self.providers[i].1,
+            None => {
+                self.providers.push((provider.clone(), Fenwick::default()));
+                &mut self.providers.last_mut().expect("just pushed").1
+            }
+        };
+        tree.add(index, usage, negative);
     }
 
     /// Starts the bucket index earlier, for an award decided before every other.
@@ -161,7 +166,11 @@ impl UsageLog {
     /// Usage of everyone and of `provider` by awards decided at or after `from`
     /// (every award where `from` is `None`).
     pub fn since(&self, from: Option<Timestamp>, provider: &ProviderId) -> (Usage, Usage) {
-        let own_tree = self.providers.get(provider);
+        let own_tree = self
+            .providers
+            .iter()
+            .find(|(p, _)| p == provider)
+            .map(|(_, tree)| tree);
         let Some(from) = from else {
             return (
                 self.everyone.total,
@@ -179,8 +188,12 @@ impl UsageLog {
         };
         let mut all = after(&self.everyone);
         let mut own = own_tree.map_or(Usage::default(), after);
-        // The first bucket from `from` on, entry by entry.
-        if first >= 0 {
+        // The first bucket from `from` on, entry by entry (none where it is empty).
+        let occupied = usize::try_from(first)
+            .ok()
+            .and_then(|i| self.everyone.buckets.get(i))
+            .is_some_and(|b| *b != Usage::default());
+        if occupied {
             let next_bucket = Timestamp::from_unix_seconds((bucket(from) + 1) * BUCKET);
             for (who, usage) in self
                 .entries
