@@ -67,7 +67,7 @@ impl Engine {
             deal: &self.deal,
             state: &mut self.state,
             now: self.clock,
-            out: Vec::new(),
+            out: Vec::with_capacity(16),
         };
         step.command(command)?;
         Ok(step.out)
@@ -81,16 +81,17 @@ impl Engine {
                 message: format!("time cannot go back from {} to {now}", self.clock),
             });
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(16);
         while let Some((due, id)) = self.state.agenda.first().cloned() {
             if due > now {
                 break;
             }
+            let emitted = out.len();
             let mut step = Step {
                 deal: &self.deal,
                 state: &mut self.state,
                 now: due,
-                out: Vec::new(),
+                out: std::mem::take(&mut out),
             };
             // Needs whose sourcing rounds close at this same moment are allocated
             // together, so that the caps are shared out at least cost.
@@ -112,8 +113,8 @@ impl Engine {
             } else {
                 step.fire(&id);
             }
-            let progressed = !step.out.is_empty();
-            out.append(&mut step.out);
+            let progressed = step.out.len() > emitted;
+            out = step.out;
             if !progressed && self.state.agenda.first() == Some(&(due, id.clone())) {
                 // A deadline that fires without effect would fire forever. The engine
                 // is built so this cannot happen; if it ever did, dropping the entry

@@ -165,30 +165,30 @@ impl NeedState {
         if self.closed.is_some() {
             return None;
         }
-        let mut candidates: Vec<Timestamp> = self.open_offers().map(|o| o.deadline).collect();
-        if self.sourcing_open {
-            candidates.extend(
-                self.rfqs
-                    .iter()
-                    .filter(|r| r.status == RfqStatus::Open)
-                    .map(|r| r.deadline),
-            );
-        }
-        candidates.extend(
-            self.awards
-                .iter()
-                .filter(|a| a.status == AwardStatus::Made)
-                .filter_map(|a| a.confirm_by),
-        );
-        candidates.extend(self.fulfilled_until);
-        if self.awarded() < self.spec.gpus {
-            candidates.push(self.spec.decide_by);
-        }
-        if self.free() > Gpus::ZERO && !self.in_flight() {
-            candidates.extend(self.waiting_until);
-            candidates.extend(self.revive_at);
-        }
-        candidates.into_iter().min()
+        let offers = self.open_offers().map(|o| o.deadline);
+        let rfqs = self
+            .rfqs
+            .iter()
+            .filter(|r| self.sourcing_open && r.status == RfqStatus::Open)
+            .map(|r| r.deadline);
+        let awards = self
+            .awards
+            .iter()
+            .filter(|a| a.status == AwardStatus::Made)
+            .filter_map(|a| a.confirm_by);
+        let decide = (self.awarded() < self.spec.gpus).then_some(self.spec.decide_by);
+        let idle = self.free() > Gpus::ZERO && !self.in_flight();
+        let waits = [self.waiting_until, self.revive_at]
+            .into_iter()
+            .flatten()
+            .filter(|_| idle);
+        offers
+            .chain(rfqs)
+            .chain(awards)
+            .chain(self.fulfilled_until)
+            .chain(decide)
+            .chain(waits)
+            .min()
     }
 }
 

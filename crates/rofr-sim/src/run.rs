@@ -267,6 +267,9 @@ struct Pool {
 
 struct ProviderSim<'a> {
     model: &'a ProviderModel,
+    /// The deal's own id value: the engine's events carry it, and clones of one value
+    /// compare at a glance.
+    id: ProviderId,
     pools: Vec<Pool>,
     reservations: u32,
 }
@@ -300,6 +303,7 @@ impl<'a> ProviderSim<'a> {
             .collect();
         ProviderSim {
             model,
+            id: model.id.clone(),
             pools,
             reservations: 0,
         }
@@ -422,10 +426,16 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|m| ProviderSim::new(m, scenario.start, days))
             .collect();
+        let mut providers = providers;
+        for sim in &mut providers {
+            if let Some(known) = deal.providers.iter().find(|p| p.id == sim.id) {
+                sim.id = known.id.clone();
+            }
+        }
         let index = providers
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.model.id.clone(), i))
+            .map(|(i, p)| (p.id.clone(), i))
             .collect();
         let steps = scenario.steps();
         let mut result = RunResult {
@@ -702,7 +712,7 @@ impl<'a> Sim<'a> {
                     }
                     let declined = match &command {
                         Command::Accept { .. } => Some(Command::Decline {
-                            provider: self.providers[provider].model.id.clone(),
+                            provider: self.providers[provider].id.clone(),
                             need: need.clone(),
                             offer: match ask {
                                 Ask::Offer { offer, .. } => Some(offer),
@@ -745,7 +755,7 @@ impl<'a> Sim<'a> {
         if self.rng.random::<f64>() < model.silence_probability {
             return None;
         }
-        let provider = model.id.clone();
+        let provider = self.providers[p].id.clone();
         let need = id.clone();
         let offer = match ask {
             Ask::Offer { offer, .. } | Ask::Match { offer, .. } => Some(offer),
@@ -839,7 +849,7 @@ impl<'a> Sim<'a> {
         now: Timestamp,
     ) {
         let model = self.providers[p].model;
-        let provider = model.id.clone();
+        let provider = self.providers[p].id.clone();
         let fail = |reason: &str| Command::Fail {
             provider: provider.clone(),
             need: id.clone(),
