@@ -67,7 +67,7 @@ impl Engine {
             deal: &self.deal,
             state: &mut self.state,
             now: self.clock,
-            out: Vec::with_capacity(16),
+            out: Vec::new(),
         };
         step.command(command)?;
         Ok(step.out)
@@ -81,7 +81,7 @@ impl Engine {
                 message: format!("time cannot go back from {} to {now}", self.clock),
             });
         }
-        let mut out = Vec::with_capacity(16);
+        let mut out = Vec::new();
         while let Some((due, id)) = self.state.agenda.first().cloned() {
             if due > now {
                 break;
