@@ -67,7 +67,8 @@ impl Engine {
             deal: &self.deal,
             state: &mut self.state,
             now: self.clock,
-            out: Vec::new(),
+            // Room for a sourcing round's requests without growing.
+            out: Vec::with_capacity(16),
         };
         step.command(command)?;
         Ok(step.out)
