@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::allocate::{cheapest_first, Plan, QuoteOffer};
 use crate::command::{Command, Rejection};
-use crate::deal::{Allocation, CapBasis, Deal, FirstRefusal, Redelivery, Variant};
+use crate::deal::{
+    Allocation, CapBasis, ConcentrationCap, Deal, FirstRefusal, Redelivery, Variant,
+};
 use crate::event::{DeclineReason, Event, EventKind};
 use crate::invariants::{cap_usage, refusals_cover};
 use crate::need::NeedSpec;
@@ -873,20 +875,36 @@ impl Step<'_> {
         }
     }
 
-    /// GPUs `provider` may still take without breaking a cap, given `planned` awards
-    /// not yet made. `u32::MAX` where no cap applies.
-    fn cap_room(&self, id: &NeedId, provider: &ProviderId, price: Price, planned: &[Plan]) -> Gpus {
-        let need = self.need(id);
-        let exempt = self
+    /// The caps that bind `provider` now: under 100%, naming it, and not sparing it as
+    /// the holder of a right in term where the cap spares holders.
+    fn caps_binding<'c>(
+        &'c self,
+        provider: &'c ProviderId,
+    ) -> impl Iterator<Item = &'c ConcentrationCap> + 'c {
+        let holder = self
             .deal
             .first_refusals
             .iter()
             .any(|fr| fr.term.covers(self.now) && &fr.holder == provider);
+        self.deal.caps.iter().filter(move |cap| {
+            cap.max_share < 1.0 && cap.applies_to(provider, holder.then_some(provider))
+        })
+    }
+
+    /// Whether `provider` has a commitment in its period: preferred where it costs nothing.
+    fn committed(&self, provider: &ProviderId) -> bool {
+        self.deal
+            .commitments
+            .iter()
+            .any(|c| c.period.covers(self.now) && &c.provider == provider)
+    }
+
+    /// GPUs `provider` may still take without breaking a cap, given `planned` awards
+    /// not yet made. `u32::MAX` where no cap applies.
+    fn cap_room(&self, id: &NeedId, provider: &ProviderId, price: Price, planned: &[Plan]) -> Gpus {
+        let need = self.need(id);
         let mut room = u32::MAX;
-        for cap in &self.deal.caps {
-            if !cap.applies_to(provider, exempt.then_some(provider)) || cap.max_share >= 1.0 {
-                continue;
-            }
+        for cap in self.caps_binding(provider) {
             let (mut total, mut own) = cap_usage(cap, self.state, provider, self.now);
             let per_gpu = |p: Price| match cap.basis {
                 CapBasis::GpuHours => f64::from(need.spec.hours),
@@ -1143,16 +1161,8 @@ impl Step<'_> {
         let mut limits = Vec::new();
         let quoting: std::collections::BTreeSet<&ProviderId> =
             origin.iter().map(|(_, provider, _)| provider).collect();
-        for cap in self.deal.caps.iter().filter(|c| c.max_share < 1.0) {
-            for provider in &quoting {
-                let exempt = self
-                    .deal
-                    .first_refusals
-                    .iter()
-                    .any(|fr| fr.term.covers(self.now) && &fr.holder == *provider);
-                if !cap.applies_to(provider, exempt.then_some(*provider)) {
-                    continue;
-                }
+        for provider in &quoting {
+            for cap in self.caps_binding(provider) {
                 let (total, own) = cap_usage(cap, self.state, provider, self.now);
                 limits.push(ShareLimit {
                     provider: provider.to_string(),
@@ -1163,12 +1173,10 @@ impl Step<'_> {
                 });
             }
         }
-        let preferred = self
-            .deal
-            .commitments
+        let preferred = quoting
             .iter()
-            .filter(|c| c.period.covers(self.now))
-            .map(|c| c.provider.to_string())
+            .filter(|p| self.committed(p))
+            .map(|p| p.to_string())
             .collect();
         let settings = Settings {
             limits,
@@ -1227,19 +1235,13 @@ impl Step<'_> {
     /// solver takes over.
     fn cheapest_within_caps(&self, id: &NeedId) -> Option<Vec<Plan>> {
         let need = self.need(id);
-        let committed = |p: &ProviderId| {
-            self.deal
-                .commitments
-                .iter()
-                .any(|c| c.period.covers(self.now) && &c.provider == p)
-        };
         let mut quotes: Vec<(Price, bool, usize, &ProviderId, Gpus)> = need
             .rfqs
             .iter()
             .enumerate()
             .filter_map(|(i, r)| match r.status {
                 RfqStatus::Quoted { gpus, price } => {
-                    Some((price, !committed(&r.provider), i, &r.provider, gpus))
+                    Some((price, !self.committed(&r.provider), i, &r.provider, gpus))
                 }
                 _ => None,
             })
@@ -1263,21 +1265,13 @@ impl Step<'_> {
             });
         }
         let hours = f64::from(need.spec.hours);
-        for cap in self.deal.caps.iter().filter(|c| c.max_share < 1.0) {
-            let weight = |plan: &Plan| match cap.basis {
-                CapBasis::GpuHours => hours * f64::from(plan.gpus.get()),
-                CapBasis::Spend => hours * plan.price.dollars() * f64::from(plan.gpus.get()),
-            };
-            let added: f64 = plans.iter().map(weight).sum();
-            for plan in &plans {
-                let exempt = self
-                    .deal
-                    .first_refusals
-                    .iter()
-                    .any(|fr| fr.term.covers(self.now) && fr.holder == plan.provider);
-                if !cap.applies_to(&plan.provider, exempt.then_some(&plan.provider)) {
-                    continue;
-                }
+        for plan in &plans {
+            for cap in self.caps_binding(&plan.provider) {
+                let weight = |plan: &Plan| match cap.basis {
+                    CapBasis::GpuHours => hours * f64::from(plan.gpus.get()),
+                    CapBasis::Spend => hours * plan.price.dollars() * f64::from(plan.gpus.get()),
+                };
+                let added: f64 = plans.iter().map(weight).sum();
                 let (total, own) = cap_usage(cap, self.state, &plan.provider, self.now);
                 let mine: f64 = plans
                     .iter()
@@ -1300,12 +1294,11 @@ impl Step<'_> {
     /// price (or, under `ordered` allocation, in the deal's order); a plan is trimmed to its provider's room, and what trimming left unplaced
     /// goes to the cheapest quotes that still have room.
     fn in_award_order(&self, id: &NeedId, mut plans: Vec<Plan>) -> Vec<Plan> {
-        let capped = |p: &Plan| self.cap_room(id, &p.provider, p.price, &[]) != Gpus(u32::MAX);
         // `ordered` keeps the deal's order of providers, which is the plans' order.
         let by_price = self.deal.sourcing.allocation == Allocation::LeastCost;
-        plans.sort_by(|a, b| {
-            let key = |p: &Plan| (capped(p), by_price.then_some((p.price, p.provider.clone())));
-            key(a).cmp(&key(b))
+        plans.sort_by_cached_key(|p| {
+            let capped = self.caps_binding(&p.provider).next().is_some();
+            (capped, by_price.then_some((p.price, p.provider.clone())))
         });
         let wanted: Gpus = plans.iter().map(|p| p.gpus).sum();
         let mut ordered: Vec<Plan> = Vec::new();

@@ -367,6 +367,24 @@ fn figures_table(report: &Report) -> String {
     html
 }
 
+/// One line per strategy through the series `pick` chooses; `exclusive` dashed.
+fn strategy_lines<'r>(
+    report: &'r Report,
+    pick: impl Fn(&'r StrategyReport) -> &'r [f64],
+) -> Vec<Line<'r>> {
+    report
+        .strategies
+        .iter()
+        .enumerate()
+        .map(|(k, s)| Line {
+            name: &s.strategy,
+            colour: PALETTE[k % PALETTE.len()],
+            values: pick(s),
+            dashed: s.strategy == "exclusive",
+        })
+        .collect()
+}
+
 /// The report as one HTML page.
 pub fn render_html(report: &Report, hhi_alert: Option<f64>) -> String {
     let mut html = String::new();
@@ -413,17 +431,7 @@ ul.summary li {{ margin: 0.35rem 0; }} .grid {{ display: grid; grid-template-col
         html.push_str(&shares_chart(report, s, hhi_alert));
     }
     html.push_str("</div><h2>Cost over time</h2>");
-    let cost_lines: Vec<Line> = report
-        .strategies
-        .iter()
-        .enumerate()
-        .map(|(k, s)| Line {
-            name: &s.strategy,
-            colour: PALETTE[k % PALETTE.len()],
-            values: &s.series.cumulative_cost,
-            dashed: false,
-        })
-        .collect();
+    let cost_lines = strategy_lines(report, |s| &s.series.cumulative_cost);
     html.push_str(&line_chart(
         "Cumulative spend confirmed ($)",
         "",
@@ -431,17 +439,7 @@ ul.summary li {{ margin: 0.35rem 0; }} .grid {{ display: grid; grid-template-col
         &cost_lines,
     ));
     html.push_str("<h2>Unmet demand over time</h2>");
-    let unmet_lines: Vec<Line> = report
-        .strategies
-        .iter()
-        .enumerate()
-        .map(|(k, s)| Line {
-            name: &s.strategy,
-            colour: PALETTE[k % PALETTE.len()],
-            values: &s.series.unmet_gpu_hours,
-            dashed: s.strategy == "exclusive",
-        })
-        .collect();
+    let unmet_lines = strategy_lines(report, |s| &s.series.unmet_gpu_hours);
     html.push_str(&line_chart(
         "GPU-hours due and not yet confirmed",
         "",
