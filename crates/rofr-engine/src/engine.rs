@@ -49,6 +49,13 @@ impl Engine {
         Engine { deal, state, clock }
     }
 
+    /// Folds in an event another engine decided (a replica sharing the log), moving
+    /// the clock to its time if that is later.
+    pub fn apply(&mut self, event: &Event) {
+        self.state.apply(event);
+        self.clock = self.clock.max(event.at);
+    }
+
     pub fn deal(&self) -> &Deal {
         &self.deal
     }

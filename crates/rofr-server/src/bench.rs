@@ -8,7 +8,7 @@ use rofr_engine::need::NeedSpec;
 use rofr_engine::types::{Gpus, NeedId, Price, ProviderId, Sku, Timestamp, Workload};
 use rofr_engine::Command;
 use rofr_store::Store as _;
-use rofr_store::{Batch, NewEvent, SqliteStore};
+use rofr_store::{Batch, Location, NewEvent, SqliteStore};
 use serde_json::json;
 
 use crate::client::Client;
@@ -178,12 +178,13 @@ async fn one_need_over_http(
 
 pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let path = dir.path().join("bench.db");
+    let path = Location::Sqlite(dir.path().join("bench.db"));
     let origin = Timestamp::parse("2025-02-03T00:00:00Z").expect("valid");
     let broker = Broker::open(
         &path,
         Some(("bench.toml", BENCH_DEAL)),
         Clock::scaled(origin, 1.0),
+        None,
     )
     .map_err(|e| e.to_string())?;
     let holder = ProviderId::parse("holder").expect("valid");
@@ -407,7 +408,8 @@ pub fn bench_ledger(entries: u64) -> Result<LedgerReport, String> {
     drop(store);
     let verifier = rofr_ledger::VerifierKey::parse(&key.verifier_key()).expect("own key");
     let started = Instant::now();
-    let audit = crate::ledger::audit(&path, &verifier).map_err(|e| e.to_string())?;
+    let audit =
+        crate::ledger::audit(&Location::Sqlite(path), &verifier).map_err(|e| e.to_string())?;
     let audit_seconds = started.elapsed().as_secs_f64();
     Ok(LedgerReport {
         entries,

@@ -4,11 +4,19 @@
 //! only then answers. Between batches it sleeps until the next deadline, so deadlines
 //! fire on time, and a deadline that passed while the broker was down fires at start,
 //! as of its own time.
+//!
+//! Several brokers (replicas) may share one PostgreSQL database. Each writes inside the
+//! store's exclusive transaction: it first folds in what the others committed (so its
+//! engine decides on the whole log), then appends after the last entry. A deadline is
+//! therefore fired by whichever replica reaches it first, and the others find it fired
+//! when they catch up. Replicas catch up when a commit notifies them, at the latest
+//! every second, and before answering a read that the engine serves.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Weak;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,8 +25,8 @@ use rofr_engine::state::{NeedState, OfferStatus};
 use rofr_engine::types::ProviderId;
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{
-    Batch, IdempotentResponse, NeedRow, NewDelivery, NewEvent, SqliteStore, Store, StoreError,
-    TokenRow,
+    Batch, IdempotentResponse, Location, NeedRow, NewDelivery, NewEvent, PostgresStore, Store,
+    StoreError, TokenRow,
 };
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -83,6 +91,17 @@ struct Job {
     reply: ReplyTo,
 }
 
+/// What the writer thread is asked to do. Commands travel unboxed: they are nearly all
+/// of the traffic, and the small variants are rare.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Job(Job),
+    /// Fold in what other replicas committed, then answer.
+    Sync(oneshot::Sender<()>),
+    /// Another replica committed: fold it in.
+    Wake,
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -90,12 +109,14 @@ pub struct Counters {
     pub commands_rejected: AtomicU64,
     pub idempotent_replays: AtomicU64,
     pub events_appended: AtomicU64,
+    /// Events other replicas appended, folded into this one's engine.
+    pub events_caught_up: AtomicU64,
     pub commits: AtomicU64,
 }
 
 struct Inner {
     engine: RwLock<Engine>,
-    jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
+    jobs: Mutex<Option<mpsc::SyncSender<Work>>>,
     reader: Mutex<Box<dyn Store>>,
     clock: Clock,
     deal: Arc<Deal>,
@@ -105,7 +126,9 @@ struct Inner {
     ledger: Mutex<crate::ledger::Ledger>,
     /// Providers with a webhook: their events get a delivery queued.
     webhooks: RwLock<std::collections::BTreeSet<String>>,
-    path: PathBuf,
+    location: Location,
+    /// Whether other replicas may append to the same log.
+    shared: bool,
 }
 
 /// A cheap handle to the running broker.
@@ -119,41 +142,39 @@ const MAX_BATCH: usize = 4096;
 impl Broker {
     /// Opens the database, adopts `deal_text` (or the deal stored there), rebuilds the
     /// engine from the event log, repairs the projection if it disagrees with the log,
-    /// and starts the writer.
+    /// and starts the writer. The ledger's signing key is read from `key` (by default
+    /// [`crate::ledger::key_path`]), and made there on the first start.
     pub fn open(
-        path: &Path,
+        location: &Location,
         deal_file: Option<(&str, &str)>,
         clock: Clock,
+        key: Option<&Path>,
     ) -> Result<Broker, BrokerError> {
-        let mut store = SqliteStore::open(path)?;
-        let stored = store.meta("deal")?;
-        let (file, text) = match (deal_file, stored) {
-            (Some((file, text)), None) => {
-                store.set_meta("deal", text)?;
-                store.set_meta("deal_file", file)?;
-                (file.to_owned(), text.to_owned())
-            }
-            (Some((file, text)), Some(stored)) => {
-                if text != stored {
+        let mut store = location.open()?;
+        let (file, text) = match deal_file {
+            Some((file, text)) => {
+                let stored = store.init_meta("deal", text)?;
+                if stored != text {
                     return Err(BrokerError::Setup(format!(
-                        "{} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)",
-                        path.display()
+                        "{location} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)"
                     )));
                 }
-                (file.to_owned(), stored)
-            }
-            (None, Some(stored)) => {
-                let file = store
-                    .meta("deal_file")?
-                    .unwrap_or_else(|| "deal.toml".into());
+                let file = store.init_meta("deal_file", file)?;
                 (file, stored)
             }
-            (None, None) => {
-                return Err(BrokerError::Setup(format!(
-                    "{} holds no deal yet: pass one with --deal",
-                    path.display()
-                )))
-            }
+            None => match store.meta("deal")? {
+                Some(stored) => {
+                    let file = store
+                        .meta("deal_file")?
+                        .unwrap_or_else(|| "deal.toml".into());
+                    (file, stored)
+                }
+                None => {
+                    return Err(BrokerError::Setup(format!(
+                        "{location} holds no deal yet: pass one with --deal"
+                    )))
+                }
+            },
         };
         let deal = parse_deal(&file, &text).map_err(|errors| {
             let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -161,42 +182,34 @@ impl Broker {
         })?;
         let deal = Arc::new(deal);
 
+        // Most of the log is read without holding the write lock; what other replicas
+        // append meanwhile is folded in under it, below.
         let stored = store.all_events()?;
         let mut events = Vec::with_capacity(stored.len());
         let mut touches: BTreeMap<String, Touch> = BTreeMap::new();
         for row in &stored {
-            let event = Event::from_json(&row.data).map_err(|e| {
-                BrokerError::Setup(format!(
-                    "event {} in the log does not parse: {e}",
-                    row.index
-                ))
-            })?;
+            events.push(parse_stored(row)?);
             touch(&mut touches, &row.need, &row.at, row.index);
-            events.push(event);
         }
         let start = events.first().map_or_else(|| clock.now(), |e| e.at);
         let engine = Engine::replay(deal.clone(), &events, start);
-        let rows = projection(&engine, &touches);
-        if store.all_need_rows()? != rows {
-            tracing::warn!(
-                needs = rows.len(),
-                "the needs projection disagreed with the event log; rebuilt it from the log"
-            );
-            store.rebuild_projection(&rows)?;
-        }
-        let ledger = crate::ledger::Ledger::open(path, &deal.name, &mut store, &stored)?;
+        drop(events);
+        let key = key.map_or_else(|| crate::ledger::key_path(location), Path::to_owned);
+        let ledger = crate::ledger::Ledger::open(&key, &deal.name, store.as_mut(), &stored)?;
         let next_index = stored.len() as u64;
-        let reader = SqliteStore::open(path)?;
+        drop(stored);
+        let reader = location.open()?;
         let webhooks = reader
             .webhooks()?
             .into_iter()
             .map(|(provider, _, _)| provider)
             .collect();
         let (sender, receiver) = mpsc::sync_channel(MAX_BATCH * 4);
+        let shared = location.shared();
         let inner = Arc::new(Inner {
             engine: RwLock::new(engine),
             jobs: Mutex::new(Some(sender)),
-            reader: Mutex::new(Box::new(reader)),
+            reader: Mutex::new(reader),
             clock,
             deal,
             deal_text: text,
@@ -204,15 +217,22 @@ impl Broker {
             tokens: Mutex::new(HashMap::new()),
             webhooks: RwLock::new(webhooks),
             ledger: Mutex::new(ledger),
-            path: path.to_owned(),
+            location: location.clone(),
+            shared,
         });
-        let writer = Writer {
+        let mut writer = Writer {
             inner: inner.clone(),
-            store: Box::new(store),
+            store,
             next_index,
             dirty: BTreeMap::new(),
             last_flush: Instant::now(),
+            settling: Some(touches),
         };
+        writer.settle()?;
+        if let Location::Postgres(url) = location {
+            let weak = Arc::downgrade(&inner);
+            PostgresStore::watch(url, Duration::from_secs(1), move || wake(&weak))?;
+        }
         std::thread::Builder::new()
             .name("rofr-writer".into())
             .spawn(move || writer.run(receiver))
@@ -236,8 +256,25 @@ impl Broker {
         &self.inner.counters
     }
 
-    pub fn database_path(&self) -> &Path {
-        &self.inner.path
+    pub fn location(&self) -> &Location {
+        &self.inner.location
+    }
+
+    /// Whether other replicas share this broker's log.
+    pub fn shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    /// Brings the engine up to date with the log when other replicas share it, so that
+    /// a read made next sees every command acknowledged before this call (by any
+    /// replica). Alone on its log, the engine is always up to date.
+    pub async fn fresh(&self) -> Result<(), BrokerError> {
+        if !self.inner.shared {
+            return Ok(());
+        }
+        let (done, waited) = oneshot::channel();
+        self.send(Work::Sync(done))?;
+        waited.await.map_err(|_| BrokerError::Stopped)
     }
 
     /// Runs `f` with read access to the engine's state as of the last commit.
@@ -260,16 +297,16 @@ impl Broker {
         idempotency: Option<Idempotency>,
     ) -> Result<Reply, BrokerError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job {
+        self.send(Work::Job(Job {
             party,
             command,
             idempotency,
             reply,
-        })?;
+        }))?;
         answer.await.map_err(|_| BrokerError::Stopped)?
     }
 
-    fn send(&self, job: Job) -> Result<(), BrokerError> {
+    fn send(&self, job: Work) -> Result<(), BrokerError> {
         let sender = self
             .inner
             .jobs
@@ -354,8 +391,9 @@ impl Broker {
     pub fn set_webhook(&self, provider: &ProviderId, url: &str) -> Result<String, BrokerError> {
         let secret = crate::webhook::new_secret();
         let now = Clock::System.now().to_string();
-        let mut store = SqliteStore::open(&self.inner.path)?;
+        let mut store = self.inner.reader.lock().expect("store lock poisoned");
         store.set_webhook(provider.as_str(), url, &secret, &now)?;
+        drop(store);
         self.inner
             .webhooks
             .write()
@@ -366,8 +404,12 @@ impl Broker {
 
     /// Makes a new token for a party and stores its hash; returns the token itself,
     /// which is shown once and never stored.
-    pub fn create_token(path: &Path, party: &Party, label: &str) -> Result<String, BrokerError> {
-        let mut store = SqliteStore::open(path)?;
+    pub fn create_token(
+        location: &Location,
+        party: &Party,
+        label: &str,
+    ) -> Result<String, BrokerError> {
+        let mut store = location.open()?;
         let token = new_token();
         let row = TokenRow {
             party: match party {
@@ -385,6 +427,30 @@ impl Broker {
         store.create_token(&token_hash(&token), &row, &now)?;
         Ok(token)
     }
+}
+
+/// Tells the writer that another replica committed; false once the broker is gone.
+fn wake(inner: &Weak<Inner>) -> bool {
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    let sender = inner.jobs.lock().expect("job lock poisoned").clone();
+    match sender {
+        Some(sender) => !matches!(
+            sender.try_send(Work::Wake),
+            Err(mpsc::TrySendError::Disconnected(_))
+        ),
+        None => false,
+    }
+}
+
+fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {
+    Event::from_json(&row.data).map_err(|e| {
+        BrokerError::Setup(format!(
+            "event {} in the log does not parse: {e}",
+            row.index
+        ))
+    })
 }
 
 fn party_of(row: &TokenRow) -> Option<Party> {
@@ -479,15 +545,88 @@ struct Writer {
     /// Needs whose projection rows are not yet written.
     dirty: BTreeMap<String, Touch>,
     last_flush: Instant,
+    /// Where every need's events lie, while the projection is checked against the
+    /// log (at start, and after a failed commit).
+    settling: Option<BTreeMap<String, Touch>>,
 }
 
 impl Writer {
-    fn run(mut self, receiver: mpsc::Receiver<Job>) {
-        // A job taken to see whether more are waiting; it opens the next batch.
-        let mut carry: Option<Job> = None;
+    /// At start, under the write lock: folds in what other replicas appended since the
+    /// log was read, and rewrites the needs projection if it disagrees with the log.
+    fn settle(&mut self) -> Result<(), BrokerError> {
+        self.store.begin_exclusive()?;
+        let inner = self.inner.clone();
+        let mut engine = inner.engine.write().expect("engine lock");
+        let settled = self.catch_up(&mut engine).and_then(|()| {
+            let touches = self.settling.take().unwrap_or_default();
+            let rows = projection(&engine, &touches);
+            if self.store.all_need_rows()? == rows {
+                return Ok(self.store.abort()?);
+            }
+            tracing::warn!(
+                needs = rows.len(),
+                "the needs projection disagreed with the event log; rebuilt it from the log"
+            );
+            self.store.commit(&Batch {
+                needs: rows,
+                reset_projection: true,
+                ..Batch::default()
+            })?;
+            Ok(())
+        });
+        if settled.is_err() {
+            let _ = self.store.abort();
+        }
+        settled
+    }
+
+    /// Folds into the engine (and the ledger's tree) every event appended after the
+    /// ones it holds: by other replicas, when the log is shared.
+    fn catch_up(&mut self, engine: &mut Engine) -> Result<(), BrokerError> {
         loop {
-            let mut jobs: Vec<Job> = carry.take().into_iter().collect();
-            if jobs.is_empty() {
+            let after = self.next_index.checked_sub(1);
+            let rows = self.store.events_after(after, 4096)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut hashes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if row.index != self.next_index {
+                    return Err(BrokerError::Setup(format!(
+                        "the log jumps from entry {} to entry {}",
+                        self.next_index.saturating_sub(1),
+                        row.index
+                    )));
+                }
+                engine.apply(&parse_stored(row)?);
+                if let Some(touches) = &mut self.settling {
+                    touch(touches, &row.need, &row.at, row.index);
+                }
+                if let Some(t) = self.dirty.get_mut(&row.need) {
+                    t.at.clone_from(&row.at);
+                    t.last = row.index;
+                }
+                hashes.push(rofr_ledger::leaf_hash(&row.data));
+                self.next_index += 1;
+            }
+            self.inner
+                .ledger
+                .lock()
+                .expect("ledger lock")
+                .append(hashes);
+            self.inner
+                .counters
+                .events_caught_up
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn run(mut self, receiver: mpsc::Receiver<Work>) {
+        // Work taken to see whether more is waiting; it opens the next batch.
+        let mut carry: Option<Work> = None;
+        loop {
+            let mut work: Vec<Work> = carry.take().into_iter().collect();
+            if work.is_empty() {
                 let wait = self
                     .inner
                     .engine
@@ -500,26 +639,73 @@ impl Writer {
                     .unwrap_or(Duration::from_secs(1))
                     .clamp(Duration::from_millis(1), Duration::from_secs(1));
                 match receiver.recv_timeout(wait) {
-                    Ok(job) => jobs.push(job),
+                    Ok(item) => work.push(item),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while jobs.len() < MAX_BATCH {
+            while work.len() < MAX_BATCH {
                 match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(item) => work.push(item),
                     Err(_) => break,
                 }
             }
             carry = receiver.try_recv().ok();
-            let flush = carry.is_none() || self.last_flush.elapsed() >= FLUSH_EVERY;
+            // Replicas write their rows with every commit: a row held back could
+            // later overwrite a newer one written by another replica.
+            let flush =
+                self.inner.shared || carry.is_none() || self.last_flush.elapsed() >= FLUSH_EVERY;
+            let mut jobs = Vec::with_capacity(work.len());
+            let mut synced = Vec::new();
+            for item in work {
+                match item {
+                    Work::Job(job) => jobs.push(job),
+                    Work::Sync(done) => synced.push(done),
+                    Work::Wake => {}
+                }
+            }
             self.process(jobs, flush);
+            for done in synced {
+                let _ = done.send(());
+            }
         }
     }
 
     fn process(&mut self, jobs: Vec<Job>, flush: bool) {
         let inner = self.inner.clone();
         let mut engine = inner.engine.write().expect("engine lock");
+        let due = engine
+            .state()
+            .next_deadline()
+            .is_some_and(|at| at <= inner.clock.now().max(engine.clock()));
+        let writes = !jobs.is_empty() || due || (flush && !self.dirty.is_empty());
+        let ready = if writes {
+            self.store.begin_exclusive().map_err(BrokerError::from)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.catch_up(&mut engine));
+        if let Err(error) = ready {
+            let _ = self.store.abort();
+            tracing::error!(%error, "cannot read the log; commands refused until it can be read");
+            let message = error.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(BrokerError::Setup(format!(
+                    "storage failed: {message}"
+                ))));
+            }
+            return;
+        }
+        if !writes {
+            return;
+        }
+        if inner.shared {
+            // Another replica may have registered a webhook.
+            if let Ok(hooks) = self.store.webhooks() {
+                *inner.webhooks.write().expect("webhook lock") =
+                    hooks.into_iter().map(|(provider, _, _)| provider).collect();
+            }
+        }
         let now = inner.clock.now().max(engine.clock());
         let mut batch = Batch::default();
         let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
@@ -646,11 +832,17 @@ impl Writer {
                         let _ =
                             reply.send(Err(BrokerError::Setup(format!("storage failed: {error}"))));
                     }
-                    let stored = self.store.all_events().unwrap_or_default();
-                    let mut touches = BTreeMap::new();
-                    for row in &stored {
-                        touch(&mut touches, &row.need, &row.at, row.index);
-                    }
+                    // The engine returns to the entries it had folded in before this
+                    // batch; the projection is checked against the log as at start.
+                    let known = u32::try_from(self.next_index).unwrap_or(u32::MAX);
+                    let stored = loop {
+                        match self.store.events_after(None, known) {
+                            Ok(rows) if rows.len() as u64 == self.next_index => break rows,
+                            Ok(_) => tracing::error!("the log is shorter than before; waiting"),
+                            Err(error) => tracing::error!(%error, "cannot read the log; waiting"),
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    };
                     let events: Vec<Event> = stored
                         .iter()
                         .filter_map(|row| Event::from_json(&row.data).ok())
@@ -658,15 +850,20 @@ impl Writer {
                     *engine = Engine::replay(inner.deal.clone(), &events, engine.clock());
                     self.next_index = events.len() as u64;
                     self.dirty.clear();
-                    if let Err(error) = self
-                        .store
-                        .rebuild_projection(&projection(&engine, &touches))
-                    {
-                        tracing::error!(%error, "rebuilding the projection failed; it is rebuilt at the next start");
+                    let mut touches = BTreeMap::new();
+                    for row in &stored {
+                        touch(&mut touches, &row.need, &row.at, row.index);
+                    }
+                    self.settling = Some(touches);
+                    drop(engine);
+                    if let Err(error) = self.settle() {
+                        tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
                     }
                     return;
                 }
             }
+        } else if let Err(error) = self.store.abort() {
+            tracing::error!(%error, "ending an empty transaction failed");
         }
         drop(engine);
         for (reply, answer) in answers {

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+
+use rofr_store::Location;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -95,11 +97,12 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
         }
     };
     let clock = Clock::scaled(origin(), options.speed);
-    let broker = Broker::open(&database, Some((DEAL_FILE, DEAL)), clock.clone())
+    let location = Location::Sqlite(database.clone());
+    let broker = Broker::open(&location, Some((DEAL_FILE, DEAL)), clock.clone(), None)
         .map_err(|e| e.to_string())?;
     let mut tokens = Vec::new();
     let mut token = |label: &str, party: Party| -> Result<String, String> {
-        let t = Broker::create_token(&database, &party, label).map_err(|e| e.to_string())?;
+        let t = Broker::create_token(&location, &party, label).map_err(|e| e.to_string())?;
         tokens.push((label.to_owned(), t.clone()));
         Ok(t)
     };

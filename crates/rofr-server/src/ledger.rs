@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rofr_ledger::evidence::{self, Bundle};
 use rofr_ledger::{leaf_hash, Checkpoint, MerkleTree, SigningKey, VerifierKey};
-use rofr_store::{SqliteStore, Store, StoredEvent};
+use rofr_store::{Location, Store, StoredEvent};
 
 use crate::broker::BrokerError;
 use crate::clock::Clock;
@@ -29,29 +29,25 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// The signing key's file: beside the database, readable only by its owner.
-pub fn key_path(database: &Path) -> PathBuf {
-    let mut name = database.as_os_str().to_owned();
-    name.push(".ledger-key");
-    PathBuf::from(name)
+/// Where the signing key's file is by default: beside a SQLite file, or
+/// `rofr-NAME.ledger-key` in the working directory for a PostgreSQL database `NAME`
+/// (replicas on other machines are given the same file with `--ledger-key`). It is
+/// readable only by its owner.
+pub fn key_path(database: &Location) -> PathBuf {
+    match database {
+        Location::Sqlite(path) => {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".ledger-key");
+            PathBuf::from(name)
+        }
+        Location::Postgres(_) => PathBuf::from(format!("rofr-{}.ledger-key", database.name())),
+    }
 }
 
-/// Reads the signing key, creating it (mode 0600) on first start.
-pub fn load_or_create_key(database: &Path, deal_name: &str) -> Result<SigningKey, BrokerError> {
-    let path = key_path(database);
+/// Reads the signing key at `path`, creating it (mode 0600) on first start.
+pub fn load_or_create_key(path: &Path, deal_name: &str) -> Result<SigningKey, BrokerError> {
     if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            BrokerError::Setup(format!(
-                "cannot read the ledger key {}: {e}",
-                path.display()
-            ))
-        })?;
-        return SigningKey::from_private_text(&text).map_err(|e| {
-            BrokerError::Setup(format!(
-                "the ledger key {} is not valid: {e}",
-                path.display()
-            ))
-        });
+        return read_key(path);
     }
     let name: String = format!("rofr-{deal_name}")
         .chars()
@@ -72,12 +68,20 @@ pub fn load_or_create_key(database: &Path, deal_name: &str) -> Result<SigningKey
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&path).map_err(|e| {
-        BrokerError::Setup(format!(
-            "cannot create the ledger key {}: {e}",
-            path.display()
-        ))
-    })?;
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        // Another replica made it a moment ago.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::thread::sleep(Duration::from_millis(100));
+            return read_key(path);
+        }
+        Err(e) => {
+            return Err(BrokerError::Setup(format!(
+                "cannot create the ledger key {}: {e}",
+                path.display()
+            )))
+        }
+    };
     writeln!(file, "{}", key.private_text())
         .and_then(|()| file.sync_all())
         .map_err(|e| {
@@ -87,6 +91,21 @@ pub fn load_or_create_key(database: &Path, deal_name: &str) -> Result<SigningKey
             ))
         })?;
     Ok(key)
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, BrokerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BrokerError::Setup(format!(
+            "cannot read the ledger key {}: {e}",
+            path.display()
+        ))
+    })?;
+    SigningKey::from_private_text(&text).map_err(|e| {
+        BrokerError::Setup(format!(
+            "the ledger key {} is not valid: {e}",
+            path.display()
+        ))
+    })
 }
 
 pub struct Ledger {
@@ -101,19 +120,18 @@ pub struct Ledger {
 impl Ledger {
     /// Builds the tree from the stored log (hashing each entry's bytes afresh).
     pub fn open(
-        database: &Path,
+        key: &Path,
         deal_name: &str,
         store: &mut dyn Store,
         events: &[StoredEvent],
     ) -> Result<Ledger, BrokerError> {
-        let key = load_or_create_key(database, deal_name)?;
+        let key = load_or_create_key(key, deal_name)?;
         let origin = match store.meta("ledger_origin")? {
             Some(origin) => origin,
             None => {
                 let suffix: [u8; 4] = rand::random();
                 let origin = format!("rofr.local/{}/{}", key.name(), hex::encode(suffix));
-                store.set_meta("ledger_origin", &origin)?;
-                origin
+                store.init_meta("ledger_origin", &origin)?
             }
         };
         let mut tree = MerkleTree::new();
@@ -221,8 +239,8 @@ pub struct Audit {
 /// Recomputes the tree from the database, checks each entry against its recorded
 /// leaf hash, and each stored checkpoint's signature, root and consistency with the
 /// one before it.
-pub fn audit(database: &Path, key: &VerifierKey) -> Result<Audit, BrokerError> {
-    let checkpoints = SqliteStore::open(database)?.checkpoints()?;
+pub fn audit(database: &Location, key: &VerifierKey) -> Result<Audit, BrokerError> {
+    let checkpoints = database.open()?.checkpoints()?;
     let mut audit = Audit {
         entries: 0,
         checkpoints: checkpoints.len(),
@@ -243,7 +261,7 @@ pub fn audit(database: &Path, key: &VerifierKey) -> Result<Audit, BrokerError> {
     let mut tree = MerkleTree::new();
     let scanned = std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<(), BrokerError> {
-            let store = SqliteStore::open(database)?;
+            let store = database.open()?;
             let mut chunk = new_chunk();
             store.scan_log(&mut |index, data, recorded| {
                 chunk.bytes.extend_from_slice(data);

@@ -7,12 +7,10 @@
 //! `Rofr-Timestamp: <Unix seconds>`. Signing the timestamp lets receivers refuse replays
 //! older than a tolerance they choose (see [`verify`]).
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use rofr_store::SqliteStore;
-use rofr_store::Store as _;
+use rofr_store::Location;
 use sha2::Sha256;
 
 /// Attempts before a delivery is given up as failed.
@@ -98,8 +96,8 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 /// Posts due deliveries until `stop` turns true.
-pub async fn deliver(database: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut store = match SqliteStore::open(&database) {
+pub async fn deliver(database: Location, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut store = match database.open() {
         Ok(store) => store,
         Err(error) => {
             tracing::error!(%error, "webhook deliveries cannot start");
@@ -114,10 +112,14 @@ pub async fn deliver(database: PathBuf, mut stop: tokio::sync::watch::Receiver<b
         if *stop.borrow() {
             return;
         }
-        let due = store.due_deliveries(unix_ms(), 50).unwrap_or_else(|error| {
-            tracing::error!(%error, "reading webhook deliveries failed");
-            Vec::new()
-        });
+        // Claimed for a minute: ten attempts of at most five seconds each fit, and a
+        // replica that stops meanwhile leaves them to another after it.
+        let due = store
+            .claim_deliveries(unix_ms(), 60_000, 10)
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "reading webhook deliveries failed");
+                Vec::new()
+            });
         for delivery in &due {
             let outcome = match (&delivery.url, &delivery.secret) {
                 (Some(url), Some(secret)) => {

@@ -1,7 +1,9 @@
-//! Black-box tests of the HTTP API: a real server on a loopback port, a fresh SQLite
-//! file each, real HTTP.
+//! Black-box tests of the HTTP API: a real server on a loopback port, real HTTP, and a
+//! fresh database each. Every test runs twice: on a SQLite file, and on a PostgreSQL
+//! database made for it on the server `ROFR_TEST_DATABASE_URL` names (skipped, saying
+//! so, where that is unset).
 
-use std::path::PathBuf;
+use rofr_store::{Location, ScratchDatabase};
 
 use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_server::{Broker, Clock, Party};
@@ -39,19 +41,53 @@ struct App {
     oracle: String,
     stranger: String,
     _dir: tempfile::TempDir,
+    _database: Option<ScratchDatabase>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // The writer stops, and with it the broker's connections, before a scratch
+        // database is dropped.
+        self.broker.shutdown();
+    }
+}
+
+/// Where a test's broker keeps its log.
+enum Backend {
+    Sqlite,
+    Postgres(ScratchDatabase),
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database, or `None` (after saying why) where the tests have no
+    /// server to use.
+    fn postgres(test: &str) -> Option<Backend> {
+        let Ok(url) = std::env::var("ROFR_TEST_DATABASE_URL") else {
+            eprintln!("skipped {test} on PostgreSQL: ROFR_TEST_DATABASE_URL is unset");
+            return None;
+        };
+        Some(Backend::Postgres(
+            ScratchDatabase::create(&url, "rofr_api").expect("a scratch database"),
+        ))
+    }
 }
 
 fn origin() -> Timestamp {
     Timestamp::parse("2025-02-03T00:00:00Z").unwrap()
 }
 
-async fn spawn_app() -> App {
+async fn spawn_app(backend: Backend) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("rofr.db");
+    let (path, database) = match backend {
+        Backend::Sqlite => (Location::Sqlite(dir.path().join("rofr.db")), None),
+        Backend::Postgres(scratch) => (scratch.location(), Some(scratch)),
+    };
+    let key = dir.path().join("ledger-key");
     let broker = Broker::open(
         &path,
         Some(("deal.toml", DEAL)),
         Clock::scaled(origin(), 1.0),
+        Some(&key),
     )
     .unwrap();
     let token = |party: Party| Broker::create_token(&path, &party, "test").unwrap();
@@ -79,6 +115,7 @@ async fn spawn_app() -> App {
         oracle,
         stranger,
         _dir: dir,
+        _database: database,
     }
 }
 
@@ -138,9 +175,8 @@ fn types(body: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_submitted_need_is_offered_to_the_holder_first() {
-    let app = spawn_app().await;
+async fn a_submitted_need_is_offered_to_the_holder_first(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (status, body) = app.submit("n1", 64).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(types(&body), ["need_submitted", "offer_sent"]);
@@ -151,9 +187,8 @@ async fn a_submitted_need_is_offered_to_the_holder_first() {
     assert_eq!(offers["offers"][0]["gpus"], 64);
 }
 
-#[tokio::test]
-async fn another_provider_can_neither_see_nor_answer_the_holders_offer() {
-    let app = spawn_app().await;
+async fn another_provider_can_neither_see_nor_answer_the_holders_offer(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.submit("n1", 64).await;
     let (_, offers) = app.get(&app.oracle, "/v1/offers").await;
     assert_eq!(offers["offers"], json!([]));
@@ -178,9 +213,8 @@ async fn another_provider_can_neither_see_nor_answer_the_holders_offer() {
     assert_eq!(app.event_count().await, before);
 }
 
-#[tokio::test]
-async fn a_decline_sends_requests_for_quotes_and_the_cheapest_quote_wins() {
-    let app = spawn_app().await;
+async fn a_decline_sends_requests_for_quotes_and_the_cheapest_quote_wins(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.submit("n1", 64).await;
     let (status, body) = app
         .post(
@@ -207,9 +241,8 @@ async fn a_decline_sends_requests_for_quotes_and_the_cheapest_quote_wins() {
     assert_eq!(listed["needs"][0]["id"], "n1");
 }
 
-#[tokio::test]
-async fn requests_without_a_valid_token_are_unauthorized() {
-    let app = spawn_app().await;
+async fn requests_without_a_valid_token_are_unauthorized(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .client
         .get(format!("{}/v1/needs", app.url))
@@ -222,9 +255,8 @@ async fn requests_without_a_valid_token_are_unauthorized() {
     assert_eq!(body["error"]["code"], "unauthorized");
 }
 
-#[tokio::test]
-async fn parties_are_held_to_their_roles() {
-    let app = spawn_app().await;
+async fn parties_are_held_to_their_roles(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (status, _) = app
         .post(&app.azure, "/v1/needs", &need("n1", 8).to_string())
         .await;
@@ -243,9 +275,8 @@ async fn parties_are_held_to_their_roles() {
     assert_eq!(app.event_count().await, 0);
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing() {
-    let app = spawn_app().await;
+async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.submit("n1", 64).await;
     let before = app.event_count().await;
     let mut unknown = need("n2", 8);
@@ -408,9 +439,8 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_retry_with_the_same_idempotency_key_repeats_no_effect() {
-    let app = spawn_app().await;
+async fn a_retry_with_the_same_idempotency_key_repeats_no_effect(backend: Backend) {
+    let app = spawn_app(backend).await;
     let send = |key: &'static str, body: String| {
         app.client
             .post(format!("{}/v1/needs", app.url))
@@ -432,9 +462,8 @@ async fn a_retry_with_the_same_idempotency_key_repeats_no_effect() {
     assert_eq!(app.event_count().await, 2);
 }
 
-#[tokio::test]
-async fn pages_are_bounded_and_follow_on() {
-    let app = spawn_app().await;
+async fn pages_are_bounded_and_follow_on(backend: Backend) {
+    let app = spawn_app(backend).await;
     for i in 0..5 {
         app.submit(&format!("n{i}"), 8).await;
     }
@@ -465,9 +494,8 @@ async fn pages_are_bounded_and_follow_on() {
     assert_eq!(rest["next"], Value::Null);
 }
 
-#[tokio::test]
-async fn health_and_metrics_answer() {
-    let app = spawn_app().await;
+async fn health_and_metrics_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.submit("n1", 8).await;
     let (status, health) = app.get("", "/healthz").await;
     assert_eq!(status, 200);
@@ -485,9 +513,8 @@ async fn health_and_metrics_answer() {
     assert!(text.contains("rofr_needs{status=\"offered\"} 1"), "{text}");
 }
 
-#[tokio::test]
-async fn the_openapi_document_is_served_and_locked() {
-    let app = spawn_app().await;
+async fn the_openapi_document_is_served_and_locked(backend: Backend) {
+    let app = spawn_app(backend).await;
     let response = app
         .client
         .get(format!("{}/openapi.json", app.url))
@@ -516,10 +543,9 @@ async fn the_openapi_document_is_served_and_locked() {
     insta::assert_snapshot!("openapi", text);
 }
 
-#[tokio::test]
-async fn offers_reach_the_providers_webhook_signed_and_retried_until_accepted() {
+async fn offers_reach_the_providers_webhook_signed_and_retried_until_accepted(backend: Backend) {
     use std::sync::{Arc, Mutex};
-    let app = spawn_app().await;
+    let app = spawn_app(backend).await;
 
     // A receiver that refuses the first two attempts.
     let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
@@ -599,11 +625,10 @@ async fn offers_reach_the_providers_webhook_signed_and_retried_until_accepted() 
     assert_eq!(status, 403);
 }
 
-#[tokio::test]
-async fn checkpoints_follow_the_policy_and_proofs_check_against_them() {
+async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Backend) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let app = spawn_app().await;
+    let app = spawn_app(backend).await;
     app.broker
         .set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
             every_entries: 2,
@@ -745,3 +770,42 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them() {
     let (status, _) = app.post(&app.azure, "/v1/ledger/checkpoint", "").await;
     assert_eq!(status, 403);
 }
+
+/// Each test, once on SQLite and once on PostgreSQL.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = super::Backend::postgres(stringify!($name)) {
+                        super::$name(backend).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_submitted_need_is_offered_to_the_holder_first,
+    another_provider_can_neither_see_nor_answer_the_holders_offer,
+    a_decline_sends_requests_for_quotes_and_the_cheapest_quote_wins,
+    requests_without_a_valid_token_are_unauthorized,
+    parties_are_held_to_their_roles,
+    bad_input_gets_a_4xx_naming_the_field_and_writes_nothing,
+    a_retry_with_the_same_idempotency_key_repeats_no_effect,
+    pages_are_bounded_and_follow_on,
+    health_and_metrics_answer,
+    the_openapi_document_is_served_and_locked,
+    offers_reach_the_providers_webhook_signed_and_retried_until_accepted,
+    checkpoints_follow_the_policy_and_proofs_check_against_them,
+);

@@ -4,9 +4,18 @@
 //!
 //! This crate is the only one that knows SQL. It knows nothing of the rules: it stores
 //! bytes and rows that the server hands it, and every write is one transaction.
+//!
+//! Two backends implement [`Store`]: an embedded SQLite file (the default, one broker
+//! process) and a PostgreSQL database, which several broker replicas can share. Where
+//! they share one, [`Store::begin_exclusive`] makes their appends take turns, so the log
+//! keeps one total order with no gaps.
 
+mod location;
+mod pg;
 mod sqlite;
 
+pub use location::{Location, ScratchDatabase};
+pub use pg::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Called for each entry of a log scan with (index, data, recorded leaf hash); returns
@@ -21,6 +30,10 @@ pub trait Store: Send {
 
     fn set_meta(&mut self, key: &str, value: &str) -> Result<()>;
 
+    /// Records `value` under `key` unless something is recorded there already; returns
+    /// what is recorded (so that brokers starting together agree on one value).
+    fn init_meta(&mut self, key: &str, value: &str) -> Result<String>;
+
     /// Every stored event, in log order.
     fn all_events(&self) -> Result<Vec<StoredEvent>>;
 
@@ -32,9 +45,17 @@ pub trait Store: Send {
 
     fn event_count(&self) -> Result<u64>;
 
-    /// Writes a whole batch in one transaction: events appended after the last one,
-    /// projections replaced, idempotent answers recorded. Returns the index of the
-    /// first new event.
+    /// Opens the transaction one broker writes in. It holds the log's write lock until
+    /// [`Store::commit`] or [`Store::abort`]: brokers sharing the database take turns,
+    /// and every read made inside it sees all that was committed before it began.
+    fn begin_exclusive(&mut self) -> Result<()>;
+
+    /// Ends the transaction opened by [`Store::begin_exclusive`], writing nothing.
+    fn abort(&mut self) -> Result<()>;
+
+    /// Writes a whole batch in one transaction (the exclusive one, if open): events
+    /// appended after the last one, projections replaced, idempotent answers recorded.
+    /// Returns the index of the first new event.
     fn commit(&mut self, batch: &Batch) -> Result<u64>;
 
     fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>>;
@@ -49,17 +70,18 @@ pub trait Store: Send {
 
     fn all_need_rows(&self) -> Result<Vec<NeedRow>>;
 
-    /// Replaces the whole needs projection (used when it disagrees with the log).
-    fn rebuild_projection(&mut self, rows: &[NeedRow]) -> Result<()>;
-
     /// Registers (or replaces) a provider's webhook.
     fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()>;
 
     /// Every registered webhook: provider, URL, secret.
     fn webhooks(&self) -> Result<Vec<(String, String, String)>>;
 
-    /// Pending deliveries due at or before `now_ms`, oldest first.
-    fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>>;
+    /// Claims up to `limit` pending deliveries due at or before `now_ms`, oldest first:
+    /// each is pushed `lease_ms` into the future, so that no other broker sharing the
+    /// database takes it meanwhile, and comes back if this one stops before recording
+    /// the attempt.
+    fn claim_deliveries(&mut self, now_ms: i64, lease_ms: i64, limit: u32)
+        -> Result<Vec<Delivery>>;
 
     /// A page of deliveries, newest first, optionally of one status.
     fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>>;
@@ -99,6 +121,14 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("database error while {doing}: {source}")]
+    Postgres {
+        doing: &'static str,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
     #[error("{0}")]
     Conflict(String),
 }
@@ -157,6 +187,9 @@ pub struct Batch {
     pub events: Vec<NewEvent>,
     /// Projection rows to insert or replace.
     pub needs: Vec<NeedRow>,
+    /// Whether `needs` is the whole projection, replacing every row (when the stored
+    /// one disagreed with the log).
+    pub reset_projection: bool,
     pub idempotency: Vec<IdempotentResponse>,
     /// Webhook deliveries to queue, each for one of this batch's events.
     pub deliveries: Vec<NewDelivery>,

@@ -97,6 +97,8 @@ fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 
 pub struct SqliteStore {
     conn: Connection,
+    /// Whether `begin_exclusive` opened a transaction that `commit` or `abort` ends.
+    in_transaction: bool,
 }
 
 impl SqliteStore {
@@ -115,7 +117,10 @@ impl SqliteStore {
             .map_err(db("setting the checkpoint interval"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db("setting the busy timeout"))?;
-        let mut store = SqliteStore { conn };
+        let mut store = SqliteStore {
+            conn,
+            in_transaction: false,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -175,6 +180,18 @@ impl Store for SqliteStore {
             )
             .map_err(db("writing settings"))?;
         Ok(())
+    }
+
+    fn init_meta(&mut self, key: &str, value: &str) -> Result<String> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                params![key, value],
+            )
+            .map_err(db("writing settings"))?;
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(db("reading settings"))
     }
 
     fn all_events(&self) -> Result<Vec<StoredEvent>> {
@@ -238,11 +255,39 @@ impl Store for SqliteStore {
             .map_err(db("counting events"))
     }
 
+    fn begin_exclusive(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db("starting a commit"))?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    fn abort(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.in_transaction) {
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(db("rolling back"))?;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, batch: &Batch) -> Result<u64> {
-        let tx = self.conn.transaction().map_err(db("starting a commit"))?;
-        let first = write_batch(&tx, batch)?;
-        tx.commit().map_err(db("committing"))?;
-        Ok(first)
+        if !std::mem::take(&mut self.in_transaction) {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(db("starting a commit"))?;
+        }
+        let written = write_batch(&self.conn, batch).and_then(|first| {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(db("committing"))?;
+            Ok(first)
+        });
+        if written.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        written
     }
 
     fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>> {
@@ -289,20 +334,6 @@ impl Store for SqliteStore {
         self.list_needs(None, None, u32::MAX)
     }
 
-    fn rebuild_projection(&mut self, rows: &[NeedRow]) -> Result<()> {
-        let tx = self.conn.transaction().map_err(db("starting a rebuild"))?;
-        tx.execute("DELETE FROM needs", [])
-            .map_err(db("clearing the projection"))?;
-        write_batch(
-            &tx,
-            &Batch {
-                needs: rows.to_vec(),
-                ..Batch::default()
-            },
-        )?;
-        tx.commit().map_err(db("rebuilding the projection"))
-    }
-
     fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()> {
         self.conn
             .execute(
@@ -327,16 +358,31 @@ impl Store for SqliteStore {
             .map_err(db("listing webhooks"))
     }
 
-    fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>> {
-        self.deliveries_where(
-            "status = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+    fn claim_deliveries(
+        &mut self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let due = self.deliveries_where(
+            "d.status = 'pending' AND d.next_attempt_ms <= ?1 ORDER BY d.next_attempt_ms, d.id LIMIT ?2",
             params![now_ms, limit],
-        )
+        )?;
+        let mut lease = self
+            .conn
+            .prepare_cached("UPDATE deliveries SET next_attempt_ms = ?2 WHERE id = ?1")
+            .map_err(db("claiming webhook deliveries"))?;
+        for delivery in &due {
+            lease
+                .execute(params![delivery.id, now_ms + lease_ms])
+                .map_err(db("claiming webhook deliveries"))?;
+        }
+        Ok(due)
     }
 
     fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>> {
         self.deliveries_where(
-            "(?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2",
+            "(?1 IS NULL OR d.status = ?1) ORDER BY d.id DESC LIMIT ?2",
             params![status, limit],
         )
     }
@@ -494,12 +540,16 @@ impl SqliteStore {
 }
 
 /// Writes a batch inside an open transaction; returns the index of the first new event.
-fn write_batch(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<u64> {
+fn write_batch(tx: &Connection, batch: &Batch) -> Result<u64> {
     let first: i64 = tx
         .query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM events", [], |r| {
             r.get(0)
         })
         .map_err(db("finding the end of the log"))?;
+    if batch.reset_projection {
+        tx.execute("DELETE FROM needs", [])
+            .map_err(db("clearing the projection"))?;
+    }
     {
         let mut insert = tx
             .prepare_cached(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use rofr_ledger::{SigningKey, VerifierKey};
 use rofr_server::client::Client;
+use rofr_store::Location;
 
 use crate::exit;
 
@@ -12,8 +13,12 @@ use crate::exit;
 pub enum Command {
     /// Print the verifier key of a broker's database (read from its key file).
     Key {
-        #[arg(long, default_value = "rofr.db")]
-        database: PathBuf,
+        /// A SQLite file, or a postgres:// URL.
+        #[arg(long, env = "ROFR_DATABASE", default_value = "rofr.db")]
+        database: Location,
+        /// The signing key's file, if not where `rofr serve` keeps it by default.
+        #[arg(long, env = "ROFR_LEDGER_KEY")]
+        ledger_key: Option<PathBuf>,
     },
     /// Ask the broker to sign a checkpoint of everything committed now; prints it.
     Checkpoint {
@@ -55,8 +60,12 @@ pub enum Command {
     ///
     /// Exit status 3 names the first entry altered, removed or reordered.
     Audit {
-        #[arg(long, default_value = "rofr.db")]
-        database: PathBuf,
+        /// A SQLite file, or a postgres:// URL.
+        #[arg(long, env = "ROFR_DATABASE", default_value = "rofr.db")]
+        database: Location,
+        /// The signing key's file, if not where `rofr serve` keeps it by default.
+        #[arg(long, env = "ROFR_LEDGER_KEY")]
+        ledger_key: Option<PathBuf>,
         /// The verifier key (text, or a file holding it); by default the one derived
         /// from the database's key file.
         #[arg(long)]
@@ -84,8 +93,8 @@ fn read_key(text_or_file: &str) -> anyhow::Result<VerifierKey> {
     VerifierKey::parse(text.trim()).map_err(|e| anyhow::anyhow!("--key: {e}"))
 }
 
-fn database_key(database: &std::path::Path) -> anyhow::Result<SigningKey> {
-    let path = rofr_server::ledger::key_path(database);
+fn database_key(database: &Location, key: Option<PathBuf>) -> anyhow::Result<SigningKey> {
+    let path = key.unwrap_or_else(|| rofr_server::ledger::key_path(database));
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "cannot read the ledger key {} (it is made on the broker's first start)",
@@ -101,8 +110,11 @@ fn token() -> anyhow::Result<String> {
 
 pub fn run(command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Key { database } => {
-            println!("{}", database_key(&database)?.verifier_key());
+        Command::Key {
+            database,
+            ledger_key,
+        } => {
+            println!("{}", database_key(&database, ledger_key)?.verifier_key());
             Ok(exit::OK)
         }
         Command::Checkpoint { server } => {
@@ -152,10 +164,14 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Command::Audit { database, key } => {
+        Command::Audit {
+            database,
+            ledger_key,
+            key,
+        } => {
             let key = match key {
                 Some(k) => read_key(&k)?,
-                None => VerifierKey::parse(&database_key(&database)?.verifier_key())
+                None => VerifierKey::parse(&database_key(&database, ledger_key)?.verifier_key())
                     .expect("own key parses"),
             };
             let audit = rofr_server::ledger::audit(&database, &key)?;

@@ -43,7 +43,8 @@ enum Command {
     ///
     /// Exit status: 0 when the deal is usable (warnings allowed), 1 when it has errors.
     Check(check::Args),
-    /// Run the broker: the HTTP API over a SQLite database.
+    /// Run the broker: the HTTP API over a SQLite file or a PostgreSQL database (which
+    /// several replicas may share).
     Serve(serve::Args),
     /// Allocate an instance (PRODUCT.md §7.2) and write the solution.
     ///
@@ -67,8 +68,9 @@ enum Command {
     Simulate(simulate::Args),
     /// Bring a database's schema up to date (the broker also does this at start).
     Migrate {
-        #[arg(long, default_value = "rofr.db")]
-        database: std::path::PathBuf,
+        /// A SQLite file, or a postgres:// URL.
+        #[arg(long, env = "ROFR_DATABASE", default_value = "rofr.db")]
+        database: rofr_store::Location,
     },
     /// Manage bearer tokens.
     #[command(subcommand)]
@@ -163,19 +165,12 @@ fn solve(
     Ok(exit::OK)
 }
 
-fn migrate(database: &std::path::Path) -> anyhow::Result<u8> {
-    let existed = database.exists();
-    let before = if existed {
-        rofr_store::SqliteStore::version_of(database)?
-    } else {
-        0
-    };
-    // Opening applies every migration not yet applied, each in its own transaction.
-    let store = rofr_store::SqliteStore::open(database)?;
-    let after = store.schema_version()?;
+fn migrate(database: &rofr_store::Location) -> anyhow::Result<u8> {
+    // Each migration runs in its own transaction; on PostgreSQL, brokers starting
+    // together wait for each other's migrations.
+    let (before, after) = database.migrate()?;
     println!(
-        "{}: schema version {after} ({} migration{} applied now)",
-        database.display(),
+        "{database}: schema version {after} ({} migration{} applied now)",
         after - before,
         if after - before == 1 { "" } else { "s" }
     );

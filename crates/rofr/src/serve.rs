@@ -1,18 +1,26 @@
-//! `rofr serve`: the broker on a SQLite file, serving the HTTP API.
+//! `rofr serve`: the broker on a SQLite file or a PostgreSQL database, serving the
+//! HTTP API. Several replicas may serve one PostgreSQL database.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use rofr_engine::types::Timestamp;
 use rofr_server::{Broker, Clock};
+use rofr_store::Location;
 
 use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The SQLite database file; created if missing.
-    #[arg(long, default_value = "rofr.db")]
-    database: PathBuf,
+    /// A SQLite file (created if missing), or a postgres://USER@HOST:PORT/NAME URL of
+    /// an existing PostgreSQL database, which several replicas may share.
+    #[arg(long, env = "ROFR_DATABASE", default_value = "rofr.db")]
+    database: Location,
+    /// The ledger's signing key file, made on the first start. By default beside a
+    /// SQLite file, or rofr-NAME.ledger-key in the working directory for PostgreSQL;
+    /// replicas of one database must be given the same file.
+    #[arg(long, env = "ROFR_LEDGER_KEY")]
+    ledger_key: Option<PathBuf>,
     /// The deal file. Needed the first time; later the database holds the deal.
     #[arg(long)]
     deal: Option<PathBuf>,
@@ -74,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         &args.database,
         deal.as_ref().map(|(f, t)| (f.as_str(), t.as_str())),
         clock,
+        args.ledger_key.as_deref(),
     )?;
     broker.set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
         every_entries: args.checkpoint_every,
@@ -88,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!(
             "rofr: serving deal \"{}\" from {} on http://{address}",
             broker.deal().name,
-            args.database.display()
+            args.database
         );
         tracing::info!(%address, "serving");
         rofr_server::serve(broker.clone(), listener, shutdown_signal()).await?;

@@ -1,12 +1,9 @@
 //! `rofr token create`: bearer tokens for the parties. Only their hashes are stored.
 
-use std::path::PathBuf;
-
 use rofr_engine::deal::parse_deal;
 use rofr_engine::types::ProviderId;
 use rofr_server::{Broker, Party};
-use rofr_store::SqliteStore;
-use rofr_store::Store as _;
+use rofr_store::Location;
 
 use crate::exit;
 
@@ -25,9 +22,9 @@ enum PartyKind {
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
-    /// The broker's SQLite database file.
-    #[arg(long, default_value = "rofr.db")]
-    database: PathBuf,
+    /// The broker's database: a SQLite file, or a postgres:// URL.
+    #[arg(long, env = "ROFR_DATABASE", default_value = "rofr.db")]
+    database: Location,
     /// Whom the token speaks for.
     #[arg(long, value_enum)]
     party: PartyKind,
@@ -44,8 +41,8 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
     if !args.database.exists() {
         anyhow::bail!(
             "{} does not exist: start `rofr serve --database {} --deal DEAL` once first",
-            args.database.display(),
-            args.database.display()
+            args.database,
+            args.database
         );
     }
     let party = match (args.party, &args.provider) {
@@ -53,10 +50,10 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         (PartyKind::Auditor, None) => Party::Auditor,
         (PartyKind::Provider, Some(id)) => {
             let id = ProviderId::parse(id).map_err(|e| anyhow::anyhow!("--provider: {e}"))?;
-            let store = SqliteStore::open(&args.database)?;
+            let store = args.database.open()?;
             let text = store
                 .meta("deal")?
-                .ok_or_else(|| anyhow::anyhow!("{} holds no deal yet", args.database.display()))?;
+                .ok_or_else(|| anyhow::anyhow!("{} holds no deal yet", args.database))?;
             let deal = parse_deal("deal.toml", &text)
                 .map_err(|_| anyhow::anyhow!("the stored deal does not parse"))?;
             if deal.provider(&id).is_none() {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use rofr_store::Location;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -167,8 +168,8 @@ fn tampered(database: &Path, name: &str, sql: &str) -> PathBuf {
     let copy = database.with_file_name(format!("{name}.db"));
     std::fs::copy(database, &copy).unwrap();
     std::fs::copy(
-        rofr_server::ledger::key_path(database),
-        rofr_server::ledger::key_path(&copy),
+        rofr_server::ledger::key_path(&Location::Sqlite(database.to_owned())),
+        rofr_server::ledger::key_path(&Location::Sqlite(copy.clone())),
     )
     .unwrap();
     rusqlite::Connection::open(&copy)
@@ -186,10 +187,12 @@ fn the_ledger_proves_the_story_and_catches_every_tampering() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(rofr_server::ledger::key_path(&database))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(rofr_server::ledger::key_path(&Location::Sqlite(
+            database.clone(),
+        )))
+        .unwrap()
+        .permissions()
+        .mode();
         assert_eq!(
             mode & 0o777,
             0o600,
