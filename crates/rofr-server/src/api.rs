@@ -538,6 +538,7 @@ async fn show_need(
 ) -> Result<Json<views::NeedView>, ApiError> {
     caller.reader("read needs")?;
     let id = need_id(&id)?;
+    broker.fresh().await?;
     broker
         .read(|e| e.state().needs.get(&id).map(views::need_view))
         .map(Json)
@@ -845,6 +846,7 @@ async fn my_offers(
         Party::Provider(provider) => Some(provider.clone()),
         _ => None,
     };
+    broker.fresh().await?;
     let (offers, next) =
         broker.read(|e| views::offers_page(e, provider.as_ref(), query.after.as_deref(), limit));
     Ok(Json(OfferList { offers, next }))
@@ -853,6 +855,7 @@ async fn my_offers(
 #[utoipa::path(get, path = "/v1/rfqs", tag = "provider", responses((status = 200, body = RfqList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
 async fn my_rfqs(State(broker): State<Broker>, caller: Caller) -> Result<Json<RfqList>, ApiError> {
     let provider = caller.provider("list its requests for quotes")?;
+    broker.fresh().await?;
     let rfqs = broker.read(|e| views::rfqs_for(e, &provider));
     Ok(Json(RfqList { rfqs }))
 }
@@ -863,6 +866,7 @@ async fn my_awards(
     caller: Caller,
 ) -> Result<Json<AwardList>, ApiError> {
     let provider = caller.provider("list its awards")?;
+    broker.fresh().await?;
     let awards = broker.read(|e| views::awards_for(e, &provider));
     Ok(Json(AwardList { awards }))
 }
@@ -977,6 +981,7 @@ async fn summary(
     caller: Caller,
 ) -> Result<Json<views::Summary>, ApiError> {
     caller.reader("read the summary")?;
+    broker.fresh().await?;
     Ok(Json(broker.read(views::summary)))
 }
 

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 /// A running `rofr serve`, killed when dropped.
@@ -26,7 +25,7 @@ pub fn rofr() -> Command {
 
 /// Starts `rofr serve` on a free loopback port with `extra` arguments; the URL is read
 /// from its first line of output.
-pub fn serve(database: &Path, extra: &[&str]) -> Server {
+pub fn serve(database: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
     let mut child = rofr()
         .args(["serve", "--listen", "127.0.0.1:0", "--database"])
         .arg(database)
@@ -48,7 +47,7 @@ pub fn serve(database: &Path, extra: &[&str]) -> Server {
 }
 
 /// Creates a token with `rofr token create` and returns it.
-pub fn token(database: &Path, party: &[&str]) -> String {
+pub fn token(database: impl AsRef<std::ffi::OsStr>, party: &[&str]) -> String {
     let output = rofr()
         .args(["token", "create", "--database"])
         .arg(database)
