@@ -8,7 +8,7 @@ use rofr_engine::need::NeedSpec;
 use rofr_engine::types::{Gpus, NeedId, Price, ProviderId, Sku, Timestamp, Workload};
 use rofr_engine::Command;
 use rofr_store::Store as _;
-use rofr_store::{Batch, Location, NewEvent, SqliteStore};
+use rofr_store::{Batch, Location, NewEvent, ScratchDatabase, SqliteStore};
 use serde_json::json;
 
 use crate::client::Client;
@@ -37,11 +37,16 @@ pub struct BenchOptions {
     pub needs: usize,
     pub clients: usize,
     pub http: bool,
+    /// A PostgreSQL server (`postgres://…/any-database`) on which each run makes a
+    /// fresh database; a fresh SQLite file when `None`.
+    pub postgres: Option<String>,
+    /// Brokers sharing the database; client `c` talks to replica `c % replicas`.
+    pub replicas: usize,
 }
 
 #[derive(Debug)]
 pub struct BenchReport {
-    pub mode: &'static str,
+    pub mode: String,
     pub needs: usize,
     pub clients: usize,
     pub seconds: f64,
@@ -63,7 +68,7 @@ impl BenchReport {
         };
         let events_per_second = self.events as f64 / self.seconds;
         format!(
-            "{mode:<11} needs {needs:>8}  clients {clients:>3}  {nps:>9.0} needs/s  {eps:>9.0} events/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  events/commit {epc:>6.1}  raw append {raw:>9.0} events/s  ratio {ratio:.2}  RSS {rss}",
+            "{mode:<16} needs {needs:>8}  clients {clients:>3}  {nps:>9.0} needs/s  {eps:>9.0} events/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  events/commit {epc:>6.1}  raw append {raw:>9.0} events/s  ratio {ratio:.2}  RSS {rss}",
             mode = self.mode,
             needs = self.needs,
             clients = self.clients,
@@ -176,38 +181,70 @@ async fn one_need_over_http(
     }
 }
 
+/// A fresh database named `name`: a SQLite file in `dir`, or a scratch PostgreSQL
+/// database (dropped with the second value) on the server the options name.
+fn fresh_database(
+    options: &BenchOptions,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(Location, Option<ScratchDatabase>), String> {
+    Ok(match &options.postgres {
+        Some(server) => {
+            let scratch = ScratchDatabase::create(server, &format!("rofr_{name}"))
+                .map_err(|e| e.to_string())?;
+            (scratch.location(), Some(scratch))
+        }
+        None => (Location::Sqlite(dir.join(format!("{name}.db"))), None),
+    })
+}
+
 pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let path = Location::Sqlite(dir.path().join("bench.db"));
+    let (path, _scratch) = fresh_database(&options, dir.path(), "bench")?;
+    let key = dir.path().join("bench.ledger-key");
     let origin = Timestamp::parse("2025-02-03T00:00:00Z").expect("valid");
-    let broker = Broker::open(
-        &path,
-        Some(("bench.toml", BENCH_DEAL)),
-        Clock::scaled(origin, 1.0),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut brokers = Vec::new();
+    for _ in 0..options.replicas.max(1) {
+        brokers.push(
+            Broker::open(
+                &path,
+                Some(("bench.toml", BENCH_DEAL)),
+                Clock::scaled(origin, 1.0),
+                Some(&key),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+    }
     let holder = ProviderId::parse("holder").expect("valid");
     let now = origin;
 
-    let (url, buyer_token, holder_token) = if options.http {
+    // The servers stop (and with them their webhook senders) when the run ends.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    let (urls, buyer_token, holder_token) = if options.http {
         let buyer =
             Broker::create_token(&path, &Party::Buyer, "bench").map_err(|e| e.to_string())?;
         let holder_token = Broker::create_token(&path, &Party::Provider(holder.clone()), "bench")
             .map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let url = format!(
-            "http://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
-        tokio::spawn(crate::serve(
-            broker.clone(),
-            listener,
-            std::future::pending(),
-        ));
-        (url, buyer, holder_token)
+        let mut urls = Vec::new();
+        for broker in &brokers {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            urls.push(format!(
+                "http://{}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            ));
+            let mut stopped = stopped.clone();
+            servers.push(tokio::spawn(crate::serve(
+                broker.clone(),
+                listener,
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            )));
+        }
+        (urls, buyer, holder_token)
     } else {
         Default::default()
     };
@@ -217,12 +254,13 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
     let per_client = options.needs.div_ceil(options.clients);
     for c in 0..options.clients {
         let range = (c * per_client)..((c + 1) * per_client).min(options.needs);
-        let broker = broker.clone();
+        let broker = brokers[c % brokers.len()].clone();
         let holder = holder.clone();
         let clients = options.http.then(|| {
+            let url = &urls[c % urls.len()];
             (
-                Client::new(&url, &buyer_token),
-                Client::new(&url, &holder_token),
+                Client::new(url, &buyer_token),
+                Client::new(url, &holder_token),
             )
         });
         tasks.push(tokio::spawn(async move {
@@ -243,20 +281,32 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
         latencies.extend(task.await.map_err(|e| e.to_string())?);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let counters = broker.counters();
-    let events = counters
-        .events_appended
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let commits = counters.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let load = |f: fn(&crate::broker::Counters) -> &std::sync::atomic::AtomicU64| {
+        brokers
+            .iter()
+            .map(|b| f(b.counters()).load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let events = load(|c| &c.events_appended);
+    let commits = load(|c| &c.commits);
     let resident = resident_mb();
-    broker.shutdown();
+    let _ = stop.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    for broker in &brokers {
+        broker.shutdown();
+    }
 
-    // The same bytes, appended raw with the same number of events per commit.
-    let stored = broker
+    // The same bytes, appended raw with the same number of events per commit, to the
+    // same kind of database.
+    let stored = brokers[0]
         .store(|s| s.all_events())
         .map_err(|e| e.to_string())?;
+    drop(brokers);
     let per_commit = (events as f64 / commits.max(1) as f64).round().max(1.0) as usize;
-    let mut raw = SqliteStore::open(&dir.path().join("raw.db")).map_err(|e| e.to_string())?;
+    let (raw_location, _raw_scratch) = fresh_database(&options, dir.path(), "raw")?;
+    let mut raw = raw_location.open().map_err(|e| e.to_string())?;
     let batches: Vec<Batch> = stored
         .chunks(per_commit)
         .map(|chunk| Batch {
@@ -279,8 +329,13 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
     }
     let raw_events_per_second = stored.len() as f64 / raw_started.elapsed().as_secs_f64();
 
+    drop(raw);
+    let mut mode = if options.http { "http" } else { "in-process" }.to_owned();
+    if options.postgres.is_some() {
+        mode.push_str(&format!(" pg x{}", options.replicas.max(1)));
+    }
     Ok(BenchReport {
-        mode: if options.http { "http" } else { "in-process" },
+        mode,
         needs: options.needs,
         clients: options.clients,
         seconds,

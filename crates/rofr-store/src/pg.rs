@@ -181,6 +181,8 @@ impl PostgresStore {
                 let mut waiting = notifications.timeout_iter(poll);
                 let went_on = match waiting.next() {
                     Ok(_) => changed(),
+                    // Gone with the broker that listened, or the connection lost.
+                    Err(_) if !changed() => false,
                     Err(error) => {
                         tracing::warn!(%error, "the commit listener lost its connection; polling only");
                         loop {

@@ -6,7 +6,8 @@ use crate::exit;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Broker throughput in process and over HTTP, beside raw SQLite appends.
+    /// Broker throughput in process and over HTTP, beside raw appends of the same
+    /// events to the same kind of database.
     Broker {
         /// Needs per run; each is submitted, accepted by the holder and confirmed.
         #[arg(long, default_value_t = 100_000)]
@@ -17,6 +18,14 @@ pub enum Command {
         /// Which runs to make.
         #[arg(long, value_parser = ["in-process", "http", "both"], default_value = "both")]
         mode: String,
+        /// A PostgreSQL server (postgres://USER@HOST:PORT/DATABASE) on which each run
+        /// makes, and afterwards drops, a fresh database; by default a fresh SQLite file.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Broker replicas sharing the database, one run per count (PostgreSQL only),
+        /// e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(usize))]
+        replicas: Vec<usize>,
     },
     /// Ledger throughput: tree appends, proofs and a full audit of a stored log, beside
     /// the raw SHA-256 rate over the same bytes.
@@ -43,12 +52,14 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> anyhow::Result<u8> {
-    let (needs, clients, mode) = match command {
+    let (needs, clients, mode, database, replicas) = match command {
         Command::Broker {
             needs,
             clients,
             mode,
-        } => (needs, clients, mode),
+            database,
+            replicas,
+        } => (needs, clients, mode, database, replicas),
         Command::Simulate { runs, strategy } => return simulate(runs, &strategy),
         Command::Solve { time_limit } => {
             println!(
@@ -75,20 +86,47 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         needs > 0 && clients > 0,
         "--needs and --clients must be positive"
     );
-    let runtime = tokio::runtime::Runtime::new()?;
-    println!("rofr bench broker: {needs} needs x 3 commands each, {clients} clients, a fresh SQLite file per run");
-    for http in [false, true] {
-        if (http && mode == "in-process") || (!http && mode == "http") {
-            continue;
+    if let Some(url) = &database {
+        match url.parse::<rofr_store::Location>() {
+            Ok(rofr_store::Location::Postgres(_)) => {}
+            Ok(_) => {
+                anyhow::bail!("--database: give a postgres:// URL (the SQLite runs need none)")
+            }
+            Err(e) => anyhow::bail!("--database: {e}"),
         }
-        let report = runtime
-            .block_on(bench_broker(BenchOptions {
-                needs,
-                clients,
-                http,
-            }))
-            .map_err(|e| anyhow::anyhow!(e))?;
-        println!("{}", report.render());
+    }
+    anyhow::ensure!(
+        replicas.iter().all(|&r| r > 0),
+        "--replicas: every count must be positive"
+    );
+    anyhow::ensure!(
+        database.is_some() || replicas.iter().all(|&r| r == 1),
+        "--replicas: replicas share a PostgreSQL database; give one with --database"
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let store = match &database {
+        Some(_) => "a fresh PostgreSQL database",
+        None => "a fresh SQLite file",
+    };
+    println!(
+        "rofr bench broker: {needs} needs x 3 commands each, {clients} clients, {store} per run"
+    );
+    for &count in &replicas {
+        for http in [false, true] {
+            if (http && mode == "in-process") || (!http && mode == "http") {
+                continue;
+            }
+            let report = runtime
+                .block_on(bench_broker(BenchOptions {
+                    needs,
+                    clients,
+                    http,
+                    postgres: database.clone(),
+                    replicas: count,
+                }))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{}", report.render());
+        }
     }
     Ok(exit::OK)
 }
