@@ -116,6 +116,7 @@ fn connect(url: &str) -> Result<Client> {
 }
 
 pub struct PostgresStore {
+    url: String,
     client: Mutex<Option<Client>>,
     in_transaction: bool,
 }
@@ -134,6 +135,7 @@ impl PostgresStore {
     /// Connects and brings the schema up to date.
     pub fn open(url: &str) -> Result<PostgresStore> {
         let mut store = PostgresStore {
+            url: url.to_owned(),
             client: Mutex::new(Some(connect(url)?)),
             in_transaction: false,
         };
@@ -145,6 +147,7 @@ impl PostgresStore {
     /// before and after.
     pub fn migrate_url(url: &str) -> Result<(usize, usize)> {
         let mut store = PostgresStore {
+            url: url.to_owned(),
             client: Mutex::new(Some(connect(url)?)),
             in_transaction: false,
         };
@@ -204,11 +207,14 @@ impl PostgresStore {
 
     fn migrate(&mut self) -> Result<usize> {
         self.with(|c| {
-            c.batch_execute("CREATE TABLE IF NOT EXISTS rofr_schema (version INTEGER NOT NULL);")
-                .map_err(pg("preparing the schema table"))?;
+            // Under the lock from the start: two sessions creating the same table at
+            // once can both fail `IF NOT EXISTS`.
             c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
                 .map_err(pg("waiting for other migrations"))?;
-            let ran = apply_migrations(c);
+            let ran = c
+                .batch_execute("CREATE TABLE IF NOT EXISTS rofr_schema (version INTEGER NOT NULL);")
+                .map_err(pg("preparing the schema table"))
+                .and_then(|()| apply_migrations(c));
             let unlocked = c
                 .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
                 .map_err(pg("ending migrations"));
@@ -237,11 +243,24 @@ impl PostgresStore {
         })
     }
 
+    /// Runs `f` with the connection. A connection the server closed is replaced
+    /// first, unless a transaction was open on it: then the calls fail until `abort`,
+    /// so nothing of that transaction is written outside it.
     fn with<T: Send>(&self, f: impl FnOnce(&mut Client) -> T + Send) -> T {
         let mut guard = self.client.lock().expect("client lock poisoned");
         let client = guard
             .as_mut()
             .expect("the client lives as long as the store");
+        if client.is_closed() && !self.in_transaction {
+            match connect(&self.url) {
+                Ok(fresh) => {
+                    tracing::warn!("reconnected to the database");
+                    let old = std::mem::replace(client, fresh);
+                    blocking(move || drop(old));
+                }
+                Err(error) => tracing::warn!(%error, "cannot reconnect to the database"),
+            }
+        }
         blocking(|| f(client))
     }
 
@@ -364,8 +383,10 @@ impl Store for PostgresStore {
     }
 
     fn commit(&mut self, batch: &Batch) -> Result<u64> {
-        let open = std::mem::take(&mut self.in_transaction);
-        self.with(|c| {
+        // The flag stays up during the call, so a lost connection is not replaced
+        // under an open transaction.
+        let open = self.in_transaction;
+        let written = self.with(|c| {
             if !open {
                 c.batch_execute("BEGIN").map_err(pg("starting a commit"))?;
                 c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])
@@ -382,7 +403,9 @@ impl Store for PostgresStore {
                     Err(error)
                 }
             }
-        })
+        });
+        self.in_transaction = false;
+        written
     }
 
     fn idempotent(&self, party: &str, key: &str) -> Result<Option<IdempotentResponse>> {
