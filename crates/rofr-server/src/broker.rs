@@ -679,12 +679,18 @@ impl Writer {
             .next_deadline()
             .is_some_and(|at| at <= inner.clock.now().max(engine.clock()));
         let writes = !jobs.is_empty() || due || (flush && !self.dirty.is_empty());
-        let ready = if writes {
-            self.store.begin_exclusive().map_err(BrokerError::from)
-        } else {
+        // Alone on its log, the broker has folded in every entry already, and its
+        // commit is a transaction of its own.
+        let ready = if !inner.shared {
             Ok(())
-        }
-        .and_then(|()| self.catch_up(&mut engine));
+        } else if writes {
+            self.store
+                .begin_exclusive()
+                .map_err(BrokerError::from)
+                .and_then(|()| self.catch_up(&mut engine))
+        } else {
+            self.catch_up(&mut engine)
+        };
         if let Err(error) = ready {
             let _ = self.store.abort();
             tracing::error!(%error, "cannot read the log; commands refused until it can be read");
