@@ -280,6 +280,13 @@ impl PostgresStore {
 }
 
 fn schema_version(c: &mut Client) -> Result<usize> {
+    let made: bool = c
+        .query_one("SELECT to_regclass('rofr_schema') IS NOT NULL", &[])
+        .map_err(pg("reading the schema version"))?
+        .get(0);
+    if !made {
+        return Ok(0);
+    }
     let row = c
         .query_opt("SELECT version FROM rofr_schema", &[])
         .map_err(pg("reading the schema version"))?;

@@ -439,3 +439,26 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
     drop(servers);
     drop(scratch);
 }
+
+#[test]
+fn migrate_brings_a_new_postgres_database_up_to_date_once() {
+    let Ok(admin) = std::env::var("ROFR_TEST_DATABASE_URL") else {
+        eprintln!("skipped: ROFR_TEST_DATABASE_URL is unset");
+        return;
+    };
+    let scratch = ScratchDatabase::create(&admin, "rofr_migrate").unwrap();
+    let migrate = || {
+        let output = rofr()
+            .args(["migrate", "--database", scratch.url()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        common::stdout(&output)
+    };
+    assert!(migrate().contains("schema version 1 (1 migration applied now)"));
+    assert!(migrate().contains("schema version 1 (0 migrations applied now)"));
+}
