@@ -109,3 +109,44 @@ fn kill_other_connections(url: &str) -> usize {
         .unwrap();
     rows.len()
 }
+
+#[test]
+fn a_webhook_delivery_is_claimed_by_one_broker_at_a_time() {
+    let Some(database) = scratch("a_webhook_delivery_is_claimed_by_one_broker_at_a_time") else {
+        return;
+    };
+    let mut a = PostgresStore::open(database.url()).unwrap();
+    let mut b = PostgresStore::open(database.url()).unwrap();
+    let deliveries = (0..20)
+        .map(|n| rofr_store::NewDelivery {
+            provider: "azure".into(),
+            event_offset: n,
+            body: format!("{{\"n\":{n}}}"),
+            due_ms: 1_000,
+        })
+        .collect();
+    a.commit(&Batch {
+        events: (0..20).map(|n| event(0, n)).collect(),
+        deliveries,
+        ..Batch::default()
+    })
+    .unwrap();
+    // Both claim at once; every due delivery goes to exactly one of them.
+    let (mine, theirs) = std::thread::scope(|scope| {
+        let one = scope.spawn(|| a.claim_deliveries(2_000, 60_000, 15).unwrap());
+        let other = scope.spawn(|| b.claim_deliveries(2_000, 60_000, 15).unwrap());
+        (one.join().unwrap(), other.join().unwrap())
+    });
+    let mut ids: Vec<i64> = mine.iter().chain(&theirs).map(|d| d.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        mine.len() + theirs.len(),
+        "no delivery claimed twice"
+    );
+    assert_eq!(ids.len(), 20, "every due delivery claimed");
+    // Within the lease nobody takes them again; after it they come back.
+    assert!(a.claim_deliveries(3_000, 60_000, 50).unwrap().is_empty());
+    assert_eq!(a.claim_deliveries(70_000, 60_000, 50).unwrap().len(), 20);
+}
