@@ -134,6 +134,10 @@ pub struct Health {
     pub now: rofr_engine::types::Timestamp,
     /// Model seconds per real second (1 unless time is scaled).
     pub speed: f64,
+    /// Log entries this broker has folded in; replicas that agree are in step.
+    pub log_entries: u64,
+    /// Whether other replicas may share this broker's log (PostgreSQL).
+    pub shared: bool,
 }
 
 // ----- the OpenAPI document ----------------------------------------------------------
@@ -1210,7 +1214,7 @@ async fn events(
 
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
 async fn healthz(State(broker): State<Broker>) -> Json<Health> {
-    let now = broker.read(|e| e.clock());
+    let (now, log_entries) = broker.read(|e| (e.clock(), e.state().events));
     let speed = match broker.clock() {
         crate::Clock::System => 1.0,
         crate::Clock::Scaled { speed, .. } => *speed,
@@ -1220,6 +1224,8 @@ async fn healthz(State(broker): State<Broker>) -> Json<Health> {
         deal: broker.deal().name.clone(),
         now,
         speed,
+        log_entries,
+        shared: broker.shared(),
     })
 }
 

@@ -40,6 +40,11 @@ pub fn render(broker: &Broker) -> String {
         counter(counters.events_appended.load(Ordering::Relaxed)),
     );
     registry.register(
+        "events_caught_up",
+        "Events other replicas appended, folded into this one",
+        counter(counters.events_caught_up.load(Ordering::Relaxed)),
+    );
+    registry.register(
         "commits",
         "Group commits written",
         counter(counters.commits.load(Ordering::Relaxed)),

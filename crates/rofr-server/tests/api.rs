@@ -495,11 +495,14 @@ async fn pages_are_bounded_and_follow_on(backend: Backend) {
 }
 
 async fn health_and_metrics_answer(backend: Backend) {
+    let shared = matches!(backend, Backend::Postgres(_));
     let app = spawn_app(backend).await;
     app.submit("n1", 8).await;
     let (status, health) = app.get("", "/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(health["deal"], "api-test");
+    assert_eq!(health["log_entries"], 2);
+    assert_eq!(health["shared"], shared);
     let text = app
         .client
         .get(format!("{}/metrics", app.url))

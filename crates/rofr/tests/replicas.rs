@@ -423,6 +423,31 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
         "some awards were settled"
     );
 
+    // Both survivors have folded in the whole log, whoever wrote it.
+    for url in [&replicas.urls[0], &replicas.urls[2]] {
+        let started = Instant::now();
+        loop {
+            let health: Value = replicas
+                .http
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(health["shared"], true);
+            if health["log_entries"] == events.len() as u64 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{url} is behind the log: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     // The signed checkpoints, made by different replicas, agree with the log.
     let audit = rofr()
         .args(["ledger", "audit", "--database", &url, "--ledger-key", key])
