@@ -74,8 +74,9 @@ pub enum BrokerError {
     Rejected(#[from] Rejection),
     #[error("the Idempotency-Key `{0}` was already used for a different request")]
     KeyReused(String),
+    // Not a `source`: the message already says it, and error chains would repeat it.
     #[error("storage failed: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("{0}")]
     Setup(String),
     #[error("the broker is shutting down")]
@@ -451,6 +452,12 @@ fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {
             row.index
         ))
     })
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(error: StoreError) -> Self {
+        BrokerError::Store(error)
+    }
 }
 
 fn party_of(row: &TokenRow) -> Option<Party> {

@@ -121,11 +121,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("database error while {doing}: {source}")]
+    /// The server's own words, with the causes `postgres` keeps behind its short
+    /// message ("db error", "error connecting to server").
+    #[error("database error while {doing}: {message}")]
     Postgres {
         doing: &'static str,
-        #[source]
-        source: postgres::Error,
+        message: String,
     },
     #[error("{0}")]
     Setup(String),

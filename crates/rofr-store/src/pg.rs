@@ -95,7 +95,22 @@ CREATE TABLE checkpoints (
 "#];
 
 fn pg(doing: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
-    move |source| StoreError::Postgres { doing, source }
+    move |error| StoreError::Postgres {
+        doing,
+        message: describe(&error),
+    }
+}
+
+/// An error with its causes, `: `-separated.
+fn describe(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// Runs `f` where the client's own runtime may block: on this thread, or on a
@@ -111,8 +126,21 @@ fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn connect(url: &str) -> Result<Client> {
-    blocking(|| Client::connect(url, NoTls))
-        .map_err(|source| StoreError::Setup(format!("cannot connect to {}: {source}", redact(url))))
+    blocking(|| Client::connect(url, NoTls)).map_err(|error| {
+        let missing = error
+            .as_db_error()
+            .is_some_and(|e| *e.code() == postgres::error::SqlState::INVALID_CATALOG_NAME);
+        let hint = if missing {
+            " (rofr does not create databases: make it first, e.g. `createdb NAME`)"
+        } else {
+            ""
+        };
+        StoreError::Setup(format!(
+            "cannot connect to {}: {}{hint}",
+            redact(url),
+            describe(&error)
+        ))
+    })
 }
 
 pub struct PostgresStore {

@@ -487,3 +487,24 @@ fn migrate_brings_a_new_postgres_database_up_to_date_once() {
     assert!(migrate().contains("schema version 1 (1 migration applied now)"));
     assert!(migrate().contains("schema version 1 (0 migrations applied now)"));
 }
+
+#[test]
+fn a_missing_postgres_database_is_named_with_what_to_do() {
+    let Ok(admin) = std::env::var("ROFR_TEST_DATABASE_URL") else {
+        eprintln!("skipped: ROFR_TEST_DATABASE_URL is unset");
+        return;
+    };
+    let (server, _) = admin.rsplit_once('/').unwrap();
+    let url = format!("{server}/rofr_never_made");
+    let output = rofr()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("database \"rofr_never_made\" does not exist")
+            && message.contains("createdb"),
+        "{message}"
+    );
+}
