@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::{token, Server};
+use common::{all_events, token, Server};
 use rofr_engine::state::State;
 use rofr_engine::types::Timestamp;
 use rofr_engine::{Event, EventKind};
@@ -55,31 +55,6 @@ fn need(id: &str) -> Value {
         "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-03-01T00:00:00Z",
         "max_price_per_gpu_hour": 8.0, "decide_by": "2025-04-01T00:00:00Z"
     })
-}
-
-async fn all_events(client: &reqwest::Client, url: &str, token: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut after: Option<u64> = None;
-    loop {
-        let mut path = format!("{url}/v1/events?limit=1000");
-        if let Some(a) = after {
-            path.push_str(&format!("&after={a}"));
-        }
-        let page: Value = client
-            .get(path)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        events.extend(page["events"].as_array().unwrap().iter().cloned());
-        match page["next"].as_u64() {
-            Some(next) => after = Some(next),
-            None => return events,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

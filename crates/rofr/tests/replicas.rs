@@ -118,28 +118,6 @@ impl Replicas {
     }
 }
 
-/// Every entry of the log, in index order, with its index.
-async fn whole_log(replicas: &Replicas, auditor: &str) -> Vec<(u64, Event)> {
-    let mut entries = Vec::new();
-    let mut after: Option<u64> = None;
-    loop {
-        let path = match after {
-            Some(a) => format!("/v1/events?limit=1000&after={a}"),
-            None => "/v1/events?limit=1000".to_owned(),
-        };
-        let (status, page) = replicas.get(auditor, &path).await;
-        assert_eq!(status, 200, "{page}");
-        for entry in page["events"].as_array().unwrap() {
-            let event: Event = serde_json::from_value(entry["event"].clone()).unwrap();
-            entries.push((entry["index"].as_u64().unwrap(), event));
-        }
-        match page["next"].as_u64() {
-            Some(next) => after = Some(next),
-            None => return entries,
-        }
-    }
-}
-
 /// A provider's agent: answers its offers, requests for quotes and awards on any
 /// replica until `stop`. The holder accepts a third of its offers, declines a third
 /// and lets a third lapse; the others quote on every request; awards to `azure` and
@@ -325,7 +303,15 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
 
     // One gapless log, in which no need was submitted twice and no quantity is awarded
     // twice (I2), nor any other invariant broken.
-    let entries = whole_log(&replicas, &auditor).await;
+    let entries: Vec<(u64, Event)> =
+        common::all_events(&replicas.http, &replicas.urls[0], &auditor)
+            .await
+            .into_iter()
+            .map(|e| {
+                let index = e["index"].as_u64().unwrap();
+                (index, serde_json::from_value(e["event"].clone()).unwrap())
+            })
+            .collect();
     let indexes: Vec<u64> = entries.iter().map(|(i, _)| *i).collect();
     assert_eq!(
         indexes,

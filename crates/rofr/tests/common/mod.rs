@@ -79,3 +79,33 @@ pub fn need_json(id: &str) -> serde_json::Value {
         "earliest_start": at(7), "latest_start": at(21), "max_price_per_gpu_hour": 8.0, "decide_by": at(14)
     })
 }
+
+/// Every entry of the log, paged through `/v1/events`: `{"index", "event"}` each.
+pub async fn all_events(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let mut path = format!("{url}/v1/events?limit=1000");
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let page: serde_json::Value = client
+            .get(path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next"].as_u64() {
+            Some(next) => after = Some(next),
+            None => return events,
+        }
+    }
+}
