@@ -21,7 +21,13 @@ pub struct Usage {
 
 impl Usage {
     pub fn spend(self) -> f64 {
-        self.spend_units as f64 / 10_000.0
+        // Through i64 where it fits: the same value, converted by the processor rather
+        // than by a library routine for 128-bit integers.
+        let units = match i64::try_from(self.spend_units) {
+            Ok(units) => units as f64,
+            Err(_) => self.spend_units as f64,
+        };
+        units / 10_000.0
     }
 
     fn plus(self, other: Usage) -> Usage {
@@ -241,6 +247,23 @@ mod tests {
             }
         }
         (all, own)
+    }
+
+    #[test]
+    fn spend_converts_exactly_within_and_beyond_64_bits() {
+        for units in [
+            0i128,
+            69_800,
+            -5,
+            i128::from(i64::MAX),
+            i128::from(i64::MAX) * 4 + 3,
+        ] {
+            let usage = Usage {
+                gpu_hours: 0,
+                spend_units: units,
+            };
+            assert_eq!(usage.spend(), units as f64 / 10_000.0, "{units}");
+        }
     }
 
     proptest! {
