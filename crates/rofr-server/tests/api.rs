@@ -62,13 +62,7 @@ impl Backend {
     /// A fresh PostgreSQL database, or `None` (after saying why) where the tests have no
     /// server to use.
     fn postgres(test: &str) -> Option<Backend> {
-        let Ok(url) = std::env::var("ROFR_TEST_DATABASE_URL") else {
-            eprintln!("skipped {test} on PostgreSQL: ROFR_TEST_DATABASE_URL is unset");
-            return None;
-        };
-        Some(Backend::Postgres(
-            ScratchDatabase::create(&url, "rofr_api").expect("a scratch database"),
-        ))
+        ScratchDatabase::for_test("rofr_api", test).map(Backend::Postgres)
     }
 }
 

@@ -919,15 +919,7 @@ impl<'a> Sim<'a> {
     }
 
     fn hold(&mut self, need: &NeedId, hold: Hold) {
-        let spec = &self.engine.state().needs[need].spec;
-        self.providers[hold.provider].adjust(
-            hold.pool,
-            spec,
-            hold.start,
-            self.scenario.start,
-            hold.gpus,
-            false,
-        );
+        self.set_aside(need, &hold, false);
         self.holds.entry(need.clone()).or_default().push(hold);
     }
 
@@ -942,6 +934,11 @@ impl<'a> Sim<'a> {
     }
 
     fn give_back(&mut self, need: &NeedId, hold: Hold) {
+        self.set_aside(need, &hold, true);
+    }
+
+    /// Takes a hold's GPUs out of its provider's free capacity, or puts them back.
+    fn set_aside(&mut self, need: &NeedId, hold: &Hold, back: bool) {
         let spec = &self.engine.state().needs[need].spec;
         self.providers[hold.provider].adjust(
             hold.pool,
@@ -949,7 +946,7 @@ impl<'a> Sim<'a> {
             hold.start,
             self.scenario.start,
             hold.gpus,
-            true,
+            back,
         );
     }
 

@@ -158,6 +158,20 @@ impl ScratchDatabase {
         })
     }
 
+    /// For a test named `test`: a scratch database on the server that
+    /// `ROFR_TEST_DATABASE_URL` names, or `None` after saying the test is skipped
+    /// where that is unset. A server that is named but refuses fails the test.
+    pub fn for_test(prefix: &str, test: &str) -> Option<ScratchDatabase> {
+        let Ok(server) = std::env::var("ROFR_TEST_DATABASE_URL") else {
+            eprintln!("skipped {test} on PostgreSQL: ROFR_TEST_DATABASE_URL is unset");
+            return None;
+        };
+        match ScratchDatabase::create(&server, prefix) {
+            Ok(database) => Some(database),
+            Err(error) => panic!("{test}: cannot make a scratch database: {error}"),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -160,13 +160,18 @@ impl Drop for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects and brings the schema up to date.
-    pub fn open(url: &str) -> Result<PostgresStore> {
-        let mut store = PostgresStore {
+    /// Connects, leaving the schema as it is.
+    fn connected(url: &str) -> Result<PostgresStore> {
+        Ok(PostgresStore {
             url: url.to_owned(),
             client: Mutex::new(Some(connect(url)?)),
             in_transaction: false,
-        };
+        })
+    }
+
+    /// Connects and brings the schema up to date.
+    pub fn open(url: &str) -> Result<PostgresStore> {
+        let mut store = PostgresStore::connected(url)?;
         store.migrate()?;
         Ok(store)
     }
@@ -174,11 +179,7 @@ impl PostgresStore {
     /// Connects and applies the migrations not yet applied; returns the schema version
     /// before and after.
     pub fn migrate_url(url: &str) -> Result<(usize, usize)> {
-        let mut store = PostgresStore {
-            url: url.to_owned(),
-            client: Mutex::new(Some(connect(url)?)),
-            in_transaction: false,
-        };
+        let mut store = PostgresStore::connected(url)?;
         let before = store.with(schema_version)?;
         store.migrate()?;
         let after = store.with(schema_version)?;
@@ -292,18 +293,18 @@ impl PostgresStore {
         blocking(|| f(client))
     }
 
+    /// Deliveries meeting `condition`, with their provider's current webhook.
     fn deliveries_where(
         &self,
         condition: &str,
-        status: Option<&str>,
-        limit: i64,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Delivery>> {
         let sql = format!(
             "SELECT d.id, d.provider, d.event_index, d.body, d.status, d.attempts, d.next_attempt_ms, d.last_error,
                     w.url, w.secret
              FROM deliveries d LEFT JOIN webhooks w ON w.provider = d.provider WHERE {condition}"
         );
-        self.select("reading deliveries", &sql, &[&status, &limit], delivery)
+        self.select("reading deliveries", &sql, params, delivery)
     }
 }
 
@@ -521,22 +522,13 @@ impl Store for PostgresStore {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        self.select(
-            "reading deliveries",
-            "SELECT d.id, d.provider, d.event_index, d.body, d.status, d.attempts, d.next_attempt_ms, d.last_error,
-                    w.url, w.secret
-             FROM deliveries d LEFT JOIN webhooks w ON w.provider = d.provider
-             WHERE d.id = ANY($1) ORDER BY d.id",
-            &[&claimed],
-            delivery,
-        )
+        self.deliveries_where("d.id = ANY($1) ORDER BY d.id", &[&claimed])
     }
 
     fn list_deliveries(&self, status: Option<&str>, limit: u32) -> Result<Vec<Delivery>> {
         self.deliveries_where(
             "($1::TEXT IS NULL OR d.status = $1) ORDER BY d.id DESC LIMIT $2",
-            status,
-            i64::from(limit),
+            &[&status, &i64::from(limit)],
         )
     }
 

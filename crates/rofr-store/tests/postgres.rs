@@ -6,11 +6,7 @@
 use rofr_store::{Batch, NewEvent, PostgresStore, ScratchDatabase, Store};
 
 fn scratch(test: &str) -> Option<ScratchDatabase> {
-    let Ok(url) = std::env::var("ROFR_TEST_DATABASE_URL") else {
-        eprintln!("skipped {test}: ROFR_TEST_DATABASE_URL is unset");
-        return None;
-    };
-    Some(ScratchDatabase::create(&url, "rofr_store").unwrap())
+    ScratchDatabase::for_test("rofr_store", test)
 }
 
 fn event(writer: usize, n: usize) -> NewEvent {

@@ -188,11 +188,9 @@ async fn agent(replicas: Replicas, provider: &'static str, token: String, stop: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_ledger() {
-    let Ok(admin) = std::env::var("ROFR_TEST_DATABASE_URL") else {
-        eprintln!("skipped: ROFR_TEST_DATABASE_URL is unset, so there is no PostgreSQL to test replicas on");
+    let Some(scratch) = ScratchDatabase::for_test("rofr_replicas", "three_replicas") else {
         return;
     };
-    let scratch = ScratchDatabase::create(&admin, "rofr_replicas").unwrap();
     let url = scratch.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let deal_file = dir.path().join("deal.toml");
@@ -453,11 +451,9 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
 
 #[test]
 fn migrate_brings_a_new_postgres_database_up_to_date_once() {
-    let Ok(admin) = std::env::var("ROFR_TEST_DATABASE_URL") else {
-        eprintln!("skipped: ROFR_TEST_DATABASE_URL is unset");
+    let Some(scratch) = ScratchDatabase::for_test("rofr_migrate", "migrate") else {
         return;
     };
-    let scratch = ScratchDatabase::create(&admin, "rofr_migrate").unwrap();
     let migrate = || {
         let output = rofr()
             .args(["migrate", "--database", scratch.url()])
