@@ -3,6 +3,7 @@
 //! command changes nothing; every event is applied to the state the moment it is
 //! emitted, so later decisions in the same command see it.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::allocate::{cheapest_first, Plan, QuoteOffer};
@@ -10,8 +11,8 @@ use crate::command::{Command, Rejection};
 use crate::deal::{
     Allocation, CapBasis, ConcentrationCap, Deal, FirstRefusal, Redelivery, Variant,
 };
-use crate::event::{DeclineReason, Event, EventKind};
-use crate::invariants::{cap_usage, refusals_cover};
+use crate::event::{DeclineReason, Event, EventKind, NeedSubmitted};
+use crate::invariants::{cap_own, cap_total, cap_window_start, refusals_cover};
 use crate::need::NeedSpec;
 use crate::state::{AwardStatus, HolderOffer, NeedState, OfferKind, OfferStatus, RfqStatus, State};
 use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
@@ -78,6 +79,7 @@ impl Engine {
             now: self.clock,
             // Room for a sourcing round's requests without growing.
             out: Vec::with_capacity(16),
+            cap_totals: RefCell::default(),
         };
         step.command(command)?;
         Ok(step.out)
@@ -102,6 +104,7 @@ impl Engine {
                 state: &mut self.state,
                 now: due,
                 out: std::mem::take(&mut out),
+                cap_totals: RefCell::default(),
             };
             // Needs whose sourcing rounds close at this same moment are allocated
             // together, so that the caps are shared out at least cost.
@@ -143,6 +146,9 @@ struct Step<'a> {
     state: &'a mut State,
     now: Timestamp,
     out: Vec<Event>,
+    /// Everyone's usage under each cap (by its place in the deal) as of `now`, kept
+    /// until the next event: a round asks for it once per provider.
+    cap_totals: RefCell<Vec<Option<f64>>>,
 }
 
 fn need_not_found(id: &NeedId) -> Rejection {
@@ -162,6 +168,25 @@ impl Step<'_> {
         };
         self.state.apply(&event);
         self.out.push(event);
+        self.cap_totals.get_mut().clear();
+    }
+
+    /// Total and `provider`'s own usage under `cap` now, bases included: what
+    /// `invariants::cap_usage` gives, with the total worked out once between events.
+    fn cap_usage(&self, cap: &ConcentrationCap, provider: &ProviderId) -> (f64, f64) {
+        let from = cap_window_start(cap, self.now);
+        let place = self
+            .deal
+            .caps
+            .iter()
+            .position(|c| std::ptr::eq(c, cap))
+            .expect("a cap of this deal");
+        let mut totals = self.cap_totals.borrow_mut();
+        if totals.len() <= place {
+            totals.resize(place + 1, None);
+        }
+        let total = *totals[place].get_or_insert_with(|| cap_total(cap, &self.state.usage, from));
+        (total, cap_own(cap, &self.state.usage, from, provider))
     }
 
     fn need(&self, id: &NeedId) -> &NeedState {
@@ -295,7 +320,7 @@ impl Step<'_> {
         let id = spec.id.clone();
         self.emit(
             &id,
-            EventKind::NeedSubmitted {
+            EventKind::NeedSubmitted(Box::new(NeedSubmitted {
                 sku: spec.sku,
                 gpus: spec.gpus,
                 hours: spec.hours,
@@ -316,7 +341,7 @@ impl Step<'_> {
                     .filter(|_| variant.is_some())
                     .map(|i| self.deal.first_refusals[i].reoffer_threshold),
                 holder_exempt,
-            },
+            })),
         );
         self.next_step(&id);
         Ok(())
@@ -912,7 +937,7 @@ impl Step<'_> {
         let need = self.need(id);
         let mut room = u32::MAX;
         for cap in self.caps_binding(provider) {
-            let (mut total, mut own) = cap_usage(cap, self.state, provider, self.now);
+            let (mut total, mut own) = self.cap_usage(cap, provider);
             let per_gpu = |p: Price| match cap.basis {
                 CapBasis::GpuHours => f64::from(need.spec.hours),
                 CapBasis::Spend => f64::from(need.spec.hours) * p.dollars(),
@@ -1170,7 +1195,7 @@ impl Step<'_> {
             origin.iter().map(|(_, provider, _)| provider).collect();
         for provider in &quoting {
             for cap in self.caps_binding(provider) {
-                let (total, own) = cap_usage(cap, self.state, provider, self.now);
+                let (total, own) = self.cap_usage(cap, provider);
                 limits.push(ShareLimit {
                     provider: provider.to_string(),
                     max_share: cap.max_share,
@@ -1279,7 +1304,7 @@ impl Step<'_> {
                     CapBasis::Spend => hours * plan.price.dollars() * f64::from(plan.gpus.get()),
                 };
                 let added: f64 = plans.iter().map(weight).sum();
-                let (total, own) = cap_usage(cap, self.state, &plan.provider, self.now);
+                let (total, own) = self.cap_usage(cap, &plan.provider);
                 let mine: f64 = plans
                     .iter()
                     .filter(|p| p.provider == plan.provider)

@@ -48,43 +48,50 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
+/// What a `need_submitted` event records: the need as submitted, and what the deal
+/// made of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeedSubmitted {
+    pub sku: Sku,
+    pub gpus: Gpus,
+    pub hours: u32,
+    #[serde(default)]
+    pub regions: BTreeSet<Region>,
+    pub workload: Workload,
+    #[serde(default)]
+    pub tags: BTreeSet<Tag>,
+    pub max_price_per_gpu_hour: Price,
+    pub earliest_start: Timestamp,
+    pub latest_start: Timestamp,
+    pub decide_by: Timestamp,
+    pub priority: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<String>,
+    /// The first-refusal holder whose right covers this need, if any.
+    pub holder: Option<ProviderId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<Variant>,
+    /// Index of the first-refusal clause that covers the need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_refusal: Option<usize>,
+    /// The price the holder is offered, per GPU-hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_price_per_gpu_hour: Option<Price>,
+    /// The clause's re-offer threshold, so that the event log alone tells whether a
+    /// third-party award was covered by the holder's refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reoffer_threshold: Option<f64>,
+    /// Why a need that matches a first-refusal scope skips the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_exempt: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
-    NeedSubmitted {
-        sku: Sku,
-        gpus: Gpus,
-        hours: u32,
-        #[serde(default)]
-        regions: BTreeSet<Region>,
-        workload: Workload,
-        #[serde(default)]
-        tags: BTreeSet<Tag>,
-        max_price_per_gpu_hour: Price,
-        earliest_start: Timestamp,
-        latest_start: Timestamp,
-        decide_by: Timestamp,
-        priority: u8,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        launch: Option<String>,
-        /// The first-refusal holder whose right covers this need, if any.
-        holder: Option<ProviderId>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        variant: Option<Variant>,
-        /// Index of the first-refusal clause that covers the need.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        first_refusal: Option<usize>,
-        /// The price the holder is offered, per GPU-hour.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        offer_price_per_gpu_hour: Option<Price>,
-        /// The clause's re-offer threshold, so that the event log alone tells whether a
-        /// third-party award was covered by the holder's refusals.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reoffer_threshold: Option<f64>,
-        /// Why a need that matches a first-refusal scope skips the holder.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        holder_exempt: Option<String>,
-    },
+    /// Boxed: the largest event by far, and the rarest, so that the others stay small
+    /// to move.
+    NeedSubmitted(Box<NeedSubmitted>),
     OfferSent {
         provider: ProviderId,
         gpus: Gpus,
@@ -238,7 +245,7 @@ impl EventKind {
     /// The snake_case type name, as written in the JSON.
     pub fn type_name(&self) -> &'static str {
         match self {
-            EventKind::NeedSubmitted { .. } => "need_submitted",
+            EventKind::NeedSubmitted(_) => "need_submitted",
             EventKind::OfferSent { .. } => "offer_sent",
             EventKind::OfferAccepted { .. } => "offer_accepted",
             EventKind::OfferDeclined { .. } => "offer_declined",

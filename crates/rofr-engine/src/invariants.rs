@@ -159,15 +159,42 @@ pub fn cap_usage(
     provider: &ProviderId,
     at: Timestamp,
 ) -> (f64, f64) {
-    let base_total: f64 = cap.base.values().sum();
-    let base_own: f64 = cap.base.get(provider).copied().unwrap_or(0.0);
-    let from = cap.window.map(|w| at.plus_seconds(-w.nominal_seconds()));
-    let (all, mine) = state.usage.since(from, provider);
-    let amount = |u: crate::usage::Usage| match cap.basis {
-        CapBasis::GpuHours => u.gpu_hours as f64,
-        CapBasis::Spend => u.spend(),
-    };
-    let total = base_total + amount(all);
-    let own = base_own + amount(mine);
-    (total, own)
+    let from = cap_window_start(cap, at);
+    (
+        cap_total(cap, &state.usage, from),
+        cap_own(cap, &state.usage, from, provider),
+    )
+}
+
+/// Where a cap's window starts at `at`: awards before it no longer count.
+pub fn cap_window_start(cap: &crate::deal::ConcentrationCap, at: Timestamp) -> Option<Timestamp> {
+    cap.window.map(|w| at.plus_seconds(-w.nominal_seconds()))
+}
+
+/// Everyone's usage under a cap from `from` on, bases included.
+pub fn cap_total(
+    cap: &crate::deal::ConcentrationCap,
+    usage: &crate::usage::UsageLog,
+    from: Option<Timestamp>,
+) -> f64 {
+    let base: f64 = cap.base.values().sum();
+    base + cap_amount(cap, usage.since_all(from))
+}
+
+/// `provider`'s own usage under a cap from `from` on, its base included.
+pub fn cap_own(
+    cap: &crate::deal::ConcentrationCap,
+    usage: &crate::usage::UsageLog,
+    from: Option<Timestamp>,
+    provider: &ProviderId,
+) -> f64 {
+    let base = cap.base.get(provider).copied().unwrap_or(0.0);
+    base + cap_amount(cap, usage.since_own(from, provider))
+}
+
+fn cap_amount(cap: &crate::deal::ConcentrationCap, usage: crate::usage::Usage) -> f64 {
+    match cap.basis {
+        CapBasis::GpuHours => usage.gpu_hours as f64,
+        CapBasis::Spend => usage.spend(),
+    }
 }

@@ -229,7 +229,7 @@ impl State {
         self.events += 1;
         self.last_at = Some(event.at);
         let id = &event.need;
-        let submitted = matches!(event.kind, EventKind::NeedSubmitted { .. });
+        let submitted = matches!(event.kind, EventKind::NeedSubmitted(_));
         if submitted {
             let need = new_need(event);
             self.needs.insert(id.clone(), need);
@@ -256,7 +256,10 @@ impl State {
 }
 
 fn new_need(event: &Event) -> NeedState {
-    let EventKind::NeedSubmitted {
+    let EventKind::NeedSubmitted(submitted) = &event.kind else {
+        unreachable!("called for need_submitted only")
+    };
+    let crate::event::NeedSubmitted {
         sku,
         gpus,
         hours,
@@ -275,10 +278,7 @@ fn new_need(event: &Event) -> NeedState {
         offer_price_per_gpu_hour,
         reoffer_threshold,
         holder_exempt: _,
-    } = &event.kind
-    else {
-        unreachable!("called for need_submitted only")
-    };
+    } = &**submitted;
     NeedState {
         spec: NeedSpec {
             id: event.need.clone(),
@@ -392,7 +392,7 @@ fn record_award(
 fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
     let at = event.at;
     match &event.kind {
-        EventKind::NeedSubmitted { .. } => {}
+        EventKind::NeedSubmitted(_) => {}
         EventKind::OfferSent {
             provider,
             gpus,

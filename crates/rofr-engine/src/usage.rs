@@ -196,37 +196,39 @@ impl UsageLog {
     /// Usage of everyone and of `provider` by awards decided at or after `from`
     /// (every award where `from` is `None`).
     pub fn since(&self, from: Option<Timestamp>, provider: &ProviderId) -> (Usage, Usage) {
-        let place = self.providers.iter().position(|(p, _)| p == provider);
-        let own_tree = place.map(|i| &self.providers[i].1);
+        (self.since_all(from), self.since_own(from, provider))
+    }
+
+    /// Everyone's usage by awards decided at or after `from`.
+    pub fn since_all(&self, from: Option<Timestamp>) -> Usage {
+        self.window(&self.everyone, None, from)
+    }
+
+    /// `provider`'s usage by awards decided at or after `from`.
+    pub fn since_own(&self, from: Option<Timestamp>, provider: &ProviderId) -> Usage {
+        match self.providers.iter().position(|(p, _)| p == provider) {
+            Some(place) => self.window(&self.providers[place].1, Some(place), from),
+            None => Usage::default(),
+        }
+    }
+
+    /// The sum of `tree` from `from` on: whole buckets after the first from the tree,
+    /// the first bucket entry by entry (only `place`'s entries, where given).
+    fn window(&self, tree: &Fenwick, place: Option<usize>, from: Option<Timestamp>) -> Usage {
         let Some(from) = from else {
-            return (
-                self.everyone.total,
-                own_tree.map_or(Usage::default(), |t| t.total),
-            );
+            return tree.total;
         };
         let first = bucket(from) - self.origin;
-        // Whole buckets after the first, from the trees.
-        let after = |tree: &Fenwick| {
-            if first < 0 {
-                tree.total
-            } else {
-                tree.total.minus(tree.prefix(first as usize))
-            }
+        let Ok(first) = usize::try_from(first) else {
+            return tree.total;
         };
-        let mut all = after(&self.everyone);
-        let mut own = own_tree.map_or(Usage::default(), after);
-        // The first bucket from `from` on, entry by entry.
-        let hour = usize::try_from(first)
-            .ok()
-            .and_then(|i| self.hours.get(i))
-            .map_or(&[][..], Vec::as_slice);
-        for entry in hour.iter().filter(|e| e.key.0 >= from) {
-            all = all.plus(entry.usage);
-            if Some(entry.provider) == place {
-                own = own.plus(entry.usage);
+        let mut sum = tree.total.minus(tree.prefix(first));
+        for entry in self.hours.get(first).map_or(&[][..], Vec::as_slice) {
+            if entry.key.0 >= from && place.is_none_or(|p| p == entry.provider) {
+                sum = sum.plus(entry.usage);
             }
         }
-        (all, own)
+        sum
     }
 }
 

@@ -153,7 +153,7 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         events.len()
     ));
     let need = match events.first() {
-        Some((_, e)) if matches!(e.kind, EventKind::NeedSubmitted { .. }) => e.need.to_string(),
+        Some((_, e)) if matches!(e.kind, EventKind::NeedSubmitted(_)) => e.need.to_string(),
         Some((index, _)) => {
             return Err(fail(
                 Some(*index),
@@ -192,7 +192,8 @@ fn story(
         let n = &state.needs[need];
         let when = event.at;
         let line = match &event.kind {
-            EventKind::NeedSubmitted { sku, gpus, hours, holder: logged, variant, .. } => {
+            EventKind::NeedSubmitted(submitted) => {
+                let rofr_engine::event::NeedSubmitted { sku, gpus, hours, holder: logged, variant, .. } = &**submitted;
                 if logged.as_ref().map(|h| h.to_string()) != *holder {
                     return Err(fail(at, format!(
                         "the bundle names holder {holder:?}, but the log says {:?}",

@@ -319,7 +319,7 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
     let events: Vec<Event> = entries.into_iter().map(|(_, e)| e).collect();
     let submitted = events
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::NeedSubmitted { .. }))
+        .filter(|e| matches!(e.kind, EventKind::NeedSubmitted(_)))
         .count();
     assert_eq!(submitted, acknowledged.len(), "each need submitted once");
     let deal = parse_deal("deal.toml", DEAL).unwrap();

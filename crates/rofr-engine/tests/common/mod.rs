@@ -95,7 +95,8 @@ pub fn need_id(id: &str) -> NeedId {
 pub fn describe(event: &Event) -> String {
     let at = (event.at.unix_seconds() - start().unix_seconds()) / 3600;
     let body = match &event.kind {
-        EventKind::NeedSubmitted { holder, .. } => {
+        EventKind::NeedSubmitted(submitted) => {
+            let holder = &submitted.holder;
             format!("holder={}", holder.as_ref().map_or("-", |h| h.as_str()))
         }
         EventKind::OfferSent {
