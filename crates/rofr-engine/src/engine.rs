@@ -3,7 +3,7 @@
 //! command changes nothing; every event is applied to the state the moment it is
 //! emitted, so later decisions in the same command see it.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::allocate::{cheapest_first, Plan, QuoteOffer};
@@ -77,9 +77,9 @@ impl Engine {
             deal: &self.deal,
             state: &mut self.state,
             now: self.clock,
-            // Room for a sourcing round's requests without growing.
-            out: Vec::with_capacity(16),
-            cap_totals: RefCell::default(),
+            // Room for most commands' events, in a block the allocator keeps at hand.
+            out: Vec::with_capacity(8),
+            cap_totals: Default::default(),
         };
         step.command(command)?;
         Ok(step.out)
@@ -104,7 +104,7 @@ impl Engine {
                 state: &mut self.state,
                 now: due,
                 out: std::mem::take(&mut out),
-                cap_totals: RefCell::default(),
+                cap_totals: Default::default(),
             };
             // Needs whose sourcing rounds close at this same moment are allocated
             // together, so that the caps are shared out at least cost.
@@ -141,14 +141,17 @@ impl Engine {
     }
 }
 
+/// How many of a deal's caps a step remembers totals for.
+const CACHED_CAPS: usize = 4;
+
 struct Step<'a> {
     deal: &'a Deal,
     state: &'a mut State,
     now: Timestamp,
     out: Vec<Event>,
-    /// Everyone's usage under each cap (by its place in the deal) as of `now`, kept
-    /// until the next event: a round asks for it once per provider.
-    cap_totals: RefCell<Vec<Option<f64>>>,
+    /// Everyone's usage under the deal's first caps (by place) as of `now`, kept until
+    /// the next event: a round asks for it once per provider. Deals rarely have more.
+    cap_totals: [Cell<Option<f64>>; CACHED_CAPS],
 }
 
 fn need_not_found(id: &NeedId) -> Rejection {
@@ -168,7 +171,9 @@ impl Step<'_> {
         };
         self.state.apply(&event);
         self.out.push(event);
-        self.cap_totals.get_mut().clear();
+        for total in &self.cap_totals {
+            total.set(None);
+        }
     }
 
     /// Total and `provider`'s own usage under `cap` now, bases included: what
@@ -181,11 +186,17 @@ impl Step<'_> {
             .iter()
             .position(|c| std::ptr::eq(c, cap))
             .expect("a cap of this deal");
-        let mut totals = self.cap_totals.borrow_mut();
-        if totals.len() <= place {
-            totals.resize(place + 1, None);
-        }
-        let total = *totals[place].get_or_insert_with(|| cap_total(cap, &self.state.usage, from));
+        let cached = self.cap_totals.get(place);
+        let total = match cached.and_then(Cell::get) {
+            Some(total) => total,
+            None => {
+                let total = cap_total(cap, &self.state.usage, from);
+                if let Some(cell) = cached {
+                    cell.set(Some(total));
+                }
+                total
+            }
+        };
         (total, cap_own(cap, &self.state.usage, from, provider))
     }
 

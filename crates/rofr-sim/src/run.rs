@@ -112,19 +112,40 @@ pub fn draw(scenario: &Scenario, run: u32) -> Drawn {
             let share = servers / parts + u32::from(k < servers % parts);
             drawn.needs.push(DrawnNeed {
                 submit_at,
-                spec: need_spec(
-                    format!("l{index:06}-{k}"),
-                    spec,
-                    share * SERVER,
-                    date,
-                    submit_at,
-                ),
+                spec: need_spec(drawn_id(index, k), spec, share * SERVER, date, submit_at),
                 launch: index,
             });
         }
     }
     drawn.needs.sort_by_key(|n| n.submit_at);
     drawn
+}
+
+/// `l{index:06}-{part}`: written by hand, as a run draws some 50,000 of them and the
+/// formatting machinery cost more than the rest of the drawing.
+fn drawn_id(index: usize, part: u32) -> String {
+    let mut id = String::with_capacity(12);
+    id.push('l');
+    push_decimal(&mut id, index as u64, 6);
+    id.push('-');
+    push_decimal(&mut id, u64::from(part), 1);
+    id
+}
+
+/// Appends `n` in decimal, padded with zeros to at least `width` digits (up to 20).
+fn push_decimal(text: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = start.min(digits.len() - width.min(digits.len()));
+    text.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 fn need_spec(
@@ -239,22 +260,45 @@ struct Hold {
     gpus: u32,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Queued {
-    at: Timestamp,
+/// Actions due later, earliest first and in the order they were scheduled where they
+/// tie. The heap holds only when, the order and a slot; the actions wait in their
+/// slots, so that sifting moves a few bytes rather than whole actions.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(Timestamp, u64, u32)>>,
+    slots: Vec<Option<Action>>,
+    free: Vec<u32>,
     seq: u64,
-    action: Action,
 }
 
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+impl Queue {
+    fn push(&mut self, at: Timestamp, action: Action) {
+        self.seq += 1;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(action);
+                slot
+            }
+            None => {
+                self.slots.push(Some(action));
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 actions pending")
+            }
+        };
+        self.heap.push(Reverse((at, self.seq, slot)));
     }
-}
 
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+    fn next_at(&self) -> Option<Timestamp> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The earliest action, if it is due by `now`.
+    fn pop_due(&mut self, now: Timestamp) -> Option<Action> {
+        if self.next_at()? > now {
+            return None;
+        }
+        let Reverse((_, _, slot)) = self.heap.pop()?;
+        self.free.push(slot);
+        self.slots[slot as usize].take()
     }
 }
 
@@ -389,8 +433,7 @@ pub struct Sim<'a> {
     scenario: &'a Scenario,
     engine: Engine,
     rng: ChaCha8Rng,
-    queue: BinaryHeap<Reverse<Queued>>,
-    seq: u64,
+    queue: Queue,
     providers: Vec<ProviderSim<'a>>,
     index: HashMap<ProviderId, usize>,
     needs: HashMap<NeedId, NeedInfo>,
@@ -454,8 +497,7 @@ impl<'a> Sim<'a> {
             scenario,
             engine: Engine::new(deal, scenario.start),
             rng: rng(scenario.seed, 2 * u64::from(run) + 1),
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: Queue::default(),
             providers,
             index,
             needs: HashMap::default(),
@@ -476,12 +518,7 @@ impl<'a> Sim<'a> {
     }
 
     fn schedule(&mut self, at: Timestamp, action: Action) {
-        self.seq += 1;
-        self.queue.push(Reverse(Queued {
-            at,
-            seq: self.seq,
-            action,
-        }));
+        self.queue.push(at, action);
     }
 
     fn execute(&mut self, command: Command) -> bool {
@@ -501,7 +538,7 @@ impl<'a> Sim<'a> {
         let mut next_need = 0;
         loop {
             let submit = self.drawn.needs.get(next_need).map(|n| n.submit_at);
-            let queued = self.queue.peek().map(|q| q.0.at);
+            let queued = self.queue.next_at();
             let due = self.engine.state().agenda.first().map(|(at, _)| *at);
             let Some(now) = [submit, queued, due].into_iter().flatten().min() else {
                 break;
@@ -536,9 +573,8 @@ impl<'a> Sim<'a> {
                 });
                 debug_assert!(accepted, "drawn need {} refused", drawn.spec.id);
             }
-            while self.queue.peek().is_some_and(|q| q.0.at <= now) {
-                let Reverse(queued) = self.queue.pop().expect("peeked");
-                self.perform(queued.action);
+            while let Some(action) = self.queue.pop_due(now) {
+                self.perform(action);
             }
         }
         self.finish()
@@ -890,7 +926,14 @@ impl<'a> Sim<'a> {
             }
         }
         self.providers[p].reservations += 1;
-        let reservation = format!("{}-{}", provider, self.providers[p].reservations);
+        let mut reservation = String::with_capacity(provider.as_str().len() + 8);
+        reservation.push_str(provider.as_str());
+        reservation.push('-');
+        push_decimal(
+            &mut reservation,
+            u64::from(self.providers[p].reservations),
+            1,
+        );
         if !self.execute(Command::Confirm {
             provider,
             need: id.clone(),
@@ -1017,4 +1060,28 @@ impl<'a> Sim<'a> {
 pub fn step_of(scenario: &Scenario, at: Timestamp) -> usize {
     let offset = (at.unix_seconds() - scenario.start.unix_seconds()).max(0);
     ((offset / scenario.step) as usize).min(scenario.steps() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_written_by_hand_equal_the_formatted_ones() {
+        let mut indices = vec![0usize, 7, 42, 999_999, 1_000_000, 123_456_789];
+        indices.extend((0..2_000).map(|i| i * 7_919));
+        for index in indices {
+            for part in [0u32, 3, 10, 4_000_000_000] {
+                assert_eq!(drawn_id(index, part), format!("l{index:06}-{part}"));
+            }
+        }
+        for n in [0u64, 9, 10, 65_535, u64::MAX] {
+            for width in [0usize, 1, 5, 20, 25] {
+                let mut text = String::from("x");
+                push_decimal(&mut text, n, width);
+                let expected = format!("x{n:0w$}", w = width.min(20));
+                assert_eq!(text, expected, "{n} width {width}");
+            }
+        }
+    }
 }
