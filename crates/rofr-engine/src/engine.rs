@@ -944,14 +944,14 @@ impl Step<'_> {
 
     /// GPUs `provider` may still take without breaking a cap, given `planned` awards
     /// not yet made. `u32::MAX` where no cap applies.
-    fn cap_room(&self, id: &NeedId, provider: &ProviderId, price: Price, planned: &[Plan]) -> Gpus {
-        let need = self.need(id);
+    /// `hours` are the need's, which every amount is per GPU of.
+    fn cap_room(&self, hours: u32, provider: &ProviderId, price: Price, planned: &[Plan]) -> Gpus {
         let mut room = u32::MAX;
         for cap in self.caps_binding(provider) {
             let (mut total, mut own) = self.cap_usage(cap, provider);
             let per_gpu = |p: Price| match cap.basis {
-                CapBasis::GpuHours => f64::from(need.spec.hours),
-                CapBasis::Spend => f64::from(need.spec.hours) * p.dollars(),
+                CapBasis::GpuHours => f64::from(hours),
+                CapBasis::Spend => f64::from(hours) * p.dollars(),
             };
             for plan in planned {
                 let amount = per_gpu(plan.price) * f64::from(plan.gpus.get());
@@ -987,7 +987,7 @@ impl Step<'_> {
         let price = need.holder_offer_price.expect("set with the holder");
         let clause = self.clause(id).expect("a holder comes from a clause");
         let (window, variant) = (clause.window, clause.variant);
-        let room = self.cap_room(id, &holder, price, &[]);
+        let room = self.cap_room(need.spec.hours, &holder, price, &[]);
         let offered = Gpus(free.get().min(room.get()));
         let capped = free.saturating_sub(offered);
         if capped > Gpus::ZERO {
@@ -1046,7 +1046,9 @@ impl Step<'_> {
                     .restriction_forbidding(&p.id, &spec.tags)
                     .is_none()
             })
-            .filter(|p| self.cap_room(id, &p.id, spec.max_price_per_gpu_hour, &[]) > Gpus::ZERO)
+            .filter(|p| {
+                self.cap_room(spec.hours, &p.id, spec.max_price_per_gpu_hour, &[]) > Gpus::ZERO
+            })
             .map(|p| p.id.clone())
             .collect()
     }
@@ -1172,7 +1174,7 @@ impl Step<'_> {
                     continue;
                 };
                 // A provider already at its cap can take nothing.
-                if self.cap_room(id, &rfq.provider, price, &[]) == Gpus::ZERO {
+                if self.cap_room(need.spec.hours, &rfq.provider, price, &[]) == Gpus::ZERO {
                     continue;
                 }
                 let pool = format!("{n}/{}", rfq.provider);
@@ -1261,10 +1263,10 @@ impl Step<'_> {
             // cap); should it ever, the greedy allocation still keeps them.
             _ => {
                 for (n, id) in ids.iter().enumerate() {
-                    plans[n] =
-                        cheapest_first(self.need(id).free(), &offers[n], |p, price, planned| {
-                            self.cap_room(id, p, price, planned)
-                        });
+                    let need = self.need(id);
+                    plans[n] = cheapest_first(need.free(), &offers[n], |p, price, planned| {
+                        self.cap_room(need.spec.hours, p, price, planned)
+                    });
                 }
             }
         }
@@ -1278,6 +1280,7 @@ impl Step<'_> {
     /// solver takes over.
     fn cheapest_within_caps(&self, id: &NeedId) -> Option<Vec<Plan>> {
         let need = self.need(id);
+        let hours = need.spec.hours;
         let mut quotes: Vec<(Price, bool, usize, &ProviderId, Gpus)> = need
             .rfqs
             .iter()
@@ -1289,7 +1292,7 @@ impl Step<'_> {
                 _ => None,
             })
             .filter(|&(price, _, _, provider, _)| {
-                self.cap_room(id, provider, price, &[]) > Gpus::ZERO
+                self.cap_room(hours, provider, price, &[]) > Gpus::ZERO
             })
             .collect();
         quotes.sort_by_key(|&(price, later, i, _, _)| (price, later, i));
@@ -1344,9 +1347,10 @@ impl Step<'_> {
             (capped, by_price.then_some((p.price, p.provider.clone())))
         });
         let wanted: Gpus = plans.iter().map(|p| p.gpus).sum();
+        let hours = self.need(id).spec.hours;
         let mut ordered: Vec<Plan> = Vec::new();
         for plan in plans {
-            let room = self.cap_room(id, &plan.provider, plan.price, &ordered);
+            let room = self.cap_room(hours, &plan.provider, plan.price, &ordered);
             let gpus = Gpus(plan.gpus.get().min(room.get()));
             if gpus > Gpus::ZERO {
                 ordered.push(Plan { gpus, ..plan });
@@ -1375,7 +1379,7 @@ impl Step<'_> {
                 .filter(|p| p.provider == provider)
                 .map(|p| p.gpus)
                 .sum();
-            let room = self.cap_room(id, &provider, price, &ordered);
+            let room = self.cap_room(hours, &provider, price, &ordered);
             let more = Gpus(
                 quoted
                     .saturating_sub(planned)
@@ -1506,8 +1510,9 @@ impl Step<'_> {
 
     /// Awards what the caps allow, after approval where a clause asks for it.
     fn award(&mut self, id: &NeedId, provider: &ProviderId, gpus: Gpus, price: Price) {
-        let room = self.cap_room(id, provider, price, &[]);
-        let gpus = Gpus(gpus.get().min(room.get()).min(self.need(id).free().get()));
+        let need = self.need(id);
+        let room = self.cap_room(need.spec.hours, provider, price, &[]);
+        let gpus = Gpus(gpus.get().min(room.get()).min(need.free().get()));
         if gpus == Gpus::ZERO {
             return;
         }

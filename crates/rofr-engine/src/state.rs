@@ -165,30 +165,36 @@ impl NeedState {
         if self.closed.is_some() {
             return None;
         }
-        let offers = self.open_offers().map(|o| o.deadline);
-        let rfqs = self
-            .rfqs
-            .iter()
-            .filter(|r| self.sourcing_open && r.status == RfqStatus::Open)
-            .map(|r| r.deadline);
-        let awards = self
-            .awards
-            .iter()
-            .filter(|a| a.status == AwardStatus::Made)
-            .filter_map(|a| a.confirm_by);
-        let decide = (self.awarded() < self.spec.gpus).then_some(self.spec.decide_by);
-        let idle = self.free() > Gpus::ZERO && !self.in_flight();
-        let waits = [self.waiting_until, self.revive_at]
-            .into_iter()
-            .flatten()
-            .filter(|_| idle);
-        offers
-            .chain(rfqs)
-            .chain(awards)
-            .chain(self.fulfilled_until)
-            .chain(decide)
-            .chain(waits)
-            .min()
+        // Plain loops: this runs after every event.
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |at: Timestamp| {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        };
+        for offer in self.open_offers() {
+            consider(offer.deadline);
+        }
+        if self.sourcing_open {
+            for rfq in self.rfqs.iter().filter(|r| r.status == RfqStatus::Open) {
+                consider(rfq.deadline);
+            }
+        }
+        for award in self.awards.iter().filter(|a| a.status == AwardStatus::Made) {
+            if let Some(by) = award.confirm_by {
+                consider(by);
+            }
+        }
+        if let Some(end) = self.fulfilled_until {
+            consider(end);
+        }
+        if self.awarded() < self.spec.gpus {
+            consider(self.spec.decide_by);
+        }
+        if self.free() > Gpus::ZERO && !self.in_flight() {
+            for at in [self.waiting_until, self.revive_at].into_iter().flatten() {
+                consider(at);
+            }
+        }
+        next
     }
 }
 
