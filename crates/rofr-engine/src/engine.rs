@@ -70,22 +70,40 @@ impl Engine {
     }
 
     pub fn execute(&mut self, command: Command) -> Result<Vec<Event>, Rejection> {
+        // Room for most commands' events, in a block the allocator keeps at hand.
+        let mut out = Vec::with_capacity(8);
+        self.execute_into(command, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Engine::execute`], appending the events to `out`: a caller that runs many
+    /// commands (the simulator) keeps its buffers rather than allocating one each time.
+    /// `out` is as it was when the command is rejected.
+    pub fn execute_into(
+        &mut self,
+        command: Command,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Rejection> {
         if let Command::Tick { now } = command {
-            return self.tick(now);
+            return self.tick(now, out);
         }
+        let before = out.len();
         let mut step = Step {
             deal: &self.deal,
             state: &mut self.state,
             now: self.clock,
-            // Room for most commands' events, in a block the allocator keeps at hand.
-            out: Vec::with_capacity(8),
+            out: std::mem::take(out),
             cap_totals: Default::default(),
         };
-        step.command(command)?;
-        Ok(step.out)
+        let result = step.command(command);
+        *out = step.out;
+        if result.is_err() {
+            out.truncate(before);
+        }
+        result
     }
 
-    fn tick(&mut self, now: Timestamp) -> Result<Vec<Event>, Rejection> {
+    fn tick(&mut self, now: Timestamp, out: &mut Vec<Event>) -> Result<(), Rejection> {
         if now < self.clock {
             return Err(Rejection {
                 code: crate::command::RejectionCode::ClockBackwards,
@@ -93,7 +111,6 @@ impl Engine {
                 message: format!("time cannot go back from {} to {now}", self.clock),
             });
         }
-        let mut out = Vec::new();
         while let Some((due, id)) = self.state.agenda.first().cloned() {
             if due > now {
                 break;
@@ -103,7 +120,7 @@ impl Engine {
                 deal: &self.deal,
                 state: &mut self.state,
                 now: due,
-                out: std::mem::take(&mut out),
+                out: std::mem::take(out),
                 cap_totals: Default::default(),
             };
             // Needs whose sourcing rounds close at this same moment are allocated
@@ -127,7 +144,7 @@ impl Engine {
                 step.fire(&id);
             }
             let progressed = step.out.len() > emitted;
-            out = step.out;
+            *out = step.out;
             if !progressed && self.state.agenda.first() == Some(&(due, id.clone())) {
                 // A deadline that fires without effect would fire forever. The engine
                 // is built so this cannot happen; if it ever did, dropping the entry
@@ -137,7 +154,7 @@ impl Engine {
             }
         }
         self.clock = now;
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -33,12 +33,10 @@ fn run(deal: Arc<Deal>, steps: Vec<Step>) {
     let mut seen = 0;
     for (i, step) in steps.into_iter().enumerate() {
         match step {
-            Run(command) => {
-                let events = engine
-                    .execute(command.clone())
-                    .unwrap_or_else(|r| panic!("step {i}: {command:?} refused: {r}"));
-                log.extend(events);
-            }
+            // Appended to the log itself: `execute_into` adds to what the buffer holds.
+            Run(command) => engine
+                .execute_into(command.clone(), &mut log)
+                .unwrap_or_else(|r| panic!("step {i}: {command:?} refused: {r}")),
             At(h) => log.extend(engine.execute(Command::Tick { now: hours(h) }).unwrap()),
             Refused(command, code) => {
                 let before = engine.state().clone();
@@ -51,6 +49,10 @@ fn run(deal: Arc<Deal>, steps: Vec<Step>) {
                     &before,
                     "step {i}: a refusal changed the state"
                 );
+                let mut buffer = log.clone();
+                let again = engine.execute_into(command.clone(), &mut buffer);
+                assert_eq!(again.map_err(|r| r.code), Err(code), "step {i}");
+                assert_eq!(buffer, log, "step {i}: a refusal left events in the buffer");
             }
             Expect(expected) => {
                 let got: Vec<String> = log[seen..].iter().map(describe).collect();

@@ -434,6 +434,8 @@ pub struct Sim<'a> {
     engine: Engine,
     rng: ChaCha8Rng,
     queue: Queue,
+    /// Event buffers to reuse.
+    spare: Vec<Vec<Event>>,
     providers: Vec<ProviderSim<'a>>,
     index: HashMap<ProviderId, usize>,
     needs: HashMap<NeedId, NeedInfo>,
@@ -498,6 +500,7 @@ impl<'a> Sim<'a> {
             engine: Engine::new(deal, scenario.start),
             rng: rng(scenario.seed, 2 * u64::from(run) + 1),
             queue: Queue::default(),
+            spare: Vec::new(),
             providers,
             index,
             needs: HashMap::default(),
@@ -521,16 +524,18 @@ impl<'a> Sim<'a> {
         self.queue.push(at, action);
     }
 
+    /// Runs a command and acts on its events. An answer that came too late (the offer
+    /// lapsed meanwhile) is refused, as it would be by the live broker; the provider
+    /// simply missed it.
     fn execute(&mut self, command: Command) -> bool {
-        match self.engine.execute(command) {
-            Ok(events) => {
-                self.handle(events);
-                true
-            }
-            // An answer that came too late (the offer lapsed meanwhile) is refused, as
-            // it would be by the live broker; the provider simply missed it.
-            Err(_) => false,
-        }
+        // Acting on events runs further commands, so each level takes its own buffer
+        // from the spares and gives it back.
+        let mut events = self.spare.pop().unwrap_or_default();
+        let accepted = self.engine.execute_into(command, &mut events).is_ok();
+        self.handle(&events);
+        events.clear();
+        self.spare.push(events);
+        accepted
     }
 
     pub fn run(mut self) -> RunResult {
@@ -546,11 +551,8 @@ impl<'a> Sim<'a> {
             if now >= end {
                 break;
             }
-            let events = self
-                .engine
-                .execute(Command::Tick { now })
-                .expect("time moves forward");
-            self.handle(events);
+            let ticked = self.execute(Command::Tick { now });
+            assert!(ticked, "time moves forward");
             while self
                 .drawn
                 .needs
@@ -580,14 +582,14 @@ impl<'a> Sim<'a> {
         self.finish()
     }
 
-    fn handle(&mut self, events: Vec<Event>) {
+    fn handle(&mut self, events: &[Event]) {
         let now = self.engine.clock();
         self.result.events += events.len() as u64;
         // Logged before they are acted on: acting may run further commands.
         if self.keep_log {
             self.result.log.extend(events.iter().cloned());
         }
-        for event in &events {
+        for event in events {
             let at = event.at.max(now);
             match &event.kind {
                 EventKind::OfferSent {
