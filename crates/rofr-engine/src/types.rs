@@ -70,6 +70,13 @@ macro_rules! identifier {
         }
 
         impl $name {
+            /// The same text in an allocation of its own, whose count no other id
+            /// shares: threads that each work on their own copies of ids never contend
+            /// for one count.
+            pub fn detached(&self) -> Self {
+                $name(std::sync::Arc::from(&*self.0))
+            }
+
             /// Accepts 1 to 64 characters of ASCII letters, digits, `-`, `_` and `.`,
             /// starting with a letter or digit.
             pub fn parse(text: &str) -> Result<Self, ValueError> {

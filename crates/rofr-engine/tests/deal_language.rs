@@ -269,3 +269,40 @@ fn an_unknown_allocation_names_the_key_and_the_choices() {
     check(text, "invalid-value", (2, 14), Some("sourcing.allocation"));
     assert!(findings(text)[0].message.contains("`ordered`"));
 }
+
+/// A detached deal equals the original, shares no id's text with it, and names each
+/// provider by one id wherever it appears.
+#[test]
+fn a_detached_deal_is_equal_and_shares_no_ids() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/deals/stargate.toml"
+    ))
+    .unwrap();
+    let deal = parse_deal("stargate.toml", &text).unwrap();
+    let copy = deal.detached();
+    assert_eq!(copy, deal);
+    let same_text = |a: &str, b: &str| std::ptr::eq(a.as_ptr(), b.as_ptr());
+    for (mine, theirs) in copy.providers.iter().zip(&deal.providers) {
+        assert!(
+            !same_text(mine.id.as_str(), theirs.id.as_str()),
+            "{}",
+            mine.id
+        );
+    }
+    let holder = &copy.first_refusals[0].holder;
+    let listed = copy.provider(holder).unwrap();
+    assert!(
+        same_text(holder.as_str(), listed.id.as_str()),
+        "one id per provider"
+    );
+    for cap in &copy.caps {
+        for provider in cap.base.keys() {
+            let listed = copy.provider(provider).unwrap();
+            assert!(
+                same_text(provider.as_str(), listed.id.as_str()),
+                "{provider}"
+            );
+        }
+    }
+}

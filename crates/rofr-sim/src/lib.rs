@@ -91,19 +91,19 @@ pub struct Outcome {
 /// Runs the scenario: `scenario.runs` runs of each strategy, spread over the cores.
 /// `progress` is called once per finished run of one strategy.
 pub fn simulate(scenario: &Scenario, progress: &(dyn Fn() + Sync)) -> Outcome {
-    let deals: Vec<Arc<Deal>> = scenario
-        .strategies
-        .iter()
-        .map(|&s| Arc::new(deal_for(&scenario.deal, s, scenario.cap)))
-        .collect();
     let by_run: Vec<Vec<run::RunResult>> = (0..scenario.runs)
         .into_par_iter()
         .map(|r| {
+            // Each run has its own copy of the deal's ids (and draws its own), so
+            // that runs on different cores never share an id's count.
+            let deal = scenario.deal.detached();
             let drawn = run::draw(scenario, r);
-            deals
+            scenario
+                .strategies
                 .iter()
-                .map(|deal| {
-                    let result = run::Sim::new(scenario, deal.clone(), &drawn, r).run();
+                .map(|&strategy| {
+                    let deal = Arc::new(deal_for(&deal, strategy, scenario.cap));
+                    let result = run::Sim::new(scenario, deal, &drawn, r).run();
                     progress();
                     result
                 })

@@ -68,17 +68,20 @@ fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
 pub fn draw(scenario: &Scenario, run: u32) -> Drawn {
     let mut rng = rng(scenario.seed, 2 * u64::from(run));
     let demand = &scenario.demand;
+    // The run's own copies of the specs' ids, shared with no other run's.
+    let launches: Vec<LaunchSpec> = demand.launches.iter().map(|l| l.spec.detached()).collect();
+    let streams: Vec<LaunchSpec> = demand.streams.iter().map(|s| s.spec.detached()).collect();
     let mut raw: Vec<(Timestamp, &LaunchSpec, f64)> = Vec::new();
-    for launch in &demand.launches {
-        raw.push((launch.date, &launch.spec, 1.0));
+    for (launch, spec) in demand.launches.iter().zip(&launches) {
+        raw.push((launch.date, spec, 1.0));
     }
-    for stream in &demand.streams {
+    for (stream, spec) in demand.streams.iter().zip(&streams) {
         let until = stream.until.map_or(scenario.end, |u| u.min(scenario.end));
         let mut date = stream.from;
         while date < until {
             let months =
                 (date.unix_seconds() - scenario.start.unix_seconds()) as f64 / (30.0 * DAY as f64);
-            raw.push((date, &stream.spec, (1.0 + demand.growth).powf(months)));
+            raw.push((date, spec, (1.0 + demand.growth).powf(months)));
             date = date.plus_seconds(stream.every);
         }
     }

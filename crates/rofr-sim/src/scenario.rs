@@ -82,6 +82,19 @@ pub struct LaunchSpec {
     pub max_price: Price,
 }
 
+impl LaunchSpec {
+    /// A copy sharing no id with this one (see `Deal::detached`).
+    pub fn detached(&self) -> LaunchSpec {
+        LaunchSpec {
+            sku: self.sku.detached(),
+            regions: self.regions.iter().map(Region::detached).collect(),
+            workload: self.workload.detached(),
+            tags: self.tags.iter().map(Tag::detached).collect(),
+            ..self.clone()
+        }
+    }
+}
+
 /// A launch on a fixed date.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {

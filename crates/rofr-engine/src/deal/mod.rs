@@ -28,6 +28,37 @@ pub struct Deal {
     pub approvals: Vec<Approval>,
 }
 
+/// Detached ids, one per distinct text. A deal names few, so lists searched in order.
+#[derive(Default)]
+struct Fresh {
+    providers: Vec<ProviderId>,
+    skus: Vec<Sku>,
+    regions: Vec<Region>,
+    workloads: Vec<Workload>,
+    tags: Vec<Tag>,
+}
+
+macro_rules! fresh {
+    ($method:ident, $list:ident, $type:ty) => {
+        fn $method(&mut self, id: &$type) -> $type {
+            if let Some(known) = self.$list.iter().find(|known| *known == id) {
+                return known.clone();
+            }
+            let fresh = id.detached();
+            self.$list.push(fresh.clone());
+            fresh
+        }
+    };
+}
+
+impl Fresh {
+    fresh!(provider, providers, ProviderId);
+    fresh!(sku, skus, Sku);
+    fresh!(region, regions, Region);
+    fresh!(workload, workloads, Workload);
+    fresh!(tag, tags, Tag);
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Provider {
     pub id: ProviderId,
@@ -262,6 +293,71 @@ pub struct Approval {
 }
 
 impl Deal {
+    /// A copy sharing no id with this deal, and holding one id per distinct text (so
+    /// that ids compare equal at a glance wherever they name the same thing). Threads
+    /// that each run their own copy, as the simulator's runs do, never contend for the
+    /// counts of shared ids.
+    pub fn detached(&self) -> Deal {
+        let mut ids = Fresh::default();
+        let mut deal = self.clone();
+        for provider in &mut deal.providers {
+            let Provider {
+                id,
+                name: _,
+                skus,
+                regions,
+                max_gpus: _,
+                location: _,
+            } = provider;
+            *id = ids.provider(id);
+            *skus = skus.iter().map(|s| ids.sku(s)).collect();
+            *regions = regions.iter().map(|r| ids.region(r)).collect();
+        }
+        for clause in &mut deal.first_refusals {
+            clause.holder = ids.provider(&clause.holder);
+            let Scope {
+                skus,
+                regions,
+                workloads,
+                tags,
+                exclude_tags,
+                gpus: _,
+                location: _,
+            } = &mut clause.scope;
+            *skus = skus.iter().map(|s| ids.sku(s)).collect();
+            *regions = regions.iter().map(|r| ids.region(r)).collect();
+            *workloads = workloads.iter().map(|w| ids.workload(w)).collect();
+            *tags = tags.iter().map(|t| ids.tag(t)).collect();
+            *exclude_tags = exclude_tags.iter().map(|t| ids.tag(t)).collect();
+            clause.offer_prices = std::mem::take(&mut clause.offer_prices)
+                .into_iter()
+                .map(|(sku, price)| (ids.sku(&sku), price))
+                .collect();
+        }
+        for cap in &mut deal.caps {
+            cap.providers = cap.providers.iter().map(|p| ids.provider(p)).collect();
+            cap.base = std::mem::take(&mut cap.base)
+                .into_iter()
+                .map(|(provider, amount)| (ids.provider(&provider), amount))
+                .collect();
+        }
+        for commitment in &mut deal.commitments {
+            commitment.provider = ids.provider(&commitment.provider);
+        }
+        for restriction in &mut deal.restrictions {
+            restriction.tags = restriction.tags.iter().map(|t| ids.tag(t)).collect();
+            restriction.providers = restriction
+                .providers
+                .iter()
+                .map(|p| ids.provider(p))
+                .collect();
+        }
+        for approval in &mut deal.approvals {
+            approval.providers = approval.providers.iter().map(|p| ids.provider(p)).collect();
+        }
+        deal
+    }
+
     pub fn provider(&self, id: &ProviderId) -> Option<&Provider> {
         self.providers.iter().find(|p| &p.id == id)
     }
