@@ -315,12 +315,58 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC to the second, `2025-01-21T09:00:00Z`: every event carries a few,
+    /// so years 0 to 9999 are written here without allocating; others go through
+    /// `chrono`, which writes them the same way.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            &self
-                .to_datetime()
-                .to_rfc3339_opts(SecondsFormat::Secs, true),
-        )
+        match self.rfc3339() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).expect("ASCII")),
+            None => f.write_str(
+                &self
+                    .to_datetime()
+                    .to_rfc3339_opts(SecondsFormat::Secs, true),
+            ),
+        }
+    }
+}
+
+impl Timestamp {
+    /// The text of years 0 to 9999, from the days since 1970 by the civil calendar
+    /// (Howard Hinnant's `civil_from_days`); `None` outside them.
+    fn rfc3339(self) -> Option<[u8; 20]> {
+        let days = self.0.div_euclid(86_400);
+        let second_of_day = self.0.rem_euclid(86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z.rem_euclid(146_097);
+        let year_of_era =
+            (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let shifted_month = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+        let month = if shifted_month < 10 {
+            shifted_month + 3
+        } else {
+            shifted_month - 9
+        };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let mut text = *b"0000-00-00T00:00:00Z";
+        let mut put = |at: usize, width: usize, mut value: i64| {
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, second_of_day / 3_600);
+        put(14, 2, second_of_day / 60 % 60);
+        put(17, 2, second_of_day % 60);
+        Some(text)
     }
 }
 
@@ -438,5 +484,40 @@ mod tests {
         assert!(ProviderId::parse("azure").is_ok());
         assert!(ProviderId::parse("").is_err());
         assert!(ProviderId::parse("az ure").is_err());
+    }
+
+    fn by_chrono(t: Timestamp) -> String {
+        t.to_datetime().to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them_at_the_edges() {
+        let edges = [
+            0i64,
+            -1,
+            86_399,
+            86_400,
+            951_782_400,     // 2000-02-29
+            4_107_542_399,   // 2100-02-28T23:59:59
+            4_107_542_400,   // 2100-03-01
+            -62_167_219_200, // 0000-01-01
+            -62_167_219_201, // a second before year 0
+            253_402_300_799, // 9999-12-31T23:59:59
+            253_402_300_800, // 10000-01-01
+        ];
+        for t in edges.map(Timestamp::from_unix_seconds) {
+            assert_eq!(t.to_string(), by_chrono(t), "{}", t.unix_seconds());
+        }
+        assert!(Timestamp::from_unix_seconds(253_402_300_800)
+            .rfc3339()
+            .is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn times_are_written_as_chrono_writes_them(seconds in -70_000_000_000i64..260_000_000_000) {
+            let t = Timestamp::from_unix_seconds(seconds);
+            proptest::prop_assert_eq!(t.to_string(), by_chrono(t));
+        }
     }
 }
