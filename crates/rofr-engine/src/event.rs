@@ -277,7 +277,15 @@ impl EventKind {
 impl Event {
     /// The event's JSON bytes: what the log stores and the ledger hashes.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("events always serialize")
+        let mut bytes = Vec::new();
+        self.write_json(&mut bytes);
+        bytes
+    }
+
+    /// [`Event::to_json`], appended to `out`: a writer that serializes many events
+    /// keeps its buffers.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("events always serialize");
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Event, serde_json::Error> {

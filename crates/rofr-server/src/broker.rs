@@ -13,6 +13,7 @@
 //! every second, and before answering a read that the engine serves.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -228,6 +229,7 @@ impl Broker {
             dirty: BTreeMap::new(),
             last_flush: Instant::now(),
             settling: Some(touches),
+            spare: Vec::new(),
         };
         writer.settle()?;
         if let Location::Postgres(url) = location {
@@ -545,6 +547,9 @@ fn projection(engine: &Engine, touches: &BTreeMap<String, Touch>) -> Vec<NeedRow
 /// the queue runs dry it is written with the very next commit.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
+/// How many committed entries the writer keeps for their buffers: about one batch.
+const SPARE_ENTRIES: usize = 1_024;
+
 struct Writer {
     inner: Arc<Inner>,
     store: Box<dyn Store>,
@@ -555,6 +560,10 @@ struct Writer {
     /// Where every need's events lie, while the projection is checked against the
     /// log (at start, and after a failed commit).
     settling: Option<BTreeMap<String, Touch>>,
+    /// Entries of committed batches, kept with their buffers for the next ones: a batch
+    /// holds up to a thousand events, and freeing their bytes one by one was a good
+    /// part of the writer's time.
+    spare: Vec<NewEvent>,
 }
 
 impl Writer {
@@ -885,6 +894,8 @@ impl Writer {
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
+        let room = SPARE_ENTRIES.saturating_sub(self.spare.len());
+        self.spare.extend(batch.events.drain(..).take(room));
         self.checkpoint_if_due();
     }
 
@@ -903,16 +914,30 @@ impl Writer {
         }
     }
 
-    fn append(&self, batch: &mut Batch, events: &[Event]) {
+    fn append(&mut self, batch: &mut Batch, events: &[Event]) {
         let webhooks = self.inner.webhooks.read().expect("webhook lock");
         for event in events {
-            let at = event.at.to_string();
-            let data = event.to_json();
+            let mut entry = self.spare.pop().unwrap_or_else(|| NewEvent {
+                need: String::new(),
+                kind: String::new(),
+                at: String::new(),
+                data: Vec::new(),
+                leaf_hash: [0; 32],
+            });
+            entry.need.clear();
+            entry.need.push_str(event.need.as_str());
+            entry.kind.clear();
+            entry.kind.push_str(event.kind.type_name());
+            entry.at.clear();
+            write!(entry.at, "{}", event.at).expect("writing to a string");
+            entry.data.clear();
+            event.write_json(&mut entry.data);
+            entry.leaf_hash = rofr_ledger::leaf_hash(&entry.data);
             if let Some(provider) = addressee(event).filter(|p| webhooks.contains(p.as_str())) {
                 let index = self.next_index + batch.events.len() as u64;
                 let body = serde_json::to_string(&IndexedEvent {
                     index,
-                    event: raw_json(&data),
+                    event: raw_json(&entry.data),
                 })
                 .expect("deliveries serialize");
                 batch.deliveries.push(NewDelivery {
@@ -922,13 +947,7 @@ impl Writer {
                     due_ms: crate::webhook::unix_ms(),
                 });
             }
-            batch.events.push(NewEvent {
-                need: event.need.to_string(),
-                kind: event.kind.type_name().to_owned(),
-                at,
-                leaf_hash: rofr_ledger::leaf_hash(&data),
-                data,
-            });
+            batch.events.push(entry);
         }
     }
 }
