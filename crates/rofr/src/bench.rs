@@ -133,6 +133,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
 
 fn simulate(runs: u32, strategy: &str) -> anyhow::Result<u8> {
     let strategy = rofr_sim::Strategy::parse(strategy).map_err(|e| anyhow::anyhow!(e.0))?;
+    crate::allocator::keep_freed_memory();
     let scenario = rofr_sim::bench::scenario(runs, strategy);
     let drawn = rofr_sim::run::draw(&scenario, 0).needs.len();
     println!(

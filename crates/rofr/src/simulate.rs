@@ -92,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         )
     };
     let started = std::time::Instant::now();
+    crate::allocator::keep_freed_memory();
     let outcome = rofr_sim::simulate(&scenario, &|| bar.inc(1));
     bar.finish_and_clear();
     let elapsed = started.elapsed();
