@@ -505,17 +505,22 @@ struct Touch {
 }
 
 fn touch(touches: &mut BTreeMap<String, Touch>, need: &str, at: &str, index: u64) {
-    touches
-        .entry(need.to_owned())
-        .and_modify(|t| {
-            t.at = at.to_owned();
-            t.last = index;
-        })
-        .or_insert_with(|| Touch {
+    // Looked up by `&str` first: most events touch a need already in the map, and
+    // `entry` would copy its id every time.
+    if let Some(t) = touches.get_mut(need) {
+        t.at.clear();
+        t.at.push_str(at);
+        t.last = index;
+        return;
+    }
+    touches.insert(
+        need.to_owned(),
+        Touch {
             at: at.to_owned(),
             first: index,
             last: index,
-        });
+        },
+    );
 }
 
 fn need_row(need: &NeedState, touch: &Touch) -> NeedRow {
