@@ -533,7 +533,8 @@ fn need_row(need: &NeedState, touch: &Touch) -> NeedRow {
         holder: need.holder.as_ref().map(|h| h.to_string()),
         submitted_at: need.submitted_at.to_string(),
         updated_at: touch.at.clone(),
-        next_deadline: need.next_deadline().map(|d| d.to_string()),
+        // The deadline the need holds in the agenda: its next one as of its last event.
+        next_deadline: need.scheduled.map(|d| d.to_string()),
         first_event: touch.first,
         last_event: touch.last,
     }
@@ -746,8 +747,9 @@ impl Writer {
         // One buffer for every command's events.
         let mut events = Vec::with_capacity(8);
         for job in jobs {
-            let party = job.party.key();
+            // The party's key scopes idempotency keys; most commands carry none.
             if let Some(idem) = &job.idempotency {
+                let party = job.party.key();
                 let key = (party.clone(), idem.key.clone());
                 let earlier = match keys_in_batch.get(&key) {
                     Some(answer) => Some(answer.clone()),
@@ -794,6 +796,7 @@ impl Writer {
                     self.append(&mut batch, &events);
                     let body = command_body(first, &batch.events[start..]);
                     if let Some(idem) = job.idempotency {
+                        let party = job.party.key();
                         let answer = IdempotentResponse {
                             party: party.clone(),
                             key: idem.key.clone(),
