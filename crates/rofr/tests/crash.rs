@@ -190,15 +190,12 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     // The state the server reports equals a replay of its log.
     let replayed = State::from_events(&events);
     let listed: Vec<Value> = {
-        let page: Value = client
-            .get(format!("{url}/v1/needs?limit=1000"))
-            .bearer_auth(&buyer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = common::get_json(
+            client
+                .get(format!("{url}/v1/needs?limit=1000"))
+                .bearer_auth(&buyer),
+        )
+        .await;
         page["needs"].as_array().unwrap().clone()
     };
     for row in &listed {

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{rofr, serve, stdout, token};
+use common::{rofr, serve, stdout, succeed, token};
 
 fn tools() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/browser"))
@@ -39,16 +39,11 @@ fn the_dashboard_shows_the_api_figures_and_lets_a_provider_answer() {
     for id in ["train-1", "train-2"] {
         let file = dir.path().join(format!("{id}.json"));
         std::fs::write(&file, common::need_json(id).to_string()).unwrap();
-        let output = rofr()
-            .args(["need", "submit", file.to_str().unwrap()])
-            .env("ROFR_SERVER", &server.url)
-            .env("ROFR_TOKEN", &buyer)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        succeed(
+            rofr()
+                .args(["need", "submit", file.to_str().unwrap()])
+                .env("ROFR_SERVER", &server.url)
+                .env("ROFR_TOKEN", &buyer),
         );
     }
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../dashboard-screenshots");

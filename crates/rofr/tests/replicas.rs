@@ -411,15 +411,7 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
     for url in [&replicas.urls[0], &replicas.urls[2]] {
         let started = Instant::now();
         loop {
-            let health: Value = replicas
-                .http
-                .get(format!("{url}/healthz"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let health = common::get_json(replicas.http.get(format!("{url}/healthz"))).await;
             assert_eq!(health["shared"], true);
             if health["log_entries"] == events.len() as u64 {
                 break;
@@ -433,16 +425,8 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
     }
 
     // The signed checkpoints, made by different replicas, agree with the log.
-    let audit = rofr()
-        .args(["ledger", "audit", "--database", &url, "--ledger-key", key])
-        .output()
-        .unwrap();
-    assert!(
-        audit.status.success(),
-        "{}{}",
-        common::stdout(&audit),
-        String::from_utf8_lossy(&audit.stderr)
-    );
+    let audit =
+        common::succeed(rofr().args(["ledger", "audit", "--database", &url, "--ledger-key", key]));
     assert!(common::stdout(&audit).starts_with("audit ok"));
 
     drop(servers);
@@ -455,16 +439,11 @@ fn migrate_brings_a_new_postgres_database_up_to_date_once() {
         return;
     };
     let migrate = || {
-        let output = rofr()
-            .args(["migrate", "--database", scratch.url()])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        common::stdout(&output)
+        common::stdout(&common::succeed(rofr().args([
+            "migrate",
+            "--database",
+            scratch.url(),
+        ])))
     };
     assert!(migrate().contains("schema version 1 (1 migration applied now)"));
     assert!(migrate().contains("schema version 1 (0 migrations applied now)"));

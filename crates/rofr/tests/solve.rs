@@ -17,15 +17,8 @@ fn the_product_example_is_solved_to_the_product_solution() {
     let file = dir.path().join("instance.json");
     std::fs::write(&file, EXAMPLE).unwrap();
     for strategy in ["exact", "ordered", "cheapest-first"] {
-        let output = rofr()
-            .args(["solve", file.to_str().unwrap(), "--strategy", strategy])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{strategy}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output =
+            common::succeed(rofr().args(["solve", file.to_str().unwrap(), "--strategy", strategy]));
         let solution: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
         assert_eq!(solution["cost"], 179712.0, "{strategy}");
         assert_eq!(solution["status"], "optimal", "{strategy}");

@@ -23,6 +23,23 @@ pub fn rofr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rofr"))
 }
 
+/// Runs `command` and asserts that it succeeded, showing what it printed where not.
+pub fn succeed(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Sends `request` and reads its JSON answer.
+pub async fn get_json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Starts `rofr serve` on a free loopback port with `extra` arguments; the URL is read
 /// from its first line of output.
 pub fn serve(database: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
@@ -48,16 +65,11 @@ pub fn serve(database: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
 
 /// Creates a token with `rofr token create` and returns it.
 pub fn token(database: impl AsRef<std::ffi::OsStr>, party: &[&str]) -> String {
-    let output = rofr()
-        .args(["token", "create", "--database"])
-        .arg(database)
-        .args(party)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = succeed(
+        rofr()
+            .args(["token", "create", "--database"])
+            .arg(database)
+            .args(party),
     );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
@@ -93,15 +105,7 @@ pub async fn all_events(
         if let Some(a) = after {
             path.push_str(&format!("&after={a}"));
         }
-        let page: serde_json::Value = client
-            .get(path)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_json(client.get(path).bearer_auth(token)).await;
         events.extend(page["events"].as_array().unwrap().iter().cloned());
         match page["next"].as_u64() {
             Some(next) => after = Some(next),
