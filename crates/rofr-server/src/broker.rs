@@ -991,9 +991,7 @@ fn command_body(first: u64, events: &[NewEvent]) -> String {
         if i > 0 {
             body.push(',');
         }
-        body.push_str("{\"index\":");
-        body.push_str(&(first + i as u64).to_string());
-        body.push_str(",\"event\":");
+        write!(body, "{{\"index\":{},\"event\":", first + i as u64).expect("writing to a string");
         body.push_str(std::str::from_utf8(&event.data).expect("events are UTF-8 JSON"));
         body.push('}');
     }

@@ -523,10 +523,6 @@ impl<'a> Sim<'a> {
         self
     }
 
-    fn schedule(&mut self, at: Timestamp, action: Action) {
-        self.queue.push(at, action);
-    }
-
     /// Runs a command and acts on its events. An answer that came too late (the offer
     /// lapsed meanwhile) is refused, as it would be by the live broker; the provider
     /// simply missed it.
@@ -635,7 +631,7 @@ impl<'a> Sim<'a> {
                         need: event.need.clone(),
                         award: *award,
                     };
-                    self.schedule(at, action);
+                    self.queue.push(at, action);
                 }
                 EventKind::AwardMade {
                     provider,
@@ -653,7 +649,7 @@ impl<'a> Sim<'a> {
                             gpus: *gpus,
                             price: *price_per_gpu_hour,
                         };
-                        self.schedule(
+                        self.queue.push(
                             at.plus_seconds(self.providers[p].model.answer_delay),
                             action,
                         );
@@ -671,7 +667,7 @@ impl<'a> Sim<'a> {
                     let action = Action::Release {
                         need: event.need.clone(),
                     };
-                    self.schedule(at, action);
+                    self.queue.push(at, action);
                 }
                 EventKind::AwardFailed { award, .. } => {
                     if let Some(hold) = self.awarded.remove(&(event.need.clone(), *award)) {
@@ -691,7 +687,7 @@ impl<'a> Sim<'a> {
                 need: need.clone(),
                 ask,
             };
-            self.schedule(
+            self.queue.push(
                 at.plus_seconds(self.providers[p].model.answer_delay),
                 action,
             );
