@@ -542,9 +542,9 @@ async fn show_need(
 ) -> Result<Json<views::NeedView>, ApiError> {
     caller.reader("read needs")?;
     let id = need_id(&id)?;
-    broker.fresh().await?;
     broker
-        .read(|e| e.state().needs.get(&id).map(views::need_view))
+        .read_committed(|e| e.state().needs.get(&id).map(views::need_view))
+        .await?
         .map(Json)
         .ok_or_else(|| {
             ApiError::new(
@@ -850,17 +850,18 @@ async fn my_offers(
         Party::Provider(provider) => Some(provider.clone()),
         _ => None,
     };
-    broker.fresh().await?;
-    let (offers, next) =
-        broker.read(|e| views::offers_page(e, provider.as_ref(), query.after.as_deref(), limit));
+    let (offers, next) = broker
+        .read_committed(|e| views::offers_page(e, provider.as_ref(), query.after.as_deref(), limit))
+        .await?;
     Ok(Json(OfferList { offers, next }))
 }
 
 #[utoipa::path(get, path = "/v1/rfqs", tag = "provider", responses((status = 200, body = RfqList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
 async fn my_rfqs(State(broker): State<Broker>, caller: Caller) -> Result<Json<RfqList>, ApiError> {
     let provider = caller.provider("list its requests for quotes")?;
-    broker.fresh().await?;
-    let rfqs = broker.read(|e| views::rfqs_for(e, &provider));
+    let rfqs = broker
+        .read_committed(|e| views::rfqs_for(e, &provider))
+        .await?;
     Ok(Json(RfqList { rfqs }))
 }
 
@@ -870,8 +871,9 @@ async fn my_awards(
     caller: Caller,
 ) -> Result<Json<AwardList>, ApiError> {
     let provider = caller.provider("list its awards")?;
-    broker.fresh().await?;
-    let awards = broker.read(|e| views::awards_for(e, &provider));
+    let awards = broker
+        .read_committed(|e| views::awards_for(e, &provider))
+        .await?;
     Ok(Json(AwardList { awards }))
 }
 
@@ -985,8 +987,7 @@ async fn summary(
     caller: Caller,
 ) -> Result<Json<views::Summary>, ApiError> {
     caller.reader("read the summary")?;
-    broker.fresh().await?;
-    Ok(Json(broker.read(views::summary)))
+    Ok(Json(broker.read_committed(views::summary).await?))
 }
 
 /// Who a token speaks for.

@@ -3,7 +3,9 @@
 //! through the engine, writes all their events in one transaction (group commit), and
 //! only then answers. Between batches it sleeps until the next deadline, so deadlines
 //! fire on time, and a deadline that passed while the broker was down fires at start,
-//! as of its own time.
+//! as of its own time. Alone on its log, the broker writes each batch on a committer
+//! thread while the writer runs the next one through the engine; answers, and reads of
+//! the engine's state, wait until what they rest on is on disk.
 //!
 //! Several brokers (replicas) may share one PostgreSQL database. Each writes inside the
 //! store's exclusive transaction: it first folds in what the others committed (so its
@@ -15,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Weak;
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,7 +32,7 @@ use rofr_store::{
     StoreError, TokenRow,
 };
 use serde_json::value::RawValue;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::clock::Clock;
 
@@ -131,6 +133,15 @@ struct Inner {
     location: Location,
     /// Whether other replicas may append to the same log.
     shared: bool,
+    /// The log's size as of the engine's state. Alone on its log, the engine runs up to
+    /// two batches ahead of the disk while the committer writes.
+    applied: AtomicU64,
+    /// (epoch, the log's size on disk). Answers drawn from the engine wait until what
+    /// they saw is on disk; the epoch changes when the engine is reloaded after a
+    /// failed commit, and a read made before that is made again.
+    durable: watch::Sender<(u64, u64)>,
+    /// Set by the committer when a commit failed; the writer then reloads the engine.
+    commit_failed: AtomicBool,
 }
 
 /// A cheap handle to the running broker.
@@ -221,6 +232,9 @@ impl Broker {
             ledger: Mutex::new(ledger),
             location: location.clone(),
             shared,
+            applied: AtomicU64::new(next_index),
+            durable: watch::Sender::new((0, next_index)),
+            commit_failed: AtomicBool::new(false),
         });
         let mut writer = Writer {
             inner: inner.clone(),
@@ -230,8 +244,29 @@ impl Broker {
             last_flush: Instant::now(),
             settling: Some(touches),
             spare: Vec::new(),
+            committer: None,
+            returned: None,
+            unsettled_keys: HashMap::new(),
         };
         writer.settle()?;
+        if !shared {
+            // Alone on its log, the broker writes each batch on a thread of its own
+            // while the writer runs the next one through the engine.
+            let committer = Committer {
+                inner: inner.clone(),
+                store: location.open()?,
+            };
+            let (to_committer, batches) = mpsc::sync_channel(1);
+            let (give_back, returned) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("rofr-committer".into())
+                .spawn(move || committer.run(batches, give_back))
+                .map_err(|e| {
+                    BrokerError::Setup(format!("cannot start the committer thread: {e}"))
+                })?;
+            writer.committer = Some(to_committer);
+            writer.returned = Some(returned);
+        }
         if let Location::Postgres(url) = location {
             let weak = Arc::downgrade(&inner);
             PostgresStore::watch(url, Duration::from_secs(1), move || wake(&weak))?;
@@ -280,10 +315,35 @@ impl Broker {
         waited.await.map_err(|_| BrokerError::Stopped)
     }
 
-    /// Runs `f` with read access to the engine's state as of the last commit.
+    /// Runs `f` with read access to the engine's state. The state may hold a batch
+    /// that is still being written: what answers a party goes through
+    /// [`Broker::read_committed`].
     pub fn read<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
         let engine = self.inner.engine.read().expect("engine lock poisoned");
         f(&engine)
+    }
+
+    /// Runs `f` on the engine's state and returns its answer once everything that state
+    /// holds is on disk (and, with replicas, once the engine has folded in every
+    /// command acknowledged before this call). A broker that crashes never has shown
+    /// anyone an event it then lost.
+    pub async fn read_committed<T>(&self, f: impl Fn(&Engine) -> T) -> Result<T, BrokerError> {
+        self.fresh().await?;
+        let mut durable = self.inner.durable.subscribe();
+        loop {
+            let (answer, seen, epoch) = {
+                let engine = self.inner.engine.read().expect("engine lock poisoned");
+                let seen = self.inner.applied.load(Ordering::Acquire);
+                (f(&engine), seen, durable.borrow().0)
+            };
+            let now = *durable
+                .wait_for(|&(e, on_disk)| e != epoch || on_disk >= seen)
+                .await
+                .map_err(|_| BrokerError::Stopped)?;
+            if now.0 == epoch {
+                return Ok(answer);
+            }
+        }
     }
 
     /// Runs `f` with the read connection to the store.
@@ -556,6 +616,117 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// How many committed entries the writer keeps for their buffers: about one batch.
 const SPARE_ENTRIES: usize = 1_024;
 
+/// A batch on its way to disk, with the answers it releases once there.
+struct Pending {
+    /// The log index of its first event.
+    first: u64,
+    batch: Batch,
+    answers: Vec<(ReplyTo, Result<Reply, BrokerError>)>,
+    /// Whether the batch holds anything to write.
+    writes: bool,
+}
+
+/// What the writer hands the committer thread.
+enum ToCommitter {
+    Batch(Pending),
+    /// After a failed commit: every batch sent before this has been refused; the
+    /// committer writes the batches that follow.
+    Resume(mpsc::Sender<()>),
+}
+
+/// The thread that writes each batch, on a connection of its own, while the writer
+/// runs the next one through the engine (a broker alone on its log).
+struct Committer {
+    inner: Arc<Inner>,
+    store: Box<dyn Store>,
+}
+
+impl Committer {
+    fn run(mut self, batches: mpsc::Receiver<ToCommitter>, give_back: mpsc::Sender<Vec<NewEvent>>) {
+        // Once a commit fails, the batches after it were built on the failed one's
+        // state: they are refused until the writer has reloaded the engine.
+        let mut failure: Option<String> = None;
+        for message in batches {
+            match message {
+                ToCommitter::Batch(pending) => {
+                    if let Some(error) = &failure {
+                        refuse(pending.answers, error);
+                        continue;
+                    }
+                    match finish(&self.inner, self.store.as_mut(), pending) {
+                        Ok(entries) => {
+                            let _ = give_back.send(entries);
+                            checkpoint_if_due(&self.inner, self.store.as_mut());
+                        }
+                        Err(error) => {
+                            failure = Some(error.to_string());
+                            self.inner.commit_failed.store(true, Ordering::Release);
+                        }
+                    }
+                }
+                ToCommitter::Resume(done) => {
+                    failure = None;
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+fn refuse(answers: Vec<(ReplyTo, Result<Reply, BrokerError>)>, error: &str) {
+    for (reply, _) in answers {
+        let _ = reply.send(Err(BrokerError::Setup(format!("storage failed: {error}"))));
+    }
+}
+
+/// Writes one batch; once it is on disk, appends its leaves to the ledger's tree,
+/// publishes the log's new size and releases the answers. When the commit fails, every
+/// answer is refused and the error returned. Gives back the written entries.
+fn finish(
+    inner: &Inner,
+    store: &mut dyn Store,
+    mut pending: Pending,
+) -> Result<Vec<NewEvent>, StoreError> {
+    let events = &pending.batch.events;
+    if pending.writes {
+        if let Err(error) = store.commit(&pending.batch) {
+            tracing::error!(%error, "commit failed; the batch is refused and the engine reloaded from the log");
+            refuse(pending.answers, &error.to_string());
+            return Err(error);
+        }
+        inner
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .append(events.iter().map(|e| e.leaf_hash));
+        inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+        inner
+            .counters
+            .events_appended
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+    let size = pending.first + events.len() as u64;
+    inner
+        .durable
+        .send_modify(|(_, on_disk)| *on_disk = (*on_disk).max(size));
+    for (reply, answer) in pending.answers {
+        let _ = reply.send(answer);
+    }
+    Ok(std::mem::take(&mut pending.batch.events))
+}
+
+/// Signs and stores a checkpoint when the policy says one is due.
+fn checkpoint_if_due(inner: &Inner, store: &mut dyn Store) {
+    let mut ledger = inner.ledger.lock().expect("ledger lock");
+    if !ledger.due() {
+        return;
+    }
+    let (size, note) = ledger.checkpoint();
+    if let Err(error) = store.add_checkpoint(size, &note, &crate::ledger::now_text()) {
+        tracing::error!(%error, size, "storing a checkpoint failed");
+    }
+}
+
 struct Writer {
     inner: Arc<Inner>,
     store: Box<dyn Store>,
@@ -570,6 +741,14 @@ struct Writer {
     /// holds up to a thousand events, and freeing their bytes one by one was a good
     /// part of the writer's time.
     spare: Vec<NewEvent>,
+    /// The committer thread, alone on the log; `None` with replicas, whose writer
+    /// commits inside the store's exclusive transaction itself.
+    committer: Option<mpsc::SyncSender<ToCommitter>>,
+    /// Entries the committer has written, coming back for their buffers.
+    returned: Option<mpsc::Receiver<Vec<NewEvent>>>,
+    /// Idempotent answers of batches not yet known to be on disk, with the log size
+    /// past their command's events: the store cannot answer for them yet.
+    unsettled_keys: HashMap<(String, String), (u64, IdempotentResponse)>,
 }
 
 impl Writer {
@@ -631,6 +810,12 @@ impl Writer {
                 hashes.push(rofr_ledger::leaf_hash(&row.data));
                 self.next_index += 1;
             }
+            // What other replicas committed is on disk already.
+            self.inner.applied.store(self.next_index, Ordering::Release);
+            let size = self.next_index;
+            self.inner
+                .durable
+                .send_modify(|(_, on_disk)| *on_disk = (*on_disk).max(size));
             self.inner
                 .ledger
                 .lock()
@@ -694,6 +879,19 @@ impl Writer {
     }
 
     fn process(&mut self, jobs: Vec<Job>, flush: bool) {
+        if self.inner.commit_failed.load(Ordering::Acquire) {
+            self.recover();
+        }
+        if let Some(returned) = &self.returned {
+            while let Ok(entries) = returned.try_recv() {
+                let room = SPARE_ENTRIES.saturating_sub(self.spare.len());
+                self.spare.extend(entries.into_iter().take(room));
+            }
+        }
+        let on_disk = self.inner.durable.borrow().1;
+        if !self.unsettled_keys.is_empty() {
+            self.unsettled_keys.retain(|_, (end, _)| *end > on_disk);
+        }
         let inner = self.inner.clone();
         let mut engine = inner.engine.write().expect("engine lock");
         let due = engine
@@ -737,7 +935,6 @@ impl Writer {
         let now = inner.clock.now().max(engine.clock());
         let mut batch = Batch::default();
         let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
-        let mut keys_in_batch: HashMap<(String, String), IdempotentResponse> = HashMap::new();
 
         let ticked = engine
             .execute(Command::Tick { now })
@@ -751,8 +948,8 @@ impl Writer {
             if let Some(idem) = &job.idempotency {
                 let party = job.party.key();
                 let key = (party.clone(), idem.key.clone());
-                let earlier = match keys_in_batch.get(&key) {
-                    Some(answer) => Some(answer.clone()),
+                let earlier = match self.unsettled_keys.get(&key) {
+                    Some((_, answer)) => Some(answer.clone()),
                     None => match self.store.idempotent(&party, &idem.key) {
                         Ok(found) => found,
                         Err(error) => {
@@ -804,7 +1001,9 @@ impl Writer {
                             status,
                             body: body.clone(),
                         };
-                        keys_in_batch.insert((party, idem.key), answer.clone());
+                        let end = self.next_index + batch.events.len() as u64;
+                        self.unsettled_keys
+                            .insert((party, idem.key), (end, answer.clone()));
                         batch.idempotency.push(answer);
                     }
                     answers.push((
@@ -826,8 +1025,9 @@ impl Writer {
             }
         }
 
-        let wrote = !batch.events.is_empty() || !batch.idempotency.is_empty();
-        if wrote || (flush && !self.dirty.is_empty()) {
+        let mut writes = !batch.events.is_empty() || !batch.idempotency.is_empty();
+        if writes || (flush && !self.dirty.is_empty()) {
+            writes = true;
             for (offset, event) in batch.events.iter().enumerate() {
                 touch(
                     &mut self.dirty,
@@ -838,88 +1038,105 @@ impl Writer {
             }
             if flush {
                 batch.needs = projection(&engine, &self.dirty);
+                self.dirty.clear();
+                self.last_flush = Instant::now();
             }
-            match self.store.commit(&batch) {
-                Ok(_) => {
-                    inner
-                        .ledger
-                        .lock()
-                        .expect("ledger lock")
-                        .append(batch.events.iter().map(|e| e.leaf_hash));
-                    self.next_index += batch.events.len() as u64;
-                    if flush {
-                        self.dirty.clear();
-                        self.last_flush = Instant::now();
-                    }
-                    inner.counters.commits.fetch_add(1, Ordering::Relaxed);
-                    inner
-                        .counters
-                        .events_appended
-                        .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    // Nothing of this batch is on disk: nobody is told it succeeded, and
-                    // the engine goes back to what the log holds.
-                    tracing::error!(%error, "commit failed; the batch is refused and the engine reloaded from the log");
-                    for (reply, _) in answers {
-                        let _ =
-                            reply.send(Err(BrokerError::Setup(format!("storage failed: {error}"))));
-                    }
-                    // The engine returns to the entries it had folded in before this
-                    // batch; the projection is checked against the log as at start.
-                    let known = u32::try_from(self.next_index).unwrap_or(u32::MAX);
-                    let stored = loop {
-                        match self.store.events_after(None, known) {
-                            Ok(rows) if rows.len() as u64 == self.next_index => break rows,
-                            Ok(_) => tracing::error!("the log is shorter than before; waiting"),
-                            Err(error) => tracing::error!(%error, "cannot read the log; waiting"),
-                        }
-                        std::thread::sleep(Duration::from_secs(1));
-                    };
-                    let events: Vec<Event> = stored
-                        .iter()
-                        .filter_map(|row| Event::from_json(&row.data).ok())
-                        .collect();
-                    *engine = Engine::replay(inner.deal.clone(), &events, engine.clock());
-                    self.next_index = events.len() as u64;
-                    self.dirty.clear();
-                    let mut touches = BTreeMap::new();
-                    for row in &stored {
-                        touch(&mut touches, &row.need, &row.at, row.index);
-                    }
-                    self.settling = Some(touches);
-                    drop(engine);
-                    if let Err(error) = self.settle() {
-                        tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
-                    }
-                    return;
-                }
+        }
+        let first = self.next_index;
+        self.next_index += batch.events.len() as u64;
+        inner.applied.store(self.next_index, Ordering::Release);
+        // Answers, rejections included, leave only once everything the engine held
+        // when it gave them is on disk.
+        let pending = Pending {
+            first,
+            batch,
+            answers,
+            writes,
+        };
+        if let Some(committer) = &self.committer {
+            drop(engine);
+            if committer.send(ToCommitter::Batch(pending)).is_err() {
+                tracing::error!(
+                    "the committer thread is gone; the batch's commands see the broker as stopped"
+                );
             }
-        } else if let Err(error) = self.store.abort() {
-            tracing::error!(%error, "ending an empty transaction failed");
-        }
-        drop(engine);
-        for (reply, answer) in answers {
-            let _ = reply.send(answer);
-        }
-        let room = SPARE_ENTRIES.saturating_sub(self.spare.len());
-        self.spare.extend(batch.events.drain(..).take(room));
-        self.checkpoint_if_due();
-    }
-
-    /// Signs and stores a checkpoint when the policy says one is due.
-    fn checkpoint_if_due(&mut self) {
-        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
-        if !ledger.due() {
             return;
         }
-        let (size, note) = ledger.checkpoint();
-        if let Err(error) = self
-            .store
-            .add_checkpoint(size, &note, &crate::ledger::now_text())
-        {
-            tracing::error!(%error, size, "storing a checkpoint failed");
+        if !writes {
+            if let Err(error) = self.store.abort() {
+                tracing::error!(%error, "ending an empty transaction failed");
+            }
         }
+        match finish(&inner, self.store.as_mut(), pending) {
+            Ok(entries) => {
+                drop(engine);
+                let room = SPARE_ENTRIES.saturating_sub(self.spare.len());
+                self.spare.extend(entries.into_iter().take(room));
+                checkpoint_if_due(&inner, self.store.as_mut());
+            }
+            Err(_) => {
+                self.reload(&mut engine);
+                drop(engine);
+                if let Err(error) = self.settle() {
+                    tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
+                }
+            }
+        }
+    }
+
+    /// After the committer refused a batch: waits until it has dealt with every batch
+    /// sent so far, then brings the engine back to what the log holds.
+    fn recover(&mut self) {
+        let (done, finished) = mpsc::channel();
+        if let Some(committer) = &self.committer {
+            if committer.send(ToCommitter::Resume(done)).is_ok() {
+                let _ = finished.recv();
+            }
+        }
+        self.inner.commit_failed.store(false, Ordering::Release);
+        let inner = self.inner.clone();
+        let mut engine = inner.engine.write().expect("engine lock");
+        self.reload(&mut engine);
+        drop(engine);
+        if let Err(error) = self.settle() {
+            tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
+        }
+    }
+
+    /// Nothing of a failed batch is on disk and nobody was told it succeeded: the
+    /// engine returns to the entries on disk, and the projection is checked against
+    /// the log as at start (by [`Writer::settle`], which the caller runs next).
+    fn reload(&mut self, engine: &mut Engine) {
+        let known = self.inner.durable.borrow().1;
+        let stored = loop {
+            match self
+                .store
+                .events_after(None, u32::try_from(known).unwrap_or(u32::MAX))
+            {
+                Ok(rows) if rows.len() as u64 == known => break rows,
+                Ok(_) => tracing::error!("the log is shorter than before; waiting"),
+                Err(error) => tracing::error!(%error, "cannot read the log; waiting"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let events: Vec<Event> = stored
+            .iter()
+            .filter_map(|row| Event::from_json(&row.data).ok())
+            .collect();
+        *engine = Engine::replay(self.inner.deal.clone(), &events, engine.clock());
+        self.next_index = events.len() as u64;
+        self.dirty.clear();
+        self.unsettled_keys.clear();
+        let mut touches = BTreeMap::new();
+        for row in &stored {
+            touch(&mut touches, &row.need, &row.at, row.index);
+        }
+        self.settling = Some(touches);
+        self.inner.applied.store(self.next_index, Ordering::Release);
+        let size = self.next_index;
+        self.inner
+            .durable
+            .send_modify(|(epoch, on_disk)| (*epoch, *on_disk) = (*epoch + 1, size));
     }
 
     fn append(&mut self, batch: &mut Batch, events: &[Event]) {

@@ -109,6 +109,17 @@ async fn a_failed_commit_refuses_its_commands_and_keeps_nothing_of_them() {
         }));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The engine has run the first of them, but a read that answers a party waits for
+    // the disk: it sees the need only if its commit succeeds, which it will not.
+    let seen = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let id = NeedId::parse("during-1").unwrap();
+            broker
+                .read_committed(move |e| e.state().needs.contains_key(&id))
+                .await
+        })
+    };
     for answer in refused {
         let answer = answer.await.unwrap();
         assert!(
@@ -117,6 +128,10 @@ async fn a_failed_commit_refuses_its_commands_and_keeps_nothing_of_them() {
         );
     }
     blocker.execute_batch("ROLLBACK").unwrap();
+    assert!(
+        !seen.await.unwrap().unwrap(),
+        "a read showed a need that was never on disk"
+    );
 
     // The store writes again: the broker takes commands as before.
     broker
