@@ -511,6 +511,7 @@ async fn list_needs(
         }
     }
     let limit = page_limit(query.limit)?;
+    broker.projected().await?;
     let rows = broker
         .store(|s| s.list_needs(query.status.as_deref(), query.after.as_deref(), limit))
         .map_err(BrokerError::from)?;

@@ -104,6 +104,8 @@ enum Work {
     Sync(oneshot::Sender<()>),
     /// Another replica committed: fold it in.
     Wake,
+    /// Write the needs projection up to every command acknowledged so far, then answer.
+    Flush(ReplyTo),
 }
 
 /// Counters for `/metrics`.
@@ -313,6 +315,19 @@ impl Broker {
         let (done, waited) = oneshot::channel();
         self.send(Work::Sync(done))?;
         waited.await.map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Waits until the needs projection holds every command acknowledged before this
+    /// call. The writer holds rows back for up to 100 ms under load; lists read the
+    /// projection, so they ask for it first. Replicas write their rows with every
+    /// commit.
+    pub async fn projected(&self) -> Result<(), BrokerError> {
+        if self.inner.shared {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Work::Flush(reply))?;
+        answer.await.map_err(|_| BrokerError::Stopped)?.map(|_| ())
     }
 
     /// Runs `f` with read access to the engine's state. The state may hold a batch
@@ -609,8 +624,8 @@ fn projection(engine: &Engine, touches: &BTreeMap<String, Touch>) -> Vec<NeedRow
         .collect()
 }
 
-/// How long the needs projection may trail the log while commands keep coming. When
-/// the queue runs dry it is written with the very next commit.
+/// How long the needs projection may trail the log. A list query asks for the rows
+/// first ([`Broker::projected`]), so it never sees them trail.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// How many committed entries the writer keeps for their buffers: about one batch.
@@ -841,14 +856,22 @@ impl Writer {
                     .expect("engine lock")
                     .state()
                     .next_deadline();
-                let wait = wait
+                let mut wait = wait
                     .map(|at| self.inner.clock.real_wait_until(at))
-                    .unwrap_or(Duration::from_secs(1))
-                    .clamp(Duration::from_millis(1), Duration::from_secs(1));
+                    .unwrap_or(Duration::from_secs(1));
+                if !self.dirty.is_empty() {
+                    // Rows held back are written within FLUSH_EVERY, even when idle.
+                    wait = wait.min(FLUSH_EVERY.saturating_sub(self.last_flush.elapsed()));
+                }
+                let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
                 match receiver.recv_timeout(wait) {
                     Ok(item) => work.push(item),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Stopping: the rows held back go with a last commit.
+                        self.process(Vec::new(), Vec::new(), true);
+                        return;
+                    }
                 }
             }
             while work.len() < MAX_BATCH {
@@ -858,27 +881,33 @@ impl Writer {
                 }
             }
             carry = receiver.try_recv().ok();
-            // Replicas write their rows with every commit: a row held back could
-            // later overwrite a newer one written by another replica.
-            let flush =
-                self.inner.shared || carry.is_none() || self.last_flush.elapsed() >= FLUSH_EVERY;
             let mut jobs = Vec::with_capacity(work.len());
             let mut synced = Vec::new();
+            let mut flushes = Vec::new();
             for item in work {
                 match item {
                     Work::Job(job) => jobs.push(job),
                     Work::Sync(done) => synced.push(done),
                     Work::Wake => {}
+                    Work::Flush(reply) => flushes.push(reply),
                 }
             }
-            self.process(jobs, flush);
+            // The needs projection is written at most every FLUSH_EVERY: a need's row
+            // changes with each of its commands, and writing it each time cost as much
+            // as appending the events. Replicas write their rows with every commit: a
+            // row held back could later overwrite a newer one written by another
+            // replica. A list query asks for the rows first (`Work::Flush`).
+            let flush = self.inner.shared
+                || !flushes.is_empty()
+                || self.last_flush.elapsed() >= FLUSH_EVERY;
+            self.process(jobs, flushes, flush);
             for done in synced {
                 let _ = done.send(());
             }
         }
     }
 
-    fn process(&mut self, jobs: Vec<Job>, flush: bool) {
+    fn process(&mut self, jobs: Vec<Job>, flushes: Vec<ReplyTo>, flush: bool) {
         if self.inner.commit_failed.load(Ordering::Acquire) {
             self.recover();
         }
@@ -898,7 +927,8 @@ impl Writer {
             .state()
             .next_deadline()
             .is_some_and(|at| at <= inner.clock.now().max(engine.clock()));
-        let writes = !jobs.is_empty() || due || (flush && !self.dirty.is_empty());
+        let writes =
+            !jobs.is_empty() || !flushes.is_empty() || due || (flush && !self.dirty.is_empty());
         // Alone on its log, the broker has folded in every entry already, and its
         // commit is a transaction of its own.
         let ready = if !inner.shared {
@@ -915,8 +945,8 @@ impl Writer {
             let _ = self.store.abort();
             tracing::error!(%error, "cannot read the log; commands refused until it can be read");
             let message = error.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(BrokerError::Setup(format!(
+            for reply in jobs.into_iter().map(|job| job.reply).chain(flushes) {
+                let _ = reply.send(Err(BrokerError::Setup(format!(
                     "storage failed: {message}"
                 ))));
             }
@@ -1025,6 +1055,15 @@ impl Writer {
             }
         }
 
+        // A flush is answered once its rows are on disk.
+        answers.extend(flushes.into_iter().map(|reply| {
+            let done = Reply {
+                status: 200,
+                body: String::new(),
+                replayed: false,
+            };
+            (reply, Ok(done))
+        }));
         let mut writes = !batch.events.is_empty() || !batch.idempotency.is_empty();
         if writes || (flush && !self.dirty.is_empty()) {
             writes = true;
