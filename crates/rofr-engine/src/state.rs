@@ -329,12 +329,22 @@ fn offer_mut(need: &mut NeedState, seq: u32) -> Option<&mut HolderOffer> {
     need.offers.iter_mut().find(|o| o.seq == seq)
 }
 
+/// Pushes onto one of a need's lists, which nearly always hold one item: the first push
+/// makes room for exactly one. A plain push makes room for four: at 300,000 needs the
+/// broker held about 150 MB more.
+fn push_one<T>(list: &mut Vec<T>, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(item);
+}
+
 fn award_mut(need: &mut NeedState, seq: u32) -> Option<&mut Award> {
     need.awards.iter_mut().find(|a| a.seq == seq)
 }
 
 fn refuse(need: &mut NeedState, gpus: Gpus, price: Option<Price>, revives_at: Option<Timestamp>) {
-    need.refusals.push(Refusal { gpus, price });
+    push_one(&mut need.refusals, Refusal { gpus, price });
     if need.revive_at.is_none() {
         need.revive_at = revives_at;
     }
@@ -372,16 +382,19 @@ fn record_award(
     seq: u32,
     status: AwardStatus,
 ) {
-    need.awards.push(Award {
-        seq,
-        provider: provider.clone(),
-        gpus,
-        price,
-        decided_at: at,
-        confirm_by: None,
-        reservation: None,
-        status,
-    });
+    push_one(
+        &mut need.awards,
+        Award {
+            seq,
+            provider: provider.clone(),
+            gpus,
+            price,
+            decided_at: at,
+            confirm_by: None,
+            reservation: None,
+            status,
+        },
+    );
     let gpu_hours = i64::from(gpus.get()) * i64::from(need.spec.hours);
     let spend_units = i128::from(gpu_hours) * i128::from(price.units());
     let key = (at, need.spec.id.clone(), seq);
@@ -409,20 +422,23 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
             reoffer,
             against,
         } => {
-            need.offers.push(HolderOffer {
-                seq: *offer,
-                kind: if *reoffer {
-                    OfferKind::Reoffer
-                } else {
-                    OfferKind::First
+            push_one(
+                &mut need.offers,
+                HolderOffer {
+                    seq: *offer,
+                    kind: if *reoffer {
+                        OfferKind::Reoffer
+                    } else {
+                        OfferKind::First
+                    },
+                    provider: provider.clone(),
+                    gpus: *gpus,
+                    price: *price_per_gpu_hour,
+                    deadline: *deadline,
+                    against: against.clone(),
+                    status: OfferStatus::Open,
                 },
-                provider: provider.clone(),
-                gpus: *gpus,
-                price: *price_per_gpu_hour,
-                deadline: *deadline,
-                against: against.clone(),
-                status: OfferStatus::Open,
-            });
+            );
             if !*reoffer {
                 need.holder_owed = false;
             }
@@ -436,16 +452,19 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
             offer,
             against,
         } => {
-            need.offers.push(HolderOffer {
-                seq: *offer,
-                kind: OfferKind::Match,
-                provider: provider.clone(),
-                gpus: *gpus,
-                price: *price_per_gpu_hour,
-                deadline: *deadline,
-                against: Some(against.clone()),
-                status: OfferStatus::Open,
-            });
+            push_one(
+                &mut need.offers,
+                HolderOffer {
+                    seq: *offer,
+                    kind: OfferKind::Match,
+                    provider: provider.clone(),
+                    gpus: *gpus,
+                    price: *price_per_gpu_hour,
+                    deadline: *deadline,
+                    against: Some(against.clone()),
+                    status: OfferStatus::Open,
+                },
+            );
         }
         EventKind::OfferAccepted { gpus, offer, .. }
         | EventKind::MatchAccepted { gpus, offer, .. } => {
@@ -511,10 +530,13 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
             refuse(need, *gpus, Some(*price_per_gpu_hour), *revives_at);
         }
         EventKind::HolderCapped { gpus, .. } => {
-            need.refusals.push(Refusal {
-                gpus: *gpus,
-                price: None,
-            });
+            push_one(
+                &mut need.refusals,
+                Refusal {
+                    gpus: *gpus,
+                    price: None,
+                },
+            );
         }
         EventKind::RfqSent {
             provider,
