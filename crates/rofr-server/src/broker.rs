@@ -198,21 +198,46 @@ impl Broker {
         let deal = Arc::new(deal);
 
         // Most of the log is read without holding the write lock; what other replicas
-        // append meanwhile is folded in under it, below.
-        let stored = store.all_events()?;
-        let mut events = Vec::with_capacity(stored.len());
-        let mut touches: BTreeMap<String, Touch> = BTreeMap::new();
-        for row in &stored {
-            events.push(parse_stored(row)?);
-            touch(&mut touches, &row.need, &row.at, row.index);
-        }
-        let start = events.first().map_or_else(|| clock.now(), |e| e.at);
-        let engine = Engine::replay(deal.clone(), &events, start);
-        drop(events);
+        // append meanwhile is folded in under it, below. The log streams through the
+        // engine and the ledger's tree an entry at a time: it is never all in memory.
         let key = key.map_or_else(|| crate::ledger::key_path(location), Path::to_owned);
-        let ledger = crate::ledger::Ledger::open(&key, &deal.name, store.as_mut(), &stored)?;
-        let next_index = stored.len() as u64;
-        drop(stored);
+        let mut ledger = crate::ledger::Ledger::open(&key, &deal.name, store.as_mut())?;
+        let mut engine: Option<Engine> = None;
+        let mut touches: BTreeMap<String, Touch> = BTreeMap::new();
+        let mut next_index = 0u64;
+        let mut at = String::new();
+        let mut broken: Option<BrokerError> = None;
+        store.scan_log(&mut |index, data, _| {
+            if index != next_index {
+                broken = Some(BrokerError::Setup(format!(
+                    "the log jumps from entry {} to entry {index}",
+                    next_index.saturating_sub(1)
+                )));
+                return false;
+            }
+            let event = match Event::from_json(data) {
+                Ok(event) => event,
+                Err(e) => {
+                    broken = Some(BrokerError::Setup(format!(
+                        "event {index} in the log does not parse: {e}"
+                    )));
+                    return false;
+                }
+            };
+            at.clear();
+            write!(at, "{}", event.at).expect("writing to a string");
+            touch(&mut touches, event.need.as_str(), &at, index);
+            engine
+                .get_or_insert_with(|| Engine::new(deal.clone(), event.at))
+                .apply(&event);
+            ledger.append_entry(data);
+            next_index += 1;
+            true
+        })?;
+        if let Some(error) = broken {
+            return Err(error);
+        }
+        let engine = engine.unwrap_or_else(|| Engine::new(deal.clone(), clock.now()));
         let reader = location.open()?;
         let webhooks = reader
             .webhooks()?

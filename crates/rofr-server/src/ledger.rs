@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rofr_ledger::evidence::{self, Bundle};
 use rofr_ledger::{leaf_hash, Checkpoint, MerkleTree, SigningKey, VerifierKey};
-use rofr_store::{Location, Store, StoredEvent};
+use rofr_store::{Location, Store};
 
 use crate::broker::BrokerError;
 use crate::clock::Clock;
@@ -119,12 +119,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// Builds the tree from the stored log (hashing each entry's bytes afresh).
-    pub fn open(
-        key: &Path,
-        deal_name: &str,
-        store: &mut dyn Store,
-        events: &[StoredEvent],
-    ) -> Result<Ledger, BrokerError> {
+    pub fn open(key: &Path, deal_name: &str, store: &mut dyn Store) -> Result<Ledger, BrokerError> {
         let key = load_or_create_key(key, deal_name)?;
         let origin = match store.meta("ledger_origin")? {
             Some(origin) => origin,
@@ -134,10 +129,7 @@ impl Ledger {
                 store.init_meta("ledger_origin", &origin)?
             }
         };
-        let mut tree = MerkleTree::new();
-        for event in events {
-            tree.append(&event.data);
-        }
+        let tree = MerkleTree::new();
         let latest = store.checkpoints()?.pop();
         Ok(Ledger {
             tree,
@@ -147,6 +139,11 @@ impl Ledger {
             last_made: Instant::now(),
             policy: CheckpointPolicy::default(),
         })
+    }
+
+    /// Appends one entry's bytes as a leaf (while the log is read at start).
+    pub fn append_entry(&mut self, data: &[u8]) {
+        self.tree.append(data);
     }
 
     pub fn tree(&self) -> &MerkleTree {

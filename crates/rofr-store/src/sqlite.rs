@@ -126,6 +126,29 @@ impl SqliteStore {
         Ok(store)
     }
 
+    fn scan_mapped(&self, visit: &mut LogVisitor<'_>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, data, leaf_hash FROM events ORDER BY idx")
+            .map_err(db("scanning the log"))?;
+        let mut rows = stmt.query([]).map_err(db("scanning the log"))?;
+        while let Some(row) = rows.next().map_err(db("scanning the log"))? {
+            let index = row.get::<_, i64>(0).map_err(db("scanning the log"))? as u64;
+            let data = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(db("scanning the log"))?;
+            let hash = row
+                .get_ref(2)
+                .and_then(|v| Ok(v.as_blob_or_null()?))
+                .map_err(db("scanning the log"))?;
+            if !visit(index, data, hash) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The schema version of a database file, read without migrating it.
     pub fn version_of(path: &Path) -> Result<usize> {
         let conn = Connection::open(path).map_err(db("opening the database"))?;
@@ -406,30 +429,18 @@ impl Store for SqliteStore {
     }
 
     fn scan_log(&self, visit: &mut LogVisitor<'_>) -> Result<()> {
-        // Reading through a memory map saves a system call per page on a full scan.
+        // Reading through a memory map saves a system call per page on a full scan. The
+        // map goes with the scan: left in place, every page the connection later reads
+        // would stay mapped and count as the process's memory.
         self.conn
             .pragma_update(None, "mmap_size", 1i64 << 34)
             .map_err(db("mapping the database"))?;
-        let mut stmt = self
+        let scanned = self.scan_mapped(visit);
+        let unmapped = self
             .conn
-            .prepare("SELECT idx, data, leaf_hash FROM events ORDER BY idx")
-            .map_err(db("scanning the log"))?;
-        let mut rows = stmt.query([]).map_err(db("scanning the log"))?;
-        while let Some(row) = rows.next().map_err(db("scanning the log"))? {
-            let index = row.get::<_, i64>(0).map_err(db("scanning the log"))? as u64;
-            let data = row
-                .get_ref(1)
-                .and_then(|v| Ok(v.as_blob()?))
-                .map_err(db("scanning the log"))?;
-            let hash = row
-                .get_ref(2)
-                .and_then(|v| Ok(v.as_blob_or_null()?))
-                .map_err(db("scanning the log"))?;
-            if !visit(index, data, hash) {
-                break;
-            }
-        }
-        Ok(())
+            .pragma_update(None, "mmap_size", 0)
+            .map_err(db("unmapping the database"));
+        scanned.and(unmapped)
     }
 
     fn add_checkpoint(&mut self, size: u64, note: &str, created_at: &str) -> Result<()> {
