@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rofr_engine::deal::{parse_deal, Deal};
 use rofr_engine::state::{NeedState, OfferStatus};
-use rofr_engine::types::ProviderId;
+use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{
     Batch, IdempotentResponse, Location, NeedRow, NewDelivery, NewEvent, PostgresStore, Store,
@@ -202,42 +202,18 @@ impl Broker {
         // engine and the ledger's tree an entry at a time: it is never all in memory.
         let key = key.map_or_else(|| crate::ledger::key_path(location), Path::to_owned);
         let mut ledger = crate::ledger::Ledger::open(&key, &deal.name, store.as_mut())?;
-        let mut engine: Option<Engine> = None;
-        let mut touches: BTreeMap<String, Touch> = BTreeMap::new();
-        let mut next_index = 0u64;
-        let mut at = String::new();
-        let mut broken: Option<BrokerError> = None;
-        store.scan_log(&mut |index, data, _| {
-            if index != next_index {
-                broken = Some(BrokerError::Setup(format!(
-                    "the log jumps from entry {} to entry {index}",
-                    next_index.saturating_sub(1)
-                )));
-                return false;
-            }
-            let event = match Event::from_json(data) {
-                Ok(event) => event,
-                Err(e) => {
-                    broken = Some(BrokerError::Setup(format!(
-                        "event {index} in the log does not parse: {e}"
-                    )));
-                    return false;
-                }
-            };
-            at.clear();
-            write!(at, "{}", event.at).expect("writing to a string");
-            touch(&mut touches, event.need.as_str(), &at, index);
-            engine
-                .get_or_insert_with(|| Engine::new(deal.clone(), event.at))
-                .apply(&event);
-            ledger.append_entry(data);
-            next_index += 1;
-            true
-        })?;
-        if let Some(error) = broken {
-            return Err(error);
-        }
-        let engine = engine.unwrap_or_else(|| Engine::new(deal.clone(), clock.now()));
+        let Folded {
+            engine,
+            touches,
+            size: next_index,
+        } = fold_log(
+            store.as_ref(),
+            &deal,
+            None,
+            clock.now(),
+            None,
+            &mut |data| ledger.append_entry(data),
+        )?;
         let reader = location.open()?;
         let webhooks = reader
             .webhooks()?
@@ -547,13 +523,77 @@ fn wake(inner: &Weak<Inner>) -> bool {
     }
 }
 
-fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {
-    Event::from_json(&row.data).map_err(|e| {
-        BrokerError::Setup(format!(
-            "event {} in the log does not parse: {e}",
-            row.index
-        ))
+/// The log folded into a fresh engine, and where each need's events lie.
+struct Folded {
+    engine: Engine,
+    touches: BTreeMap<String, Touch>,
+    size: u64,
+}
+
+/// Streams the log (its first `limit` entries, if given) through a fresh engine an entry
+/// at a time, handing each entry's bytes to `leaf`: the log is never all in memory. The
+/// engine's clock starts at `clock`, or else at the first entry's time (`empty` for an
+/// empty log), and moves with the entries. A jump in the indexes or an entry that does
+/// not parse is an error naming the entry.
+fn fold_log(
+    store: &dyn Store,
+    deal: &Arc<Deal>,
+    clock: Option<Timestamp>,
+    empty: Timestamp,
+    limit: Option<u64>,
+    leaf: &mut dyn FnMut(&[u8]),
+) -> Result<Folded, BrokerError> {
+    let mut engine: Option<Engine> = None;
+    let mut touches = BTreeMap::new();
+    let mut size = 0u64;
+    let mut at = String::new();
+    let mut broken: Option<BrokerError> = None;
+    store.scan_log(&mut |index, data, _| {
+        if limit.is_some_and(|limit| index >= limit) {
+            return false;
+        }
+        if index != size {
+            broken = Some(BrokerError::Setup(format!(
+                "the log jumps from entry {} to entry {index}",
+                size.saturating_sub(1)
+            )));
+            return false;
+        }
+        let event = match parse_entry(index, data) {
+            Ok(event) => event,
+            Err(error) => {
+                broken = Some(error);
+                return false;
+            }
+        };
+        at.clear();
+        write!(at, "{}", event.at).expect("writing to a string");
+        touch(&mut touches, event.need.as_str(), &at, index);
+        engine
+            .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(event.at)))
+            .apply(&event);
+        leaf(data);
+        size += 1;
+        true
+    })?;
+    if let Some(error) = broken {
+        return Err(error);
+    }
+    let engine = engine.unwrap_or_else(|| Engine::new(deal.clone(), clock.unwrap_or(empty)));
+    Ok(Folded {
+        engine,
+        touches,
+        size,
     })
+}
+
+fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {
+    parse_entry(row.index, &row.data)
+}
+
+fn parse_entry(index: u64, data: &[u8]) -> Result<Event, BrokerError> {
+    Event::from_json(data)
+        .map_err(|e| BrokerError::Setup(format!("event {index} in the log does not parse: {e}")))
 }
 
 impl From<StoreError> for BrokerError {
@@ -1171,31 +1211,31 @@ impl Writer {
     /// engine returns to the entries on disk, and the projection is checked against
     /// the log as at start (by [`Writer::settle`], which the caller runs next).
     fn reload(&mut self, engine: &mut Engine) {
+        // The entries on disk that the engine (and the ledger's tree) had folded in;
+        // with replicas, later ones are caught up as usual.
         let known = self.inner.durable.borrow().1;
-        let stored = loop {
-            match self
-                .store
-                .events_after(None, u32::try_from(known).unwrap_or(u32::MAX))
-            {
-                Ok(rows) if rows.len() as u64 == known => break rows,
+        let folded = loop {
+            let clock = engine.clock();
+            let deal = &self.inner.deal;
+            match fold_log(
+                self.store.as_ref(),
+                deal,
+                Some(clock),
+                clock,
+                Some(known),
+                &mut |_| {},
+            ) {
+                Ok(folded) if folded.size == known => break folded,
                 Ok(_) => tracing::error!("the log is shorter than before; waiting"),
                 Err(error) => tracing::error!(%error, "cannot read the log; waiting"),
             }
             std::thread::sleep(Duration::from_secs(1));
         };
-        let events: Vec<Event> = stored
-            .iter()
-            .filter_map(|row| Event::from_json(&row.data).ok())
-            .collect();
-        *engine = Engine::replay(self.inner.deal.clone(), &events, engine.clock());
-        self.next_index = events.len() as u64;
+        *engine = folded.engine;
+        self.next_index = folded.size;
         self.dirty.clear();
         self.unsettled_keys.clear();
-        let mut touches = BTreeMap::new();
-        for row in &stored {
-            touch(&mut touches, &row.need, &row.at, row.index);
-        }
-        self.settling = Some(touches);
+        self.settling = Some(folded.touches);
         self.inner.applied.store(self.next_index, Ordering::Release);
         let size = self.next_index;
         self.inner

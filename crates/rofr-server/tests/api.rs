@@ -3,33 +3,13 @@
 //! database made for it on the server `ROFR_TEST_DATABASE_URL` names (skipped, saying
 //! so, where that is unset).
 
+mod common;
+use common::{origin, DEAL};
 use rofr_store::{Location, ScratchDatabase};
 
-use rofr_engine::types::{ProviderId, Timestamp};
+use rofr_engine::types::ProviderId;
 use rofr_server::{Broker, Clock, Party};
 use serde_json::{json, Value};
-
-const DEAL: &str = r#"
-[deal]
-name = "api-test"
-
-[[provider]]
-id = "azure"
-
-[[provider]]
-id = "oracle"
-
-[[provider]]
-id = "coreweave"
-
-[[first_refusal]]
-holder = "azure"
-variant = "first_offer"
-window = "72h"
-partial = true
-term = { from = 2025-01-01 }
-offer_prices = { H100 = 6.0 }
-"#;
 
 struct App {
     url: String,
@@ -64,10 +44,6 @@ impl Backend {
     fn postgres(test: &str) -> Option<Backend> {
         ScratchDatabase::for_test("rofr_api", test).map(Backend::Postgres)
     }
-}
-
-fn origin() -> Timestamp {
-    Timestamp::parse("2025-02-03T00:00:00Z").unwrap()
 }
 
 async fn spawn_app(backend: Backend) -> App {

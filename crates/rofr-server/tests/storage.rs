@@ -1,38 +1,22 @@
+//! The broker when storage fails or is damaged, on a real SQLite file.
+//!
 //! A commit that fails: the commands in it are refused, nothing of them is kept in the
-//! broker's state or in the log, and the broker goes on once the store writes again.
-//! The failure is real: another connection holds SQLite's write lock for longer than the
+//! broker's state or in the log, and the broker goes on once the store writes again. The
+//! failure is real: another connection holds SQLite's write lock for longer than the
 //! broker's busy timeout.
+//!
+//! A damaged log: the broker does not start on a log it cannot fold; an entry that does
+//! not parse, or a missing entry, is named in the error, and nothing is written.
 
 use std::time::Duration;
 
 use rofr_engine::command::Command;
 use rofr_engine::need::NeedSpec;
-use rofr_engine::types::{Gpus, NeedId, Price, Sku, Timestamp, Workload};
+use rofr_engine::types::{Gpus, NeedId, Price, Sku, Workload};
 use rofr_server::{Broker, BrokerError, Clock, Party};
+mod common;
+use common::{origin, DEAL};
 use rofr_store::Location;
-
-const DEAL: &str = r#"
-[deal]
-name = "commit-failure"
-
-[[provider]]
-id = "azure"
-
-[[provider]]
-id = "oracle"
-
-[[first_refusal]]
-holder = "azure"
-variant = "first_offer"
-window = "72h"
-partial = true
-term = { from = 2025-01-01 }
-offer_prices = { H100 = 6.0 }
-"#;
-
-fn origin() -> Timestamp {
-    Timestamp::parse("2025-02-03T00:00:00Z").unwrap()
-}
 
 fn need(id: &str) -> Command {
     let now = origin();
@@ -56,14 +40,13 @@ fn need(id: &str) -> Command {
     }
 }
 
-fn open(path: &std::path::Path, key: &std::path::Path) -> Broker {
+fn open(dir: &std::path::Path) -> Result<Broker, BrokerError> {
     Broker::open(
-        &Location::Sqlite(path.to_owned()),
+        &Location::Sqlite(dir.join("rofr.db")),
         Some(("deal.toml", DEAL)),
         Clock::scaled(origin(), 1.0),
-        Some(key),
+        Some(&dir.join("ledger-key")),
     )
-    .unwrap()
 }
 
 /// Which of `ids` the broker's state holds, and the needs named in its log.
@@ -91,8 +74,7 @@ fn held(broker: &Broker, ids: &[&str]) -> (Vec<String>, Vec<String>) {
 async fn a_failed_commit_refuses_its_commands_and_keeps_nothing_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rofr.db");
-    let key = dir.path().join("ledger-key");
-    let broker = open(&path, &key);
+    let broker = open(dir.path()).unwrap();
     broker
         .execute(Party::Buyer, need("before"), None)
         .await
@@ -146,7 +128,60 @@ async fn a_failed_commit_refuses_its_commands_and_keeps_nothing_of_them() {
     broker.shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(broker);
-    let reopened = open(&path, &key);
+    let reopened = open(dir.path()).unwrap();
     assert_eq!(held(&reopened, &ids), (expected.clone(), expected));
     reopened.shutdown();
+}
+
+/// A log of three needs (each submitted and offered: six entries), the broker stopped.
+async fn log_of_three_needs(dir: &std::path::Path) -> u64 {
+    let broker = open(dir).unwrap();
+    for id in ["n1", "n2", "n3"] {
+        broker.execute(Party::Buyer, need(id), None).await.unwrap();
+    }
+    broker.shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let entries = broker.store(|s| s.event_count()).unwrap();
+    drop(broker);
+    entries
+}
+
+fn count(dir: &std::path::Path) -> i64 {
+    let db = rusqlite::Connection::open(dir.join("rofr.db")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_does_not_parse_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = log_of_three_needs(dir.path()).await;
+    assert!(entries >= 6, "{entries} entries");
+    let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
+    db.execute(
+        "UPDATE events SET data = CAST('{\"not\": \"an event\"}' AS BLOB) WHERE idx = 3",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let error = open(dir.path()).err().expect("the broker refused to start");
+    assert!(
+        error
+            .to_string()
+            .starts_with("event 3 in the log does not parse"),
+        "{error}"
+    );
+    assert_eq!(count(dir.path()), entries as i64, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_entry_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = log_of_three_needs(dir.path()).await;
+    let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
+    db.execute("DELETE FROM events WHERE idx = 2", []).unwrap();
+    drop(db);
+    let error = open(dir.path()).err().expect("the broker refused to start");
+    assert_eq!(error.to_string(), "the log jumps from entry 1 to entry 3");
+    assert_eq!(count(dir.path()), entries as i64 - 1, "nothing was written");
 }
