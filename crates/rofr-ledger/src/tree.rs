@@ -38,9 +38,59 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
+/// Hashes per block of a [`Column`]: 128 KiB.
+const BLOCK: usize = 4096;
+
+/// One level's hashes, in blocks of [`BLOCK`]. Only the last block grows (by doubling,
+/// so a small tree stays small); full blocks never move. A single vector would hold up
+/// to twice what it needs after doubling, and copy the whole level each time it grows:
+/// with six million entries the tree's first level alone is 192 MB.
+#[derive(Debug, Clone, Default)]
+struct Column {
+    blocks: Vec<Vec<Hash>>,
+}
+
+impl Column {
+    fn len(&self) -> usize {
+        match self.blocks.last() {
+            Some(last) => (self.blocks.len() - 1) * BLOCK + last.len(),
+            None => 0,
+        }
+    }
+
+    fn push(&mut self, hash: Hash) {
+        match self.blocks.last_mut() {
+            Some(last) if last.len() < BLOCK => last.push(hash),
+            _ => {
+                let mut block = Vec::with_capacity(if self.blocks.is_empty() { 4 } else { BLOCK });
+                block.push(hash);
+                self.blocks.push(block);
+            }
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&Hash> {
+        self.blocks.get(index / BLOCK)?.get(index % BLOCK)
+    }
+
+    /// The last two hashes (the level's length is at least two).
+    fn last_two(&self) -> (&Hash, &Hash) {
+        let n = self.len();
+        (&self[n - 2], &self[n - 1])
+    }
+}
+
+impl std::ops::Index<usize> for Column {
+    type Output = Hash;
+
+    fn index(&self, index: usize) -> &Hash {
+        &self.blocks[index / BLOCK][index % BLOCK]
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct MerkleTree {
-    levels: Vec<Vec<Hash>>,
+    levels: Vec<Column>,
 }
 
 impl MerkleTree {
@@ -64,15 +114,15 @@ impl MerkleTree {
     /// Appends a leaf already hashed with [`leaf_hash`].
     pub fn push_leaf_hash(&mut self, hash: Hash) {
         if self.levels.is_empty() {
-            self.levels.push(Vec::new());
+            self.levels.push(Column::default());
         }
         self.levels[0].push(hash);
         let mut level = 0;
         while self.levels[level].len() % 2 == 0 {
-            let nodes = &self.levels[level];
-            let parent = node_hash(&nodes[nodes.len() - 2], &nodes[nodes.len() - 1]);
+            let (left, right) = self.levels[level].last_two();
+            let parent = node_hash(left, right);
             if self.levels.len() == level + 1 {
-                self.levels.push(Vec::new());
+                self.levels.push(Column::default());
             }
             self.levels[level + 1].push(parent);
             level += 1;

@@ -246,6 +246,68 @@ fn every_proof_verifies_for_every_tree_size_up_to_300() {
     }
 }
 
+/// The tree keeps each level in blocks of 4,096 hashes: roots and proofs around the
+/// blocks' edges, in a tree of more than three blocks of leaves (and so two of nodes on
+/// the level above).
+#[test]
+fn roots_and_proofs_hold_across_the_levels_blocks() {
+    const BLOCK: u64 = 4096;
+    let total = 3 * BLOCK + 5;
+    let mut tree = MerkleTree::new();
+    let mut leaves = Vec::new();
+    for i in 0..total {
+        let data = i.to_be_bytes();
+        tree.append(&data);
+        leaves.push(leaf_hash(&data));
+    }
+    assert_eq!(tree.len(), total);
+    let edges = [
+        BLOCK - 1,
+        BLOCK,
+        BLOCK + 1,
+        2 * BLOCK,
+        2 * BLOCK + 3,
+        3 * BLOCK,
+        total,
+    ];
+    for &size in &edges {
+        let root = tree.root(size).unwrap();
+        assert_eq!(
+            root,
+            reference_root(&leaves[..size as usize]),
+            "root of {size}"
+        );
+        for index in [
+            0,
+            BLOCK - 2,
+            BLOCK - 1,
+            BLOCK,
+            2 * BLOCK - 1,
+            2 * BLOCK,
+            size - 1,
+        ] {
+            if index >= size {
+                continue;
+            }
+            assert_eq!(tree.leaf(index), Some(&leaves[index as usize]));
+            let proof = tree.inclusion_proof(index, size).unwrap();
+            assert!(
+                verify_inclusion(index, size, &leaves[index as usize], &proof, &root),
+                "leaf {index} of {size}"
+            );
+        }
+        for &old in edges.iter().filter(|&&old| old <= size) {
+            let proof = tree.consistency_proof(old, size).unwrap();
+            let old_root = tree.root(old).unwrap();
+            assert!(
+                verify_consistency(old, size, &old_root, &root, &proof),
+                "{old} -> {size}"
+            );
+        }
+    }
+    assert_eq!(tree.leaf(total), None);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
 
