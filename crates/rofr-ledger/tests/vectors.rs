@@ -212,15 +212,21 @@ fn reference_root(leaves: &[Hash]) -> Hash {
     }
 }
 
-#[test]
-fn every_proof_verifies_for_every_tree_size_up_to_300() {
+/// A tree of `n` leaves (the entries are 0, 1, … as four bytes), and its leaf hashes.
+fn tree_of(n: u32) -> (MerkleTree, Vec<Hash>) {
     let mut tree = MerkleTree::new();
     let mut leaves = Vec::new();
-    for i in 0..300u32 {
+    for i in 0..n {
         let data = i.to_be_bytes();
         tree.append(&data);
         leaves.push(leaf_hash(&data));
     }
+    (tree, leaves)
+}
+
+#[test]
+fn every_proof_verifies_for_every_tree_size_up_to_300() {
+    let (tree, leaves) = tree_of(300);
     for size in 1..=300u64 {
         let root = tree.root(size).unwrap();
         assert_eq!(
@@ -253,13 +259,7 @@ fn every_proof_verifies_for_every_tree_size_up_to_300() {
 fn roots_and_proofs_hold_across_the_levels_blocks() {
     const BLOCK: u64 = 4096;
     let total = 3 * BLOCK + 5;
-    let mut tree = MerkleTree::new();
-    let mut leaves = Vec::new();
-    for i in 0..total {
-        let data = i.to_be_bytes();
-        tree.append(&data);
-        leaves.push(leaf_hash(&data));
-    }
+    let (tree, leaves) = tree_of(total as u32);
     assert_eq!(tree.len(), total);
     let edges = [
         BLOCK - 1,
