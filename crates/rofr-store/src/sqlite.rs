@@ -149,6 +149,50 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Starts a thread that copies the write-ahead log into the database file in the
+    /// background, on a connection of its own, so that a commit seldom finds the log
+    /// long enough to copy it itself (SQLite's automatic checkpoint, at 10,000 pages,
+    /// then finds little left to do). It looks every 20 ms while the log grows and
+    /// backs off to once a second while it does not; it stops once `keep_going` says so.
+    /// The checkpoints are PASSIVE: they never wait for, or block, the writer.
+    pub fn spawn_checkpointer(
+        path: &Path,
+        keep_going: impl Fn() -> bool + Send + 'static,
+    ) -> Result<()> {
+        const BUSY: std::time::Duration = std::time::Duration::from_millis(20);
+        const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+        let conn = Connection::open(path).map_err(db("opening the database"))?;
+        std::thread::Builder::new()
+            .name("rofr-checkpointer".into())
+            .spawn(move || {
+                let mut pause = BUSY;
+                let mut copied_before = -1i64;
+                loop {
+                    std::thread::sleep(pause);
+                    if !keep_going() {
+                        return;
+                    }
+                    // (busy, frames in the log, frames copied into the database)
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    pause = match done {
+                        Ok((_, copied)) if copied != copied_before => {
+                            copied_before = copied;
+                            BUSY
+                        }
+                        Ok(_) => (pause * 2).min(IDLE),
+                        Err(error) => {
+                            tracing::warn!(%error, "a background checkpoint failed; retrying");
+                            IDLE
+                        }
+                    };
+                }
+            })
+            .map_err(|e| StoreError::Setup(format!("cannot start the checkpointer thread: {e}")))?;
+        Ok(())
+    }
+
     /// The schema version of a database file, read without migrating it.
     pub fn version_of(path: &Path) -> Result<usize> {
         let conn = Connection::open(path).map_err(db("opening the database"))?;
@@ -674,6 +718,57 @@ fn need_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NeedRow> {
 mod tests {
     use super::*;
     use crate::NewEvent;
+
+    #[test]
+    fn the_background_checkpointer_copies_the_log_into_the_database_file() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rofr.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        // About a megabyte: a few hundred pages, far from the automatic checkpoint's
+        // 10,000, so nothing else copies them while the store stays open.
+        for batch in 0..50 {
+            let events = (0..20)
+                .map(|n| NewEvent {
+                    need: format!("n{batch}"),
+                    kind: "need_submitted".into(),
+                    at: "2025-01-01T00:00:00Z".into(),
+                    data: vec![b'x'; 1_000],
+                    leaf_hash: [n; 32],
+                })
+                .collect();
+            store
+                .commit(&Batch {
+                    events,
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let before = size();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            size(),
+            before,
+            "nothing copied the log without the checkpointer"
+        );
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        SqliteStore::spawn_checkpointer(&path, move || flag.load(Ordering::Relaxed)).unwrap();
+        let started = std::time::Instant::now();
+        while size() <= before + 1_000_000 && started.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        running.store(false, Ordering::Relaxed);
+        assert!(
+            size() > before + 1_000_000,
+            "the database file grew from {before} to {} bytes",
+            size()
+        );
+        assert_eq!(store.event_count().unwrap(), 1_000);
+    }
 
     #[test]
     fn committed_events_come_back_in_order_after_reopening() {
