@@ -735,7 +735,7 @@ impl Committer {
             match message {
                 ToCommitter::Batch(pending) => {
                     if let Some(error) = &failure {
-                        refuse(pending.answers, error);
+                        refuse(pending.answers.into_iter().map(|(reply, _)| reply), error);
                         continue;
                     }
                     match finish(&self.inner, self.store.as_mut(), pending) {
@@ -758,8 +758,15 @@ impl Committer {
     }
 }
 
-fn refuse(answers: Vec<(ReplyTo, Result<Reply, BrokerError>)>, error: &str) {
-    for (reply, _) in answers {
+/// Keeps committed entries for their buffers, up to [`SPARE_ENTRIES`].
+fn keep_spare(spare: &mut Vec<NewEvent>, entries: Vec<NewEvent>) {
+    let room = SPARE_ENTRIES.saturating_sub(spare.len());
+    spare.extend(entries.into_iter().take(room));
+}
+
+/// Answers each of `replies` that storage failed.
+fn refuse(replies: impl IntoIterator<Item = ReplyTo>, error: &str) {
+    for reply in replies {
         let _ = reply.send(Err(BrokerError::Setup(format!("storage failed: {error}"))));
     }
 }
@@ -776,7 +783,8 @@ fn finish(
     if pending.writes {
         if let Err(error) = store.commit(&pending.batch) {
             tracing::error!(%error, "commit failed; the batch is refused and the engine reloaded from the log");
-            refuse(pending.answers, &error.to_string());
+            let replies = pending.answers.into_iter().map(|(reply, _)| reply);
+            refuse(replies, &error.to_string());
             return Err(error);
         }
         inner
@@ -983,8 +991,7 @@ impl Writer {
         }
         if let Some(returned) = &self.returned {
             while let Ok(entries) = returned.try_recv() {
-                let room = SPARE_ENTRIES.saturating_sub(self.spare.len());
-                self.spare.extend(entries.into_iter().take(room));
+                keep_spare(&mut self.spare, entries);
             }
         }
         let on_disk = self.inner.durable.borrow().1;
@@ -1014,12 +1021,8 @@ impl Writer {
         if let Err(error) = ready {
             let _ = self.store.abort();
             tracing::error!(%error, "cannot read the log; commands refused until it can be read");
-            let message = error.to_string();
-            for reply in jobs.into_iter().map(|job| job.reply).chain(flushes) {
-                let _ = reply.send(Err(BrokerError::Setup(format!(
-                    "storage failed: {message}"
-                ))));
-            }
+            let replies = jobs.into_iter().map(|job| job.reply).chain(flushes);
+            refuse(replies, &error.to_string());
             return;
         }
         if !writes {
@@ -1179,8 +1182,7 @@ impl Writer {
         match finish(&inner, self.store.as_mut(), pending) {
             Ok(entries) => {
                 drop(engine);
-                let room = SPARE_ENTRIES.saturating_sub(self.spare.len());
-                self.spare.extend(entries.into_iter().take(room));
+                keep_spare(&mut self.spare, entries);
                 checkpoint_if_due(&inner, self.store.as_mut());
             }
             Err(_) => {
