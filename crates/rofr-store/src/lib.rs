@@ -150,8 +150,9 @@ pub struct StoredEvent {
     pub leaf_hash: Option<Vec<u8>>,
 }
 
-/// A row of the needs projection: what list queries read. The projection may trail the
-/// log by a moment under load; at start it is checked against the log and rebuilt.
+/// A row of the needs projection: what list queries read. The broker writes rows up to
+/// 100 ms after the log, and before any list query; at start the projection is checked
+/// against the log and rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeedRow {
     pub id: String,
