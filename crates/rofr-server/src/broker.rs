@@ -694,6 +694,34 @@ fn projection(engine: &Engine, touches: &BTreeMap<String, Touch>) -> Vec<NeedRow
         .collect()
 }
 
+/// Whether the stored needs projection holds exactly the rows the engine gives for
+/// `touches`. Both are ordered by id and compared a page at a time, so that neither is
+/// ever whole in memory.
+fn projection_agrees(
+    store: &dyn Store,
+    engine: &Engine,
+    touches: &BTreeMap<String, Touch>,
+) -> Result<bool, BrokerError> {
+    const PAGE: u32 = 10_000;
+    let state = engine.state();
+    let mut expected = touches
+        .iter()
+        .filter_map(|(id, t)| state.needs.get(id.as_str()).map(|n| need_row(n, t)));
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_needs(None, after.as_deref(), PAGE)?;
+        for row in &page {
+            if expected.next().as_ref() != Some(row) {
+                return Ok(false);
+            }
+        }
+        if (page.len() as u32) < PAGE {
+            return Ok(expected.next().is_none());
+        }
+        after = page.last().map(|row| row.id.clone());
+    }
+}
+
 /// How long the needs projection may trail the log. A list query asks for the rows
 /// first ([`Broker::projected`]), so it never sees them trail.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -853,10 +881,10 @@ impl Writer {
         let mut engine = inner.engine.write().expect("engine lock");
         let settled = self.catch_up(&mut engine).and_then(|()| {
             let touches = self.settling.take().unwrap_or_default();
-            let rows = projection(&engine, &touches);
-            if self.store.all_need_rows()? == rows {
+            if projection_agrees(self.store.as_ref(), &engine, &touches)? {
                 return Ok(self.store.abort()?);
             }
+            let rows = projection(&engine, &touches);
             tracing::warn!(
                 needs = rows.len(),
                 "the needs projection disagreed with the event log; rebuilt it from the log"

@@ -7,6 +7,9 @@
 //!
 //! A damaged log: the broker does not start on a log it cannot fold; an entry that does
 //! not parse, or a missing entry, is named in the error, and nothing is written.
+//!
+//! A needs projection that disagrees with the log (a row changed, missing or extra) is
+//! rebuilt from the log at start.
 
 use std::time::Duration;
 
@@ -184,4 +187,32 @@ async fn a_missing_entry_is_named() {
     let error = open(dir.path()).err().expect("the broker refused to start");
     assert_eq!(error.to_string(), "the log jumps from entry 1 to entry 3");
     assert_eq!(count(dir.path()), entries as i64 - 1, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_that_disagrees_with_the_log_is_rebuilt_at_start() {
+    let edits = [
+        "UPDATE needs SET status = 'completed', awarded = 8 WHERE id = 'n2'",
+        "DELETE FROM needs WHERE id = 'n3'",
+        "INSERT INTO needs (id, status, sku, gpus, awarded, submitted_at, updated_at, first_event, last_event)
+         VALUES ('n0', 'waiting', 'H100', 1, 0, 'x', 'x', 0, 0)",
+    ];
+    for edit in edits {
+        let dir = tempfile::tempdir().unwrap();
+        log_of_three_needs(dir.path()).await;
+        let rows = || {
+            let store = rofr_store::SqliteStore::open(&dir.path().join("rofr.db")).unwrap();
+            rofr_store::Store::list_needs(&store, None, None, 100).unwrap()
+        };
+        let written = rows();
+        assert_eq!(written.len(), 3, "{written:?}");
+        let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
+        db.execute(edit, []).unwrap();
+        drop(db);
+        assert_ne!(rows(), written, "{edit}");
+        let broker = open(dir.path()).unwrap();
+        broker.shutdown();
+        drop(broker);
+        assert_eq!(rows(), written, "after {edit}");
+    }
 }

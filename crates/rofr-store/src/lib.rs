@@ -68,8 +68,6 @@ pub trait Store: Send {
         limit: u32,
     ) -> Result<Vec<NeedRow>>;
 
-    fn all_need_rows(&self) -> Result<Vec<NeedRow>>;
-
     /// Registers (or replaces) a provider's webhook.
     fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()>;
 

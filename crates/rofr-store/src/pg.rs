@@ -475,10 +475,6 @@ impl Store for PostgresStore {
                      FROM needs WHERE ($1::TEXT IS NULL OR status = $1) AND id > $2 ORDER BY id LIMIT $3", &[&status, &after, &i64::from(limit)], need_row)
     }
 
-    fn all_need_rows(&self) -> Result<Vec<NeedRow>> {
-        self.list_needs(None, None, u32::MAX)
-    }
-
     fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()> {
         self.with(|c| {
             c.execute(

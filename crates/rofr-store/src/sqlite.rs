@@ -398,10 +398,6 @@ impl Store for SqliteStore {
             .map_err(db("listing needs"))
     }
 
-    fn all_need_rows(&self) -> Result<Vec<NeedRow>> {
-        self.list_needs(None, None, u32::MAX)
-    }
-
     fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()> {
         self.conn
             .execute(
