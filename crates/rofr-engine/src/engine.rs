@@ -38,18 +38,6 @@ impl Engine {
         }
     }
 
-    /// Rebuilds an engine from its events (I4). The clock resumes at `clock`, or at the
-    /// last event's time if that is later.
-    pub fn replay<'a>(
-        deal: Arc<Deal>,
-        events: impl IntoIterator<Item = &'a Event>,
-        clock: Timestamp,
-    ) -> Engine {
-        let state = State::from_events(events);
-        let clock = state.last_at.map_or(clock, |last| last.max(clock));
-        Engine { deal, state, clock }
-    }
-
     /// Folds in an event another engine decided (a replica sharing the log), moving
     /// the clock to its time if that is later.
     pub fn apply(&mut self, event: &Event) {

@@ -84,7 +84,7 @@ impl std::ops::Index<usize> for Column {
     type Output = Hash;
 
     fn index(&self, index: usize) -> &Hash {
-        &self.blocks[index / BLOCK][index % BLOCK]
+        self.get(index).expect("an index within the level")
     }
 }
 

@@ -735,8 +735,6 @@ struct Pending {
     first: u64,
     batch: Batch,
     answers: Vec<(ReplyTo, Result<Reply, BrokerError>)>,
-    /// Whether the batch holds anything to write.
-    writes: bool,
 }
 
 /// What the writer hands the committer thread.
@@ -808,7 +806,7 @@ fn finish(
     mut pending: Pending,
 ) -> Result<Vec<NewEvent>, StoreError> {
     let events = &pending.batch.events;
-    if pending.writes {
+    if !pending.batch.is_empty() {
         if let Err(error) = store.commit(&pending.batch) {
             tracing::error!(%error, "commit failed; the batch is refused and the engine reloaded from the log");
             let replies = pending.answers.into_iter().map(|(reply, _)| reply);
@@ -1023,9 +1021,7 @@ impl Writer {
             }
         }
         let on_disk = self.inner.durable.borrow().1;
-        if !self.unsettled_keys.is_empty() {
-            self.unsettled_keys.retain(|_, (end, _)| *end > on_disk);
-        }
+        self.unsettled_keys.retain(|_, (end, _)| *end > on_disk);
         let inner = self.inner.clone();
         let mut engine = inner.engine.write().expect("engine lock");
         let due = engine
@@ -1165,22 +1161,18 @@ impl Writer {
             };
             (reply, Ok(done))
         }));
-        let mut writes = !batch.events.is_empty() || !batch.idempotency.is_empty();
-        if writes || (flush && !self.dirty.is_empty()) {
-            writes = true;
-            for (offset, event) in batch.events.iter().enumerate() {
-                touch(
-                    &mut self.dirty,
-                    &event.need,
-                    &event.at,
-                    self.next_index + offset as u64,
-                );
-            }
-            if flush {
-                batch.needs = projection(&engine, &self.dirty);
-                self.dirty.clear();
-                self.last_flush = Instant::now();
-            }
+        for (offset, event) in batch.events.iter().enumerate() {
+            touch(
+                &mut self.dirty,
+                &event.need,
+                &event.at,
+                self.next_index + offset as u64,
+            );
+        }
+        if flush {
+            batch.needs = projection(&engine, &self.dirty);
+            self.dirty.clear();
+            self.last_flush = Instant::now();
         }
         let first = self.next_index;
         self.next_index += batch.events.len() as u64;
@@ -1191,7 +1183,6 @@ impl Writer {
             first,
             batch,
             answers,
-            writes,
         };
         if let Some(committer) = &self.committer {
             drop(engine);
@@ -1202,7 +1193,7 @@ impl Writer {
             }
             return;
         }
-        if !writes {
+        if pending.batch.is_empty() {
             if let Err(error) = self.store.abort() {
                 tracing::error!(%error, "ending an empty transaction failed");
             }

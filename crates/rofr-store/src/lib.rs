@@ -195,6 +195,16 @@ pub struct Batch {
     pub deliveries: Vec<NewDelivery>,
 }
 
+impl Batch {
+    /// Whether committing it would write nothing.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.needs.is_empty()
+            && self.idempotency.is_empty()
+            && !self.reset_projection
+    }
+}
+
 /// A webhook delivery to queue with a batch.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
