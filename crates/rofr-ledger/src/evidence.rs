@@ -11,7 +11,7 @@ use rofr_engine::{Event, EventKind};
 use serde::{Deserialize, Serialize};
 
 use crate::note::{Checkpoint, VerifierKey};
-use crate::tree::{leaf_hash, verify_inclusion, Hash, MerkleTree};
+use crate::tree::{leaf_hash, verify_inclusion, Hash, LeafSource, MerkleTree, Unreadable};
 
 pub const FORMAT: &str = "rofr-evidence/1";
 
@@ -36,33 +36,35 @@ pub struct Entry {
 }
 
 /// Builds a bundle for entries (index, bytes) of one need, proved against the tree of
-/// the checkpoint's size.
+/// the checkpoint's size; `source` reads back what a forgetful tree left out. `None`
+/// when an entry lies beyond the checkpoint.
 pub fn build(
     tree: &MerkleTree,
+    source: &mut LeafSource,
     checkpoint: &Checkpoint,
     signed_checkpoint: String,
     verifier_key: String,
     holder: Option<String>,
     entries: &[(u64, Vec<u8>)],
-) -> Option<Bundle> {
-    let entries = entries
-        .iter()
-        .map(|(index, data)| {
-            let proof = tree.inclusion_proof(*index, checkpoint.size)?;
-            Some(Entry {
-                index: *index,
-                data: B64.encode(data),
-                proof: proof.iter().map(|h| B64.encode(h)).collect(),
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(Bundle {
+) -> Result<Option<Bundle>, Unreadable> {
+    let mut proved = Vec::with_capacity(entries.len());
+    for (index, data) in entries {
+        let Some(proof) = tree.inclusion_proof_from(*index, checkpoint.size, source)? else {
+            return Ok(None);
+        };
+        proved.push(Entry {
+            index: *index,
+            data: B64.encode(data),
+            proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        });
+    }
+    Ok(Some(Bundle {
         format: FORMAT.into(),
         verifier_key,
         checkpoint: signed_checkpoint,
         holder,
-        entries,
-    })
+        entries: proved,
+    }))
 }
 
 /// Why a bundle does not verify, and the entry at fault where there is one.

@@ -11,4 +11,7 @@ pub mod note;
 pub mod tree;
 
 pub use note::{Checkpoint, NoteError, SigningKey, VerifierKey};
-pub use tree::{leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
+pub use tree::{
+    leaf_hash, no_leaves, node_hash, verify_consistency, verify_inclusion, Hash, LeafSource,
+    MerkleTree, Unreadable,
+};

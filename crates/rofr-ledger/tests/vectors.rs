@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use rofr_ledger::tree::{
     empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree,
 };
-use rofr_ledger::{Checkpoint, SigningKey, VerifierKey};
+use rofr_ledger::{Checkpoint, SigningKey, Unreadable, VerifierKey};
 
 fn h(hex_text: &str) -> Hash {
     hex::decode(hex_text).unwrap().try_into().unwrap()
@@ -306,6 +306,90 @@ fn roots_and_proofs_hold_across_the_levels_blocks() {
         }
     }
     assert_eq!(tree.leaf(total), None);
+}
+
+/// A forgetful tree of blocks of 8 leaves over `leaves`.
+fn forgetful_of(leaves: &[Hash]) -> MerkleTree {
+    let mut tree = MerkleTree::forgetful(3);
+    for leaf in leaves {
+        tree.push_leaf_hash(*leaf);
+    }
+    tree
+}
+
+/// A forgetful tree (blocks of 8 leaves) answers every root and proof exactly as a full
+/// tree does, for every size up to 70, reading forgotten leaves back only where a
+/// proof needs them, and a whole block at a time.
+#[test]
+fn a_forgetful_tree_proves_what_a_full_tree_proves() {
+    let (full, leaves) = tree_of(70);
+    let forgetful = forgetful_of(&leaves);
+    assert_eq!(forgetful.len(), 70);
+    // The lower levels are kept only after the last whole block (64..70).
+    assert_eq!(forgetful.leaf(63), None);
+    assert_eq!(forgetful.leaf(64), Some(&leaves[64]));
+    assert_eq!(
+        forgetful.root(70),
+        full.root(70),
+        "the whole tree's root needs no reads"
+    );
+    let mut reads: Vec<(u64, u64)> = Vec::new();
+    let mut source = |lo: u64, hi: u64| -> Result<Vec<Hash>, Unreadable> {
+        reads.push((lo, hi));
+        Ok(leaves[lo as usize..hi as usize].to_vec())
+    };
+    for size in 0..=70 {
+        assert_eq!(
+            forgetful.root_from(size, &mut source).unwrap(),
+            full.root(size),
+            "root of {size}"
+        );
+        for index in 0..size {
+            assert_eq!(
+                forgetful
+                    .inclusion_proof_from(index, size, &mut source)
+                    .unwrap(),
+                full.inclusion_proof(index, size),
+                "leaf {index} of {size}"
+            );
+        }
+        for old in 0..=size {
+            assert_eq!(
+                forgetful
+                    .consistency_proof_from(old, size, &mut source)
+                    .unwrap(),
+                full.consistency_proof(old, size),
+                "{old} -> {size}"
+            );
+        }
+    }
+    assert_eq!(
+        forgetful.inclusion_proof_from(3, 71, &mut source).unwrap(),
+        None
+    );
+    assert!(!reads.is_empty());
+    assert!(reads
+        .iter()
+        .all(|&(lo, hi)| lo % 8 == 0 && hi == lo + 8 && hi <= 64));
+}
+
+/// Leaves read back that do not hash to the kept block node, or too few of them, are
+/// refused rather than turned into a proof.
+#[test]
+fn a_forgetful_tree_refuses_leaves_that_changed() {
+    let (_, leaves) = tree_of(40);
+    let tree = forgetful_of(&leaves);
+    let mut changed = |lo: u64, hi: u64| -> Result<Vec<Hash>, Unreadable> {
+        let mut read = leaves[lo as usize..hi as usize].to_vec();
+        read[2][0] ^= 1;
+        Ok(read)
+    };
+    let error = tree.inclusion_proof_from(5, 40, &mut changed).unwrap_err();
+    assert!(error.0.contains("entries 0..8"), "{error}");
+    assert!(error.0.contains("do not hash"), "{error}");
+    let mut short = |lo: u64, hi: u64| Ok(leaves[lo as usize..hi as usize - 1].to_vec());
+    let error = tree.consistency_proof_from(9, 40, &mut short).unwrap_err();
+    assert!(error.0.contains("7 leaves read back, not 8"), "{error}");
 }
 
 proptest! {

@@ -1102,7 +1102,7 @@ async fn inclusion_proof(
         }
     }
     broker
-        .ledger(|l| l.tree().inclusion_proof(query.index, query.size))
+        .ledger_with_log(|l, log| l.inclusion_proof(query.index, query.size, log))?
         .map(|proof| Json(ProofAnswer { proof: b64(&proof) }))
         .ok_or_else(|| {
             ApiError::new(
@@ -1129,7 +1129,7 @@ async fn consistency_proof(
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<Json<ProofAnswer>, ApiError> {
     broker
-        .ledger(|l| l.tree().consistency_proof(query.from, query.to))
+        .ledger_with_log(|l, log| l.consistency_proof(query.from, query.to, log))?
         .map(|proof| Json(ProofAnswer { proof: b64(&proof) }))
         .ok_or_else(|| {
             ApiError::new(

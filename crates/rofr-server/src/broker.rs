@@ -429,6 +429,14 @@ impl Broker {
         f(&mut ledger)
     }
 
+    /// Runs `f` with the ledger and the read connection, which gives back the leaves
+    /// its tree let go of. (The ledger is always locked before the connection.)
+    pub fn ledger_with_log<T>(&self, f: impl FnOnce(&crate::ledger::Ledger, &dyn Store) -> T) -> T {
+        let ledger = self.inner.ledger.lock().expect("ledger lock");
+        let store = self.inner.reader.lock().expect("store lock poisoned");
+        f(&ledger, store.as_ref())
+    }
+
     /// Changes when checkpoints are made without being asked for.
     pub fn set_checkpoint_policy(&self, policy: crate::ledger::CheckpointPolicy) {
         self.ledger(|l| l.policy = policy);
@@ -459,7 +467,10 @@ impl Broker {
                 .and_then(|n| n.holder.as_ref().map(|h| h.to_string()))
         });
         let entries: Vec<(u64, Vec<u8>)> = rows.into_iter().map(|r| (r.index, r.data)).collect();
-        let made = self.ledger(|l| l.evidence(holder, &entries));
+        let made = self.ledger(|l| {
+            let store = self.inner.reader.lock().expect("store lock poisoned");
+            l.evidence(holder, &entries, store.as_ref())
+        })?;
         let Some((bundle, made_now)) = made else {
             return Ok(None);
         };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rofr_ledger::evidence::{self, Bundle};
-use rofr_ledger::{leaf_hash, Checkpoint, MerkleTree, SigningKey, VerifierKey};
+use rofr_ledger::{leaf_hash, Checkpoint, Hash, MerkleTree, SigningKey, Unreadable, VerifierKey};
 use rofr_store::{Location, Store};
 
 use crate::broker::BrokerError;
@@ -108,6 +108,34 @@ fn read_key(path: &Path) -> Result<SigningKey, BrokerError> {
     })
 }
 
+/// The broker's tree keeps its lower levels only for the last 2^10 entries' block; a
+/// proof reaching into an older block reads its 1,024 entries back from the log.
+const TREE_BLOCK_BITS: u32 = 10;
+
+/// Reads the leaf hashes of entries [lo, hi) back from the log, hashing each entry's
+/// bytes afresh (the tree then checks them against the node it kept over them).
+pub fn read_leaves(store: &dyn Store, lo: u64, hi: u64) -> Result<Vec<Hash>, Unreadable> {
+    let count = u32::try_from(hi - lo).expect("a block of the ledger's tree");
+    let rows = store
+        .events_after(lo.checked_sub(1), count)
+        .map_err(|e| Unreadable(format!("reading entries {lo}..{hi} back: {e}")))?;
+    let mut hashes = Vec::with_capacity(rows.len());
+    for (expected, row) in (lo..hi).zip(&rows) {
+        if row.index != expected {
+            return Err(Unreadable(format!(
+                "entry {expected} is missing from the log (the next is {})",
+                row.index
+            )));
+        }
+        hashes.push(leaf_hash(&row.data));
+    }
+    Ok(hashes)
+}
+
+fn unreadable(error: Unreadable) -> BrokerError {
+    BrokerError::Setup(format!("the ledger could not read its log back: {error}"))
+}
+
 pub struct Ledger {
     tree: MerkleTree,
     key: SigningKey,
@@ -129,7 +157,7 @@ impl Ledger {
                 store.init_meta("ledger_origin", &origin)?
             }
         };
-        let tree = MerkleTree::new();
+        let tree = MerkleTree::forgetful(TREE_BLOCK_BITS);
         let latest = store.checkpoints()?.pop();
         Ok(Ledger {
             tree,
@@ -146,8 +174,30 @@ impl Ledger {
         self.tree.append(data);
     }
 
-    pub fn tree(&self) -> &MerkleTree {
-        &self.tree
+    /// The audit path of entry `index` in the tree of the first `size` entries; `None`
+    /// unless index < size ≤ the log's length.
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+        store: &dyn Store,
+    ) -> Result<Option<Vec<Hash>>, BrokerError> {
+        self.tree
+            .inclusion_proof_from(index, size, &mut |lo, hi| read_leaves(store, lo, hi))
+            .map_err(unreadable)
+    }
+
+    /// The consistency proof between the first `old` and the first `new` entries; `None`
+    /// unless old ≤ new ≤ the log's length.
+    pub fn consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+        store: &dyn Store,
+    ) -> Result<Option<Vec<Hash>>, BrokerError> {
+        self.tree
+            .consistency_proof_from(old, new, &mut |lo, hi| read_leaves(store, lo, hi))
+            .map_err(unreadable)
     }
 
     pub fn verifier_key(&self) -> String {
@@ -194,33 +244,43 @@ impl Ledger {
     }
 
     /// An evidence bundle for the entries (index, bytes) of one need, against the latest
-    /// checkpoint, made now if it does not cover them all.
+    /// checkpoint, made now if it does not cover them all; `store` gives back the
+    /// leaves the tree let go of.
     pub fn evidence(
         &mut self,
         holder: Option<String>,
         entries: &[(u64, Vec<u8>)],
-    ) -> Option<(Bundle, bool)> {
+        store: &dyn Store,
+    ) -> Result<Option<(Bundle, bool)>, BrokerError> {
         let needed = entries.last().map_or(0, |(i, _)| i + 1);
         let mut made = false;
         if self.latest.as_ref().is_none_or(|(size, _)| *size < needed) {
             self.checkpoint();
             made = true;
         }
-        let (size, note) = self.latest.clone()?;
+        let Some((size, note)) = self.latest.clone() else {
+            return Ok(None);
+        };
+        let source = &mut |lo, hi| read_leaves(store, lo, hi);
+        let Some(root) = self.tree.root_from(size, source).map_err(unreadable)? else {
+            return Ok(None);
+        };
         let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size,
-            root: self.tree.root(size)?,
+            root,
         };
         let bundle = evidence::build(
             &self.tree,
+            source,
             &checkpoint,
             note,
             self.verifier_key(),
             holder,
             entries,
-        )?;
-        Some((bundle, made))
+        )
+        .map_err(unreadable)?;
+        Ok(bundle.map(|b| (b, made)))
     }
 }
 

@@ -216,3 +216,100 @@ async fn a_projection_that_disagrees_with_the_log_is_rebuilt_at_start() {
         assert_eq!(rows(), written, "after {edit}");
     }
 }
+
+/// Whether the ledger's answers for a log of `entries` entries verify against a fresh
+/// checkpoint: inclusion of entries in the first, forgotten block of the tree and in
+/// the last one, consistency from sizes inside forgotten blocks, and the evidence of
+/// the first need, every entry of which lies in the first block.
+fn ledger_answers_verify(broker: &Broker) {
+    let (size, note) = broker.checkpoint_now().unwrap();
+    assert!(size > 1024, "the log reaches past the tree's first block");
+    let key = rofr_ledger::VerifierKey::parse(&broker.ledger(|l| l.verifier_key())).unwrap();
+    let checkpoint = rofr_ledger::Checkpoint::parse(key.open(&note).unwrap()).unwrap();
+    let rows = broker.store(|s| s.all_events()).unwrap();
+    assert_eq!(rows.len() as u64, size);
+    for index in [0, 5, 1023, 1024, size - 1] {
+        let proof = broker
+            .ledger_with_log(|l, log| l.inclusion_proof(index, size, log))
+            .unwrap()
+            .unwrap();
+        let leaf = rofr_ledger::leaf_hash(&rows[index as usize].data);
+        assert!(
+            rofr_ledger::verify_inclusion(index, size, &leaf, &proof, &checkpoint.root),
+            "entry {index} of {size}"
+        );
+    }
+    for old in [1, 100, 1024, 1100] {
+        let mut full = rofr_ledger::MerkleTree::new();
+        for row in &rows[..old as usize] {
+            full.append(&row.data);
+        }
+        let proof = broker
+            .ledger_with_log(|l, log| l.consistency_proof(old, size, log))
+            .unwrap()
+            .unwrap();
+        assert!(
+            rofr_ledger::verify_consistency(
+                old,
+                size,
+                &full.root(old).unwrap(),
+                &checkpoint.root,
+                &proof
+            ),
+            "{old} -> {size}"
+        );
+    }
+    let bundle = broker.evidence("m000").unwrap().unwrap();
+    let json = serde_json::to_vec(&bundle).unwrap();
+    let report = rofr_ledger::evidence::verify(&json, &key).unwrap();
+    assert_eq!(report.need, "m000");
+    assert!(bundle.entries.iter().all(|e| e.index < 1024));
+}
+
+/// The broker's ledger tree keeps only its top levels for whole blocks of 1,024 entries
+/// and reads a block's entries back from the log when a proof needs them: the proofs
+/// verify, before and after a restart, and a log changed behind the broker's back is
+/// refused with the entries named rather than proved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_read_forgotten_leaves_back_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path()).unwrap();
+    let mut submitted = Vec::new();
+    for i in 0..600 {
+        let broker = broker.clone();
+        submitted.push(tokio::spawn(async move {
+            broker
+                .execute(Party::Buyer, need(&format!("m{i:03}")), None)
+                .await
+        }));
+    }
+    for answer in submitted {
+        answer.await.unwrap().unwrap();
+    }
+    ledger_answers_verify(&broker);
+
+    broker.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(broker);
+    let broker = open(dir.path()).unwrap();
+    ledger_answers_verify(&broker);
+
+    let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
+    db.execute(
+        "UPDATE events SET data = CAST(data || X'20' AS BLOB) WHERE idx = 7",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let size = broker.store(|s| s.event_count()).unwrap();
+    let error = broker
+        .ledger_with_log(|l, log| l.inclusion_proof(3, size, log))
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("entries 0..1024 read back do not hash"),
+        "{error}"
+    );
+    broker.shutdown();
+}
