@@ -10,6 +10,7 @@
 //! Pure: no IO.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -645,12 +646,19 @@ fn least_cost(
     let started = std::time::Instant::now();
     // The relaxation first: its cost bounds every allocation from below, and rounding
     // its answer down to whole units, then filling greedily, gives a good start.
-    let (relaxation, lp_vars) = program(instance, limits, false, &Objective::Cost);
+    let (relaxation, lp_vars) = program(instance, limits, false, &Objective::Cost, None);
+    let relaxing = std::time::Instant::now();
     let relaxed = match relaxation.solve() {
         Ok(outcome) => outcome.solution().cloned(),
         Err(microlp::Error::Infeasible) => return Ok(infeasible()),
         Err(error) => return Err(Infeasible(format!("the solver failed: {error}"))),
     };
+    // How long a relaxation of this instance takes: the search starts with one, and
+    // cannot be stopped before it is solved.
+    let relaxing = relaxing.elapsed();
+    // What the next step may take: what is left, less a margin for checking answers,
+    // so that the whole call keeps to the limit.
+    let remaining = || time_limit.map(|t| t.saturating_sub(started.elapsed()).mul_f64(0.8));
     let mut bound = instance.lower_bound();
     let mut candidates: Vec<Solution> = Vec::new();
     if let Some(lp) = &relaxed {
@@ -666,10 +674,17 @@ fn least_cost(
             candidates
                 .extend(fill(instance, limits, preferred, Strategy::CheapestFirst, start).ok());
         }
+        // Another relaxation of the same size: started only where one fits in the time
+        // left (the solver overshoots its own limit by a good part of a second on the
+        // largest instances), and given up at the limit.
+        let deadline = time_limit.map(|t| started + t);
+        if remaining().is_none_or(|r| r > relaxing) {
+            if let Some(start) = round_by_units(instance, limits, &lp_vars, lp, deadline) {
+                candidates
+                    .extend(fill(instance, limits, preferred, Strategy::CheapestFirst, start).ok());
+            }
+        }
     }
-    // The search gets what is left, less a margin for building its program and
-    // checking its answer, so that the whole call keeps to the limit.
-    let remaining = time_limit.map(|t| t.saturating_sub(started.elapsed()).mul_f64(0.8));
     if skip_search {
         // Cheapest first from nothing keeps every limit where nothing placed does, so
         // there is always an answer without the search.
@@ -684,16 +699,20 @@ fn least_cost(
             .ok(),
         );
     }
-    if (skip_search || remaining.is_some_and(|r| r.as_millis() < 50)) && !candidates.is_empty() {
+    let too_late = || remaining().is_some_and(|r| r < relaxing.max(Duration::from_millis(50)));
+    if (skip_search || too_late()) && !candidates.is_empty() {
         return Ok(cheapest_against(candidates, bound));
     }
-    let (problem, vars) = program(instance, limits, true, &Objective::Cost);
+    let (problem, vars) = program(instance, limits, true, &Objective::Cost, None);
+    if too_late() && !candidates.is_empty() {
+        return Ok(cheapest_against(candidates, bound));
+    }
     let proven = search(
         instance,
         limits,
         problem,
         vars,
-        remaining,
+        remaining(),
         SolutionStatus::Optimal,
     )?;
     if proven.status == "infeasible" || proven.status == "optimal" {
@@ -701,6 +720,58 @@ fn least_cost(
     }
     candidates.push(proven);
     Ok(cheapest_against(candidates, bound))
+}
+
+/// GPUs of each pool set aside for the needs of each unit: (pool, unit) → GPUs.
+type UnitRooms = BTreeMap<(usize, u64), u64>;
+
+/// Rounds the relaxation by shares of pools rather than need by need. Where each pool's
+/// GPUs are shared out among units in whole units (the relaxation's share of each unit
+/// above one, rounded down; the rest to single GPUs), what is left is one
+/// transportation problem per unit, whose relaxation has an optimum in whole units.
+/// So solving the relaxation again under those shares and rounding it down (a no-op
+/// unless a limit binds) gives an allocation that gives up only the rounding of the
+/// shares: far less, on the benchmark's instances, than rounding each need's units.
+fn round_by_units(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    lp_vars: &Vars,
+    lp: &microlp::Solution,
+    deadline: Option<std::time::Instant>,
+) -> Option<BTreeMap<(usize, usize), u64>> {
+    let mut shares: BTreeMap<(usize, u64), f64> = BTreeMap::new();
+    for &(n, p, v) in lp_vars {
+        let unit = instance.needs[n].unit;
+        *shares.entry((p, unit)).or_default() += lp.var_value(v) * unit as f64;
+    }
+    let mut rooms: UnitRooms = BTreeMap::new();
+    let mut left: Vec<u64> = instance.pools.iter().map(|p| p.gpus).collect();
+    for (&(p, unit), &gpus) in shares.iter().filter(|((_, unit), _)| *unit > 1) {
+        let room = (((gpus + 1e-6) / unit as f64).floor().max(0.0) as u64 * unit).min(left[p]);
+        left[p] -= room;
+        rooms.insert((p, unit), room);
+    }
+    for &(p, unit) in shares.keys().filter(|(_, unit)| *unit == 1) {
+        rooms.insert((p, unit), left[p]);
+    }
+    let (problem, vars) = program(instance, limits, false, &Objective::Cost, Some(&rooms));
+    let mut options = microlp::SolveOptions::default();
+    // A margin for rounding, filling and checking the answer after it.
+    options.time_limit = deadline.map(|d| {
+        d.saturating_duration_since(std::time::Instant::now())
+            .mul_f64(0.8)
+    });
+    let outcome = problem.solve_with(options).ok()?;
+    let solved = outcome.solution()?;
+    let mut start = BTreeMap::new();
+    for &(n, p, v) in &vars {
+        let units = (solved.var_value(v) + 1e-6).floor() as u64;
+        if units > 0 {
+            start.insert((n, p), units * instance.needs[n].unit);
+        }
+    }
+    check_within(instance, limits, &to_allocations(instance, &start)).ok()?;
+    Some(start)
 }
 
 /// The cheapest of `candidates` (not empty), `optimal` where its cost meets `bound`.
@@ -737,7 +808,7 @@ fn favour(
         preferred,
         max_cost,
     };
-    let (problem, vars) = program(instance, limits, true, &objective);
+    let (problem, vars) = program(instance, limits, true, &objective, None);
     let mut options = microlp::SolveOptions::default();
     options.time_limit = time_limit;
     let Ok(outcome) = problem.solve_with(options) else {
@@ -795,7 +866,13 @@ fn to_allocations(instance: &Instance, taken: &BTreeMap<(usize, usize), u64>) ->
 /// on every allocation's cost, far tighter than [`Instance::lower_bound`] when capacity
 /// or caps bind. `None` when the relaxation is infeasible or the solver fails.
 pub fn relaxation_bound(instance: &Instance) -> Option<f64> {
-    let (problem, _) = program(instance, &instance.share_limits(), false, &Objective::Cost);
+    let (problem, _) = program(
+        instance,
+        &instance.share_limits(),
+        false,
+        &Objective::Cost,
+        None,
+    );
     let outcome = problem.solve().ok()?;
     outcome
         .solution()
@@ -823,6 +900,7 @@ fn program(
     limits: &[ShareLimit],
     integer: bool,
     objective: &Objective,
+    rooms: Option<&UnitRooms>,
 ) -> (microlp::Problem, Vars) {
     use microlp::{ComparisonOp, OptimizationDirection, Problem};
     let pool_index: HashMap<&str, usize> = instance
@@ -868,25 +946,33 @@ fn program(
         let terms: Vec<_> = vars.iter().map(|&(n, p, v)| (v, unit_cost(n, p))).collect();
         problem.add_constraint(terms.as_slice(), ComparisonOp::Le, *max_cost);
     }
-    for (n, need) in instance.needs.iter().enumerate() {
-        let terms: Vec<_> = vars
-            .iter()
-            .filter(|v| v.0 == n)
-            .map(|v| (v.2, need.unit as f64))
-            .collect();
+    // Rows gathered in one pass over the variables (a pass per row is quadratic).
+    let mut by_need: Vec<Vec<(microlp::Variable, f64)>> = vec![Vec::new(); instance.needs.len()];
+    let mut by_pool: BTreeMap<(usize, u64), Vec<(microlp::Variable, f64)>> = BTreeMap::new();
+    for &(n, p, v) in &vars {
+        let unit = instance.needs[n].unit;
+        by_need[n].push((v, unit as f64));
+        // Without rooms, a pool is one row: every unit under one key.
+        let class = if rooms.is_some() { unit } else { 0 };
+        by_pool
+            .entry((p, class))
+            .or_default()
+            .push((v, unit as f64));
+    }
+    for (n, terms) in by_need.iter().enumerate() {
         if !terms.is_empty() {
-            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, need.gpus as f64);
+            let gpus = instance.needs[n].gpus as f64;
+            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, gpus);
         }
     }
-    for (p, pool) in instance.pools.iter().enumerate() {
-        let terms: Vec<_> = vars
-            .iter()
-            .filter(|v| v.1 == p)
-            .map(|v| (v.2, instance.needs[v.0].unit as f64))
-            .collect();
-        if !terms.is_empty() {
-            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, pool.gpus as f64);
-        }
+    for (&(p, unit), terms) in &by_pool {
+        // With rooms, the pool's GPUs are shared out by unit: each unit's needs keep
+        // to their room.
+        let room = match rooms {
+            None => instance.pools[p].gpus,
+            Some(rooms) => rooms.get(&(p, unit)).copied().unwrap_or(0),
+        };
+        problem.add_constraint(terms.as_slice(), ComparisonOp::Le, room as f64);
     }
     for limit in limits.iter().filter(|l| l.max_share < 1.0) {
         let terms: Vec<_> = vars
