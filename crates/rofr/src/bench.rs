@@ -1,5 +1,6 @@
 //! `rofr bench`: benchmark commands that print their figures.
 
+use anyhow::Context as _;
 use rofr_server::bench::{bench_broker, bench_ledger, BenchOptions};
 
 use crate::exit;
@@ -48,6 +49,10 @@ pub enum Command {
         /// Time limit per instance, in seconds.
         #[arg(long, default_value_t = 10.0)]
         time_limit: f64,
+        /// Also write each instance to DIR as `NEEDSxPOOLS-capsCAPS.json` (PRODUCT.md
+        /// §7.2), for other solvers such as `tools/check-allocation.py`.
+        #[arg(long, value_name = "DIR")]
+        write_instances: Option<std::path::PathBuf>,
     },
 }
 
@@ -61,11 +66,21 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             replicas,
         } => (needs, clients, mode, database, replicas),
         Command::Simulate { runs, strategy } => return simulate(runs, &strategy),
-        Command::Solve { time_limit } => {
+        Command::Solve {
+            time_limit,
+            write_instances,
+        } => {
             println!(
                 "rofr bench solve: seeded instances (seed 42), time limit {time_limit} s each"
             );
             for (needs, pools, caps) in [(100, 10, 0), (1000, 40, 8), (10_000, 100, 0)] {
+                if let Some(dir) = &write_instances {
+                    let path = dir.join(format!("{needs}x{pools}-caps{caps}.json"));
+                    let instance = rofr_server::bench::generate_instance(42, needs, pools, caps);
+                    let text = serde_json::to_string_pretty(&instance)?;
+                    std::fs::write(&path, text + "\n")
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
                 let limit = std::time::Duration::from_secs_f64(time_limit);
                 println!(
                     "{}",
