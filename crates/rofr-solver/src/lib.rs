@@ -647,7 +647,7 @@ fn least_cost(
     // The relaxation first: its cost bounds every allocation from below, and rounding
     // its answer down to whole units, then filling greedily, gives a good start.
     let (relaxation, lp_vars) = program(instance, limits, false, &Objective::Cost, None);
-    let relaxing = std::time::Instant::now();
+    let relaxation_started = std::time::Instant::now();
     let relaxed = match relaxation.solve() {
         Ok(outcome) => outcome.solution().cloned(),
         Err(microlp::Error::Infeasible) => return Ok(infeasible()),
@@ -655,7 +655,7 @@ fn least_cost(
     };
     // How long a relaxation of this instance takes: the search starts with one, and
     // cannot be stopped before it is solved.
-    let relaxing = relaxing.elapsed();
+    let relaxing = relaxation_started.elapsed();
     // What the next step may take: what is left, less a margin for checking answers,
     // so that the whole call keeps to the limit.
     let remaining = || time_limit.map(|t| t.saturating_sub(started.elapsed()).mul_f64(0.8));
@@ -699,14 +699,11 @@ fn least_cost(
             .ok(),
         );
     }
-    let too_late = || remaining().is_some_and(|r| r < relaxing.max(Duration::from_millis(50)));
-    if (skip_search || too_late()) && !candidates.is_empty() {
+    let too_late = remaining().is_some_and(|r| r < relaxing.max(Duration::from_millis(50)));
+    if (skip_search || too_late) && !candidates.is_empty() {
         return Ok(cheapest_against(candidates, bound));
     }
     let (problem, vars) = program(instance, limits, true, &Objective::Cost, None);
-    if too_late() && !candidates.is_empty() {
-        return Ok(cheapest_against(candidates, bound));
-    }
     let proven = search(
         instance,
         limits,
