@@ -114,7 +114,7 @@ const TREE_BLOCK_BITS: u32 = 10;
 
 /// Reads the leaf hashes of entries [lo, hi) back from the log, hashing each entry's
 /// bytes afresh (the tree then checks them against the node it kept over them).
-pub fn read_leaves(store: &dyn Store, lo: u64, hi: u64) -> Result<Vec<Hash>, Unreadable> {
+fn read_leaves(store: &dyn Store, lo: u64, hi: u64) -> Result<Vec<Hash>, Unreadable> {
     let count = u32::try_from(hi - lo).expect("a block of the ledger's tree");
     let rows = store
         .events_after(lo.checked_sub(1), count)
@@ -261,7 +261,19 @@ impl Ledger {
         let Some((size, note)) = self.latest.clone() else {
             return Ok(None);
         };
-        let source = &mut |lo, hi| read_leaves(store, lo, hi);
+        // One proof per entry, and a need's entries mostly share blocks: the last block
+        // read is kept for the next proof rather than read from the log again.
+        let mut last: Option<(u64, Vec<Hash>)> = None;
+        let source = &mut |lo: u64, hi: u64| {
+            if let Some((at, leaves)) = &last {
+                if *at == lo && leaves.len() as u64 == hi - lo {
+                    return Ok(leaves.clone());
+                }
+            }
+            let leaves = read_leaves(store, lo, hi)?;
+            last = Some((lo, leaves.clone()));
+            Ok(leaves)
+        };
         let Some(root) = self.tree.root_from(size, source).map_err(unreadable)? else {
             return Ok(None);
         };
