@@ -313,8 +313,8 @@ fn new_need(event: &Event) -> NeedState {
         reoffer_threshold: reoffer_threshold.unwrap_or(0.0),
         offers: Vec::new(),
         round: 0,
-        // A round asks every eligible provider: room for a few without growing.
-        rfqs: Vec::with_capacity(8),
+        // Most needs never go past the holder: no room until a round asks someone.
+        rfqs: Vec::new(),
         sourcing_open: false,
         awards: Vec::new(),
         refusals: Vec::new(),

@@ -98,25 +98,21 @@ impl Fenwick {
     }
 }
 
+/// An award's place in the log: when it was decided, its need and its number there.
+pub type UsageKey = (Timestamp, NeedId, u32);
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageLog {
-    entries: BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)>,
     /// The bucket index 0 stands for.
     origin: i64,
     everyone: Fenwick,
     /// One tree per provider; there are few, so a list searched in order.
     providers: Vec<(ProviderId, Fenwick)>,
-    /// The entries of each bucket (by index, as in the trees), for the part of a
-    /// window's first hour that the trees cannot split: a window rarely starts on the
-    /// hour. Each names its provider by its place in `providers`.
-    hours: Vec<Vec<HourEntry>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HourEntry {
-    key: (Timestamp, NeedId, u32),
-    provider: usize,
-    usage: Usage,
+    /// Every live award, by bucket (by index, as in the trees) and in order within
+    /// it: a window rarely starts on the hour, and the part of its first hour that the
+    /// trees cannot split is summed award by award. Each names its provider by its
+    /// place in `providers`. The awards are kept here once, and nowhere else.
+    hours: Vec<BTreeMap<UsageKey, (usize, Usage)>>,
 }
 
 fn bucket(at: Timestamp) -> i64 {
@@ -124,72 +120,73 @@ fn bucket(at: Timestamp) -> i64 {
 }
 
 impl UsageLog {
-    pub fn entries(&self) -> &BTreeMap<(Timestamp, NeedId, u32), (ProviderId, Usage)> {
-        &self.entries
+    /// Every live award, in order of its key.
+    pub fn entries(&self) -> impl Iterator<Item = (&UsageKey, &ProviderId, Usage)> {
+        self.hours.iter().flatten().map(|(key, (place, usage))| {
+            let provider = &self.providers[*place].0;
+            (key, provider, *usage)
+        })
     }
 
-    pub fn insert(&mut self, key: (Timestamp, NeedId, u32), provider: ProviderId, usage: Usage) {
+    fn is_empty(&self) -> bool {
+        self.hours.iter().all(BTreeMap::is_empty)
+    }
+
+    pub fn insert(&mut self, key: UsageKey, provider: ProviderId, usage: Usage) {
         self.remove(&key);
-        if self.entries.is_empty() && self.everyone.buckets.is_empty() {
+        if self.everyone.buckets.is_empty() && self.is_empty() {
             self.origin = bucket(key.0);
         }
         if bucket(key.0) < self.origin {
             self.reindex(bucket(key.0));
         }
-        self.count(&key, &provider, usage, false);
-        self.entries.insert(key, (provider, usage));
-    }
-
-    pub fn remove(&mut self, key: &(Timestamp, NeedId, u32)) {
-        if let Some((provider, usage)) = self.entries.remove(key) {
-            self.count(key, &provider, usage, true);
-        }
-    }
-
-    fn count(
-        &mut self,
-        key: &(Timestamp, NeedId, u32),
-        provider: &ProviderId,
-        usage: Usage,
-        negative: bool,
-    ) {
         let index = (bucket(key.0) - self.origin) as usize;
-        self.everyone.add(index, usage, negative);
-        let place = match self.providers.iter().position(|(p, _)| p == provider) {
+        let place = match self.providers.iter().position(|(p, _)| *p == provider) {
             Some(i) => i,
             None => {
-                self.providers.push((provider.clone(), Fenwick::default()));
+                self.providers.push((provider, Fenwick::default()));
                 self.providers.len() - 1
             }
         };
-        self.providers[place].1.add(index, usage, negative);
+        self.count(index, place, usage, false);
         if index >= self.hours.len() {
-            self.hours.resize_with(index + 1, Vec::new);
+            self.hours.resize_with(index + 1, BTreeMap::new);
         }
-        let hour = &mut self.hours[index];
-        if negative {
-            if let Some(i) = hour.iter().position(|e| &e.key == key) {
-                hour.swap_remove(i);
-            }
-        } else {
-            hour.push(HourEntry {
-                key: key.clone(),
-                provider: place,
-                usage,
-            });
+        self.hours[index].insert(key, (place, usage));
+    }
+
+    pub fn remove(&mut self, key: &UsageKey) {
+        let Ok(index) = usize::try_from(bucket(key.0) - self.origin) else {
+            return;
+        };
+        let Some(hour) = self.hours.get_mut(index) else {
+            return;
+        };
+        if let Some((place, usage)) = hour.remove(key) {
+            self.count(index, place, usage, true);
         }
+    }
+
+    fn count(&mut self, index: usize, place: usize, usage: Usage, negative: bool) {
+        self.everyone.add(index, usage, negative);
+        self.providers[place].1.add(index, usage, negative);
     }
 
     /// Starts the bucket index earlier, for an award decided before every other.
     fn reindex(&mut self, origin: i64) {
-        let entries = std::mem::take(&mut self.entries);
+        let shift = (self.origin - origin) as usize;
         self.everyone = Fenwick::default();
-        self.providers.clear();
-        self.hours.clear();
+        for (_, tree) in &mut self.providers {
+            *tree = Fenwick::default();
+        }
         self.origin = origin;
-        for (key, (provider, usage)) in entries {
-            self.count(&key, &provider, usage, false);
-            self.entries.insert(key, (provider, usage));
+        let hours = std::mem::take(&mut self.hours);
+        self.hours.resize_with(shift, BTreeMap::new);
+        for (index, hour) in hours.into_iter().enumerate() {
+            for (place, usage) in hour.values() {
+                self.count(index + shift, *place, *usage, false);
+            }
+            self.hours.push(hour);
         }
     }
 
@@ -208,7 +205,7 @@ impl UsageLog {
     }
 
     /// The sum of `tree` from `from` on: whole buckets after the first from the tree,
-    /// the first bucket entry by entry (only `place`'s entries, where given).
+    /// the first bucket award by award (only `place`'s, where given).
     fn window(&self, tree: &Fenwick, place: Option<usize>, from: Option<Timestamp>) -> Usage {
         let Some(from) = from else {
             return tree.total;
@@ -218,9 +215,12 @@ impl UsageLog {
             return tree.total;
         };
         let mut sum = tree.total.minus(tree.prefix(first));
-        for entry in self.hours.get(first).map_or(&[][..], Vec::as_slice) {
-            if entry.key.0 >= from && place.is_none_or(|p| p == entry.provider) {
-                sum = sum.plus(entry.usage);
+        if let Some(hour) = self.hours.get(first) {
+            // In order within the hour: the awards from `from` on are the last ones.
+            for (_, (who, usage)) in hour.iter().rev().take_while(|(key, _)| key.0 >= from) {
+                if place.is_none_or(|p| p == *who) {
+                    sum = sum.plus(*usage);
+                }
             }
         }
         sum
@@ -235,11 +235,11 @@ mod tests {
     fn naive(log: &UsageLog, from: Option<Timestamp>, provider: &ProviderId) -> (Usage, Usage) {
         let mut all = Usage::default();
         let mut own = Usage::default();
-        for ((at, _, _), (who, usage)) in log.entries() {
+        for ((at, _, _), who, usage) in log.entries() {
             if from.is_none_or(|f| *at >= f) {
-                all = all.plus(*usage);
+                all = all.plus(usage);
                 if who == provider {
-                    own = own.plus(*usage);
+                    own = own.plus(usage);
                 }
             }
         }

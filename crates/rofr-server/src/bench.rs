@@ -52,20 +52,14 @@ pub struct BenchReport {
     pub seconds: f64,
     pub events: u64,
     pub commits: u64,
-    pub latencies: Vec<Duration>,
+    pub latencies: Latencies,
     pub raw_events_per_second: f64,
     pub resident_mb: Option<f64>,
 }
 
 impl BenchReport {
     pub fn render(&self) -> String {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let pct = |p: f64| {
-            sorted
-                .get(((sorted.len().max(1) - 1) as f64 * p) as usize)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
+        let pct = |p: f64| self.latencies.quantile(p).as_secs_f64() * 1000.0;
         let events_per_second = self.events as f64 / self.seconds;
         format!(
             "{mode:<16} needs {needs:>8}  clients {clients:>3}  {nps:>9.0} needs/s  {eps:>9.0} events/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  events/commit {epc:>6.1}  raw append {raw:>9.0} events/s  ratio {ratio:.2}  RSS {rss}",
@@ -81,6 +75,89 @@ impl BenchReport {
             ratio = events_per_second / self.raw_events_per_second,
             rss = self.resident_mb.map_or("n/a".into(), |m| format!("{m:.0} MB")),
         )
+    }
+}
+
+/// Latencies counted by size, to within 1/64 of each (exactly below 128 µs): a few
+/// kilobytes whatever the number of commands, so that the resident memory the run
+/// reports is the broker's, not a list of three million durations.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+/// Bucket `0..128` holds that many microseconds; above, 64 buckets per power of two.
+const EXACT: u64 = 128;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            counts: vec![0; Latencies::index(u64::MAX) + 1],
+            total: 0,
+        }
+    }
+}
+
+impl Latencies {
+    fn index(micros: u64) -> usize {
+        if micros < EXACT {
+            return micros as usize;
+        }
+        let power = 63 - u64::from(micros.leading_zeros());
+        let sub = (micros >> (power - 6)) & 63;
+        (EXACT + (power - 7) * 64 + sub) as usize
+    }
+
+    /// The smallest and largest microseconds bucket `index` holds.
+    fn bounds(index: usize) -> (u64, u64) {
+        let index = index as u64;
+        if index < EXACT {
+            return (index, index);
+        }
+        let power = (index - EXACT) / 64 + 7;
+        let sub = (index - EXACT) % 64;
+        let low = (64 + sub) << (power - 6);
+        (low, low + ((1u64 << (power - 6)) - 1))
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.counts[Latencies::index(micros)] += 1;
+        self.total += 1;
+    }
+
+    pub fn merge(&mut self, other: &Latencies) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.total += other.total;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The latency below which the fraction `p` of commands fell (the middle of its
+    /// bucket); zero when nothing was recorded.
+    pub fn quantile(&self, p: f64) -> Duration {
+        if self.total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((self.total - 1) as f64 * p.clamp(0.0, 1.0)) as u64;
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen > rank {
+                let (low, high) = Latencies::bounds(index);
+                return Duration::from_micros(low + (high - low) / 2);
+            }
+        }
+        unreachable!("the counts sum to the total")
     }
 }
 
@@ -117,7 +194,7 @@ async fn one_need_in_process(
     holder: &ProviderId,
     i: usize,
     now: Timestamp,
-    lat: &mut Vec<Duration>,
+    lat: &mut Latencies,
 ) {
     let need = spec(i, now);
     let id = need.id.clone();
@@ -149,7 +226,7 @@ async fn one_need_in_process(
             .execute(party, command, None)
             .await
             .expect("bench commands are valid");
-        lat.push(started.elapsed());
+        lat.record(started.elapsed());
     }
 }
 
@@ -158,7 +235,7 @@ async fn one_need_over_http(
     holder: &Client,
     i: usize,
     now: Timestamp,
-    lat: &mut Vec<Duration>,
+    lat: &mut Latencies,
 ) {
     let need = serde_json::to_value(spec(i, now)).expect("serializes");
     let id = need["id"].as_str().expect("id").to_owned();
@@ -177,7 +254,7 @@ async fn one_need_over_http(
             .post(&path, &body)
             .await
             .expect("bench requests succeed");
-        lat.push(started.elapsed());
+        lat.record(started.elapsed());
     }
 }
 
@@ -264,7 +341,7 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
             )
         });
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(range.len() * 3);
+            let mut lat = Latencies::default();
             for i in range {
                 match &clients {
                     Some((buyer, holder)) => {
@@ -276,9 +353,9 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
             lat
         }));
     }
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::default();
     for task in tasks {
-        latencies.extend(task.await.map_err(|e| e.to_string())?);
+        latencies.merge(&task.await.map_err(|e| e.to_string())?);
     }
     let seconds = started.elapsed().as_secs_f64();
     let load = |f: fn(&crate::broker::Counters) -> &std::sync::atomic::AtomicU64| {
@@ -567,5 +644,42 @@ pub fn bench_solve_row(needs: usize, pools: usize, caps: usize, limit: Duration)
             show(&greedy)
         ),
         Err(e) => format!("{needs:>6} x {pools:<4} caps {caps:<2} failed after {seconds:.2} s: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_fall_within_a_sixty_fourth_of_the_sorted_list() {
+        let mut latencies = Latencies::default();
+        let mut sorted = Vec::new();
+        // Spread over six orders of magnitude, with repeats.
+        let mut x: u64 = 12_345;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let micros = ((x >> 40) % 1_000_000) >> ((x >> 20) % 14);
+            latencies.record(Duration::from_micros(micros));
+            sorted.push(micros);
+        }
+        sorted.sort_unstable();
+        assert_eq!(latencies.len(), 20_000);
+        for p in [0.0, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            let exact = sorted[((sorted.len() - 1) as f64 * p) as usize] as f64;
+            let got = latencies.quantile(p).as_micros() as f64;
+            assert!(
+                (got - exact).abs() <= exact / 64.0 + 0.5,
+                "p{p}: {got} µs against {exact} µs"
+            );
+        }
+        for micros in [0u64, 1, 127, 128, 129, 255, 256, 1_000_000, u64::MAX] {
+            let (low, high) = Latencies::bounds(Latencies::index(micros));
+            assert!(
+                low <= micros && micros <= high,
+                "{micros} outside {low}..={high}"
+            );
+        }
+        assert_eq!(Latencies::default().quantile(0.5), Duration::ZERO);
     }
 }
