@@ -4,8 +4,6 @@
 //! Sums are integers — GPU-hours, and spend in ten-thousandths of a dollar — so they
 //! are exact whatever order awards come and go in.
 
-use std::collections::BTreeMap;
-
 use crate::types::{NeedId, ProviderId, Timestamp};
 
 /// The width of a bucket, in seconds.
@@ -108,11 +106,34 @@ pub struct UsageLog {
     everyone: Fenwick,
     /// One tree per provider; there are few, so a list searched in order.
     providers: Vec<(ProviderId, Fenwick)>,
-    /// Every live award, by bucket (by index, as in the trees) and in order within
-    /// it: a window rarely starts on the hour, and the part of its first hour that the
-    /// trees cannot split is summed award by award. Each names its provider by its
-    /// place in `providers`. The awards are kept here once, and nowhere else.
-    hours: Vec<BTreeMap<UsageKey, (usize, Usage)>>,
+    /// Every live award, by bucket (by index, as in the trees) and in order of key
+    /// within it: a window rarely starts on the hour, and the part of its first hour
+    /// that the trees cannot split is summed award by award. The awards are kept here
+    /// once, and nowhere else. A sorted list rather than an ordered map: awards come in
+    /// order of time, so each goes at the end, and a list holds one in 64 bytes where a
+    /// map's half-full nodes took about 150.
+    hours: Vec<Vec<HourEntry>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HourEntry {
+    at: Timestamp,
+    need: NeedId,
+    seq: u32,
+    /// The provider's place in `providers`.
+    place: u32,
+    usage: Usage,
+}
+
+impl HourEntry {
+    fn key(&self) -> (Timestamp, &NeedId, u32) {
+        (self.at, &self.need, self.seq)
+    }
+}
+
+/// Where `key` is, or would go, in an hour's sorted list.
+fn find(hour: &[HourEntry], key: &UsageKey) -> Result<usize, usize> {
+    hour.binary_search_by(|e| e.key().cmp(&(key.0, &key.1, key.2)))
 }
 
 fn bucket(at: Timestamp) -> i64 {
@@ -121,15 +142,15 @@ fn bucket(at: Timestamp) -> i64 {
 
 impl UsageLog {
     /// Every live award, in order of its key.
-    pub fn entries(&self) -> impl Iterator<Item = (&UsageKey, &ProviderId, Usage)> {
-        self.hours.iter().flatten().map(|(key, (place, usage))| {
-            let provider = &self.providers[*place].0;
-            (key, provider, *usage)
+    pub fn entries(&self) -> impl Iterator<Item = (Timestamp, &NeedId, u32, &ProviderId, Usage)> {
+        self.hours.iter().flatten().map(|e| {
+            let provider = &self.providers[e.place as usize].0;
+            (e.at, &e.need, e.seq, provider, e.usage)
         })
     }
 
     fn is_empty(&self) -> bool {
-        self.hours.iter().all(BTreeMap::is_empty)
+        self.hours.iter().all(Vec::is_empty)
     }
 
     pub fn insert(&mut self, key: UsageKey, provider: ProviderId, usage: Usage) {
@@ -150,9 +171,26 @@ impl UsageLog {
         };
         self.count(index, place, usage, false);
         if index >= self.hours.len() {
-            self.hours.resize_with(index + 1, BTreeMap::new);
+            self.hours.resize_with(index + 1, Vec::new);
         }
-        self.hours[index].insert(key, (place, usage));
+        let hour = &mut self.hours[index];
+        let (at, need, seq) = key;
+        let entry = HourEntry {
+            at,
+            need,
+            seq,
+            place: place as u32,
+            usage,
+        };
+        match hour.last() {
+            Some(last) if last.key() >= entry.key() => {
+                // Removed above if it was there: the key is new.
+                let at =
+                    find(hour, &(entry.at, entry.need.clone(), entry.seq)).unwrap_or_else(|at| at);
+                hour.insert(at, entry);
+            }
+            _ => hour.push(entry),
+        }
     }
 
     pub fn remove(&mut self, key: &UsageKey) {
@@ -162,8 +200,9 @@ impl UsageLog {
         let Some(hour) = self.hours.get_mut(index) else {
             return;
         };
-        if let Some((place, usage)) = hour.remove(key) {
-            self.count(index, place, usage, true);
+        if let Ok(at) = find(hour, key) {
+            let entry = hour.remove(at);
+            self.count(index, entry.place as usize, entry.usage, true);
         }
     }
 
@@ -181,10 +220,10 @@ impl UsageLog {
         }
         self.origin = origin;
         let hours = std::mem::take(&mut self.hours);
-        self.hours.resize_with(shift, BTreeMap::new);
+        self.hours.resize_with(shift, Vec::new);
         for (index, hour) in hours.into_iter().enumerate() {
-            for (place, usage) in hour.values() {
-                self.count(index + shift, *place, *usage, false);
+            for entry in &hour {
+                self.count(index + shift, entry.place as usize, entry.usage, false);
             }
             self.hours.push(hour);
         }
@@ -217,9 +256,10 @@ impl UsageLog {
         let mut sum = tree.total.minus(tree.prefix(first));
         if let Some(hour) = self.hours.get(first) {
             // In order within the hour: the awards from `from` on are the last ones.
-            for (_, (who, usage)) in hour.iter().rev().take_while(|(key, _)| key.0 >= from) {
-                if place.is_none_or(|p| p == *who) {
-                    sum = sum.plus(*usage);
+            let start = hour.partition_point(|e| e.at < from);
+            for entry in &hour[start..] {
+                if place.is_none_or(|p| p == entry.place as usize) {
+                    sum = sum.plus(entry.usage);
                 }
             }
         }
@@ -235,8 +275,8 @@ mod tests {
     fn naive(log: &UsageLog, from: Option<Timestamp>, provider: &ProviderId) -> (Usage, Usage) {
         let mut all = Usage::default();
         let mut own = Usage::default();
-        for ((at, _, _), who, usage) in log.entries() {
-            if from.is_none_or(|f| *at >= f) {
+        for (at, _, _, who, usage) in log.entries() {
+            if from.is_none_or(|f| at >= f) {
                 all = all.plus(usage);
                 if who == provider {
                     own = own.plus(usage);
