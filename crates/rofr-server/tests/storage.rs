@@ -217,6 +217,49 @@ async fn a_projection_that_disagrees_with_the_log_is_rebuilt_at_start() {
     }
 }
 
+/// Rows held back are written by sweeps of a few thousand at a time, in order of id,
+/// with no list query asking for them: after 5,000 needs every one has its row, as the
+/// broker's own list (which writes whatever is still held back) then gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_write_every_row_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path()).unwrap();
+    let mut clients = Vec::new();
+    for c in 0..50 {
+        let broker = broker.clone();
+        clients.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let id = format!("n{:05}", c * 100 + i);
+                broker.execute(Party::Buyer, need(&id), None).await.unwrap();
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let rows = || {
+        let store = rofr_store::SqliteStore::open(&dir.path().join("rofr.db")).unwrap();
+        rofr_store::Store::list_needs(&store, None, None, 10_000).unwrap()
+    };
+    let waited = std::time::Instant::now();
+    let mut written = rows();
+    while written.len() < 5_000 && waited.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        written = rows();
+    }
+    assert_eq!(written.len(), 5_000, "rows written without a list query");
+    let ids: Vec<String> = (0..5_000).map(|i| format!("n{i:05}")).collect();
+    let written_ids: Vec<String> = written.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(written_ids, ids);
+    broker.projected().await.unwrap();
+    assert_eq!(
+        rows(),
+        written,
+        "the rows swept are the rows a list query writes"
+    );
+    broker.shutdown();
+}
+
 /// Whether the ledger's answers for a log of `entries` entries verify against a fresh
 /// checkpoint: inclusion of entries in the first, forgotten block of the tree and in
 /// the last one, consistency from sizes inside forgotten blocks, and the evidence of
