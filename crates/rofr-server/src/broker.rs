@@ -1064,9 +1064,9 @@ impl Writer {
                     Work::Flush(reply) => flushes.push(reply),
                 }
             }
-            // The needs projection is written at most every FLUSH_EVERY: a need's row
-            // changes with each of its commands, and writing it each time cost as much
-            // as appending the events. Replicas write their rows with every commit: a
+            // The needs projection is swept every FLUSH_EVERY: a need's row changes
+            // with each of its commands, and writing it each time cost as much as
+            // appending the events. Replicas write their rows with every commit: a
             // row held back could later overwrite a newer one written by another
             // replica. A list query asks for the rows first (`Work::Flush`).
             let rows = if self.inner.shared || !flushes.is_empty() {
