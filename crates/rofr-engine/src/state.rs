@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use crate::deal::Variant;
 use crate::event::{Event, EventKind};
 use crate::need::NeedSpec;
-use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
+use crate::types::{Gpus, NeedId, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfferKind {
@@ -208,6 +208,28 @@ pub use crate::usage::{Usage, UsageLog};
 /// 2,097,152 slots of 440 bytes; boxed, the broker held 368 MB less at a million needs.
 pub type NeedMap = std::collections::HashMap<NeedId, Box<NeedState>, rustc_hash::FxBuildHasher>;
 
+/// One shared copy of each sku, workload, region and tag that needs name: a million
+/// needs for `H100` hold one string between them, not a million (about 60 bytes a need
+/// for the sku and the workload), and ids that are one copy compare equal by pointer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Names {
+    skus: FxHashSet<Sku>,
+    workloads: FxHashSet<Workload>,
+    regions: FxHashSet<Region>,
+    tags: FxHashSet<Tag>,
+}
+
+type FxHashSet<T> = std::collections::HashSet<T, rustc_hash::FxBuildHasher>;
+
+/// The copy of `name` that `names` holds, which it keeps from now on if it had none.
+fn shared<T: Clone + Eq + std::hash::Hash>(names: &mut FxHashSet<T>, name: &T) -> T {
+    if let Some(kept) = names.get(name) {
+        return kept.clone();
+    }
+    names.insert(name.clone());
+    name.clone()
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub needs: NeedMap,
@@ -219,6 +241,7 @@ pub struct State {
     pub agenda: BTreeSet<(Timestamp, NeedId)>,
     pub events: u64,
     pub last_at: Option<Timestamp>,
+    pub names: Names,
 }
 
 impl State {
@@ -240,7 +263,7 @@ impl State {
         let id = &event.need;
         let submitted = matches!(event.kind, EventKind::NeedSubmitted(_));
         if submitted {
-            let need = new_need(event);
+            let need = new_need(event, &mut self.names);
             self.needs.insert(id.clone(), Box::new(need));
             self.ids.insert(id.clone());
         }
@@ -264,7 +287,7 @@ impl State {
     }
 }
 
-fn new_need(event: &Event) -> NeedState {
+fn new_need(event: &Event, names: &mut Names) -> NeedState {
     let EventKind::NeedSubmitted(submitted) = &event.kind else {
         unreachable!("called for need_submitted only")
     };
@@ -291,14 +314,17 @@ fn new_need(event: &Event) -> NeedState {
     NeedState {
         spec: NeedSpec {
             id: event.need.clone(),
-            sku: sku.clone(),
+            sku: shared(&mut names.skus, sku),
             gpus: *gpus,
-            regions: regions.clone(),
+            regions: regions
+                .iter()
+                .map(|r| shared(&mut names.regions, r))
+                .collect(),
             earliest_start: *earliest_start,
             latest_start: *latest_start,
             hours: *hours,
-            workload: workload.clone(),
-            tags: tags.clone(),
+            workload: shared(&mut names.workloads, workload),
+            tags: tags.iter().map(|t| shared(&mut names.tags, t)).collect(),
             max_price_per_gpu_hour: *max_price_per_gpu_hour,
             offer_price_per_gpu_hour: None,
             priority: *priority,

@@ -70,6 +70,11 @@ macro_rules! identifier {
         }
 
         impl $name {
+            /// Whether the two are one copy of their text (not merely equal text).
+            pub fn shares_text_with(&self, other: &Self) -> bool {
+                std::sync::Arc::ptr_eq(&self.0, &other.0)
+            }
+
             /// The same text in an allocation of its own, whose count no other id
             /// shares: threads that each work on their own copies of ids never contend
             /// for one count.

@@ -956,3 +956,29 @@ fn ordered_allocation_takes_providers_in_the_deals_order() {
         ],
     );
 }
+
+#[test]
+fn needs_share_one_copy_of_each_sku_workload_region_and_tag() {
+    let mut engine = Engine::new(deal("first_offer", true, ""), start());
+    for id in ["n1", "n2"] {
+        // Each spec parses its own copies of the texts.
+        let mut spec = need(id, 8);
+        spec.regions = [rofr_engine::types::Region::parse("us-east").unwrap()].into();
+        spec.tags = [rofr_engine::types::Tag::parse("frontier").unwrap()].into();
+        engine.execute(submit(spec)).unwrap();
+    }
+    let [a, b] = ["n1", "n2"].map(|id| &engine.state().needs[&need_id(id)].spec);
+    assert_eq!((&a.sku, &a.workload), (&b.sku, &b.workload));
+    assert!(a.sku.shares_text_with(&b.sku));
+    assert!(a.workload.shares_text_with(&b.workload));
+    let first = |s: &NeedSpec| {
+        (
+            s.regions.first().unwrap().clone(),
+            s.tags.first().unwrap().clone(),
+        )
+    };
+    let ((ra, ta), (rb, tb)) = (first(a), first(b));
+    assert!(ra.shares_text_with(&rb) && ta.shares_text_with(&tb));
+    // Text parsed apart is two copies: the sharing above is the state's doing.
+    assert!(!need("n3", 8).sku.shares_text_with(&a.sku));
+}
