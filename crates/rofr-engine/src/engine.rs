@@ -211,7 +211,8 @@ impl Step<'_> {
 
     fn clause(&self, id: &NeedId) -> Option<&FirstRefusal> {
         let need = self.need(id);
-        need.first_refusal.map(|i| &self.deal.first_refusals[i])
+        need.first_refusal
+            .map(|i| &self.deal.first_refusals[i as usize])
     }
 
     fn open_need(&self, id: &NeedId) -> Result<&NeedState, Rejection> {
