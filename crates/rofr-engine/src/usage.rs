@@ -132,8 +132,8 @@ impl HourEntry {
 }
 
 /// Where `key` is, or would go, in an hour's sorted list.
-fn find(hour: &[HourEntry], key: &UsageKey) -> Result<usize, usize> {
-    hour.binary_search_by(|e| e.key().cmp(&(key.0, &key.1, key.2)))
+fn find(hour: &[HourEntry], key: (Timestamp, &NeedId, u32)) -> Result<usize, usize> {
+    hour.binary_search_by(|e| e.key().cmp(&key))
 }
 
 fn bucket(at: Timestamp) -> i64 {
@@ -185,8 +185,7 @@ impl UsageLog {
         match hour.last() {
             Some(last) if last.key() >= entry.key() => {
                 // Removed above if it was there: the key is new.
-                let at =
-                    find(hour, &(entry.at, entry.need.clone(), entry.seq)).unwrap_or_else(|at| at);
+                let at = find(hour, entry.key()).unwrap_or_else(|at| at);
                 hour.insert(at, entry);
             }
             _ => hour.push(entry),
@@ -200,7 +199,7 @@ impl UsageLog {
         let Some(hour) = self.hours.get_mut(index) else {
             return;
         };
-        if let Ok(at) = find(hour, key) {
+        if let Ok(at) = find(hour, (key.0, &key.1, key.2)) {
             let entry = hour.remove(at);
             self.count(index, entry.place as usize, entry.usage, true);
         }
