@@ -215,8 +215,9 @@ pub use crate::usage::{Usage, UsageLog};
 pub type NeedMap = std::collections::HashMap<NeedId, Box<NeedState>, rustc_hash::FxBuildHasher>;
 
 /// One shared copy of each sku, workload, region and tag that needs name: a million
-/// needs for `H100` hold one string between them, not a million (about 60 bytes a need
+/// needs for `H100` hold one string between them, not a million (about 50 bytes a need
 /// for the sku and the workload), and ids that are one copy compare equal by pointer.
+/// A name that only one need uses costs a slot here besides its copy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Names {
     skus: FxHashSet<Sku>,
