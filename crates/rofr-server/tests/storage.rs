@@ -43,6 +43,24 @@ fn need(id: &str) -> Command {
     }
 }
 
+/// Submits every need of `ids` from `clients` tasks at once, each taking its share in
+/// order, and waits until every one is acknowledged.
+async fn submit_all(broker: &Broker, ids: &[String], clients: usize) {
+    let mut tasks = Vec::new();
+    for share in ids.chunks(ids.len().div_ceil(clients).max(1)) {
+        let broker = broker.clone();
+        let share = share.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for id in share {
+                broker.execute(Party::Buyer, need(&id), None).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 fn open(dir: &std::path::Path) -> Result<Broker, BrokerError> {
     Broker::open(
         &Location::Sqlite(dir.join("rofr.db")),
@@ -224,19 +242,8 @@ async fn a_projection_that_disagrees_with_the_log_is_rebuilt_at_start() {
 async fn sweeps_write_every_row_held_back() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path()).unwrap();
-    let mut clients = Vec::new();
-    for c in 0..50 {
-        let broker = broker.clone();
-        clients.push(tokio::spawn(async move {
-            for i in 0..100 {
-                let id = format!("n{:05}", c * 100 + i);
-                broker.execute(Party::Buyer, need(&id), None).await.unwrap();
-            }
-        }));
-    }
-    for client in clients {
-        client.await.unwrap();
-    }
+    let ids: Vec<String> = (0..5_000).map(|i| format!("n{i:05}")).collect();
+    submit_all(&broker, &ids, 50).await;
     let rows = || {
         let store = rofr_store::SqliteStore::open(&dir.path().join("rofr.db")).unwrap();
         rofr_store::Store::list_needs(&store, None, None, 10_000).unwrap()
@@ -248,7 +255,6 @@ async fn sweeps_write_every_row_held_back() {
         written = rows();
     }
     assert_eq!(written.len(), 5_000, "rows written without a list query");
-    let ids: Vec<String> = (0..5_000).map(|i| format!("n{i:05}")).collect();
     let written_ids: Vec<String> = written.iter().map(|r| r.id.clone()).collect();
     assert_eq!(written_ids, ids);
     broker.projected().await.unwrap();
@@ -317,18 +323,8 @@ fn ledger_answers_verify(broker: &Broker) {
 async fn proofs_read_forgotten_leaves_back_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path()).unwrap();
-    let mut submitted = Vec::new();
-    for i in 0..600 {
-        let broker = broker.clone();
-        submitted.push(tokio::spawn(async move {
-            broker
-                .execute(Party::Buyer, need(&format!("m{i:03}")), None)
-                .await
-        }));
-    }
-    for answer in submitted {
-        answer.await.unwrap().unwrap();
-    }
+    let ids: Vec<String> = (0..600).map(|i| format!("m{i:03}")).collect();
+    submit_all(&broker, &ids, 600).await;
     ledger_answers_verify(&broker);
 
     broker.shutdown();
