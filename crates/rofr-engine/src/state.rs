@@ -85,8 +85,11 @@ pub struct Award {
     pub price: Price,
     pub decided_at: Timestamp,
     pub confirm_by: Option<Timestamp>,
-    pub reservation: Option<String>,
+    pub reservation: Option<Box<str>>,
     pub status: AwardStatus,
+    /// The number of the event that recorded it: with `decided_at`, its key in the
+    /// usage log.
+    pub counted_at: u64,
 }
 
 /// Quantity the holder turned down at a price (or at any price, under `negotiate` and
@@ -280,7 +283,7 @@ impl State {
             return;
         };
         let before = need.scheduled;
-        apply_to_need(need, &mut self.usage, event);
+        apply_to_need(need, &mut self.usage, event, self.events);
         let after = need.next_deadline();
         need.scheduled = after;
         if before != after {
@@ -425,6 +428,7 @@ fn record_award(
     price: Price,
     seq: u32,
     status: AwardStatus,
+    number: u64,
 ) {
     push_one(
         &mut need.awards,
@@ -437,13 +441,13 @@ fn record_award(
             confirm_by: None,
             reservation: None,
             status,
+            counted_at: number,
         },
     );
     let gpu_hours = i64::from(gpus.get()) * i64::from(need.spec.hours);
     let spend_units = i128::from(gpu_hours) * i128::from(price.units());
-    let key = (at, need.spec.id.clone(), seq);
     usage.insert(
-        key,
+        (at, number),
         provider.clone(),
         Usage {
             gpu_hours,
@@ -452,7 +456,8 @@ fn record_award(
     );
 }
 
-fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
+/// `number` is the event's place in the fold: the state's count of events with it.
+fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event, number: u64) {
     let at = event.at;
     match &event.kind {
         EventKind::NeedSubmitted(_) => {}
@@ -639,13 +644,13 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
                 *price_per_gpu_hour,
                 *award,
                 status,
+                number,
             );
         }
         EventKind::ApprovalRejected { award, .. } => {
             if let Some(a) = award_mut(need, *award) {
                 a.status = AwardStatus::Rejected;
-                let key = (a.decided_at, need.spec.id.clone(), *award);
-                usage.remove(&key);
+                usage.remove((a.decided_at, a.counted_at));
             }
         }
         EventKind::AwardMade {
@@ -669,6 +674,7 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
                     *price_per_gpu_hour,
                     *award,
                     status,
+                    number,
                 );
                 if let Some(a) = award_mut(need, *award) {
                     a.confirm_by = Some(*confirm_by);
@@ -684,14 +690,13 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event) {
         } => {
             if let Some(a) = award_mut(need, *award) {
                 a.status = AwardStatus::Confirmed;
-                a.reservation = Some(reservation.clone());
+                a.reservation = Some(reservation.as_str().into());
             }
         }
         EventKind::AwardFailed { award, .. } => {
             if let Some(a) = award_mut(need, *award) {
                 a.status = AwardStatus::Failed;
-                let key = (a.decided_at, need.spec.id.clone(), *award);
-                usage.remove(&key);
+                usage.remove((a.decided_at, a.counted_at));
             }
             need.fulfilled_until = None;
         }

@@ -4,7 +4,7 @@
 //! Sums are integers — GPU-hours, and spend in ten-thousandths of a dollar — so they
 //! are exact whatever order awards come and go in.
 
-use crate::types::{NeedId, ProviderId, Timestamp};
+use crate::types::{ProviderId, Timestamp};
 
 /// The width of a bucket, in seconds.
 const BUCKET: i64 = 3_600;
@@ -96,8 +96,11 @@ impl Fenwick {
     }
 }
 
-/// An award's place in the log: when it was decided, its need and its number there.
-pub type UsageKey = (Timestamp, NeedId, u32);
+/// An award's place in the log: when it was decided, and the number of the event that
+/// recorded it (the state's count of events once that event was applied). Events are
+/// applied in the log's order, so keys are unique and, as time goes on, each new key
+/// is the largest yet and goes at the end of its hour.
+pub type UsageKey = (Timestamp, u64);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageLog {
@@ -110,29 +113,41 @@ pub struct UsageLog {
     /// within it: a window rarely starts on the hour, and the part of its first hour
     /// that the trees cannot split is summed award by award. The awards are kept here
     /// once, and nowhere else. A sorted list rather than an ordered map: awards come in
-    /// order of time, so each goes at the end, and a list holds one in 64 bytes where a
-    /// map's half-full nodes took about 150.
+    /// order of key, so each goes at the end, and a list holds one in 48 bytes where a
+    /// map's half-full nodes took about 150. (Keyed by need and award number instead,
+    /// the awards of one second came in no particular order, and placing each in the
+    /// middle of its hour took 13% of the broker's writer at 200,000 needs.)
     hours: Vec<Vec<HourEntry>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HourEntry {
     at: Timestamp,
-    need: NeedId,
-    seq: u32,
+    event: u64,
     /// The provider's place in `providers`.
     place: u32,
-    usage: Usage,
+    gpu_hours: i64,
+    /// The spend's 128 bits as two halves: an `i128` field would align the entry to 16
+    /// bytes and make it 64 bytes long.
+    spend_units: [u64; 2],
 }
 
 impl HourEntry {
-    fn key(&self) -> (Timestamp, &NeedId, u32) {
-        (self.at, &self.need, self.seq)
+    fn key(&self) -> UsageKey {
+        (self.at, self.event)
+    }
+
+    fn usage(&self) -> Usage {
+        let [low, high] = self.spend_units;
+        Usage {
+            gpu_hours: self.gpu_hours,
+            spend_units: ((u128::from(high) << 64) | u128::from(low)) as i128,
+        }
     }
 }
 
 /// Where `key` is, or would go, in an hour's sorted list.
-fn find(hour: &[HourEntry], key: (Timestamp, &NeedId, u32)) -> Result<usize, usize> {
+fn find(hour: &[HourEntry], key: UsageKey) -> Result<usize, usize> {
     hour.binary_search_by(|e| e.key().cmp(&key))
 }
 
@@ -142,10 +157,10 @@ fn bucket(at: Timestamp) -> i64 {
 
 impl UsageLog {
     /// Every live award, in order of its key.
-    pub fn entries(&self) -> impl Iterator<Item = (Timestamp, &NeedId, u32, &ProviderId, Usage)> {
+    pub fn entries(&self) -> impl Iterator<Item = (UsageKey, &ProviderId, Usage)> {
         self.hours.iter().flatten().map(|e| {
             let provider = &self.providers[e.place as usize].0;
-            (e.at, &e.need, e.seq, provider, e.usage)
+            (e.key(), provider, e.usage())
         })
     }
 
@@ -154,7 +169,7 @@ impl UsageLog {
     }
 
     pub fn insert(&mut self, key: UsageKey, provider: ProviderId, usage: Usage) {
-        self.remove(&key);
+        self.remove(key);
         if self.everyone.buckets.is_empty() && self.is_empty() {
             self.origin = bucket(key.0);
         }
@@ -174,13 +189,13 @@ impl UsageLog {
             self.hours.resize_with(index + 1, Vec::new);
         }
         let hour = &mut self.hours[index];
-        let (at, need, seq) = key;
+        let (at, event) = key;
         let entry = HourEntry {
             at,
-            need,
-            seq,
+            event,
             place: place as u32,
-            usage,
+            gpu_hours: usage.gpu_hours,
+            spend_units: [usage.spend_units as u64, (usage.spend_units >> 64) as u64],
         };
         match hour.last() {
             Some(last) if last.key() >= entry.key() => {
@@ -192,16 +207,16 @@ impl UsageLog {
         }
     }
 
-    pub fn remove(&mut self, key: &UsageKey) {
+    pub fn remove(&mut self, key: UsageKey) {
         let Ok(index) = usize::try_from(bucket(key.0) - self.origin) else {
             return;
         };
         let Some(hour) = self.hours.get_mut(index) else {
             return;
         };
-        if let Ok(at) = find(hour, (key.0, &key.1, key.2)) {
+        if let Ok(at) = find(hour, key) {
             let entry = hour.remove(at);
-            self.count(index, entry.place as usize, entry.usage, true);
+            self.count(index, entry.place as usize, entry.usage(), true);
         }
     }
 
@@ -222,7 +237,7 @@ impl UsageLog {
         self.hours.resize_with(shift, Vec::new);
         for (index, hour) in hours.into_iter().enumerate() {
             for entry in &hour {
-                self.count(index + shift, entry.place as usize, entry.usage, false);
+                self.count(index + shift, entry.place as usize, entry.usage(), false);
             }
             self.hours.push(hour);
         }
@@ -258,7 +273,7 @@ impl UsageLog {
             let start = hour.partition_point(|e| e.at < from);
             for entry in &hour[start..] {
                 if place.is_none_or(|p| p == entry.place as usize) {
-                    sum = sum.plus(entry.usage);
+                    sum = sum.plus(entry.usage());
                 }
             }
         }
@@ -274,7 +289,7 @@ mod tests {
     fn naive(log: &UsageLog, from: Option<Timestamp>, provider: &ProviderId) -> (Usage, Usage) {
         let mut all = Usage::default();
         let mut own = Usage::default();
-        for (at, _, _, who, usage) in log.entries() {
+        for ((at, _), who, usage) in log.entries() {
             if from.is_none_or(|f| at >= f) {
                 all = all.plus(usage);
                 if who == provider {
@@ -302,6 +317,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_hour_entry_takes_48_bytes_and_keeps_its_spend_whole() {
+        assert_eq!(std::mem::size_of::<HourEntry>(), 48);
+        let provider = ProviderId::parse("a").unwrap();
+        for (event, spend_units) in [0i128, 69_800, -5, i128::MAX, i128::MIN, 1 << 64, -(1 << 70)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut log = UsageLog::default();
+            let key = (Timestamp::from_unix_seconds(1_700_000_000), event as u64);
+            let usage = Usage {
+                gpu_hours: 7,
+                spend_units,
+            };
+            log.insert(key, provider.clone(), usage);
+            let kept: Vec<_> = log.entries().map(|(k, _, u)| (k, u)).collect();
+            assert_eq!(kept, vec![(key, usage)]);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -322,15 +357,11 @@ mod tests {
             for (i, (at, who, hours, remove)) in ops.into_iter().enumerate() {
                 if remove && !keys.is_empty() {
                     let key = keys.remove(i % keys.len());
-                    log.remove(&key);
+                    log.remove(key);
                 } else {
-                    let key = (
-                        Timestamp::from_unix_seconds(1_700_000_000 + at % span),
-                        NeedId::parse(&format!("n{i}")).unwrap(),
-                        1,
-                    );
+                    let key = (Timestamp::from_unix_seconds(1_700_000_000 + at % span), i as u64);
                     let usage = Usage { gpu_hours: hours, spend_units: i128::from(hours) * 61_600 };
-                    log.insert(key.clone(), providers[who as usize].clone(), usage);
+                    log.insert(key, providers[who as usize].clone(), usage);
                     keys.push(key);
                 }
             }

@@ -139,7 +139,7 @@ fn award_views(need: &NeedState) -> impl Iterator<Item = AwardView> + '_ {
             AwardStatus::Failed => "failed",
         },
         confirm_by: a.confirm_by,
-        reservation: a.reservation.clone(),
+        reservation: a.reservation.as_deref().map(str::to_owned),
         sku: need.spec.sku.to_string(),
         hours: need.spec.hours,
     })
