@@ -240,11 +240,68 @@ fn shared<T: Clone + Eq + std::hash::Hash>(names: &mut FxHashSet<T>, name: &T) -
     name.clone()
 }
 
+/// Every need's id, in order. Buyers mostly number their needs, so nearly every new id
+/// is the largest yet and goes at the end of a list, with one comparison; the others
+/// go in an ordered set. An ordered set alone compared each new id with a score of
+/// others, each behind a pointer (about 5% of the broker's writer at 300,000 needs),
+/// and took about twice the memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ids {
+    /// Ids that came in order, each larger than all before it.
+    in_order: Vec<NeedId>,
+    /// Ids that came out of order.
+    others: BTreeSet<NeedId>,
+}
+
+impl Ids {
+    /// Adds `id` unless it is here already.
+    pub fn insert(&mut self, id: NeedId) {
+        match self.in_order.last() {
+            // Larger than every id here: each one in `others` was smaller than the
+            // last in order when it came.
+            Some(last) if *last >= id => {
+                if self.in_order.binary_search(&id).is_err() {
+                    self.others.insert(id);
+                }
+            }
+            _ => self.in_order.push(id),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.in_order.len() + self.others.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids after `after` (all of them where it is `None`), in order.
+    pub fn after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = &'a NeedId> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) => self.in_order.partition_point(|id| id.as_str() <= after),
+            None => 0,
+        };
+        let bound = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut listed = self.in_order[start..].iter().peekable();
+        let mut others = self
+            .others
+            .range::<str, _>((bound, Bound::Unbounded))
+            .peekable();
+        std::iter::from_fn(move || match (listed.peek(), others.peek()) {
+            (Some(a), Some(b)) if b < a => others.next(),
+            (Some(_), _) => listed.next(),
+            (None, _) => others.next(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub needs: NeedMap,
     /// Every need's id, in order, for lists and pages.
-    pub ids: BTreeSet<NeedId>,
+    pub ids: Ids,
     /// Live awards by the time they were decided, for caps over rolling windows.
     pub usage: UsageLog,
     /// Each need's next deadline, ordered by time.
@@ -737,4 +794,40 @@ fn close_open_items(need: &mut NeedState) {
         }
     }
     need.sourcing_open = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Ids list as an ordered set of them does, from any bound, whether they came
+        /// in order, out of order or more than once.
+        #[test]
+        fn ids_list_as_an_ordered_set(
+            numbers in prop::collection::vec((0u32..400, any::<bool>()), 0..200),
+            bounds in prop::collection::vec(0u32..420, 1..10),
+        ) {
+            let mut ids = Ids::default();
+            let mut set = BTreeSet::new();
+            for (i, (n, in_order)) in numbers.into_iter().enumerate() {
+                // Mostly rising, as numbered needs come; sometimes anything.
+                let n = if in_order { i as u32 * 2 } else { n };
+                let id = NeedId::parse(&format!("n{n:04}")).unwrap();
+                ids.insert(id.clone());
+                set.insert(id);
+            }
+            prop_assert_eq!(ids.len(), set.len());
+            prop_assert!(ids.after(None).eq(set.iter()));
+            // Ids themselves, and bounds between ids, before all and after all.
+            let extra = ["", "m", "n0001a", "n1", "o"].map(String::from);
+            for after in bounds.iter().map(|b| format!("n{b:04}")).chain(extra) {
+                let expected = set.range::<str, _>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded));
+                prop_assert!(ids.after(Some(&after)).eq(expected));
+            }
+        }
+    }
 }

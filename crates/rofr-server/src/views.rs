@@ -202,13 +202,11 @@ pub fn offers_page(
     after: Option<&str>,
     limit: usize,
 ) -> (Vec<OfferView>, Option<String>) {
-    use std::ops::Bound;
-    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
     let mut offers = Vec::new();
     let state = engine.state();
     for need in state
         .ids
-        .range::<str, _>((start, Bound::Unbounded))
+        .after(after)
         .map(|id| &state.needs[id])
         .filter(|n| n.closed.is_none())
     {
