@@ -99,7 +99,8 @@ impl Engine {
                 message: format!("time cannot go back from {} to {now}", self.clock),
             });
         }
-        while let Some((due, id)) = self.state.agenda.first().cloned() {
+        while let Some((due, number)) = self.state.agenda.first().copied() {
+            let id = self.state.by_number[number as usize].clone();
             if due > now {
                 break;
             }
@@ -116,10 +117,10 @@ impl Engine {
             let batch: Vec<NeedId> = if step.only_quotes_due(&id) {
                 step.state
                     .agenda
-                    .range((due, id.clone())..)
+                    .range((due, number)..)
                     .take_while(|(at, _)| *at == due)
                     .take(4 * BATCH_LIMIT)
-                    .map(|(_, id)| id.clone())
+                    .map(|&(_, n)| step.state.by_number[n as usize].clone())
                     .filter(|id| step.only_quotes_due(id))
                     .take(BATCH_LIMIT)
                     .collect()
@@ -133,12 +134,12 @@ impl Engine {
             }
             let progressed = step.out.len() > emitted;
             *out = step.out;
-            if !progressed && self.state.agenda.first() == Some(&(due, id.clone())) {
+            if !progressed && self.state.agenda.first() == Some(&(due, number)) {
                 // A deadline that fires without effect would fire forever. The engine
                 // is built so this cannot happen; if it ever did, dropping the entry
                 // keeps the broker alive and the property tests fail loudly.
                 debug_assert!(false, "deadline of need {id} at {due} had no effect");
-                self.state.agenda.remove(&(due, id));
+                self.state.agenda.remove(&(due, number));
             }
         }
         self.clock = now;

@@ -207,7 +207,7 @@ pub fn offers_page(
     for need in state
         .ids
         .after(after)
-        .map(|id| &state.needs[id])
+        .map(|id| &state.needs[id.as_str()])
         .filter(|n| n.closed.is_none())
     {
         offers.extend(
