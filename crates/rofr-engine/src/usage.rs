@@ -168,8 +168,22 @@ impl UsageLog {
         self.hours.iter().all(Vec::is_empty)
     }
 
+    /// Whether `key` would go after every award of its hour (and so is not here).
+    fn goes_last(&self, key: UsageKey) -> bool {
+        let Ok(index) = usize::try_from(bucket(key.0) - self.origin) else {
+            return false;
+        };
+        self.hours
+            .get(index)
+            .and_then(|hour| hour.last())
+            .is_none_or(|last| last.key() < key)
+    }
+
     pub fn insert(&mut self, key: UsageKey, provider: ProviderId, usage: Usage) {
-        self.remove(key);
+        // A key already here is replaced. New awards go last, and need no search.
+        if !self.goes_last(key) {
+            self.remove(key);
+        }
         if self.everyone.buckets.is_empty() && self.is_empty() {
             self.origin = bucket(key.0);
         }
@@ -347,24 +361,29 @@ mod tests {
             // Awards over a year, or crowded into a few hours so that windows often
             // start inside an occupied hour.
             span in prop_oneof![Just(400 * 86_400i64), Just(4 * 3_600i64)],
-            ops in prop::collection::vec((0i64..400 * 86_400, 0u8..3, 1i64..5000, any::<bool>()), 1..120),
+            ops in prop::collection::vec((0i64..400 * 86_400, 0u8..3, 1i64..5000, 0u8..3), 1..120),
             probes in prop::collection::vec(-10i64..420 * 86_400, 1..20),
         ) {
             let mut log = UsageLog::default();
             let providers: Vec<ProviderId> =
                 ["a", "b", "c"].iter().map(|p| ProviderId::parse(p).unwrap()).collect();
             let mut keys = Vec::new();
-            for (i, (at, who, hours, remove)) in ops.into_iter().enumerate() {
-                if remove && !keys.is_empty() {
+            for (i, (at, who, hours, op)) in ops.into_iter().enumerate() {
+                let usage = Usage { gpu_hours: hours, spend_units: i128::from(hours) * 61_600 };
+                if op == 1 && !keys.is_empty() {
                     let key = keys.remove(i % keys.len());
                     log.remove(key);
+                } else if op == 2 && !keys.is_empty() {
+                    // The same award again, counted anew: it replaces the one there.
+                    let key = keys[i % keys.len()];
+                    log.insert(key, providers[who as usize].clone(), usage);
                 } else {
                     let key = (Timestamp::from_unix_seconds(1_700_000_000 + at % span), i as u64);
-                    let usage = Usage { gpu_hours: hours, spend_units: i128::from(hours) * 61_600 };
                     log.insert(key, providers[who as usize].clone(), usage);
                     keys.push(key);
                 }
             }
+            prop_assert_eq!(log.entries().count(), keys.len());
             // Windows starting at random seconds, and exactly at awards' times.
             let starts = probes
                 .iter()
