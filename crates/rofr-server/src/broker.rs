@@ -589,7 +589,7 @@ fn fold_log(
             }
         };
         at.clear();
-        write!(at, "{}", event.at).expect("writing to a string");
+        event.at.push_to(&mut at);
         touch(&mut touches, event.need.as_str(), &at, index);
         engine
             .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(event.at)))
@@ -1402,7 +1402,7 @@ impl Writer {
             entry.kind.clear();
             entry.kind.push_str(event.kind.type_name());
             entry.at.clear();
-            write!(entry.at, "{}", event.at).expect("writing to a string");
+            event.at.push_to(&mut entry.at);
             entry.data.clear();
             event.write_json(&mut entry.data);
             entry.leaf_hash = rofr_ledger::leaf_hash(&entry.data);
