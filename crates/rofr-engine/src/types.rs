@@ -324,27 +324,27 @@ impl fmt::Display for Timestamp {
     /// so years 0 to 9999 are written here without allocating; others go through
     /// `chrono`, which writes them the same way.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.rfc3339() {
-            Some(text) => f.write_str(std::str::from_utf8(&text).expect("ASCII")),
-            None => f.write_str(
-                &self
-                    .to_datetime()
-                    .to_rfc3339_opts(SecondsFormat::Secs, true),
-            ),
-        }
+        self.with_text(|text| f.write_str(text))
     }
 }
 
 impl Timestamp {
     /// Appends the text (as `Display` writes it) to `out`, without the formatting
-    /// machinery for the years 0 to 9999.
+    /// machinery.
     pub fn push_to(self, out: &mut String) {
+        self.with_text(|text| out.push_str(text));
+    }
+
+    /// Hands `use_text` the text: from a buffer on the stack for the years 0 to 9999,
+    /// from `chrono` for the others.
+    fn with_text<R>(self, use_text: impl FnOnce(&str) -> R) -> R {
         match self.rfc3339() {
-            Some(text) => out.push_str(std::str::from_utf8(&text).expect("ASCII")),
-            None => {
-                use std::fmt::Write;
-                write!(out, "{self}").expect("writing to a string");
-            }
+            Some(text) => use_text(std::str::from_utf8(&text).expect("ASCII")),
+            None => use_text(
+                &self
+                    .to_datetime()
+                    .to_rfc3339_opts(SecondsFormat::Secs, true),
+            ),
         }
     }
 
@@ -391,10 +391,7 @@ impl Serialize for Timestamp {
     /// The text as one string, not through `Display`: every event writes a few, and the
     /// formatting machinery around them cost more than the text itself.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.rfc3339() {
-            Some(text) => s.serialize_str(std::str::from_utf8(&text).expect("ASCII")),
-            None => s.collect_str(self),
-        }
+        self.with_text(|text| s.serialize_str(text))
     }
 }
 
