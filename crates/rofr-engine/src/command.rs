@@ -79,6 +79,25 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The need the command is about; `None` for a tick.
+    pub fn need(&self) -> Option<&NeedId> {
+        match self {
+            Command::Tick { .. } => None,
+            Command::SubmitNeed { need } => Some(&need.id),
+            Command::CancelNeed { need, .. }
+            | Command::Accept { need, .. }
+            | Command::Decline { need, .. }
+            | Command::Quote { need, .. }
+            | Command::Match { need, .. }
+            | Command::Approve { need, .. }
+            | Command::Reject { need, .. }
+            | Command::Confirm { need, .. }
+            | Command::Fail { need, .. } => Some(need),
+        }
+    }
+}
+
 /// Why a command was refused. `NotFound` is also the answer when a provider asks about
 /// something addressed to another, so that existence does not leak (I6).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,6 +3,7 @@
 //! command changes nothing; every event is applied to the state the moment it is
 //! emitted, so later decisions in the same command see it.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -75,6 +76,9 @@ impl Engine {
         if let Command::Tick { now } = command {
             return self.tick(now, out);
         }
+        if let Some(id) = command.need() {
+            self.state.unpack(id.as_str());
+        }
         let before = out.len();
         let mut step = Step {
             deal: &self.deal,
@@ -88,6 +92,7 @@ impl Engine {
         if result.is_err() {
             out.truncate(before);
         }
+        self.state.settle();
         result
     }
 
@@ -104,6 +109,7 @@ impl Engine {
             if due > now {
                 break;
             }
+            self.state.unpack(id.as_str());
             let emitted = out.len();
             let mut step = Step {
                 deal: &self.deal,
@@ -141,6 +147,9 @@ impl Engine {
                 debug_assert!(false, "deadline of need {id} at {due} had no effect");
                 self.state.agenda.remove(&(due, number));
             }
+            // A restart may fire a great many deadlines in one tick: each need goes
+            // back to rest as soon as its own are done.
+            self.state.settle();
         }
         self.clock = now;
         Ok(())
@@ -175,7 +184,7 @@ impl Step<'_> {
             need: need.clone(),
             at: self.now,
         };
-        self.state.apply(&event);
+        self.state.apply_held(&event);
         self.out.push(event);
         for total in &self.cap_totals {
             total.set(None);
@@ -206,8 +215,10 @@ impl Step<'_> {
         (total, cap_own(cap, &self.state.usage, from, provider))
     }
 
-    fn need(&self, id: &NeedId) -> &NeedState {
-        &self.state.needs[id]
+    /// The need `id`, which the command or deadline at hand unpacked beforehand
+    /// ([`State::unpack`]): it is read many times before the step is done.
+    fn need(&self, id: &NeedId) -> Cow<'_, NeedState> {
+        self.state.need(id.as_str()).expect("a known need")
     }
 
     fn clause(&self, id: &NeedId) -> Option<&FirstRefusal> {
@@ -216,8 +227,11 @@ impl Step<'_> {
             .map(|i| &self.deal.first_refusals[i as usize])
     }
 
-    fn open_need(&self, id: &NeedId) -> Result<&NeedState, Rejection> {
-        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+    fn open_need(&self, id: &NeedId) -> Result<Cow<'_, NeedState>, Rejection> {
+        let need = self
+            .state
+            .need(id.as_str())
+            .ok_or_else(|| need_not_found(id))?;
         if let Some(closed) = need.closed {
             return Err(Rejection::conflict(format!(
                 "need `{id}` is closed ({closed:?})"
@@ -282,7 +296,7 @@ impl Step<'_> {
     fn submit(&mut self, spec: NeedSpec) -> Result<(), Rejection> {
         spec.validate()
             .map_err(|e| Rejection::invalid(e.field, e.message))?;
-        if self.state.needs.contains_key(&spec.id) {
+        if self.state.has_need(spec.id.as_str()) {
             return Err(Rejection {
                 field: Some("id"),
                 ..Rejection::conflict(format!("need `{}` already exists", spec.id))
@@ -564,7 +578,10 @@ impl Step<'_> {
                 "use no_capacity, price, timing or other",
             ));
         }
-        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let need = self
+            .state
+            .need(id.as_str())
+            .ok_or_else(|| need_not_found(id))?;
         if need.holder.as_ref() == Some(provider) && need.open_offers().next().is_some() {
             let kinds = [OfferKind::First, OfferKind::Reoffer, OfferKind::Match];
             let offer = self.find_offer(provider, id, seq, &kinds)?;
@@ -664,7 +681,10 @@ impl Step<'_> {
     }
 
     fn open_rfq(&self, provider: &ProviderId, id: &NeedId) -> Result<Gpus, Rejection> {
-        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let need = self
+            .state
+            .need(id.as_str())
+            .ok_or_else(|| need_not_found(id))?;
         let rfq = need
             .rfqs
             .iter()
@@ -729,7 +749,10 @@ impl Step<'_> {
         id: &NeedId,
         award: u32,
     ) -> Result<AwardStatus, Rejection> {
-        let need = self.state.needs.get(id).ok_or_else(|| need_not_found(id))?;
+        let need = self
+            .state
+            .need(id.as_str())
+            .ok_or_else(|| need_not_found(id))?;
         let found = need
             .awards
             .iter()

@@ -49,8 +49,7 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
         // An award made after approval was checked when it was requested.
         let approved_now = match &event.kind {
             EventKind::AwardMade { award, .. } => state
-                .needs
-                .get(&event.need)
+                .need(event.need.as_str())
                 .is_some_and(|n| n.awards.iter().any(|a| a.seq == *award)),
             _ => false,
         };
@@ -66,7 +65,7 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
                 detail,
             })
         };
-        let Some(need) = state.needs.get(&event.need) else {
+        let Some(need) = state.need(event.need.as_str()) else {
             return fail("I4", "event for a need never submitted".into());
         };
         let (provider, gpus, price) = match &event.kind {

@@ -11,6 +11,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod engine;
 pub mod event;
+pub mod frozen;
 pub mod invariants;
 pub mod lint;
 pub mod need;

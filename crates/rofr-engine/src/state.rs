@@ -1,12 +1,14 @@
 //! The state: a fold of events, and nothing else (I4). `State::apply` never fails and
 //! never decides; decisions live in the engine.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use thin_vec::ThinVec;
 
 use crate::deal::Variant;
 use crate::event::{Event, EventKind};
+use crate::frozen::{self, Frozen};
 use crate::need::NeedSpec;
 use crate::types::{Gpus, NeedId, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
 
@@ -164,6 +166,17 @@ impl NeedState {
         self.sourcing_open || self.open_offers().next().is_some()
     }
 
+    /// Whether nothing about the need is open for anyone to answer: no offer, no round
+    /// of quotes, no award awaiting approval or confirmation. Only its deadlines (or
+    /// nothing) can move it on. The state packs such needs.
+    pub fn at_rest(&self) -> bool {
+        !self.in_flight()
+            && !self
+                .awards
+                .iter()
+                .any(|a| matches!(a.status, AwardStatus::PendingApproval | AwardStatus::Made))
+    }
+
     /// Live awards to anyone other than the holder.
     pub fn third_party_awards(&self) -> impl Iterator<Item = &Award> {
         self.awards
@@ -217,29 +230,74 @@ pub use crate::usage::{Usage, UsageLog};
 /// state is boxed: the table keeps an eighth of its slots free and doubles as it grows,
 /// so with a 424-byte state in every slot, empty ones included, a million needs took
 /// 2,097,152 slots of 440 bytes; boxed, the broker held 368 MB less at a million needs.
-pub type NeedMap = std::collections::HashMap<NeedId, Box<NeedState>, rustc_hash::FxBuildHasher>;
+type NeedMap = std::collections::HashMap<NeedId, Slot, rustc_hash::FxBuildHasher>;
 
-/// One shared copy of each sku, workload, region and tag that needs name: a million
-/// needs for `H100` hold one string between them, not a million (about 50 bytes a need
-/// for the sku and the workload), and ids that are one copy compare equal by pointer.
-/// A name that only one need uses costs a slot here besides its copy.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Names {
-    skus: FxHashSet<Sku>,
-    workloads: FxHashSet<Workload>,
-    regions: FxHashSet<Region>,
-    tags: FxHashSet<Tag>,
+/// A need as the state holds it: whole while something about it may happen soon,
+/// packed ([`crate::frozen`]) while it is at rest ([`NeedState::at_rest`]).
+#[derive(Debug, Clone)]
+enum Slot {
+    Live(Box<NeedState>),
+    Frozen(Frozen),
 }
 
-type FxHashSet<T> = std::collections::HashSet<T, rustc_hash::FxBuildHasher>;
+/// How many needs [`State::apply`] lets events touch before it packs those at rest.
+const SETTLE_AFTER: usize = 1024;
 
-/// The copy of `name` that `names` holds, which it keeps from now on if it had none.
-fn shared<T: Clone + Eq + std::hash::Hash>(names: &mut FxHashSet<T>, name: &T) -> T {
-    if let Some(kept) = names.get(name) {
-        return kept.clone();
+/// One shared copy of each sku, workload, region, tag and provider that needs name: a
+/// million needs for `H100` hold one string between them, not a million (about 50 bytes
+/// a need for the sku and the workload), and ids that are one copy compare equal by
+/// pointer. Each name also has a place, by which packed needs name it
+/// ([`crate::frozen`]). A name that only one need uses costs a slot here besides its
+/// copy.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub(crate) skus: Table<Sku>,
+    pub(crate) workloads: Table<Workload>,
+    pub(crate) regions: Table<Region>,
+    pub(crate) tags: Table<Tag>,
+    pub(crate) providers: Table<ProviderId>,
+}
+
+type FxHashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// Names of one kind, each kept once, in the order first seen.
+#[derive(Debug, Clone)]
+pub struct Table<T> {
+    list: Vec<T>,
+    places: FxHashMap<T, u32>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            list: Vec::new(),
+            places: FxHashMap::default(),
+        }
     }
-    names.insert(name.clone());
-    name.clone()
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Table<T> {
+    /// The copy of `name` kept here, which it keeps from now on if it had none.
+    pub(crate) fn shared(&mut self, name: &T) -> T {
+        let place = self.place(name);
+        self.list[place as usize].clone()
+    }
+
+    /// Where `name` is kept, which it is from now on if it was not.
+    pub(crate) fn place(&mut self, name: &T) -> u32 {
+        if let Some(&place) = self.places.get(name) {
+            return place;
+        }
+        let place = u32::try_from(self.list.len()).expect("fewer than 2^32 names");
+        self.list.push(name.clone());
+        self.places.insert(name.clone(), place);
+        place
+    }
+
+    /// The name kept at `place`.
+    pub(crate) fn get(&self, place: u32) -> &T {
+        &self.list[place as usize]
+    }
 }
 
 /// Every need's id, in order. Ids of up to 16 bytes (nearly all) are kept as numbers:
@@ -328,9 +386,11 @@ impl Ids {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Equal states hold equal needs, however each is held (packed or not), and equal
+/// indexes and usage.
+#[derive(Debug, Clone, Default)]
 pub struct State {
-    pub needs: NeedMap,
+    needs: NeedMap,
     /// Every need's id, in order, for lists and pages.
     pub ids: Ids,
     /// Live awards by the time they were decided, for caps over rolling windows.
@@ -344,7 +404,27 @@ pub struct State {
     pub by_number: Vec<NeedId>,
     pub events: u64,
     pub last_at: Option<Timestamp>,
-    pub names: Names,
+    names: Names,
+    /// Numbers of the needs events touched since the state last packed those at rest.
+    touched: Vec<u32>,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.events == other.events
+            && self.last_at == other.last_at
+            && self.ids == other.ids
+            && self.usage == other.usage
+            && self.agenda == other.agenda
+            && self.by_number == other.by_number
+            && self.needs.len() == other.needs.len()
+            && self.needs.keys().all(|id| {
+                let id = id.as_str();
+                other
+                    .need(id)
+                    .is_some_and(|theirs| Some(theirs) == self.need(id))
+            })
+    }
 }
 
 impl State {
@@ -353,14 +433,106 @@ impl State {
         for event in events {
             state.apply(event);
         }
+        state.settle();
         state
+    }
+
+    /// The need `id`, unpacked where it is packed.
+    pub fn need(&self, id: &str) -> Option<Cow<'_, NeedState>> {
+        let (id, slot) = self.needs.get_key_value(id)?;
+        Some(match slot {
+            Slot::Live(need) => Cow::Borrowed(need),
+            Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(id, frozen, &self.names)),
+        })
+    }
+
+    /// The need `id` where it is not packed. A packed need is at rest: it has nothing
+    /// open for anyone to answer, so lists of open items can pass it by unread.
+    pub fn unpacked(&self, id: &str) -> Option<&NeedState> {
+        match self.needs.get(id)? {
+            Slot::Live(need) => Some(need),
+            Slot::Frozen(_) => None,
+        }
+    }
+
+    /// Every need, in no particular order, each packed one unpacked in turn.
+    pub fn needs(&self) -> impl Iterator<Item = Cow<'_, NeedState>> + '_ {
+        self.needs.iter().map(|(id, slot)| match slot {
+            Slot::Live(need) => Cow::Borrowed(&**need),
+            Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(id, frozen, &self.names)),
+        })
+    }
+
+    /// Every need not packed, in no particular order: all that have something open
+    /// for someone to answer, and perhaps some that have not.
+    pub fn unpacked_needs(&self) -> impl Iterator<Item = &NeedState> + '_ {
+        self.needs.values().filter_map(|slot| match slot {
+            Slot::Live(need) => Some(&**need),
+            Slot::Frozen(_) => None,
+        })
+    }
+
+    pub fn need_count(&self) -> usize {
+        self.needs.len()
+    }
+
+    pub fn has_need(&self, id: &str) -> bool {
+        self.needs.contains_key(id)
+    }
+
+    /// How many needs are packed.
+    pub fn packed_count(&self) -> usize {
+        self.needs
+            .values()
+            .filter(|slot| matches!(slot, Slot::Frozen(_)))
+            .count()
+    }
+
+    /// Unpacks the need `id` for the events and reads about to come; the next
+    /// [`State::settle`] packs it again if it is still at rest.
+    pub fn unpack(&mut self, id: &str) {
+        if let Some(need) = live(&mut self.needs, &self.names, id) {
+            let number = need.number;
+            self.touched.push(number);
+        }
+    }
+
+    /// Packs the needs touched since the last time that are at rest.
+    pub fn settle(&mut self) {
+        for number in self.touched.drain(..) {
+            let id = &self.by_number[number as usize];
+            let Some(slot) = self.needs.get_mut(id) else {
+                continue;
+            };
+            if let Slot::Live(need) = slot {
+                if need.at_rest() {
+                    let packed = frozen::freeze(need, &mut self.names);
+                    debug_assert_eq!(
+                        frozen::thaw(id, &packed, &self.names),
+                        **need,
+                        "a need unpacks as it was packed"
+                    );
+                    *slot = Slot::Frozen(packed);
+                }
+            }
+        }
     }
 
     pub fn next_deadline(&self) -> Option<Timestamp> {
         self.agenda.first().map(|(at, _)| *at)
     }
 
+    /// Folds in `event`. Every so many needs touched, it packs those at rest.
     pub fn apply(&mut self, event: &Event) {
+        self.apply_held(event);
+        if self.touched.len() >= SETTLE_AFTER {
+            self.settle();
+        }
+    }
+
+    /// [`State::apply`], leaving the need unpacked until the next [`State::settle`]:
+    /// the engine reads it again before its command is done.
+    pub(crate) fn apply_held(&mut self, event: &Event) {
         self.events += 1;
         self.last_at = Some(event.at);
         let id = &event.need;
@@ -368,15 +540,18 @@ impl State {
         if submitted {
             let number = u32::try_from(self.by_number.len()).expect("fewer than 2^32 needs");
             let need = new_need(event, &mut self.names, number);
-            self.needs.insert(id.clone(), Box::new(need));
+            self.needs.insert(id.clone(), Slot::Live(Box::new(need)));
             self.ids.insert(id);
             self.by_number.push(id.clone());
         }
-        let Some(need) = self.needs.get_mut(id) else {
+        let Some(need) = live(&mut self.needs, &self.names, id.as_str()) else {
             // An event for an unknown need cannot come from this engine; a fold that
             // never fails skips it, and the replay check reports the difference.
             return;
         };
+        if self.touched.last() != Some(&need.number) {
+            self.touched.push(need.number);
+        }
         let before = need.scheduled;
         apply_to_need(need, &mut self.usage, event, self.events);
         let after = need.next_deadline();
@@ -389,6 +564,18 @@ impl State {
                 self.agenda.insert((at, need.number));
             }
         }
+    }
+}
+
+/// The need `id`, unpacked in place if it was packed.
+fn live<'a>(needs: &'a mut NeedMap, names: &Names, id: &str) -> Option<&'a mut NeedState> {
+    if let Some((key, Slot::Frozen(frozen))) = needs.get_key_value(id) {
+        let need = Slot::Live(Box::new(frozen::thaw(key, frozen, names)));
+        *needs.get_mut(id).expect("looked up above") = need;
+    }
+    match needs.get_mut(id)? {
+        Slot::Live(need) => Some(need),
+        Slot::Frozen(_) => unreachable!("unpacked above"),
     }
 }
 
@@ -419,17 +606,14 @@ fn new_need(event: &Event, names: &mut Names, number: u32) -> NeedState {
     NeedState {
         spec: NeedSpec {
             id: event.need.clone(),
-            sku: shared(&mut names.skus, sku),
+            sku: names.skus.shared(sku),
             gpus: *gpus,
-            regions: regions
-                .iter()
-                .map(|r| shared(&mut names.regions, r))
-                .collect(),
+            regions: regions.iter().map(|r| names.regions.shared(r)).collect(),
             earliest_start: *earliest_start,
             latest_start: *latest_start,
             hours: *hours,
-            workload: shared(&mut names.workloads, workload),
-            tags: tags.iter().map(|t| shared(&mut names.tags, t)).collect(),
+            workload: names.workloads.shared(workload),
+            tags: tags.iter().map(|t| names.tags.shared(t)).collect(),
             max_price_per_gpu_hour: *max_price_per_gpu_hour,
             offer_price_per_gpu_hour: None,
             priority: *priority,
@@ -437,7 +621,7 @@ fn new_need(event: &Event, names: &mut Names, number: u32) -> NeedState {
             decide_by: *decide_by,
         },
         submitted_at: event.at,
-        holder: holder.clone(),
+        holder: holder.as_ref().map(|h| names.providers.shared(h)),
         variant: *variant,
         first_refusal: first_refusal.map(|i| u32::try_from(i).expect("a deal has few clauses")),
         holder_offer_price: *offer_price_per_gpu_hour,

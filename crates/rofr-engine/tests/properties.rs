@@ -229,45 +229,44 @@ fn aimed(op: &Op, engine: &Engine, aim: usize) -> Option<Command> {
         rofr_engine::types::ProviderId,
         u32,
     )> {
-        state
-            .needs
-            .values()
-            .filter(|n| n.closed.is_none())
-            .flat_map(|n| {
+        let mut offers = Vec::new();
+        for n in state.needs().filter(|n| n.closed.is_none()) {
+            offers.extend(
                 n.offers
                     .iter()
                     .filter(|o| o.status == OfferStatus::Open && kinds.contains(&o.kind))
-                    .map(|o| (n.spec.id.clone(), o.seq, o.provider.clone(), o.gpus.get()))
-            })
-            .collect()
+                    .map(|o| (n.spec.id.clone(), o.seq, o.provider.clone(), o.gpus.get())),
+            );
+        }
+        offers
     };
-    let rfqs: Vec<_> = state
-        .needs
-        .values()
+    let mut rfqs = Vec::new();
+    for n in state
+        .needs()
         .filter(|n| n.sourcing_open && n.closed.is_none())
-        .flat_map(|n| {
+    {
+        rfqs.extend(
             n.rfqs
                 .iter()
                 .filter(|r| r.status == RfqStatus::Open)
-                .map(|r| (n.spec.id.clone(), r.provider.clone(), r.gpus.get()))
-        })
-        .collect();
+                .map(|r| (n.spec.id.clone(), r.provider.clone(), r.gpus.get())),
+        );
+    }
     let awards = |statuses: &[AwardStatus]| -> Vec<(
         rofr_engine::types::NeedId,
         u32,
         rofr_engine::types::ProviderId,
     )> {
-        state
-            .needs
-            .values()
-            .filter(|n| n.closed.is_none())
-            .flat_map(|n| {
+        let mut awards = Vec::new();
+        for n in state.needs().filter(|n| n.closed.is_none()) {
+            awards.extend(
                 n.awards
                     .iter()
                     .filter(|a| statuses.contains(&a.status))
-                    .map(|a| (n.spec.id.clone(), a.seq, a.provider.clone()))
-            })
-            .collect()
+                    .map(|a| (n.spec.id.clone(), a.seq, a.provider.clone())),
+            );
+        }
+        awards
     };
     fn pick<T: Clone>(list: &[T], aim: usize) -> Option<T> {
         (!list.is_empty()).then(|| list[aim % list.len()].clone())

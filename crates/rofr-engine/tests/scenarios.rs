@@ -967,7 +967,7 @@ fn needs_share_one_copy_of_each_sku_workload_region_and_tag() {
         spec.tags = [rofr_engine::types::Tag::parse("frontier").unwrap()].into();
         engine.execute(submit(spec)).unwrap();
     }
-    let [a, b] = ["n1", "n2"].map(|id| &engine.state().needs[&need_id(id)].spec);
+    let [a, b] = ["n1", "n2"].map(|id| engine.state().need(id).unwrap().into_owned().spec);
     assert_eq!((&a.sku, &a.workload), (&b.sku, &b.workload));
     assert!(a.sku.shares_text_with(&b.sku));
     assert!(a.workload.shares_text_with(&b.workload));
@@ -977,7 +977,7 @@ fn needs_share_one_copy_of_each_sku_workload_region_and_tag() {
             s.tags.first().unwrap().clone(),
         )
     };
-    let ((ra, ta), (rb, tb)) = (first(a), first(b));
+    let ((ra, ta), (rb, tb)) = (first(&a), first(&b));
     assert!(ra.shares_text_with(&rb) && ta.shares_text_with(&tb));
     // Text parsed apart is two copies: the sharing above is the state's doing.
     assert!(!need("n3", 8).sku.shares_text_with(&a.sku));

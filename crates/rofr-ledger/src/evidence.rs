@@ -191,7 +191,7 @@ fn story(
             ));
         }
         state.apply(event);
-        let n = &state.needs[need];
+        let n = state.need(need).expect("the need the events are about");
         let when = event.at;
         let line = match &event.kind {
             EventKind::NeedSubmitted(submitted) => {
@@ -266,7 +266,7 @@ fn story(
         };
         lines.extend(line);
     }
-    let n = &state.needs[need];
+    let n = state.need(need).expect("the need the events are about");
     lines.push(match &n.holder {
         Some(h) => format!(
             "The evidence shows: {h} was offered this need first, and every GPU awarded to another provider ({third_party_gpus} in all) was refused by {h} on terms at least as good, within the {}% threshold.",

@@ -544,7 +544,11 @@ async fn show_need(
     caller.reader("read needs")?;
     let id = need_id(&id)?;
     broker
-        .read_committed(|e| e.state().needs.get(&id).map(|need| views::need_view(need)))
+        .read_committed(|e| {
+            e.state()
+                .need(id.as_str())
+                .map(|need| views::need_view(&need))
+        })
         .await?
         .map(Json)
         .ok_or_else(|| {

@@ -468,8 +468,7 @@ impl Broker {
         }
         let holder = self.read(|e| {
             e.state()
-                .needs
-                .get(need)
+                .need(need)
                 .and_then(|n| n.holder.as_ref().map(|h| h.to_string()))
         });
         let entries: Vec<(u64, Vec<u8>)> = rows.into_iter().map(|r| (r.index, r.data)).collect();
@@ -719,7 +718,7 @@ fn projection(engine: &Engine, touches: &Touches) -> Vec<NeedRow> {
     let state = engine.state();
     in_id_order(touches)
         .into_iter()
-        .filter_map(|(id, t)| state.needs.get(id.as_str()).map(|n| need_row(n, t)))
+        .filter_map(|(id, t)| state.need(id.as_str()).map(|n| need_row(&n, t)))
         .collect()
 }
 
@@ -735,7 +734,7 @@ fn projection_agrees(
     let state = engine.state();
     let mut expected = in_id_order(touches)
         .into_iter()
-        .filter_map(|(id, t)| state.needs.get(id.as_str()).map(|n| need_row(n, t)));
+        .filter_map(|(id, t)| state.need(id.as_str()).map(|n| need_row(&n, t)));
     let mut after: Option<String> = None;
     loop {
         let page = store.list_needs(None, after.as_deref(), PAGE)?;
@@ -1281,8 +1280,8 @@ impl Writer {
                     let Some(touch) = self.dirty.remove(&id) else {
                         continue;
                     };
-                    if let Some(need) = state.needs.get(id.as_str()) {
-                        batch.needs.push(need_row(need, &touch));
+                    if let Some(need) = state.need(id.as_str()) {
+                        batch.needs.push(need_row(&need, &touch));
                     }
                 }
                 if self.sweep.is_empty() {

@@ -51,9 +51,9 @@ pub fn render(broker: &Broker) -> String {
     );
     let needs = Family::<Vec<(String, String)>, Gauge>::default();
     broker.read(|engine| {
-        for need in engine.state().needs.values() {
+        for need in engine.state().needs() {
             needs
-                .get_or_create(&vec![("status".to_owned(), need_status(need).to_owned())])
+                .get_or_create(&vec![("status".to_owned(), need_status(&need).to_owned())])
                 .inc();
         }
     });

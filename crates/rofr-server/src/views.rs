@@ -174,8 +174,7 @@ pub fn need_view(need: &NeedState) -> NeedView {
 pub fn rfqs_for(engine: &Engine, provider: &ProviderId) -> Vec<RfqView> {
     engine
         .state()
-        .needs
-        .values()
+        .unpacked_needs()
         .filter(|n| n.sourcing_open && n.closed.is_none())
         .flat_map(|n| {
             rfq_views(n).filter(|r| r.provider == provider.as_str() && r.status == "open")
@@ -185,12 +184,11 @@ pub fn rfqs_for(engine: &Engine, provider: &ProviderId) -> Vec<RfqView> {
 
 /// Every award to `provider`, of any status.
 pub fn awards_for(engine: &Engine, provider: &ProviderId) -> Vec<AwardView> {
-    engine
-        .state()
-        .needs
-        .values()
-        .flat_map(|n| award_views(n).filter(|a| a.provider == provider.as_str()))
-        .collect()
+    let mut awards = Vec::new();
+    for need in engine.state().needs() {
+        awards.extend(award_views(&need).filter(|a| a.provider == provider.as_str()));
+    }
+    awards
 }
 
 /// A page of open offers, in need order after `after`: every provider's for the buyer
@@ -207,7 +205,8 @@ pub fn offers_page(
     for need in state
         .ids
         .after(after)
-        .map(|id| &state.needs[id.as_str()])
+        // A packed need has no open offer.
+        .filter_map(|id| state.unpacked(id.as_str()))
         .filter(|n| n.closed.is_none())
     {
         offers.extend(
@@ -280,7 +279,7 @@ pub fn summary(engine: &Engine) -> Summary {
     let mut to_award: Vec<f64> = Vec::new();
     // GPU-hours awarded per day and provider, for the timeline.
     let mut by_day: BTreeMap<i64, BTreeMap<String, f64>> = BTreeMap::new();
-    for need in state.needs.values() {
+    for need in state.needs() {
         for award in need.awards.iter().filter(|a| a.status.is_live()) {
             *by_day
                 .entry(award.decided_at.unix_seconds().div_euclid(86_400))
@@ -288,7 +287,7 @@ pub fn summary(engine: &Engine) -> Summary {
                 .entry(award.provider.to_string())
                 .or_default() += need.spec.gpu_hours(award.gpus);
         }
-        *by_status.entry(need_status(need).to_owned()).or_default() += 1;
+        *by_status.entry(need_status(&need).to_owned()).or_default() += 1;
         for award in need.awards.iter().filter(|a| a.status.is_live()) {
             *gpu_hours.entry(award.provider.to_string()).or_default() +=
                 need.spec.gpu_hours(award.gpus);
@@ -368,7 +367,7 @@ pub fn summary(engine: &Engine) -> Summary {
         .collect();
     Summary {
         now: engine.clock(),
-        needs: state.needs.len(),
+        needs: state.need_count(),
         by_status,
         providers,
         hhi,

@@ -76,7 +76,7 @@ fn held(broker: &Broker, ids: &[&str]) -> (Vec<String>, Vec<String>) {
         .iter()
         .filter(|id| {
             let id = NeedId::parse(id).unwrap();
-            broker.read(|e| e.state().needs.contains_key(&id))
+            broker.read(|e| e.state().has_need(id.as_str()))
         })
         .map(|id| id.to_string())
         .collect();
@@ -119,7 +119,7 @@ async fn a_failed_commit_refuses_its_commands_and_keeps_nothing_of_them() {
         tokio::spawn(async move {
             let id = NeedId::parse("during-1").unwrap();
             broker
-                .read_committed(move |e| e.state().needs.contains_key(&id))
+                .read_committed(move |e| e.state().has_need(id.as_str()))
                 .await
         })
     };

@@ -707,7 +707,8 @@ impl<'a> Sim<'a> {
             Some((root, n)) => (root.to_owned(), n.parse::<u32>().unwrap_or(0) + 1),
             None => (id.as_str().to_owned(), 1),
         };
-        let old = &self.engine.state().needs[id].spec;
+        let need = self.engine.state().need(id.as_str()).expect("a known need");
+        let old = &need.spec;
         let flexibility = old.latest_start.unix_seconds() - old.earliest_start.unix_seconds();
         let new_id = NeedId::parse(&format!("{root}.r{n}")).expect("valid id");
         let mut spec = old.clone();
@@ -807,7 +808,8 @@ impl<'a> Sim<'a> {
         if self.rng.random::<f64>() < model.decline_probability {
             return Some((decline(DeclineReason::Other), None));
         }
-        let spec = &self.engine.state().needs.get(id)?.spec;
+        let asked = self.engine.state().need(id.as_str())?;
+        let spec = &asked.spec;
         let sim = &self.providers[p];
         let Some(own_price) = sim.price(spec, now, self.scenario.start) else {
             return Some((decline(DeclineReason::NoCapacity), None));
@@ -900,7 +902,7 @@ impl<'a> Sim<'a> {
             self.execute(fail("could not deliver"));
             return;
         }
-        let spec = self.engine.state().needs[&id].spec.clone();
+        let spec = self.spec(&id);
         let set_aside = self.awarded.remove(&(id.clone(), award));
         // What was held for the award, topped up from what is free now where the hold
         // fell short; late delivery is still delivery: the launch slips.
@@ -977,16 +979,22 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// What the need `id` asked for.
+    fn spec(&self, id: &NeedId) -> NeedSpec {
+        let need = self.engine.state().need(id.as_str()).expect("a known need");
+        need.into_owned().spec
+    }
+
     fn give_back(&mut self, need: &NeedId, hold: Hold) {
         self.set_aside(need, &hold, true);
     }
 
     /// Takes a hold's GPUs out of its provider's free capacity, or puts them back.
     fn set_aside(&mut self, need: &NeedId, hold: &Hold, back: bool) {
-        let spec = &self.engine.state().needs[need].spec;
+        let spec = self.spec(need);
         self.providers[hold.provider].adjust(
             hold.pool,
-            spec,
+            &spec,
             hold.start,
             self.scenario.start,
             hold.gpus,
@@ -1038,7 +1046,8 @@ impl<'a> Sim<'a> {
             let late = (started.unix_seconds() - launch.date.unix_seconds()).max(0);
             self.result.delays.push(late as f64 / DAY as f64);
         }
-        for (id, need) in &self.engine.state().needs {
+        for need in self.engine.state().needs() {
+            let id = &need.spec.id;
             let confirmed: u32 = need
                 .awards
                 .iter()

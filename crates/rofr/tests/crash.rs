@@ -215,7 +215,7 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     let replayed = State::from_events(&events);
     for row in &listed {
         let id = row["id"].as_str().unwrap();
-        let need = &replayed.needs[id];
+        let need = &replayed.need(id).unwrap();
         assert_eq!(
             row["status"],
             rofr_server::broker::need_status(need),

@@ -325,7 +325,7 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
     let deal = parse_deal("deal.toml", DEAL).unwrap();
     rofr_engine::invariants::check_events(&deal, &events).unwrap();
     let state = rofr_engine::state::State::from_events(&events);
-    for need in state.needs.values() {
+    for need in state.needs() {
         assert!(
             need.awarded() <= need.spec.gpus,
             "{} over-awarded",

@@ -1,0 +1,597 @@
+//! Needs at rest, packed. A need that waits only on a far deadline (its awards
+//! confirmed, nothing open for anyone to answer) is most of a broker's needs, and as a
+//! [`NeedState`] it takes about 540 bytes with its lists. Packed it takes about 80:
+//! numbers as variable-length integers, times as differences from the submission time,
+//! names as their places in the state's tables ([`Names`]). The first event that
+//! touches it again unpacks it.
+//!
+//! The format lives only in memory, written and read by this module alone, so it has
+//! no version: a packed need never outlives the process that packed it.
+
+use std::collections::BTreeSet;
+
+use thin_vec::ThinVec;
+
+use crate::deal::Variant;
+use crate::need::NeedSpec;
+use crate::state::{
+    Award, AwardStatus, Closed, HolderOffer, Names, NeedState, OfferKind, OfferStatus, Refusal,
+    Rfq, RfqStatus,
+};
+use crate::types::{Gpus, NeedId, Price, Timestamp};
+
+/// A packed need. Equal bytes mean equal needs under the same [`Names`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frozen(Box<[u8]>);
+
+impl Frozen {
+    /// Bytes held, for tests and figures.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Packs `need`, adding the names it uses to `names` where they are new.
+pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
+    let mut w = Writer {
+        bytes: Vec::with_capacity(128),
+        base: need.submitted_at,
+    };
+    let spec = &need.spec;
+    w.int(need.submitted_at.unix_seconds());
+    w.uint(u64::from(names.skus.place(&spec.sku)));
+    w.uint(u64::from(spec.gpus.get()));
+    w.uint(spec.regions.len() as u64);
+    for region in &spec.regions {
+        w.uint(u64::from(names.regions.place(region)));
+    }
+    w.time(spec.earliest_start);
+    w.time(spec.latest_start);
+    w.uint(u64::from(spec.hours));
+    w.uint(u64::from(names.workloads.place(&spec.workload)));
+    w.uint(spec.tags.len() as u64);
+    for tag in &spec.tags {
+        w.uint(u64::from(names.tags.place(tag)));
+    }
+    w.uint(spec.max_price_per_gpu_hour.units());
+    w.option(spec.offer_price_per_gpu_hour, |w, p| w.uint(p.units()));
+    w.uint(u64::from(spec.priority));
+    w.option(spec.launch.as_deref(), |w, text| w.text(text));
+    w.time(spec.decide_by);
+
+    w.option(need.holder.as_ref(), |w, p| {
+        w.uint(u64::from(names.providers.place(p)));
+    });
+    w.uint(match need.variant {
+        None => 0,
+        Some(Variant::FirstOffer) => 1,
+        Some(Variant::LastLook) => 2,
+        Some(Variant::Negotiate) => 3,
+    });
+    w.option(need.first_refusal, |w, i| w.uint(u64::from(i)));
+    w.option(need.holder_offer_price, |w, p| w.uint(p.units()));
+    // Nearly always zero, which packs into one byte this way.
+    w.uint(need.reoffer_threshold.to_bits().swap_bytes());
+    w.uint(need.offers.len() as u64);
+    for o in &need.offers {
+        w.uint(u64::from(o.seq));
+        w.uint(match o.kind {
+            OfferKind::First => 0,
+            OfferKind::Reoffer => 1,
+            OfferKind::Match => 2,
+        });
+        w.uint(u64::from(names.providers.place(&o.provider)));
+        w.uint(u64::from(o.gpus.get()));
+        w.uint(o.price.units());
+        w.time(o.deadline);
+        w.option(o.against.as_ref(), |w, p| {
+            w.uint(u64::from(names.providers.place(p)));
+        });
+        match o.status {
+            OfferStatus::Open => w.uint(0),
+            OfferStatus::Accepted(gpus) => {
+                w.uint(1);
+                w.uint(u64::from(gpus.get()));
+            }
+            OfferStatus::Declined => w.uint(2),
+            OfferStatus::Lapsed => w.uint(3),
+        }
+    }
+    w.uint(u64::from(need.round));
+    w.uint(need.rfqs.len() as u64);
+    for r in &need.rfqs {
+        w.uint(u64::from(names.providers.place(&r.provider)));
+        w.uint(u64::from(r.gpus.get()));
+        w.time(r.deadline);
+        match r.status {
+            RfqStatus::Open => w.uint(0),
+            RfqStatus::Quoted { gpus, price } => {
+                w.uint(1);
+                w.uint(u64::from(gpus.get()));
+                w.uint(price.units());
+            }
+            RfqStatus::Declined => w.uint(2),
+        }
+    }
+    w.uint(need.awards.len() as u64);
+    for a in &need.awards {
+        w.uint(u64::from(a.seq));
+        w.uint(u64::from(names.providers.place(&a.provider)));
+        w.uint(u64::from(a.gpus.get()));
+        w.uint(a.price.units());
+        w.time(a.decided_at);
+        w.option(a.confirm_by, Writer::time);
+        w.option(a.reservation.as_deref(), |w, text| w.text(text));
+        w.uint(match a.status {
+            AwardStatus::PendingApproval => 0,
+            AwardStatus::Made => 1,
+            AwardStatus::Confirmed => 2,
+            AwardStatus::Rejected => 3,
+            AwardStatus::Failed => 4,
+        });
+        w.uint(a.counted_at);
+    }
+    w.uint(need.refusals.len() as u64);
+    for r in &need.refusals {
+        w.uint(u64::from(r.gpus.get()));
+        w.option(r.price, |w, p| w.uint(p.units()));
+    }
+    w.uint(u64::from(need.sourcing_open) | u64::from(need.holder_owed) << 1);
+    w.option(need.revive_at, Writer::time);
+    w.option(need.waiting_until, Writer::time);
+    w.option(need.fulfilled_until, Writer::time);
+    w.uint(match need.closed {
+        None => 0,
+        Some(Closed::Completed) => 1,
+        Some(Closed::Expired) => 2,
+        Some(Closed::Cancelled) => 3,
+    });
+    w.uint(u64::from(need.unmet.get()));
+    w.option(need.scheduled, Writer::time);
+    w.uint(u64::from(need.number));
+    Frozen(w.bytes.into_boxed_slice())
+}
+
+/// The need `frozen` packs, whose id is `id`, with the names it uses shared from
+/// `names`.
+pub fn thaw(id: &NeedId, frozen: &Frozen, names: &Names) -> NeedState {
+    let mut r = Reader {
+        bytes: &frozen.0,
+        base: Timestamp::from_unix_seconds(0),
+    };
+    let submitted_at = Timestamp::from_unix_seconds(r.int());
+    r.base = submitted_at;
+    let sku = names.skus.get(r.place()).clone();
+    let gpus = r.gpus();
+    let regions: BTreeSet<_> = (0..r.uint())
+        .map(|_| names.regions.get(r.place()).clone())
+        .collect();
+    let earliest_start = r.time();
+    let latest_start = r.time();
+    let hours = r.u32();
+    let workload = names.workloads.get(r.place()).clone();
+    let tags: BTreeSet<_> = (0..r.uint())
+        .map(|_| names.tags.get(r.place()).clone())
+        .collect();
+    let max_price_per_gpu_hour = r.price();
+    let offer_price_per_gpu_hour = r.option(Reader::price);
+    let priority = u8::try_from(r.uint()).expect("a priority packed from a u8");
+    let launch = r.option(Reader::text);
+    let decide_by = r.time();
+    let spec = NeedSpec {
+        id: id.clone(),
+        sku,
+        gpus,
+        regions,
+        earliest_start,
+        latest_start,
+        hours,
+        workload,
+        tags,
+        max_price_per_gpu_hour,
+        offer_price_per_gpu_hour,
+        priority,
+        launch,
+        decide_by,
+    };
+    let holder = r.option(|r| names.providers.get(r.place()).clone());
+    let variant = match r.uint() {
+        0 => None,
+        1 => Some(Variant::FirstOffer),
+        2 => Some(Variant::LastLook),
+        _ => Some(Variant::Negotiate),
+    };
+    let first_refusal = r.option(Reader::u32);
+    let holder_offer_price = r.option(Reader::price);
+    let reoffer_threshold = f64::from_bits(r.uint().swap_bytes());
+    let offers = list(&mut r, |r| HolderOffer {
+        seq: r.u32(),
+        kind: match r.uint() {
+            0 => OfferKind::First,
+            1 => OfferKind::Reoffer,
+            _ => OfferKind::Match,
+        },
+        provider: names.providers.get(r.place()).clone(),
+        gpus: r.gpus(),
+        price: r.price(),
+        deadline: r.time(),
+        against: r.option(|r| names.providers.get(r.place()).clone()),
+        status: match r.uint() {
+            0 => OfferStatus::Open,
+            1 => OfferStatus::Accepted(r.gpus()),
+            2 => OfferStatus::Declined,
+            _ => OfferStatus::Lapsed,
+        },
+    });
+    let round = r.u32();
+    let rfqs: ThinVec<Rfq> = (0..r.uint())
+        .map(|_| Rfq {
+            provider: names.providers.get(r.place()).clone(),
+            gpus: r.gpus(),
+            deadline: r.time(),
+            status: match r.uint() {
+                0 => RfqStatus::Open,
+                1 => RfqStatus::Quoted {
+                    gpus: r.gpus(),
+                    price: r.price(),
+                },
+                _ => RfqStatus::Declined,
+            },
+        })
+        .collect();
+    let awards = list(&mut r, |r| Award {
+        seq: r.u32(),
+        provider: names.providers.get(r.place()).clone(),
+        gpus: r.gpus(),
+        price: r.price(),
+        decided_at: r.time(),
+        confirm_by: r.option(Reader::time),
+        reservation: r.option(|r| r.text().into_boxed_str()),
+        status: match r.uint() {
+            0 => AwardStatus::PendingApproval,
+            1 => AwardStatus::Made,
+            2 => AwardStatus::Confirmed,
+            3 => AwardStatus::Rejected,
+            _ => AwardStatus::Failed,
+        },
+        counted_at: r.uint(),
+    });
+    let refusals: ThinVec<Refusal> = (0..r.uint())
+        .map(|_| Refusal {
+            gpus: r.gpus(),
+            price: r.option(Reader::price),
+        })
+        .collect();
+    let flags = r.uint();
+    let revive_at = r.option(Reader::time);
+    let waiting_until = r.option(Reader::time);
+    let fulfilled_until = r.option(Reader::time);
+    let closed = match r.uint() {
+        0 => None,
+        1 => Some(Closed::Completed),
+        2 => Some(Closed::Expired),
+        _ => Some(Closed::Cancelled),
+    };
+    let unmet = r.gpus();
+    let scheduled = r.option(Reader::time);
+    let number = r.u32();
+    debug_assert_eq!(r.bytes.len(), 0, "a packed need is read to its end");
+    NeedState {
+        spec,
+        submitted_at,
+        holder,
+        variant,
+        first_refusal,
+        holder_offer_price,
+        reoffer_threshold,
+        offers,
+        round,
+        rfqs,
+        sourcing_open: flags & 1 != 0,
+        awards,
+        refusals,
+        holder_owed: flags & 2 != 0,
+        revive_at,
+        waiting_until,
+        fulfilled_until,
+        closed,
+        unmet,
+        scheduled,
+        number,
+    }
+}
+
+/// A list read into room for exactly its items (most hold one).
+fn list<T>(r: &mut Reader<'_>, mut item: impl FnMut(&mut Reader<'_>) -> T) -> Vec<T> {
+    let len = r.uint() as usize;
+    let mut items = Vec::with_capacity(len);
+    for _ in 0..len {
+        items.push(item(r));
+    }
+    items
+}
+
+struct Writer {
+    bytes: Vec<u8>,
+    /// Times are written as seconds from this one.
+    base: Timestamp,
+}
+
+impl Writer {
+    /// LEB128: seven bits a byte, low bits first.
+    fn uint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.bytes.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.bytes.push(value as u8);
+    }
+
+    /// Zigzag, so that small negative numbers stay short.
+    fn int(&mut self, value: i64) {
+        self.uint(((value << 1) ^ (value >> 63)) as u64);
+    }
+
+    fn time(&mut self, at: Timestamp) {
+        self.int(at.unix_seconds().wrapping_sub(self.base.unix_seconds()));
+    }
+
+    fn text(&mut self, text: &str) {
+        self.uint(text.len() as u64);
+        self.bytes.extend_from_slice(text.as_bytes());
+    }
+
+    fn option<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Writer, T)) {
+        match value {
+            None => self.uint(0),
+            Some(value) => {
+                self.uint(1);
+                write(self, value);
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    base: Timestamp,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> u8 {
+        let (&first, rest) = self
+            .bytes
+            .split_first()
+            .expect("a packed need is read as it was written");
+        self.bytes = rest;
+        first
+    }
+
+    fn uint(&mut self) -> u64 {
+        let mut value = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = self.byte();
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return value;
+            }
+            shift += 7;
+        }
+    }
+
+    fn int(&mut self) -> i64 {
+        let zigzag = self.uint();
+        (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64)
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::try_from(self.uint()).expect("packed from a u32")
+    }
+
+    fn place(&mut self) -> u32 {
+        self.u32()
+    }
+
+    fn gpus(&mut self) -> Gpus {
+        Gpus(self.u32())
+    }
+
+    fn price(&mut self) -> Price {
+        Price::from_ten_thousandths(self.uint())
+    }
+
+    fn time(&mut self) -> Timestamp {
+        Timestamp::from_unix_seconds(self.base.unix_seconds().wrapping_add(self.int()))
+    }
+
+    fn text(&mut self) -> String {
+        let len = self.uint() as usize;
+        let (text, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        std::str::from_utf8(text)
+            .expect("packed from a str")
+            .to_owned()
+    }
+
+    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        (self.uint() != 0).then(|| read(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ProviderId, Region, Sku, Tag, Workload};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(seconds)
+    }
+
+    fn provider(name: &str) -> ProviderId {
+        ProviderId::parse(name).unwrap()
+    }
+
+    /// A need with every field away from its default and every status of every list
+    /// item somewhere, times before and after its submission and at the far ends of
+    /// the calendar.
+    fn busy_need() -> NeedState {
+        let submitted = at(1_767_225_600);
+        let offer = |seq, kind, status, against: Option<&str>| HolderOffer {
+            seq,
+            kind,
+            provider: provider("holder"),
+            gpus: Gpus(seq * 8),
+            price: Price::from_ten_thousandths(25_000 + u64::from(seq)),
+            deadline: submitted.plus_seconds(i64::from(seq) * 3_600),
+            against: against.map(provider),
+            status,
+        };
+        let award = |seq, status, confirm_by, reservation: Option<&str>| Award {
+            seq,
+            provider: provider(if seq % 2 == 0 { "alt" } else { "holder" }),
+            gpus: Gpus(seq),
+            price: Price::from_ten_thousandths(u64::MAX - u64::from(seq)),
+            decided_at: submitted.plus_seconds(i64::from(seq)),
+            confirm_by,
+            reservation: reservation.map(Into::into),
+            status,
+            counted_at: u64::from(seq) << 40,
+        };
+        NeedState {
+            spec: NeedSpec {
+                id: NeedId::parse("n-busy").unwrap(),
+                sku: Sku::parse("H100").unwrap(),
+                gpus: Gpus(u32::MAX),
+                regions: ["us-east", "eu-west"]
+                    .map(|r| Region::parse(r).unwrap())
+                    .into(),
+                earliest_start: at(-62_135_596_800),
+                latest_start: at(253_402_300_799),
+                hours: 720,
+                workload: Workload::parse("training").unwrap(),
+                tags: ["frontier", "eval"].map(|t| Tag::parse(t).unwrap()).into(),
+                max_price_per_gpu_hour: Price::from_ten_thousandths(80_000),
+                offer_price_per_gpu_hour: Some(Price::from_ten_thousandths(0)),
+                priority: 255,
+                launch: Some("launch-α".into()),
+                decide_by: submitted.plus_seconds(-5),
+            },
+            submitted_at: submitted,
+            holder: Some(provider("holder")),
+            variant: Some(Variant::Negotiate),
+            first_refusal: Some(3),
+            holder_offer_price: Some(Price::from_ten_thousandths(70_000)),
+            reoffer_threshold: 0.1,
+            offers: vec![
+                offer(1, OfferKind::First, OfferStatus::Accepted(Gpus(3)), None),
+                offer(2, OfferKind::Reoffer, OfferStatus::Declined, Some("alt")),
+                offer(3, OfferKind::Match, OfferStatus::Lapsed, Some("alt")),
+                offer(4, OfferKind::First, OfferStatus::Open, None),
+            ],
+            round: 2,
+            rfqs: [
+                RfqStatus::Open,
+                RfqStatus::Quoted {
+                    gpus: Gpus(5),
+                    price: Price::from_ten_thousandths(31_000),
+                },
+                RfqStatus::Declined,
+            ]
+            .into_iter()
+            .map(|status| Rfq {
+                provider: provider("alt"),
+                gpus: Gpus(6),
+                deadline: submitted.plus_seconds(7_200),
+                status,
+            })
+            .collect(),
+            sourcing_open: true,
+            awards: vec![
+                award(1, AwardStatus::PendingApproval, None, None),
+                award(
+                    2,
+                    AwardStatus::Made,
+                    Some(submitted.plus_seconds(600)),
+                    None,
+                ),
+                award(3, AwardStatus::Confirmed, Some(submitted), Some("res-1")),
+                award(4, AwardStatus::Rejected, None, None),
+                award(5, AwardStatus::Failed, Some(at(0)), Some("")),
+            ],
+            refusals: [
+                Refusal {
+                    gpus: Gpus(2),
+                    price: None,
+                },
+                Refusal {
+                    gpus: Gpus(4),
+                    price: Some(Price::from_ten_thousandths(1)),
+                },
+            ]
+            .into_iter()
+            .collect(),
+            holder_owed: true,
+            revive_at: Some(submitted.plus_seconds(86_400)),
+            waiting_until: Some(submitted.plus_seconds(-86_400)),
+            fulfilled_until: Some(at(i64::MAX)),
+            closed: Some(Closed::Expired),
+            unmet: Gpus(7),
+            scheduled: Some(at(i64::MIN)),
+            number: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn every_field_unpacks_as_it_was_packed() {
+        let need = busy_need();
+        let mut names = Names::default();
+        let packed = freeze(&need, &mut names);
+        assert_eq!(thaw(&need.spec.id, &packed, &names), need);
+    }
+
+    #[test]
+    fn a_need_at_its_defaults_unpacks_too_and_packs_small() {
+        let mut need = busy_need();
+        need.spec.regions.clear();
+        need.spec.tags.clear();
+        need.spec.offer_price_per_gpu_hour = None;
+        need.spec.launch = None;
+        need.holder = None;
+        need.variant = None;
+        need.first_refusal = None;
+        need.holder_offer_price = None;
+        need.reoffer_threshold = 0.0;
+        need.offers.clear();
+        need.rfqs.clear();
+        need.awards.clear();
+        need.refusals.clear();
+        need.sourcing_open = false;
+        need.holder_owed = false;
+        need.revive_at = None;
+        need.waiting_until = None;
+        need.fulfilled_until = None;
+        need.closed = None;
+        need.scheduled = None;
+        let mut names = Names::default();
+        let packed = freeze(&need, &mut names);
+        assert_eq!(thaw(&need.spec.id, &packed, &names), need);
+        // The far-off start times and the largest numbers take most of it.
+        assert!(packed.len() < 64, "{} bytes", packed.len());
+    }
+
+    #[test]
+    fn names_are_shared_from_the_tables() {
+        let need = busy_need();
+        let mut names = Names::default();
+        let kept = names.skus.shared(&Sku::parse("H100").unwrap());
+        let packed = freeze(&need, &mut names);
+        let back = thaw(&need.spec.id, &packed, &names);
+        assert!(back.spec.sku.shares_text_with(&kept));
+        assert!(back.spec.id.shares_text_with(&need.spec.id));
+    }
+}
