@@ -105,10 +105,10 @@ impl Engine {
             });
         }
         while let Some((due, number)) = self.state.agenda.first().copied() {
-            let id = self.state.by_number[number as usize].clone();
             if due > now {
                 break;
             }
+            let id = self.state.id_of(number);
             self.state.unpack(id.as_str());
             let emitted = out.len();
             let mut step = Step {
@@ -126,7 +126,7 @@ impl Engine {
                     .range((due, number)..)
                     .take_while(|(at, _)| *at == due)
                     .take(4 * BATCH_LIMIT)
-                    .map(|&(_, n)| step.state.by_number[n as usize].clone())
+                    .map(|&(_, n)| step.state.id_of(n))
                     .filter(|id| step.only_quotes_due(id))
                     .take(BATCH_LIMIT)
                     .collect()

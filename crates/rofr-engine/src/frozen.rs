@@ -25,6 +25,17 @@ use crate::types::{Gpus, NeedId, Price, Timestamp};
 pub struct Frozen(Box<[u8]>);
 
 impl Frozen {
+    /// The need's id, which the packing starts with.
+    pub fn id(&self) -> &str {
+        let mut r = Reader {
+            bytes: &self.0,
+            base: Timestamp::from_unix_seconds(0),
+            price_base: Price::default(),
+        };
+        let len = r.uint() as usize;
+        std::str::from_utf8(&r.bytes[..len]).expect("packed from a str")
+    }
+
     /// Bytes held, for tests and figures.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -35,74 +46,135 @@ impl Frozen {
     }
 }
 
-/// Packs `need`, adding the names it uses to `names` where they are new.
+/// Packs `need`, adding the names it uses to `names` where they are new. Its
+/// `scheduled` must be its next deadline, as the state keeps every need's.
 pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
+    debug_assert_eq!(
+        need.scheduled,
+        need.next_deadline(),
+        "scheduled as the state keeps it"
+    );
+    let spec = &need.spec;
     let mut w = Writer {
         bytes: Vec::with_capacity(128),
         base: need.submitted_at,
+        price_base: spec.max_price_per_gpu_hour,
     };
-    let spec = &need.spec;
+    w.text(spec.id.as_str());
     w.int(need.submitted_at.unix_seconds());
+    // Which of the optional fields are there, which lists hold something and which
+    // numbers are not zero (and two flags), in one number: each is written below only
+    // where it is. Bits by place in this list; `thaw` reads them by the same places.
+    let present = [
+        spec.offer_price_per_gpu_hour.is_some(),
+        spec.launch.is_some(),
+        need.holder.is_some(),
+        need.first_refusal.is_some(),
+        need.holder_offer_price.is_some(),
+        need.revive_at.is_some(),
+        need.waiting_until.is_some(),
+        need.fulfilled_until.is_some(),
+        need.sourcing_open,
+        need.holder_owed,
+        !spec.regions.is_empty(),
+        !spec.tags.is_empty(),
+        spec.priority != 0,
+        need.variant.is_some(),
+        need.reoffer_threshold.to_bits() != 0,
+        need.round != 0,
+        !need.rfqs.is_empty(),
+        !need.refusals.is_empty(),
+        need.closed.is_some(),
+        need.unmet != Gpus::ZERO,
+    ];
+    w.uint(
+        present
+            .iter()
+            .enumerate()
+            .map(|(bit, &set)| u64::from(set) << bit)
+            .sum(),
+    );
     w.uint(u64::from(names.skus.place(&spec.sku)));
     w.uint(u64::from(spec.gpus.get()));
-    w.uint(spec.regions.len() as u64);
-    for region in &spec.regions {
-        w.uint(u64::from(names.regions.place(region)));
+    if !spec.regions.is_empty() {
+        w.uint(spec.regions.len() as u64);
+        for region in &spec.regions {
+            w.uint(u64::from(names.regions.place(region)));
+        }
     }
     w.time(spec.earliest_start);
     w.time(spec.latest_start);
     w.uint(u64::from(spec.hours));
     w.uint(u64::from(names.workloads.place(&spec.workload)));
-    w.uint(spec.tags.len() as u64);
-    for tag in &spec.tags {
-        w.uint(u64::from(names.tags.place(tag)));
+    if !spec.tags.is_empty() {
+        w.uint(spec.tags.len() as u64);
+        for tag in &spec.tags {
+            w.uint(u64::from(names.tags.place(tag)));
+        }
     }
     w.uint(spec.max_price_per_gpu_hour.units());
-    w.option(spec.offer_price_per_gpu_hour, |w, p| w.uint(p.units()));
-    w.uint(u64::from(spec.priority));
-    w.option(spec.launch.as_deref(), |w, text| w.text(text));
+    if let Some(price) = spec.offer_price_per_gpu_hour {
+        w.price(price);
+    }
+    if spec.priority != 0 {
+        w.uint(u64::from(spec.priority));
+    }
+    if let Some(launch) = &spec.launch {
+        w.text(launch);
+    }
     w.time(spec.decide_by);
 
-    w.option(need.holder.as_ref(), |w, p| {
-        w.uint(u64::from(names.providers.place(p)));
-    });
-    w.uint(match need.variant {
-        None => 0,
-        Some(Variant::FirstOffer) => 1,
-        Some(Variant::LastLook) => 2,
-        Some(Variant::Negotiate) => 3,
-    });
-    w.option(need.first_refusal, |w, i| w.uint(u64::from(i)));
-    w.option(need.holder_offer_price, |w, p| w.uint(p.units()));
-    // Nearly always zero, which packs into one byte this way.
-    w.uint(need.reoffer_threshold.to_bits().swap_bytes());
+    if let Some(holder) = &need.holder {
+        w.uint(u64::from(names.providers.place(holder)));
+    }
+    if let Some(variant) = need.variant {
+        w.uint(match variant {
+            Variant::FirstOffer => 0,
+            Variant::LastLook => 1,
+            Variant::Negotiate => 2,
+        });
+    }
+    if let Some(place) = need.first_refusal {
+        w.uint(u64::from(place));
+    }
+    if let Some(price) = need.holder_offer_price {
+        w.price(price);
+    }
+    if need.reoffer_threshold.to_bits() != 0 {
+        w.uint(need.reoffer_threshold.to_bits().swap_bytes());
+    }
     w.uint(need.offers.len() as u64);
     for o in &need.offers {
         w.uint(u64::from(o.seq));
-        w.uint(match o.kind {
+        let kind = match o.kind {
             OfferKind::First => 0,
             OfferKind::Reoffer => 1,
             OfferKind::Match => 2,
-        });
+        };
+        let status = match o.status {
+            OfferStatus::Open => 0,
+            OfferStatus::Accepted(_) => 1,
+            OfferStatus::Declined => 2,
+            OfferStatus::Lapsed => 3,
+        };
+        w.uint(kind + 3 * status);
         w.uint(u64::from(names.providers.place(&o.provider)));
         w.uint(u64::from(o.gpus.get()));
-        w.uint(o.price.units());
+        w.price(o.price);
         w.time(o.deadline);
         w.option(o.against.as_ref(), |w, p| {
             w.uint(u64::from(names.providers.place(p)));
         });
-        match o.status {
-            OfferStatus::Open => w.uint(0),
-            OfferStatus::Accepted(gpus) => {
-                w.uint(1);
-                w.uint(u64::from(gpus.get()));
-            }
-            OfferStatus::Declined => w.uint(2),
-            OfferStatus::Lapsed => w.uint(3),
+        if let OfferStatus::Accepted(gpus) = o.status {
+            w.uint(u64::from(gpus.get()));
         }
     }
-    w.uint(u64::from(need.round));
-    w.uint(need.rfqs.len() as u64);
+    if need.round != 0 {
+        w.uint(u64::from(need.round));
+    }
+    if !need.rfqs.is_empty() {
+        w.uint(need.rfqs.len() as u64);
+    }
     for r in &need.rfqs {
         w.uint(u64::from(names.providers.place(&r.provider)));
         w.uint(u64::from(r.gpus.get()));
@@ -112,7 +184,7 @@ pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
             RfqStatus::Quoted { gpus, price } => {
                 w.uint(1);
                 w.uint(u64::from(gpus.get()));
-                w.uint(price.units());
+                w.price(price);
             }
             RfqStatus::Declined => w.uint(2),
         }
@@ -122,68 +194,86 @@ pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
         w.uint(u64::from(a.seq));
         w.uint(u64::from(names.providers.place(&a.provider)));
         w.uint(u64::from(a.gpus.get()));
-        w.uint(a.price.units());
+        w.price(a.price);
         w.time(a.decided_at);
-        w.option(a.confirm_by, Writer::time);
-        w.option(a.reservation.as_deref(), |w, text| w.text(text));
-        w.uint(match a.status {
+        let status = match a.status {
             AwardStatus::PendingApproval => 0,
             AwardStatus::Made => 1,
             AwardStatus::Confirmed => 2,
             AwardStatus::Rejected => 3,
             AwardStatus::Failed => 4,
-        });
+        };
+        let confirm_by = u64::from(a.confirm_by.is_some());
+        let reservation = u64::from(a.reservation.is_some());
+        w.uint(status + 5 * confirm_by + 10 * reservation);
+        if let Some(by) = a.confirm_by {
+            w.time(by);
+        }
+        if let Some(reservation) = &a.reservation {
+            w.text(reservation);
+        }
         w.uint(a.counted_at);
     }
-    w.uint(need.refusals.len() as u64);
+    if !need.refusals.is_empty() {
+        w.uint(need.refusals.len() as u64);
+    }
     for r in &need.refusals {
         w.uint(u64::from(r.gpus.get()));
-        w.option(r.price, |w, p| w.uint(p.units()));
+        w.option(r.price, Writer::price);
     }
-    w.uint(u64::from(need.sourcing_open) | u64::from(need.holder_owed) << 1);
-    w.option(need.revive_at, Writer::time);
-    w.option(need.waiting_until, Writer::time);
-    w.option(need.fulfilled_until, Writer::time);
-    w.uint(match need.closed {
-        None => 0,
-        Some(Closed::Completed) => 1,
-        Some(Closed::Expired) => 2,
-        Some(Closed::Cancelled) => 3,
-    });
-    w.uint(u64::from(need.unmet.get()));
-    w.option(need.scheduled, Writer::time);
-    w.uint(u64::from(need.number));
+    for at in [need.revive_at, need.waiting_until, need.fulfilled_until]
+        .into_iter()
+        .flatten()
+    {
+        w.time(at);
+    }
+    if let Some(closed) = need.closed {
+        w.uint(match closed {
+            Closed::Completed => 0,
+            Closed::Expired => 1,
+            Closed::Cancelled => 2,
+        });
+    }
+    if need.unmet != Gpus::ZERO {
+        w.uint(u64::from(need.unmet.get()));
+    }
+    // `scheduled` is not written: it is the need's next deadline, worked out again.
     Frozen(w.bytes.into_boxed_slice())
 }
 
-/// The need `frozen` packs, whose id is `id`, with the names it uses shared from
+/// The need `frozen` packs, numbered `number`, with the names it uses shared from
 /// `names`.
-pub fn thaw(id: &NeedId, frozen: &Frozen, names: &Names) -> NeedState {
+pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> NeedState {
     let mut r = Reader {
         bytes: &frozen.0,
         base: Timestamp::from_unix_seconds(0),
+        price_base: Price::default(),
     };
+    let id = NeedId::parse(&r.text()).expect("an id it was given");
     let submitted_at = Timestamp::from_unix_seconds(r.int());
     r.base = submitted_at;
+    let present = r.uint();
+    let has = |bit: u32| present & (1 << bit) != 0;
     let sku = names.skus.get(r.place()).clone();
     let gpus = r.gpus();
-    let regions: BTreeSet<_> = (0..r.uint())
+    let regions: BTreeSet<_> = (0..r.count_if(has(10)))
         .map(|_| names.regions.get(r.place()).clone())
         .collect();
     let earliest_start = r.time();
     let latest_start = r.time();
     let hours = r.u32();
     let workload = names.workloads.get(r.place()).clone();
-    let tags: BTreeSet<_> = (0..r.uint())
+    let tags: BTreeSet<_> = (0..r.count_if(has(11)))
         .map(|_| names.tags.get(r.place()).clone())
         .collect();
-    let max_price_per_gpu_hour = r.price();
-    let offer_price_per_gpu_hour = r.option(Reader::price);
-    let priority = u8::try_from(r.uint()).expect("a priority packed from a u8");
-    let launch = r.option(Reader::text);
+    let max_price_per_gpu_hour = Price::from_ten_thousandths(r.uint());
+    r.price_base = max_price_per_gpu_hour;
+    let offer_price_per_gpu_hour = has(0).then(|| r.price());
+    let priority = u8::try_from(r.count_if(has(12))).expect("a priority packed from a u8");
+    let launch = has(1).then(|| r.text());
     let decide_by = r.time();
     let spec = NeedSpec {
-        id: id.clone(),
+        id,
         sku,
         gpus,
         regions,
@@ -198,37 +288,40 @@ pub fn thaw(id: &NeedId, frozen: &Frozen, names: &Names) -> NeedState {
         launch,
         decide_by,
     };
-    let holder = r.option(|r| names.providers.get(r.place()).clone());
-    let variant = match r.uint() {
-        0 => None,
-        1 => Some(Variant::FirstOffer),
-        2 => Some(Variant::LastLook),
-        _ => Some(Variant::Negotiate),
-    };
-    let first_refusal = r.option(Reader::u32);
-    let holder_offer_price = r.option(Reader::price);
-    let reoffer_threshold = f64::from_bits(r.uint().swap_bytes());
-    let offers = list(&mut r, |r| HolderOffer {
-        seq: r.u32(),
-        kind: match r.uint() {
-            0 => OfferKind::First,
-            1 => OfferKind::Reoffer,
-            _ => OfferKind::Match,
-        },
-        provider: names.providers.get(r.place()).clone(),
-        gpus: r.gpus(),
-        price: r.price(),
-        deadline: r.time(),
-        against: r.option(|r| names.providers.get(r.place()).clone()),
-        status: match r.uint() {
-            0 => OfferStatus::Open,
-            1 => OfferStatus::Accepted(r.gpus()),
-            2 => OfferStatus::Declined,
-            _ => OfferStatus::Lapsed,
-        },
+    let holder = has(2).then(|| names.providers.get(r.place()).clone());
+    let variant = has(13).then(|| match r.uint() {
+        0 => Variant::FirstOffer,
+        1 => Variant::LastLook,
+        _ => Variant::Negotiate,
     });
-    let round = r.u32();
-    let rfqs: ThinVec<Rfq> = (0..r.uint())
+    let first_refusal = has(3).then(|| r.u32());
+    let holder_offer_price = has(4).then(|| r.price());
+    let reoffer_threshold = f64::from_bits(r.count_if(has(14)).swap_bytes());
+    let offers = list(&mut r, |r| {
+        let seq = r.u32();
+        let kind_and_status = r.uint();
+        HolderOffer {
+            seq,
+            kind: match kind_and_status % 3 {
+                0 => OfferKind::First,
+                1 => OfferKind::Reoffer,
+                _ => OfferKind::Match,
+            },
+            provider: names.providers.get(r.place()).clone(),
+            gpus: r.gpus(),
+            price: r.price(),
+            deadline: r.time(),
+            against: r.option(|r| names.providers.get(r.place()).clone()),
+            status: match kind_and_status / 3 {
+                0 => OfferStatus::Open,
+                1 => OfferStatus::Accepted(r.gpus()),
+                2 => OfferStatus::Declined,
+                _ => OfferStatus::Lapsed,
+            },
+        }
+    });
+    let round = u32::try_from(r.count_if(has(15))).expect("packed from a u32");
+    let rfqs: ThinVec<Rfq> = (0..r.count_if(has(16)))
         .map(|_| Rfq {
             provider: names.providers.get(r.place()).clone(),
             gpus: r.gpus(),
@@ -243,44 +336,48 @@ pub fn thaw(id: &NeedId, frozen: &Frozen, names: &Names) -> NeedState {
             },
         })
         .collect();
-    let awards = list(&mut r, |r| Award {
-        seq: r.u32(),
-        provider: names.providers.get(r.place()).clone(),
-        gpus: r.gpus(),
-        price: r.price(),
-        decided_at: r.time(),
-        confirm_by: r.option(Reader::time),
-        reservation: r.option(|r| r.text().into_boxed_str()),
-        status: match r.uint() {
-            0 => AwardStatus::PendingApproval,
-            1 => AwardStatus::Made,
-            2 => AwardStatus::Confirmed,
-            3 => AwardStatus::Rejected,
-            _ => AwardStatus::Failed,
-        },
-        counted_at: r.uint(),
+    let awards = list(&mut r, |r| {
+        let seq = r.u32();
+        let provider = names.providers.get(r.place()).clone();
+        let gpus = r.gpus();
+        let price = r.price();
+        let decided_at = r.time();
+        let packed = r.uint();
+        Award {
+            seq,
+            provider,
+            gpus,
+            price,
+            decided_at,
+            status: match packed % 5 {
+                0 => AwardStatus::PendingApproval,
+                1 => AwardStatus::Made,
+                2 => AwardStatus::Confirmed,
+                3 => AwardStatus::Rejected,
+                _ => AwardStatus::Failed,
+            },
+            confirm_by: (packed / 5 % 2 == 1).then(|| r.time()),
+            reservation: (packed / 10 == 1).then(|| r.text().into_boxed_str()),
+            counted_at: r.uint(),
+        }
     });
-    let refusals: ThinVec<Refusal> = (0..r.uint())
+    let refusals: ThinVec<Refusal> = (0..r.count_if(has(17)))
         .map(|_| Refusal {
             gpus: r.gpus(),
             price: r.option(Reader::price),
         })
         .collect();
-    let flags = r.uint();
-    let revive_at = r.option(Reader::time);
-    let waiting_until = r.option(Reader::time);
-    let fulfilled_until = r.option(Reader::time);
-    let closed = match r.uint() {
-        0 => None,
-        1 => Some(Closed::Completed),
-        2 => Some(Closed::Expired),
-        _ => Some(Closed::Cancelled),
-    };
-    let unmet = r.gpus();
-    let scheduled = r.option(Reader::time);
-    let number = r.u32();
+    let revive_at = has(5).then(|| r.time());
+    let waiting_until = has(6).then(|| r.time());
+    let fulfilled_until = has(7).then(|| r.time());
+    let closed = has(18).then(|| match r.uint() {
+        0 => Closed::Completed,
+        1 => Closed::Expired,
+        _ => Closed::Cancelled,
+    });
+    let unmet = Gpus(u32::try_from(r.count_if(has(19))).expect("packed from a u32"));
     debug_assert_eq!(r.bytes.len(), 0, "a packed need is read to its end");
-    NeedState {
+    let mut need = NeedState {
         spec,
         submitted_at,
         holder,
@@ -291,18 +388,20 @@ pub fn thaw(id: &NeedId, frozen: &Frozen, names: &Names) -> NeedState {
         offers,
         round,
         rfqs,
-        sourcing_open: flags & 1 != 0,
+        sourcing_open: has(8),
         awards,
         refusals,
-        holder_owed: flags & 2 != 0,
+        holder_owed: has(9),
         revive_at,
         waiting_until,
         fulfilled_until,
         closed,
         unmet,
-        scheduled,
+        scheduled: None,
         number,
-    }
+    };
+    need.scheduled = need.next_deadline();
+    need
 }
 
 /// A list read into room for exactly its items (most hold one).
@@ -319,6 +418,9 @@ struct Writer {
     bytes: Vec<u8>,
     /// Times are written as seconds from this one.
     base: Timestamp,
+    /// Prices are written as differences from this one (the need's most), which most
+    /// equal.
+    price_base: Price,
 }
 
 impl Writer {
@@ -340,6 +442,10 @@ impl Writer {
         self.int(at.unix_seconds().wrapping_sub(self.base.unix_seconds()));
     }
 
+    fn price(&mut self, price: Price) {
+        self.int(price.units().wrapping_sub(self.price_base.units()) as i64);
+    }
+
     fn text(&mut self, text: &str) {
         self.uint(text.len() as u64);
         self.bytes.extend_from_slice(text.as_bytes());
@@ -359,6 +465,7 @@ impl Writer {
 struct Reader<'a> {
     bytes: &'a [u8],
     base: Timestamp,
+    price_base: Price,
 }
 
 impl Reader<'_> {
@@ -389,6 +496,16 @@ impl Reader<'_> {
         (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64)
     }
 
+    /// A number written only where `written` (its bit of the need's first number)
+    /// says so; zero where not.
+    fn count_if(&mut self, written: bool) -> u64 {
+        if written {
+            self.uint()
+        } else {
+            0
+        }
+    }
+
     fn u32(&mut self) -> u32 {
         u32::try_from(self.uint()).expect("packed from a u32")
     }
@@ -402,7 +519,8 @@ impl Reader<'_> {
     }
 
     fn price(&mut self) -> Price {
-        Price::from_ten_thousandths(self.uint())
+        let difference = self.int() as u64;
+        Price::from_ten_thousandths(self.price_base.units().wrapping_add(difference))
     }
 
     fn time(&mut self) -> Timestamp {
@@ -462,7 +580,7 @@ mod tests {
             status,
             counted_at: u64::from(seq) << 40,
         };
-        NeedState {
+        let mut need = NeedState {
             spec: NeedSpec {
                 id: NeedId::parse("n-busy").unwrap(),
                 sku: Sku::parse("H100").unwrap(),
@@ -541,9 +659,11 @@ mod tests {
             fulfilled_until: Some(at(i64::MAX)),
             closed: Some(Closed::Expired),
             unmet: Gpus(7),
-            scheduled: Some(at(i64::MIN)),
+            scheduled: None,
             number: u32::MAX,
-        }
+        };
+        need.scheduled = need.next_deadline();
+        need
     }
 
     #[test]
@@ -551,7 +671,45 @@ mod tests {
         let need = busy_need();
         let mut names = Names::default();
         let packed = freeze(&need, &mut names);
-        assert_eq!(thaw(&need.spec.id, &packed, &names), need);
+        assert_eq!(thaw(&packed, need.number, &names), need);
+    }
+
+    /// Each optional field, list and number at its default alone, so that no two
+    /// share a presence bit unnoticed.
+    #[test]
+    fn each_field_at_its_default_alone_unpacks_as_it_was_packed() {
+        let clearers: [fn(&mut NeedState); 22] = [
+            |n| n.spec.regions.clear(),
+            |n| n.spec.tags.clear(),
+            |n| n.spec.offer_price_per_gpu_hour = None,
+            |n| n.spec.launch = None,
+            |n| n.spec.priority = 0,
+            |n| n.holder = None,
+            |n| n.variant = None,
+            |n| n.first_refusal = None,
+            |n| n.holder_offer_price = None,
+            |n| n.reoffer_threshold = 0.0,
+            |n| n.offers.clear(),
+            |n| n.round = 0,
+            |n| n.rfqs.clear(),
+            |n| n.awards.clear(),
+            |n| n.refusals.clear(),
+            |n| n.sourcing_open = false,
+            |n| n.holder_owed = false,
+            |n| n.revive_at = None,
+            |n| n.waiting_until = None,
+            |n| n.fulfilled_until = None,
+            |n| n.closed = None,
+            |n| n.unmet = Gpus::ZERO,
+        ];
+        for (place, clear) in clearers.iter().enumerate() {
+            let mut need = busy_need();
+            clear(&mut need);
+            need.scheduled = need.next_deadline();
+            let mut names = Names::default();
+            let packed = freeze(&need, &mut names);
+            assert_eq!(thaw(&packed, need.number, &names), need, "clearer {place}");
+        }
     }
 
     #[test]
@@ -576,10 +734,10 @@ mod tests {
         need.waiting_until = None;
         need.fulfilled_until = None;
         need.closed = None;
-        need.scheduled = None;
+        need.scheduled = need.next_deadline();
         let mut names = Names::default();
         let packed = freeze(&need, &mut names);
-        assert_eq!(thaw(&need.spec.id, &packed, &names), need);
+        assert_eq!(thaw(&packed, need.number, &names), need);
         // The far-off start times and the largest numbers take most of it.
         assert!(packed.len() < 64, "{} bytes", packed.len());
     }
@@ -590,8 +748,8 @@ mod tests {
         let mut names = Names::default();
         let kept = names.skus.shared(&Sku::parse("H100").unwrap());
         let packed = freeze(&need, &mut names);
-        let back = thaw(&need.spec.id, &packed, &names);
+        let back = thaw(&packed, need.number, &names);
         assert!(back.spec.sku.shares_text_with(&kept));
-        assert!(back.spec.id.shares_text_with(&need.spec.id));
+        assert_eq!(packed.id(), "n-busy");
     }
 }

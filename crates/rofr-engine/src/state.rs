@@ -224,20 +224,29 @@ impl NeedState {
 
 pub use crate::usage::{Usage, UsageLog};
 
-/// Needs by id, hashed: the engine looks needs up many times per command. The hasher
-/// (FxHash) has no random keys, so iteration order depends only on the needs
-/// themselves; whatever needs an order (lists, pages) goes through `State::ids`. Each
-/// state is boxed: the table keeps an eighth of its slots free and doubles as it grows,
-/// so with a 424-byte state in every slot, empty ones included, a million needs took
-/// 2,097,152 slots of 440 bytes; boxed, the broker held 368 MB less at a million needs.
-type NeedMap = std::collections::HashMap<NeedId, Slot, rustc_hash::FxBuildHasher>;
-
 /// A need as the state holds it: whole while something about it may happen soon,
-/// packed ([`crate::frozen`]) while it is at rest ([`NeedState::at_rest`]).
+/// packed ([`crate::frozen`]) while it is at rest ([`NeedState::at_rest`]). The whole
+/// state is boxed, so that a slot takes two words either way.
 #[derive(Debug, Clone)]
 enum Slot {
     Live(Box<NeedState>),
     Frozen(Frozen),
+}
+
+impl Slot {
+    fn id(&self) -> &str {
+        match self {
+            Slot::Live(need) => need.spec.id.as_str(),
+            Slot::Frozen(frozen) => frozen.id(),
+        }
+    }
+}
+
+/// The hash of a need's id in [`State`]'s index. FxHash has no random keys, so the
+/// same events build the same index on every run.
+fn hash_id(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(id)
 }
 
 /// How many needs [`State::apply`] lets events touch before it packs those at rest.
@@ -300,99 +309,17 @@ impl<T: Clone + Eq + std::hash::Hash> Table<T> {
     }
 }
 
-/// Every need's id, in order. Ids of up to 16 bytes (nearly all) are kept as numbers:
-/// their bytes, padded with zeros, read as one big-endian number. Ids are ASCII without
-/// zero bytes, so the numbers are in the same order as the text, and two of them
-/// compare at once, where two ids compare their text behind pointers (an ordered set
-/// of ids took about 9% of the broker's writer at 300,000 needs, most of it there).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Ids {
-    short: BTreeSet<u128>,
-    /// Ids longer than 16 bytes.
-    long: BTreeSet<NeedId>,
-}
-
-/// The longest id kept as a number.
-const SHORT: usize = 16;
-
-/// The first 16 bytes of `text`, padded with zeros, as a big-endian number.
-fn packed(text: &str) -> u128 {
-    let mut bytes = [0u8; SHORT];
-    let head = &text.as_bytes()[..text.len().min(SHORT)];
-    bytes[..head.len()].copy_from_slice(head);
-    u128::from_be_bytes(bytes)
-}
-
-/// An id as [`Ids`] lists it: its text, held in place for a short one.
-#[derive(Debug, Clone, Copy)]
-pub enum ListedId<'a> {
-    Short([u8; SHORT]),
-    Long(&'a NeedId),
-}
-
-impl ListedId<'_> {
-    pub fn as_str(&self) -> &str {
-        match self {
-            ListedId::Short(bytes) => {
-                let len = bytes.iter().position(|&b| b == 0).unwrap_or(SHORT);
-                std::str::from_utf8(&bytes[..len]).expect("ids are ASCII")
-            }
-            ListedId::Long(id) => id.as_str(),
-        }
-    }
-}
-
-impl Ids {
-    /// Adds `id` unless it is here already.
-    pub fn insert(&mut self, id: &NeedId) {
-        if id.as_str().len() <= SHORT {
-            self.short.insert(packed(id.as_str()));
-        } else {
-            self.long.insert(id.clone());
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.short.len() + self.long.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The ids after `after` (all of them where it is `None`), in order.
-    pub fn after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = ListedId<'a>> + 'a {
-        use std::ops::Bound;
-        // A short id is after `after` exactly when its number is above the number of
-        // `after`'s first 16 bytes: equal numbers mean the id is `after`, or a prefix
-        // of it.
-        let bound = after.map_or(Bound::Unbounded, |a| Bound::Excluded(packed(a)));
-        let mut short = self
-            .short
-            .range((bound, Bound::Unbounded))
-            .map(|&n| ListedId::Short(n.to_be_bytes()))
-            .peekable();
-        let bound = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut long = self
-            .long
-            .range::<str, _>((bound, Bound::Unbounded))
-            .map(ListedId::Long)
-            .peekable();
-        std::iter::from_fn(move || match (short.peek(), long.peek()) {
-            (Some(a), Some(b)) if b.as_str() < a.as_str() => long.next(),
-            (Some(_), _) => short.next(),
-            (None, _) => long.next(),
-        })
-    }
-}
-
 /// Equal states hold equal needs, however each is held (packed or not), and equal
 /// indexes and usage.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    needs: NeedMap,
-    /// Every need's id, in order, for lists and pages.
-    pub ids: Ids,
+    /// Every need by its number: in the order they were submitted.
+    needs: Vec<Slot>,
+    /// Each need's number, found by the hash of its id: the engine looks needs up
+    /// many times per command. Numbers alone, four bytes a need, with the ids in the
+    /// needs themselves: a map from id to need took 33 bytes a slot, and kept a
+    /// second and third copy of each id's pointer with a list of ids by number.
+    index: hashbrown::HashTable<u32>,
     /// Live awards by the time they were decided, for caps over rolling windows.
     pub usage: UsageLog,
     /// Each need's next deadline, ordered by time, then by the order needs were
@@ -400,8 +327,6 @@ pub struct State {
     /// at once, where two ids compare their text behind pointers (about 10% of the
     /// broker's writer at 300,000 needs, when deadlines were ordered by id).
     pub agenda: BTreeSet<(Timestamp, u32)>,
-    /// Every need's id by its number, in the order they were submitted.
-    pub by_number: Vec<NeedId>,
     pub events: u64,
     pub last_at: Option<Timestamp>,
     names: Names,
@@ -413,17 +338,10 @@ impl PartialEq for State {
     fn eq(&self, other: &Self) -> bool {
         self.events == other.events
             && self.last_at == other.last_at
-            && self.ids == other.ids
             && self.usage == other.usage
             && self.agenda == other.agenda
-            && self.by_number == other.by_number
             && self.needs.len() == other.needs.len()
-            && self.needs.keys().all(|id| {
-                let id = id.as_str();
-                other
-                    .need(id)
-                    .is_some_and(|theirs| Some(theirs) == self.need(id))
-            })
+            && (0..self.needs.len()).all(|n| self.unpack_at(n) == other.unpack_at(n))
     }
 }
 
@@ -437,36 +355,53 @@ impl State {
         state
     }
 
+    /// The number of the need `id`.
+    fn number_of(&self, id: &str) -> Option<usize> {
+        let needs = &self.needs;
+        self.index
+            .find(hash_id(id), |&n| needs[n as usize].id() == id)
+            .map(|&n| n as usize)
+    }
+
+    /// The need numbered `n`, unpacked where it is packed.
+    fn unpack_at(&self, n: usize) -> Cow<'_, NeedState> {
+        match &self.needs[n] {
+            Slot::Live(need) => Cow::Borrowed(need),
+            Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(frozen, n as u32, &self.names)),
+        }
+    }
+
     /// The need `id`, unpacked where it is packed.
     pub fn need(&self, id: &str) -> Option<Cow<'_, NeedState>> {
-        let (id, slot) = self.needs.get_key_value(id)?;
-        Some(match slot {
-            Slot::Live(need) => Cow::Borrowed(need),
-            Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(id, frozen, &self.names)),
-        })
+        Some(self.unpack_at(self.number_of(id)?))
+    }
+
+    /// The id of the need numbered `number` (as the agenda names needs).
+    pub fn id_of(&self, number: u32) -> NeedId {
+        match &self.needs[number as usize] {
+            Slot::Live(need) => need.spec.id.clone(),
+            Slot::Frozen(frozen) => NeedId::parse(frozen.id()).expect("an id it was given"),
+        }
     }
 
     /// The need `id` where it is not packed. A packed need is at rest: it has nothing
     /// open for anyone to answer, so lists of open items can pass it by unread.
     pub fn unpacked(&self, id: &str) -> Option<&NeedState> {
-        match self.needs.get(id)? {
+        match &self.needs[self.number_of(id)?] {
             Slot::Live(need) => Some(need),
             Slot::Frozen(_) => None,
         }
     }
 
-    /// Every need, in no particular order, each packed one unpacked in turn.
+    /// Every need, in the order they were submitted, each packed one unpacked in turn.
     pub fn needs(&self) -> impl Iterator<Item = Cow<'_, NeedState>> + '_ {
-        self.needs.iter().map(|(id, slot)| match slot {
-            Slot::Live(need) => Cow::Borrowed(&**need),
-            Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(id, frozen, &self.names)),
-        })
+        (0..self.needs.len()).map(|n| self.unpack_at(n))
     }
 
-    /// Every need not packed, in no particular order: all that have something open
-    /// for someone to answer, and perhaps some that have not.
+    /// Every need not packed, in the order they were submitted: all that have
+    /// something open for someone to answer, and perhaps some that have not.
     pub fn unpacked_needs(&self) -> impl Iterator<Item = &NeedState> + '_ {
-        self.needs.values().filter_map(|slot| match slot {
+        self.needs.iter().filter_map(|slot| match slot {
             Slot::Live(need) => Some(&**need),
             Slot::Frozen(_) => None,
         })
@@ -477,13 +412,13 @@ impl State {
     }
 
     pub fn has_need(&self, id: &str) -> bool {
-        self.needs.contains_key(id)
+        self.number_of(id).is_some()
     }
 
     /// How many needs are packed.
     pub fn packed_count(&self) -> usize {
         self.needs
-            .values()
+            .iter()
             .filter(|slot| matches!(slot, Slot::Frozen(_)))
             .count()
     }
@@ -491,24 +426,21 @@ impl State {
     /// Unpacks the need `id` for the events and reads about to come; the next
     /// [`State::settle`] packs it again if it is still at rest.
     pub fn unpack(&mut self, id: &str) {
-        if let Some(need) = live(&mut self.needs, &self.names, id) {
-            let number = need.number;
-            self.touched.push(number);
+        if let Some(n) = self.number_of(id) {
+            live(&mut self.needs[n], n, &self.names);
+            self.touched.push(n as u32);
         }
     }
 
     /// Packs the needs touched since the last time that are at rest.
     pub fn settle(&mut self) {
         for number in self.touched.drain(..) {
-            let id = &self.by_number[number as usize];
-            let Some(slot) = self.needs.get_mut(id) else {
-                continue;
-            };
+            let slot = &mut self.needs[number as usize];
             if let Slot::Live(need) = slot {
                 if need.at_rest() {
                     let packed = frozen::freeze(need, &mut self.names);
                     debug_assert_eq!(
-                        frozen::thaw(id, &packed, &self.names),
+                        frozen::thaw(&packed, number, &self.names),
                         **need,
                         "a need unpacks as it was packed"
                     );
@@ -537,18 +469,33 @@ impl State {
         self.last_at = Some(event.at);
         let id = &event.need;
         let submitted = matches!(event.kind, EventKind::NeedSubmitted(_));
+        let known = self.number_of(id.as_str());
         if submitted {
-            let number = u32::try_from(self.by_number.len()).expect("fewer than 2^32 needs");
-            let need = new_need(event, &mut self.names, number);
-            self.needs.insert(id.clone(), Slot::Live(Box::new(need)));
-            self.ids.insert(id);
-            self.by_number.push(id.clone());
+            // A need submitted twice cannot come from this engine; a fold that never
+            // fails starts it afresh under its first number.
+            let number = known.unwrap_or(self.needs.len());
+            let number = u32::try_from(number).expect("fewer than 2^32 needs");
+            let fresh = Slot::Live(Box::new(new_need(event, &mut self.names, number)));
+            if let Some(n) = known {
+                if let Some(at) = self.unpack_at(n).scheduled {
+                    self.agenda.remove(&(at, number));
+                }
+                self.needs[n] = fresh;
+            } else {
+                self.needs.push(fresh);
+                let needs = &self.needs;
+                self.index
+                    .insert_unique(hash_id(id.as_str()), number, |&n| {
+                        hash_id(needs[n as usize].id())
+                    });
+            }
         }
-        let Some(need) = live(&mut self.needs, &self.names, id.as_str()) else {
+        let Some(n) = known.or(submitted.then(|| self.needs.len() - 1)) else {
             // An event for an unknown need cannot come from this engine; a fold that
             // never fails skips it, and the replay check reports the difference.
             return;
         };
+        let need = live(&mut self.needs[n], n, &self.names);
         if self.touched.last() != Some(&need.number) {
             self.touched.push(need.number);
         }
@@ -567,14 +514,13 @@ impl State {
     }
 }
 
-/// The need `id`, unpacked in place if it was packed.
-fn live<'a>(needs: &'a mut NeedMap, names: &Names, id: &str) -> Option<&'a mut NeedState> {
-    if let Some((key, Slot::Frozen(frozen))) = needs.get_key_value(id) {
-        let need = Slot::Live(Box::new(frozen::thaw(key, frozen, names)));
-        *needs.get_mut(id).expect("looked up above") = need;
+/// The need in `slot`, numbered `n`, unpacked in place if it was packed.
+fn live<'a>(slot: &'a mut Slot, n: usize, names: &Names) -> &'a mut NeedState {
+    if let Slot::Frozen(frozen) = slot {
+        *slot = Slot::Live(Box::new(frozen::thaw(frozen, n as u32, names)));
     }
-    match needs.get_mut(id)? {
-        Slot::Live(need) => Some(need),
+    match slot {
+        Slot::Live(need) => need,
         Slot::Frozen(_) => unreachable!("unpacked above"),
     }
 }
@@ -1022,7 +968,6 @@ fn close_open_items(need: &mut NeedState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     /// The state is boxed, one per need: 384 bytes is mimalloc's size class, and a
     /// byte more would take the 448-byte one.
@@ -1031,43 +976,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<NeedState>(), 384);
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 100, failure_persistence: None, ..ProptestConfig::default() })]
-
-        /// Ids list as an ordered set of them does, from any bound, short and long ids
-        /// (up to and beyond 16 bytes) mixed, in any order and more than once.
-        #[test]
-        fn ids_list_as_an_ordered_set(
-            numbers in prop::collection::vec((0u32..1_000, 0usize..4), 0..500),
-            bounds in prop::collection::vec((0u32..1_010, 0usize..4), 1..10),
-        ) {
-            // 6, 16, 17 and 30 bytes; the longer share their first 16 with the 16.
-            let text = |n: u32, form: usize| match form {
-                0 => format!("n{n:05}"),
-                1 => format!("n{n:05}-abcdefghi"),
-                2 => format!("n{n:05}-abcdefghij"),
-                _ => format!("n{n:05}-abcdefghi.{n:012}"),
-            };
-            let mut ids = Ids::default();
-            let mut set = BTreeSet::new();
-            for (n, form) in numbers {
-                let id = NeedId::parse(&text(n, form)).unwrap();
-                ids.insert(&id);
-                set.insert(id);
-            }
-            prop_assert_eq!(ids.len(), set.len());
-            let listed = |after: Option<&str>| ids.after(after).map(|id| id.as_str().to_owned()).collect::<Vec<_>>();
-            let expected = |after: &str| {
-                set.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                    .map(|id| id.as_str().to_owned())
-                    .collect::<Vec<_>>()
-            };
-            prop_assert_eq!(listed(None), expected(""));
-            // Ids themselves, and bounds between ids, before all and after all.
-            let extra = ["", "m", "n00001a", "n00001-abcdefghi-", "n1", "o"].map(String::from);
-            for after in bounds.into_iter().map(|(n, form)| text(n, form)).chain(extra) {
-                prop_assert_eq!(listed(Some(&after)), expected(&after));
-            }
-        }
+    /// A slot is two words, packed or not: the state's list of needs holds one per
+    /// need.
+    #[test]
+    fn a_slot_takes_16_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
     }
 }

@@ -200,15 +200,26 @@ pub fn offers_page(
     after: Option<&str>,
     limit: usize,
 ) -> (Vec<OfferView>, Option<String>) {
+    // A packed need has no open offer: the needs to look at are the unpacked ones,
+    // few beside all, put in order here.
+    let mut open: Vec<&NeedState> = engine
+        .state()
+        .unpacked_needs()
+        .filter(|n| n.closed.is_none() && after.is_none_or(|a| n.spec.id.as_str() > a))
+        .filter(|n| {
+            n.open_offers()
+                .any(|o| provider.is_none_or(|p| &o.provider == p))
+        })
+        .collect();
+    let by_id = |a: &&NeedState, b: &&NeedState| a.spec.id.cmp(&b.spec.id);
+    // Each has an offer for the page: the first `limit` fill it.
+    if open.len() > limit {
+        open.select_nth_unstable_by(limit, by_id);
+        open.truncate(limit);
+    }
+    open.sort_unstable_by(by_id);
     let mut offers = Vec::new();
-    let state = engine.state();
-    for need in state
-        .ids
-        .after(after)
-        // A packed need has no open offer.
-        .filter_map(|id| state.unpacked(id.as_str()))
-        .filter(|n| n.closed.is_none())
-    {
+    for need in open {
         offers.extend(
             need.open_offers()
                 .filter(|o| provider.is_none_or(|p| &o.provider == p))

@@ -461,6 +461,17 @@ async fn pages_are_bounded_and_follow_on(backend: Backend) {
         3,
         "the holder pages through its own offers"
     );
+    let order: Vec<&str> = rest["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["need"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["n2", "n3", "n4"],
+        "in need order after the first page"
+    );
     assert_eq!(rest["next"], Value::Null);
 }
 
