@@ -138,7 +138,7 @@ pub struct NeedState {
     pub unmet: Gpus,
     /// The deadline it holds in the agenda: its next deadline as of its last event.
     pub scheduled: Option<Timestamp>,
-    /// Its place in the order needs were submitted in (`State::by_number`).
+    /// Its place in the order needs were submitted in (its place in `State`'s list of needs).
     pub number: u32,
 }
 
@@ -671,15 +671,7 @@ fn record_award(
         },
     );
     let gpu_hours = i64::from(gpus.get()) * i64::from(need.spec.hours);
-    let spend_units = i128::from(gpu_hours) * i128::from(price.units());
-    usage.insert(
-        (at, number),
-        provider.clone(),
-        Usage {
-            gpu_hours,
-            spend_units,
-        },
-    );
+    usage.insert((at, number), provider.clone(), gpu_hours, price);
 }
 
 /// `number` is the event's place in the fold: the state's count of events with it.

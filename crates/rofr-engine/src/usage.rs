@@ -4,7 +4,7 @@
 //! Sums are integers — GPU-hours, and spend in ten-thousandths of a dollar — so they
 //! are exact whatever order awards come and go in.
 
-use crate::types::{ProviderId, Timestamp};
+use crate::types::{Price, ProviderId, Timestamp};
 
 /// The width of a bucket, in seconds.
 const BUCKET: i64 = 3_600;
@@ -114,7 +114,8 @@ pub struct UsageLog {
     /// that the trees cannot split is summed award by award. The awards are kept here
     /// once, and nowhere else. A sorted list rather than an ordered map: awards come in
     /// order of key, so each goes at the end, and a list holds one in 48 bytes where a
-    /// map's half-full nodes took about 150. (Keyed by need and award number instead,
+    /// map's half-full nodes took about 150 (and 32 since each keeps its price rather
+    /// than its spend, and its second within the hour). (Keyed by need and award number instead,
     /// the awards of one second came in no particular order, and placing each in the
     /// middle of its hour took 13% of the broker's writer at 200,000 needs.)
     hours: Vec<Vec<HourEntry>>,
@@ -122,33 +123,50 @@ pub struct UsageLog {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HourEntry {
-    at: Timestamp,
     event: u64,
+    gpu_hours: i64,
+    /// The price per GPU-hour: the spend is the GPU-hours times it, worked out when
+    /// summed (a 128-bit spend took 16 bytes).
+    price: Price,
     /// The provider's place in `providers`.
     place: u32,
-    gpu_hours: i64,
-    /// The spend's 128 bits as two halves: an `i128` field would align the entry to 16
-    /// bytes and make it 64 bytes long.
-    spend_units: [u64; 2],
+    /// When it was decided, as the second within its hour (the hour is the list's).
+    second: u32,
 }
 
 impl HourEntry {
-    fn key(&self) -> UsageKey {
-        (self.at, self.event)
+    /// Its key, given the bucket it is in.
+    fn key(&self, bucket: i64) -> UsageKey {
+        let at = Timestamp::from_unix_seconds(bucket * BUCKET + i64::from(self.second));
+        (at, self.event)
+    }
+
+    /// Its order within its hour: as its key orders it.
+    fn order(&self) -> (u32, u64) {
+        (self.second, self.event)
     }
 
     fn usage(&self) -> Usage {
-        let [low, high] = self.spend_units;
         Usage {
             gpu_hours: self.gpu_hours,
-            spend_units: ((u128::from(high) << 64) | u128::from(low)) as i128,
+            spend_units: i128::from(self.gpu_hours) * i128::from(self.price.units()),
         }
     }
 }
 
-/// Where `key` is, or would go, in an hour's sorted list.
+/// The order within its hour of an award with key `key`.
+fn order_of(key: UsageKey) -> (u32, u64) {
+    (second_of(key.0), key.1)
+}
+
+fn second_of(at: Timestamp) -> u32 {
+    at.unix_seconds().rem_euclid(BUCKET) as u32
+}
+
+/// Where `key` is, or would go, in its hour's sorted list.
 fn find(hour: &[HourEntry], key: UsageKey) -> Result<usize, usize> {
-    hour.binary_search_by(|e| e.key().cmp(&key))
+    let order = order_of(key);
+    hour.binary_search_by(|e| e.order().cmp(&order))
 }
 
 fn bucket(at: Timestamp) -> i64 {
@@ -158,10 +176,16 @@ fn bucket(at: Timestamp) -> i64 {
 impl UsageLog {
     /// Every live award, in order of its key.
     pub fn entries(&self) -> impl Iterator<Item = (UsageKey, &ProviderId, Usage)> {
-        self.hours.iter().flatten().map(|e| {
-            let provider = &self.providers[e.place as usize].0;
-            (e.key(), provider, e.usage())
-        })
+        self.hours
+            .iter()
+            .enumerate()
+            .flat_map(move |(index, hour)| {
+                let bucket = self.origin + index as i64;
+                hour.iter().map(move |e| {
+                    let provider = &self.providers[e.place as usize].0;
+                    (e.key(bucket), provider, e.usage())
+                })
+            })
     }
 
     fn is_empty(&self) -> bool {
@@ -176,10 +200,11 @@ impl UsageLog {
         self.hours
             .get(index)
             .and_then(|hour| hour.last())
-            .is_none_or(|last| last.key() < key)
+            .is_none_or(|last| last.order() < order_of(key))
     }
 
-    pub fn insert(&mut self, key: UsageKey, provider: ProviderId, usage: Usage) {
+    /// Counts an award of `gpu_hours` at `price` per GPU-hour to `provider`.
+    pub fn insert(&mut self, key: UsageKey, provider: ProviderId, gpu_hours: i64, price: Price) {
         // A key already here is replaced. New awards go last, and need no search.
         if !self.goes_last(key) {
             self.remove(key);
@@ -191,6 +216,14 @@ impl UsageLog {
             self.reindex(bucket(key.0));
         }
         let index = (bucket(key.0) - self.origin) as usize;
+        let entry = HourEntry {
+            event: key.1,
+            gpu_hours,
+            price,
+            place: 0,
+            second: second_of(key.0),
+        };
+        let usage = entry.usage();
         let place = match self.providers.iter().position(|(p, _)| *p == provider) {
             Some(i) => i,
             None => {
@@ -203,18 +236,14 @@ impl UsageLog {
             self.hours.resize_with(index + 1, Vec::new);
         }
         let hour = &mut self.hours[index];
-        let (at, event) = key;
         let entry = HourEntry {
-            at,
-            event,
             place: place as u32,
-            gpu_hours: usage.gpu_hours,
-            spend_units: [usage.spend_units as u64, (usage.spend_units >> 64) as u64],
+            ..entry
         };
         match hour.last() {
-            Some(last) if last.key() >= entry.key() => {
+            Some(last) if last.order() >= entry.order() => {
                 // Removed above if it was there: the key is new.
-                let at = find(hour, entry.key()).unwrap_or_else(|at| at);
+                let at = find(hour, key).unwrap_or_else(|at| at);
                 hour.insert(at, entry);
             }
             _ => hour.push(entry),
@@ -284,7 +313,8 @@ impl UsageLog {
         let mut sum = tree.total.minus(tree.prefix(first));
         if let Some(hour) = self.hours.get(first) {
             // In order within the hour: the awards from `from` on are the last ones.
-            let start = hour.partition_point(|e| e.at < from);
+            let second = second_of(from);
+            let start = hour.partition_point(|e| e.second < second);
             for entry in &hour[start..] {
                 if place.is_none_or(|p| p == entry.place as usize) {
                     sum = sum.plus(entry.usage());
@@ -332,20 +362,36 @@ mod tests {
     }
 
     #[test]
-    fn an_hour_entry_takes_48_bytes_and_keeps_its_spend_whole() {
-        assert_eq!(std::mem::size_of::<HourEntry>(), 48);
+    fn an_hour_entry_takes_32_bytes_and_keeps_its_key_and_spend_whole() {
+        assert_eq!(std::mem::size_of::<HourEntry>(), 32);
         let provider = ProviderId::parse("a").unwrap();
-        for (event, spend_units) in [0i128, 69_800, -5, i128::MAX, i128::MIN, 1 << 64, -(1 << 70)]
+        let cases = [
+            (0, 0),
+            (7, 69_800),
+            (-5, 3),
+            (i64::MAX, u64::MAX),
+            (i64::MIN, u64::MAX),
+            (1 << 40, 1 << 50),
+        ];
+        // Times on the hour, just before it, and before 1970 (negative seconds).
+        let times = [1_700_000_000i64, 1_699_999_200, 1_700_003_599, -1, -3_601];
+        for (event, ((gpu_hours, price), at)) in cases
             .into_iter()
+            .flat_map(|case| times.map(move |at| (case, at)))
             .enumerate()
         {
             let mut log = UsageLog::default();
-            let key = (Timestamp::from_unix_seconds(1_700_000_000), event as u64);
+            let key = (Timestamp::from_unix_seconds(at), event as u64);
+            log.insert(
+                key,
+                provider.clone(),
+                gpu_hours,
+                Price::from_ten_thousandths(price),
+            );
             let usage = Usage {
-                gpu_hours: 7,
-                spend_units,
+                gpu_hours,
+                spend_units: i128::from(gpu_hours) * i128::from(price),
             };
-            log.insert(key, provider.clone(), usage);
             let kept: Vec<_> = log.entries().map(|(k, _, u)| (k, u)).collect();
             assert_eq!(kept, vec![(key, usage)]);
         }
@@ -369,17 +415,17 @@ mod tests {
                 ["a", "b", "c"].iter().map(|p| ProviderId::parse(p).unwrap()).collect();
             let mut keys = Vec::new();
             for (i, (at, who, hours, op)) in ops.into_iter().enumerate() {
-                let usage = Usage { gpu_hours: hours, spend_units: i128::from(hours) * 61_600 };
+                let price = Price::from_ten_thousandths(61_600 + 7 * u64::from(who) + at as u64 % 5);
                 if op == 1 && !keys.is_empty() {
                     let key = keys.remove(i % keys.len());
                     log.remove(key);
                 } else if op == 2 && !keys.is_empty() {
                     // The same award again, counted anew: it replaces the one there.
                     let key = keys[i % keys.len()];
-                    log.insert(key, providers[who as usize].clone(), usage);
+                    log.insert(key, providers[who as usize].clone(), hours, price);
                 } else {
                     let key = (Timestamp::from_unix_seconds(1_700_000_000 + at % span), i as u64);
-                    log.insert(key, providers[who as usize].clone(), usage);
+                    log.insert(key, providers[who as usize].clone(), hours, price);
                     keys.push(key);
                 }
             }
