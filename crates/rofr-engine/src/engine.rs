@@ -4,7 +4,7 @@
 //! emitted, so later decisions in the same command see it.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use crate::allocate::{cheapest_first, Plan, QuoteOffer};
@@ -46,6 +46,11 @@ impl Engine {
         self.clock = self.clock.max(event.at);
     }
 
+    /// Keeps every need unpacked ([`State::keep_unpacked`]).
+    pub fn keep_unpacked(&mut self) {
+        self.state.keep_unpacked();
+    }
+
     pub fn deal(&self) -> &Deal {
         &self.deal
     }
@@ -76,9 +81,10 @@ impl Engine {
         if let Command::Tick { now } = command {
             return self.tick(now, out);
         }
-        if let Some(id) = command.need() {
-            self.state.unpack(id.as_str());
-        }
+        let found = command.need().and_then(|id| {
+            let number = self.state.unpack(id.as_str())?;
+            Some((id.clone(), number))
+        });
         let before = out.len();
         let mut step = Step {
             deal: &self.deal,
@@ -86,6 +92,7 @@ impl Engine {
             now: self.clock,
             out: std::mem::take(out),
             cap_totals: Default::default(),
+            found: RefCell::new(found),
         };
         let result = step.command(command);
         *out = step.out;
@@ -108,8 +115,8 @@ impl Engine {
             if due > now {
                 break;
             }
+            self.state.unpack_number(number as usize);
             let id = self.state.id_of(number);
-            self.state.unpack(id.as_str());
             let emitted = out.len();
             let mut step = Step {
                 deal: &self.deal,
@@ -117,6 +124,7 @@ impl Engine {
                 now: due,
                 out: std::mem::take(out),
                 cap_totals: Default::default(),
+                found: RefCell::new(Some((id.clone(), number as usize))),
             };
             // Needs whose sourcing rounds close at this same moment are allocated
             // together, so that the caps are shared out at least cost.
@@ -126,8 +134,12 @@ impl Engine {
                     .range((due, number)..)
                     .take_while(|(at, _)| *at == due)
                     .take(4 * BATCH_LIMIT)
+                    // A packed need has no round open: passed by unread.
+                    .filter(|&&(_, n)| {
+                        let need = step.state.unpacked_number(n as usize);
+                        need.is_some_and(|need| step.quotes_alone_due(need))
+                    })
                     .map(|&(_, n)| step.state.id_of(n))
-                    .filter(|id| step.only_quotes_due(id))
                     .take(BATCH_LIMIT)
                     .collect()
             } else {
@@ -167,6 +179,9 @@ struct Step<'a> {
     /// Everyone's usage under the deal's first caps (by place) as of `now`, kept until
     /// the next event: a round asks for it once per provider. Deals rarely have more.
     cap_totals: [Cell<Option<f64>>; CACHED_CAPS],
+    /// The need last found and its number: a step asks about one need many times. It
+    /// keeps its own copy of the id, so that no other id can ever pass for it.
+    found: RefCell<Option<(NeedId, usize)>>,
 }
 
 fn need_not_found(id: &NeedId) -> Rejection {
@@ -184,7 +199,12 @@ impl Step<'_> {
             need: need.clone(),
             at: self.now,
         };
-        self.state.apply_held(&event);
+        // The step's need, most often, whose number it knows.
+        let number = match &*self.found.borrow() {
+            Some((last, number)) if last == need => Some(*number),
+            _ => None,
+        };
+        self.state.apply_held(&event, number);
         self.out.push(event);
         for total in &self.cap_totals {
             total.set(None);
@@ -218,7 +238,19 @@ impl Step<'_> {
     /// The need `id`, which the command or deadline at hand unpacked beforehand
     /// ([`State::unpack`]): it is read many times before the step is done.
     fn need(&self, id: &NeedId) -> Cow<'_, NeedState> {
-        self.state.need(id.as_str()).expect("a known need")
+        self.find(id).expect("a known need")
+    }
+
+    /// The need `id`, if there is one.
+    fn find(&self, id: &NeedId) -> Option<Cow<'_, NeedState>> {
+        if let Some((last, number)) = &*self.found.borrow() {
+            if last == id {
+                return Some(self.state.unpack_at(*number));
+            }
+        }
+        let number = self.state.number_of(id.as_str())?;
+        *self.found.borrow_mut() = Some((id.clone(), number));
+        Some(self.state.unpack_at(number))
     }
 
     fn clause(&self, id: &NeedId) -> Option<&FirstRefusal> {
@@ -228,10 +260,7 @@ impl Step<'_> {
     }
 
     fn open_need(&self, id: &NeedId) -> Result<Cow<'_, NeedState>, Rejection> {
-        let need = self
-            .state
-            .need(id.as_str())
-            .ok_or_else(|| need_not_found(id))?;
+        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
         if let Some(closed) = need.closed {
             return Err(Rejection::conflict(format!(
                 "need `{id}` is closed ({closed:?})"
@@ -578,10 +607,7 @@ impl Step<'_> {
                 "use no_capacity, price, timing or other",
             ));
         }
-        let need = self
-            .state
-            .need(id.as_str())
-            .ok_or_else(|| need_not_found(id))?;
+        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
         if need.holder.as_ref() == Some(provider) && need.open_offers().next().is_some() {
             let kinds = [OfferKind::First, OfferKind::Reoffer, OfferKind::Match];
             let offer = self.find_offer(provider, id, seq, &kinds)?;
@@ -681,10 +707,7 @@ impl Step<'_> {
     }
 
     fn open_rfq(&self, provider: &ProviderId, id: &NeedId) -> Result<Gpus, Rejection> {
-        let need = self
-            .state
-            .need(id.as_str())
-            .ok_or_else(|| need_not_found(id))?;
+        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
         let rfq = need
             .rfqs
             .iter()
@@ -749,10 +772,7 @@ impl Step<'_> {
         id: &NeedId,
         award: u32,
     ) -> Result<AwardStatus, Rejection> {
-        let need = self
-            .state
-            .need(id.as_str())
-            .ok_or_else(|| need_not_found(id))?;
+        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
         let found = need
             .awards
             .iter()
@@ -1128,7 +1148,11 @@ impl Step<'_> {
     /// True when the only thing due for a need now is the close of its sourcing round:
     /// such needs are allocated together.
     fn only_quotes_due(&self, id: &NeedId) -> bool {
-        let need = self.need(id);
+        self.quotes_alone_due(&self.need(id))
+    }
+
+    /// [`Step::only_quotes_due`], for a need at hand.
+    fn quotes_alone_due(&self, need: &NeedState) -> bool {
         need.sourcing_open
             && need
                 .rfqs

@@ -252,6 +252,9 @@ fn hash_id(id: &str) -> u64 {
 /// How many needs [`State::apply`] lets events touch before it packs those at rest.
 const SETTLE_AFTER: usize = 1024;
 
+/// Seconds: a need at rest that is due again within this long stays unpacked.
+const SOON: i64 = 3_600;
+
 /// One shared copy of each sku, workload, region, tag and provider that needs name: a
 /// million needs for `H100` hold one string between them, not a million (about 50 bytes
 /// a need for the sku and the workload), and ids that are one copy compare equal by
@@ -332,6 +335,8 @@ pub struct State {
     names: Names,
     /// Numbers of the needs events touched since the state last packed those at rest.
     touched: Vec<u32>,
+    /// Whether needs stay unpacked, at rest or not ([`State::keep_unpacked`]).
+    unpacked_only: bool,
 }
 
 impl PartialEq for State {
@@ -356,7 +361,7 @@ impl State {
     }
 
     /// The number of the need `id`.
-    fn number_of(&self, id: &str) -> Option<usize> {
+    pub(crate) fn number_of(&self, id: &str) -> Option<usize> {
         let needs = &self.needs;
         self.index
             .find(hash_id(id), |&n| needs[n as usize].id() == id)
@@ -364,7 +369,7 @@ impl State {
     }
 
     /// The need numbered `n`, unpacked where it is packed.
-    fn unpack_at(&self, n: usize) -> Cow<'_, NeedState> {
+    pub(crate) fn unpack_at(&self, n: usize) -> Cow<'_, NeedState> {
         match &self.needs[n] {
             Slot::Live(need) => Cow::Borrowed(need),
             Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(frozen, n as u32, &self.names)),
@@ -387,10 +392,7 @@ impl State {
     /// The need `id` where it is not packed. A packed need is at rest: it has nothing
     /// open for anyone to answer, so lists of open items can pass it by unread.
     pub fn unpacked(&self, id: &str) -> Option<&NeedState> {
-        match &self.needs[self.number_of(id)?] {
-            Slot::Live(need) => Some(need),
-            Slot::Frozen(_) => None,
-        }
+        self.unpacked_number(self.number_of(id)?)
     }
 
     /// Every need, in the order they were submitted, each packed one unpacked in turn.
@@ -425,19 +427,50 @@ impl State {
 
     /// Unpacks the need `id` for the events and reads about to come; the next
     /// [`State::settle`] packs it again if it is still at rest.
-    pub fn unpack(&mut self, id: &str) {
-        if let Some(n) = self.number_of(id) {
-            live(&mut self.needs[n], n, &self.names);
-            self.touched.push(n as u32);
+    /// Keeps every need unpacked from now on: for a short run that wants speed more
+    /// than memory (the simulator's, which packing slowed by a tenth).
+    pub fn keep_unpacked(&mut self) {
+        self.unpacked_only = true;
+    }
+
+    /// Gives the need's number, where there is such a need.
+    pub fn unpack(&mut self, id: &str) -> Option<usize> {
+        let n = self.number_of(id)?;
+        self.unpack_number(n);
+        Some(n)
+    }
+
+    /// [`State::unpack`], for the need numbered `n`.
+    pub(crate) fn unpack_number(&mut self, n: usize) {
+        live(&mut self.needs[n], n, &self.names);
+        self.touched.push(n as u32);
+    }
+
+    /// The need numbered `n` where it is not packed.
+    pub(crate) fn unpacked_number(&self, n: usize) -> Option<&NeedState> {
+        match &self.needs[n] {
+            Slot::Live(need) => Some(need),
+            Slot::Frozen(_) => None,
         }
     }
 
-    /// Packs the needs touched since the last time that are at rest.
+    /// Packs the needs touched since the last time that are at rest, but for those
+    /// due again within [`SOON`] of the last event: their deadline would unpack them
+    /// again at once.
     pub fn settle(&mut self) {
+        if self.unpacked_only {
+            self.touched.clear();
+            return;
+        }
+        let soon = self.last_at.map(|at| at.plus_seconds(SOON));
         for number in self.touched.drain(..) {
             let slot = &mut self.needs[number as usize];
             if let Slot::Live(need) = slot {
-                if need.at_rest() {
+                let due_soon = need
+                    .scheduled
+                    .zip(soon)
+                    .is_some_and(|(due, soon)| due <= soon);
+                if need.at_rest() && !due_soon {
                     let packed = frozen::freeze(need, &mut self.names);
                     debug_assert_eq!(
                         frozen::thaw(&packed, number, &self.names),
@@ -456,20 +489,21 @@ impl State {
 
     /// Folds in `event`. Every so many needs touched, it packs those at rest.
     pub fn apply(&mut self, event: &Event) {
-        self.apply_held(event);
+        self.apply_held(event, None);
         if self.touched.len() >= SETTLE_AFTER {
             self.settle();
         }
     }
 
     /// [`State::apply`], leaving the need unpacked until the next [`State::settle`]:
-    /// the engine reads it again before its command is done.
-    pub(crate) fn apply_held(&mut self, event: &Event) {
+    /// the engine reads it again before its command is done. `number` is the need's,
+    /// where the caller knows it.
+    pub(crate) fn apply_held(&mut self, event: &Event, number: Option<usize>) {
         self.events += 1;
         self.last_at = Some(event.at);
         let id = &event.need;
         let submitted = matches!(event.kind, EventKind::NeedSubmitted(_));
-        let known = self.number_of(id.as_str());
+        let known = number.or_else(|| self.number_of(id.as_str()));
         if submitted {
             // A need submitted twice cannot come from this engine; a fold that never
             // fails starts it afresh under its first number.

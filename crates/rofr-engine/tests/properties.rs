@@ -486,20 +486,29 @@ fn check_time(events: &[Event]) -> Result<(), String> {
 }
 
 /// Runs the operations, then lets every outstanding deadline fire. Fails if a refused
-/// command changed the state, or if replaying the log so far does not rebuild the
-/// engine's state after any step.
+/// command changed the state, if replaying the log so far does not rebuild the
+/// engine's state after any step, or if a twin engine that keeps every need unpacked
+/// answers any command otherwise.
 fn run_ops(
     deal: &Arc<Deal>,
     ops: &[(Op, Option<usize>)],
 ) -> Result<(Engine, Vec<Event>), TestCaseError> {
     let mut engine = Engine::new(deal.clone(), start());
+    let mut twin = Engine::new(deal.clone(), start());
+    twin.keep_unpacked();
     let mut log: Vec<Event> = Vec::new();
     for (op, aim) in ops {
         let command = aim
             .and_then(|aim| aimed(op, &engine, aim))
             .unwrap_or_else(|| to_command(op, engine.clock()));
         let before = engine.state().clone();
-        match engine.execute(command) {
+        let answer = engine.execute(command.clone());
+        prop_assert_eq!(
+            &answer,
+            &twin.execute(command),
+            "packing needs changed an answer"
+        );
+        match answer {
             Ok(events) => log.extend(events),
             Err(_) => prop_assert_eq!(
                 engine.state(),
@@ -514,7 +523,14 @@ fn run_ops(
         );
     }
     let later = engine.clock().plus_seconds(3600 * 24 * 400);
-    log.extend(engine.execute(Command::Tick { now: later }).unwrap());
+    let last = engine.execute(Command::Tick { now: later }).unwrap();
+    prop_assert_eq!(
+        &last,
+        &twin.execute(Command::Tick { now: later }).unwrap(),
+        "packing needs changed what deadlines did"
+    );
+    prop_assert_eq!(engine.state(), twin.state());
+    log.extend(last);
     Ok((engine, log))
 }
 

@@ -2,6 +2,7 @@
 //! capacity models, all of it driven through the live broker's `Engine` with a
 //! simulated clock. Nothing here decides what the deal allows; the engine does.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -498,9 +499,12 @@ impl<'a> Sim<'a> {
             let step = step_of(scenario, need.spec.earliest_start);
             result.step_demand[step] += need.spec.gpu_hours(need.spec.gpus);
         }
+        let mut engine = Engine::new(deal, scenario.start);
+        // A run lives for about a second: speed matters more than its memory.
+        engine.keep_unpacked();
         Sim {
             scenario,
-            engine: Engine::new(deal, scenario.start),
+            engine,
             rng: rng(scenario.seed, 2 * u64::from(run) + 1),
             queue: Queue::default(),
             spare: Vec::new(),
@@ -981,8 +985,10 @@ impl<'a> Sim<'a> {
 
     /// What the need `id` asked for.
     fn spec(&self, id: &NeedId) -> NeedSpec {
-        let need = self.engine.state().need(id.as_str()).expect("a known need");
-        need.into_owned().spec
+        match self.engine.state().need(id.as_str()).expect("a known need") {
+            Cow::Borrowed(need) => need.spec.clone(),
+            Cow::Owned(need) => need.spec,
+        }
     }
 
     fn give_back(&mut self, need: &NeedId, hold: Hold) {
@@ -991,10 +997,14 @@ impl<'a> Sim<'a> {
 
     /// Takes a hold's GPUs out of its provider's free capacity, or puts them back.
     fn set_aside(&mut self, need: &NeedId, hold: &Hold, back: bool) {
-        let spec = self.spec(need);
+        let asked = self
+            .engine
+            .state()
+            .need(need.as_str())
+            .expect("a known need");
         self.providers[hold.provider].adjust(
             hold.pool,
-            &spec,
+            &asked.spec,
             hold.start,
             self.scenario.start,
             hold.gpus,
