@@ -131,7 +131,7 @@ impl Engine {
             let batch: Vec<NeedId> = if step.only_quotes_due(&id) {
                 step.state
                     .agenda
-                    .range((due, number)..)
+                    .range_from((due, number))
                     .take_while(|(at, _)| *at == due)
                     .take(4 * BATCH_LIMIT)
                     // A packed need has no round open: passed by unread.

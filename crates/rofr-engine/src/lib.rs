@@ -4,6 +4,7 @@
 //! never does IO, never reads the clock and never draws random numbers: time arrives
 //! in `Tick` commands, so tests, the broker and the simulator all drive it the same way.
 
+pub mod agenda;
 pub mod allocate;
 pub mod command;
 pub mod deal;
