@@ -313,7 +313,7 @@ impl<T: Clone + Eq + std::hash::Hash> Table<T> {
 }
 
 /// Equal states hold equal needs, however each is held (packed or not), and equal
-/// indexes and usage.
+/// agendas and usage.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     /// Every need by its number: in the order they were submitted.
