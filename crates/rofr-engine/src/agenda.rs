@@ -152,8 +152,9 @@ impl Agenda {
         true
     }
 
-    /// Room held for entries, in entries: for tests and figures.
-    pub fn room(&self) -> usize {
+    /// Room held for entries, in entries.
+    #[cfg(test)]
+    fn room(&self) -> usize {
         self.blocks.iter().map(Vec::capacity).sum()
     }
 }

@@ -106,6 +106,39 @@ fn holder_accepting_everything_is_awarded_without_sourcing() {
     );
 }
 
+/// A confirmed need that waits a week for its run is packed; it reads the same, and its
+/// deadline still fires on time.
+#[test]
+fn a_confirmed_need_is_packed_and_still_completes_on_time() {
+    let mut engine = Engine::new(deal("first_offer", true, ""), start());
+    let mut twin = Engine::new(deal("first_offer", true, ""), start());
+    twin.keep_unpacked();
+    for command in [
+        submit(need("n1", 64)),
+        accept("n1", None),
+        confirm("holder", "n1", 1),
+    ] {
+        engine.execute(command.clone()).unwrap();
+        twin.execute(command).unwrap();
+    }
+    assert_eq!(engine.state().packed_count(), 1);
+    assert_eq!(twin.state().packed_count(), 0);
+    assert!(engine.state().unpacked("n1").is_none());
+    assert_eq!(engine.state().need("n1"), twin.state().need("n1"));
+    let tick = Command::Tick {
+        now: hours(24 * 7 + 100),
+    };
+    let done = engine.execute(tick.clone()).unwrap();
+    assert_eq!(
+        done.iter().map(describe).collect::<Vec<_>>(),
+        ["+268h need_completed"]
+    );
+    assert_eq!(done, twin.execute(tick).unwrap());
+    assert!(engine.state() == twin.state(), "the states differ");
+    // Closed, it rests with nothing due: packed again.
+    assert_eq!(engine.state().packed_count(), 1);
+}
+
 #[test]
 fn holder_accepting_part_sends_the_rest_to_sourcing() {
     run(
