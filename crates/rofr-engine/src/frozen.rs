@@ -1,6 +1,6 @@
 //! Needs at rest, packed. A need that waits only on a far deadline (its awards
 //! confirmed, nothing open for anyone to answer) is most of a broker's needs, and as a
-//! [`NeedState`] it takes about 540 bytes with its lists. Packed it takes about 80:
+//! [`NeedState`] it takes about 540 bytes with its lists. Packed it takes about 70:
 //! numbers as variable-length integers, times as differences from the submission time,
 //! names as their places in the state's tables ([`Names`]). The first event that
 //! touches it again unpacks it.

@@ -234,6 +234,14 @@ enum Slot {
 }
 
 impl Slot {
+    /// The need, where it is not packed.
+    fn live(&self) -> Option<&NeedState> {
+        match self {
+            Slot::Live(need) => Some(need),
+            Slot::Frozen(_) => None,
+        }
+    }
+
     fn id(&self) -> &str {
         match self {
             Slot::Live(need) => need.spec.id.as_str(),
@@ -404,10 +412,7 @@ impl State {
     /// Every need not packed, in the order they were submitted: all that have
     /// something open for someone to answer, and perhaps some that have not.
     pub fn unpacked_needs(&self) -> impl Iterator<Item = &NeedState> + '_ {
-        self.needs.iter().filter_map(|slot| match slot {
-            Slot::Live(need) => Some(&**need),
-            Slot::Frozen(_) => None,
-        })
+        self.needs.iter().filter_map(Slot::live)
     }
 
     pub fn need_count(&self) -> usize {
@@ -422,19 +427,19 @@ impl State {
     pub fn packed_count(&self) -> usize {
         self.needs
             .iter()
-            .filter(|slot| matches!(slot, Slot::Frozen(_)))
+            .filter(|slot| slot.live().is_none())
             .count()
     }
 
-    /// Unpacks the need `id` for the events and reads about to come; the next
-    /// [`State::settle`] packs it again if it is still at rest.
     /// Keeps every need unpacked from now on: for a short run that wants speed more
-    /// than memory (the simulator's, which packing slowed by a tenth).
+    /// than memory (the simulator's, which packing slowed by a fifth).
     pub fn keep_unpacked(&mut self) {
         self.unpacked_only = true;
     }
 
-    /// Gives the need's number, where there is such a need.
+    /// Unpacks the need `id` for the events and reads about to come; the next
+    /// [`State::settle`] packs it again if it is still at rest. Gives the need's
+    /// number, where there is such a need.
     pub fn unpack(&mut self, id: &str) -> Option<usize> {
         let n = self.number_of(id)?;
         self.unpack_number(n);
@@ -449,10 +454,7 @@ impl State {
 
     /// The need numbered `n` where it is not packed.
     pub(crate) fn unpacked_number(&self, n: usize) -> Option<&NeedState> {
-        match &self.needs[n] {
-            Slot::Live(need) => Some(need),
-            Slot::Frozen(_) => None,
-        }
+        self.needs[n].live()
     }
 
     /// Packs the needs touched since the last time that are at rest, but for those
