@@ -169,12 +169,13 @@ fn brute_force(instance: &Instance) -> f64 {
     brute_force_with(instance, |allocations| check(instance, allocations).ok()).0
 }
 
-/// The least cost over every allocation that `cost` accepts, and the most GPUs that
-/// any allocation of that cost gives to pools of provider `c0`.
+/// The least cost over every allocation that `cost` accepts, and the most GPU-hours
+/// that any allocation of that cost gives to pools of provider `c0` (a commitment is
+/// counted in GPU-hours or spend, so the solver favours GPU-hours, not GPUs).
 fn brute_force_with(
     instance: &Instance,
     cost: impl Fn(&[Allocation]) -> Option<f64>,
-) -> (f64, u64) {
+) -> (f64, f64) {
     let pairs: Vec<(usize, String, u64)> = instance
         .needs
         .iter()
@@ -182,7 +183,7 @@ fn brute_force_with(
         .flat_map(|(n, need)| need.pools.iter().map(move |p| (n, p.clone(), need.unit)))
         .collect();
     let mut best = f64::INFINITY;
-    let mut favoured = 0;
+    let mut favoured = 0.0f64;
     let mut counts = vec![0u64; pairs.len()];
     loop {
         let allocations: Vec<Allocation> = pairs
@@ -196,11 +197,7 @@ fn brute_force_with(
             })
             .collect();
         if let Some(cost) = cost(&allocations) {
-            let to_c0: u64 = allocations
-                .iter()
-                .filter(|a| provider_of(instance, &a.pool) == "c0")
-                .map(|a| a.gpus)
-                .sum();
+            let to_c0 = gpu_hours_to_c0(instance, &allocations);
             if cost < best - 1e-6 {
                 (best, favoured) = (cost, to_c0);
             } else if (cost - best).abs() <= 1e-6 {
@@ -222,6 +219,18 @@ fn brute_force_with(
             i += 1;
         }
     }
+}
+
+/// The GPU-hours that `allocations` give to pools of provider `c0`.
+fn gpu_hours_to_c0(instance: &Instance, allocations: &[Allocation]) -> f64 {
+    allocations
+        .iter()
+        .filter(|a| provider_of(instance, &a.pool) == "c0")
+        .map(|a| {
+            let need = instance.needs.iter().find(|n| n.id == a.need).unwrap();
+            a.gpus as f64 * need.hours
+        })
+        .sum()
 }
 
 fn provider_of<'a>(instance: &'a Instance, pool: &str) -> &'a str {
@@ -317,11 +326,49 @@ proptest! {
             prop_assert!((solved.cost - optimum).abs() < 1e-6, "solved {} but the optimum is {optimum}", solved.cost);
             let checked = rofr_solver::check_within(&instance, &limits, &solved.allocations).unwrap();
             prop_assert!((checked - solved.cost).abs() < 1e-6);
-            let to_c0: u64 = solved.allocations.iter()
-                .filter(|a| provider_of(&instance, &a.pool) == "c0")
-                .map(|a| a.gpus)
-                .sum();
-            prop_assert_eq!(to_c0, favoured, "c0 could get {} GPUs at the same cost", favoured);
+            let to_c0 = gpu_hours_to_c0(&instance, &solved.allocations);
+            prop_assert!((to_c0 - favoured).abs() < 1e-6, "c0 has {to_c0} GPU-hours but could have {favoured} at the same cost");
         }
     }
+}
+
+#[test]
+fn a_preferred_provider_is_favoured_by_gpu_hours_at_equal_cost() {
+    // Three allocations cost 1,736 each: n0 to c1's p0 with n1 to c0's p2 (the spend
+    // of n1 keeps c1 under its 30% limit), n0 to p2 alone, and nothing at all. The
+    // first gives c0 8 GPUs for 168 GPU-hours, the second 4 GPUs for 196 GPU-hours.
+    let text = r#"{
+      "needs": [ { "id": "n0", "gpus": 4, "hours": 49, "unit": 4, "shortfall_penalty": 8.0, "pools": ["p0", "p2"] },
+                 { "id": "n1", "gpus": 8, "hours": 21, "unit": 8, "shortfall_penalty": 1.0, "pools": ["p2"] } ],
+      "pools": [ { "id": "p0", "provider": "c1", "gpus": 4, "price_per_gpu_hour": 2.0 },
+                 { "id": "p1", "provider": "c0", "gpus": 0, "price_per_gpu_hour": 1.0 },
+                 { "id": "p2", "provider": "c0", "gpus": 8, "price_per_gpu_hour": 8.0 } ],
+      "caps": [],
+      "base_gpu_hours": { "c1": 200 }
+    }"#;
+    let instance = Instance::parse(text.as_bytes()).unwrap();
+    let settings = rofr_solver::Settings {
+        limits: vec![rofr_solver::ShareLimit {
+            provider: "c1".into(),
+            max_share: 0.3,
+            spend: true,
+            own: 0.0,
+            total: 0.0,
+        }],
+        preferred: ["c0".to_owned()].into(),
+        time_limit: None,
+        skip_search: false,
+    };
+    let solved = rofr_solver::solve(&instance, &settings).unwrap();
+    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.cost, 1736.0);
+    assert_eq!(
+        solved.allocations,
+        vec![Allocation {
+            need: "n0".into(),
+            pool: "p2".into(),
+            gpus: 4
+        }]
+    );
+    assert_eq!(gpu_hours_to_c0(&instance, &solved.allocations), 196.0);
 }
