@@ -17,6 +17,7 @@ pub mod invariants;
 pub mod lint;
 pub mod need;
 pub mod state;
+pub mod tally;
 pub mod types;
 pub mod usage;
 

@@ -10,6 +10,7 @@ use crate::deal::Variant;
 use crate::event::{Event, EventKind};
 use crate::frozen::{self, Frozen};
 use crate::need::NeedSpec;
+use crate::tally::{Figures, Tally};
 use crate::types::{Gpus, NeedId, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +185,20 @@ impl NeedState {
             .filter(|a| a.status.is_live() && Some(&a.provider) != self.holder.as_ref())
     }
 
+    /// The need's status as lists and figures show it.
+    pub fn status(&self) -> &'static str {
+        match self.closed {
+            Some(Closed::Completed) => "completed",
+            Some(Closed::Expired) => "expired",
+            Some(Closed::Cancelled) => "cancelled",
+            None if self.fulfilled_until.is_some() => "active",
+            None if self.awarded() == self.spec.gpus => "awarded",
+            None if self.offers.iter().any(|o| o.status == OfferStatus::Open) => "offered",
+            None if self.sourcing_open => "sourcing",
+            None => "waiting",
+        }
+    }
+
     /// The earliest moment at which something about this need happens by itself.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         if self.closed.is_some() {
@@ -346,6 +361,8 @@ pub struct State {
     touched: Vec<u32>,
     /// Whether needs stay unpacked, at rest or not ([`State::keep_unpacked`]).
     unpacked_only: bool,
+    /// The figures of the packed needs ([`crate::tally`]).
+    packed_tally: Tally,
 }
 
 impl PartialEq for State {
@@ -448,7 +465,7 @@ impl State {
 
     /// [`State::unpack`], for the need numbered `n`.
     pub(crate) fn unpack_number(&mut self, n: usize) {
-        live(&mut self.needs[n], n, &self.names);
+        live(&mut self.needs[n], n, &self.names, &mut self.packed_tally);
         self.touched.push(n as u32);
     }
 
@@ -480,10 +497,21 @@ impl State {
                         **need,
                         "a need unpacks as it was packed"
                     );
+                    self.packed_tally.add(need);
                     *slot = Slot::Frozen(packed);
                 }
             }
         }
+    }
+
+    /// Every need's figures: the running tally of the packed ones, and the unpacked
+    /// ones counted afresh. Unpacks nothing.
+    pub fn figures(&self) -> Figures {
+        let mut unpacked = Tally::default();
+        for need in self.unpacked_needs() {
+            unpacked.add(need);
+        }
+        Figures::of(&self.packed_tally, &unpacked)
     }
 
     pub fn next_deadline(&self) -> Option<Timestamp> {
@@ -514,7 +542,8 @@ impl State {
             let number = u32::try_from(number).expect("fewer than 2^32 needs");
             let fresh = Slot::Live(Box::new(new_need(event, &mut self.names, number)));
             if let Some(n) = known {
-                if let Some(at) = self.unpack_at(n).scheduled {
+                let old = live(&mut self.needs[n], n, &self.names, &mut self.packed_tally);
+                if let Some(at) = old.scheduled {
                     self.agenda.remove(&(at, number));
                 }
                 self.needs[n] = fresh;
@@ -532,7 +561,7 @@ impl State {
             // never fails skips it, and the replay check reports the difference.
             return;
         };
-        let need = live(&mut self.needs[n], n, &self.names);
+        let need = live(&mut self.needs[n], n, &self.names, &mut self.packed_tally);
         if self.touched.last() != Some(&need.number) {
             self.touched.push(need.number);
         }
@@ -551,10 +580,13 @@ impl State {
     }
 }
 
-/// The need in `slot`, numbered `n`, unpacked in place if it was packed.
-fn live<'a>(slot: &'a mut Slot, n: usize, names: &Names) -> &'a mut NeedState {
+/// The need in `slot`, numbered `n`, unpacked in place if it was packed (and taken
+/// out of the packed needs' `tally`).
+fn live<'a>(slot: &'a mut Slot, n: usize, names: &Names, tally: &mut Tally) -> &'a mut NeedState {
     if let Slot::Frozen(frozen) = slot {
-        *slot = Slot::Live(Box::new(frozen::thaw(frozen, n as u32, names)));
+        let need = frozen::thaw(frozen, n as u32, names);
+        tally.remove(&need);
+        *slot = Slot::Live(Box::new(need));
     }
     match slot {
         Slot::Live(need) => need,

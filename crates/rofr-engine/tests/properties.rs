@@ -521,6 +521,12 @@ fn run_ops(
             engine.state(),
             "replay differs after a step"
         );
+        // The twin's packed tally is empty: its figures are counted from every need.
+        prop_assert_eq!(
+            engine.state().figures(),
+            twin.state().figures(),
+            "the running figures differ from a count over every need"
+        );
     }
     let later = engine.clock().plus_seconds(3600 * 24 * 400);
     let last = engine.execute(Command::Tick { now: later }).unwrap();
@@ -530,6 +536,7 @@ fn run_ops(
         "packing needs changed what deadlines did"
     );
     prop_assert_eq!(engine.state(), twin.state());
+    prop_assert_eq!(engine.state().figures(), twin.state().figures());
     log.extend(last);
     Ok((engine, log))
 }

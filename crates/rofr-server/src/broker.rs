@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rofr_engine::deal::{parse_deal, Deal};
-use rofr_engine::state::{NeedState, OfferStatus};
+use rofr_engine::state::NeedState;
 use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{
@@ -642,21 +642,6 @@ fn new_token() -> String {
     format!("rofr_{}", hex::encode(bytes))
 }
 
-/// A need's status as list queries show it, derived from its state.
-pub fn need_status(need: &NeedState) -> &'static str {
-    use rofr_engine::state::Closed;
-    match need.closed {
-        Some(Closed::Completed) => "completed",
-        Some(Closed::Expired) => "expired",
-        Some(Closed::Cancelled) => "cancelled",
-        None if need.fulfilled_until.is_some() => "active",
-        None if need.awarded() == need.spec.gpus => "awarded",
-        None if need.offers.iter().any(|o| o.status == OfferStatus::Open) => "offered",
-        None if need.sourcing_open => "sourcing",
-        None => "waiting",
-    }
-}
-
 /// Where a need's events lie in the log, and when the latest one happened.
 #[derive(Debug, Clone)]
 struct Touch {
@@ -698,7 +683,7 @@ fn touch(touches: &mut Touches, need: &str, at: &str, index: u64) {
 fn need_row(need: &NeedState, touch: &Touch) -> NeedRow {
     NeedRow {
         id: need.spec.id.to_string(),
-        status: need_status(need).into(),
+        status: need.status().into(),
         sku: need.spec.sku.to_string(),
         gpus: need.spec.gpus.get(),
         awarded: need.awarded().get(),

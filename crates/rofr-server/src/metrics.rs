@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::broker::{need_status, Broker};
+use crate::broker::Broker;
 
 pub fn render(broker: &Broker) -> String {
     let mut registry = Registry::with_prefix("rofr");
@@ -50,13 +50,12 @@ pub fn render(broker: &Broker) -> String {
         counter(counters.commits.load(Ordering::Relaxed)),
     );
     let needs = Family::<Vec<(String, String)>, Gauge>::default();
-    broker.read(|engine| {
-        for need in engine.state().needs() {
-            needs
-                .get_or_create(&vec![("status".to_owned(), need_status(&need).to_owned())])
-                .inc();
-        }
-    });
+    let by_status = broker.read(|engine| engine.state().figures().by_status);
+    for (status, count) in by_status {
+        needs
+            .get_or_create(&vec![("status".to_owned(), status.to_owned())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
     registry.register("needs", "Needs by status", needs);
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");

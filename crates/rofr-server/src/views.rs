@@ -6,8 +6,6 @@ use rofr_engine::types::{Gpus, Price, ProviderId, Timestamp};
 use rofr_engine::Engine;
 use serde::Serialize;
 
-use crate::broker::need_status;
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NeedView {
     pub id: String,
@@ -149,7 +147,7 @@ pub fn need_view(need: &NeedState) -> NeedView {
     let spec = &need.spec;
     NeedView {
         id: spec.id.to_string(),
-        status: need_status(need),
+        status: need.status(),
         sku: spec.sku.to_string(),
         gpus: spec.gpus,
         awarded: need.awarded(),
@@ -280,42 +278,21 @@ pub fn summary(engine: &Engine) -> Summary {
     use std::collections::BTreeMap;
     let state = engine.state();
     let deal = engine.deal();
-    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    // Running figures: reading them unpacks no need.
+    let figures = state.figures();
+    let by_status: BTreeMap<String, usize> = figures
+        .by_status
+        .iter()
+        .map(|(status, n)| ((*status).to_owned(), *n as usize))
+        .collect();
     let mut gpu_hours: BTreeMap<String, f64> = deal
         .providers
         .iter()
         .map(|p| (p.id.to_string(), 0.0))
         .collect();
-    let (mut lapses, mut reoffers) = (0, 0);
-    let mut to_award: Vec<f64> = Vec::new();
-    // GPU-hours awarded per day and provider, for the timeline.
-    let mut by_day: BTreeMap<i64, BTreeMap<String, f64>> = BTreeMap::new();
-    for need in state.needs() {
-        for award in need.awards.iter().filter(|a| a.status.is_live()) {
-            *by_day
-                .entry(award.decided_at.unix_seconds().div_euclid(86_400))
-                .or_default()
-                .entry(award.provider.to_string())
-                .or_default() += need.spec.gpu_hours(award.gpus);
-        }
-        *by_status.entry(need_status(&need).to_owned()).or_default() += 1;
-        for award in need.awards.iter().filter(|a| a.status.is_live()) {
-            *gpu_hours.entry(award.provider.to_string()).or_default() +=
-                need.spec.gpu_hours(award.gpus);
-        }
-        lapses += need
-            .offers
-            .iter()
-            .filter(|o| o.status == OfferStatus::Lapsed)
-            .count();
-        reoffers += need
-            .offers
-            .iter()
-            .filter(|o| o.kind == OfferKind::Reoffer)
-            .count();
-        if let Some(first) = need.awards.iter().map(|a| a.decided_at).min() {
-            to_award
-                .push((first.unix_seconds() - need.submitted_at.unix_seconds()) as f64 / 3600.0);
+    for awarded in figures.awarded.values() {
+        for (provider, hours) in awarded {
+            *gpu_hours.entry(provider.to_string()).or_default() += *hours as f64;
         }
     }
     let total: f64 = gpu_hours.values().sum();
@@ -345,13 +322,13 @@ pub fn summary(engine: &Engine) -> Summary {
         })
         .collect();
     let hhi = providers.iter().map(|p| p.share * p.share).sum();
-    to_award.sort_by(f64::total_cmp);
     let mut running: BTreeMap<String, f64> = BTreeMap::new();
-    let timeline = by_day
-        .into_iter()
-        .map(|(day, awarded)| {
+    let timeline = figures
+        .awarded
+        .iter()
+        .map(|(&day, awarded)| {
             for (provider, hours) in awarded {
-                *running.entry(provider).or_default() += hours;
+                *running.entry(provider.to_string()).or_default() += *hours as f64;
             }
             let total: f64 = running.values().sum();
             let shares: BTreeMap<String, f64> = running
@@ -383,9 +360,11 @@ pub fn summary(engine: &Engine) -> Summary {
         providers,
         hhi,
         hhi_alert: deal.caps.iter().find_map(|c| c.hhi_alert),
-        lapses,
-        reoffers,
-        median_hours_to_award: (!to_award.is_empty()).then(|| to_award[to_award.len() / 2]),
+        lapses: figures.lapses as usize,
+        reoffers: figures.reoffers as usize,
+        median_hours_to_award: figures
+            .median_seconds_to_award
+            .map(|seconds| seconds as f64 / 3600.0),
         commitments,
         timeline,
     }
