@@ -551,11 +551,16 @@ struct Folded {
     size: u64,
 }
 
-/// Streams the log (its first `limit` entries, if given) through a fresh engine an entry
-/// at a time, handing each entry's bytes to `leaf`: the log is never all in memory. The
-/// engine's clock starts at `clock`, or else at the first entry's time (`empty` for an
-/// empty log), and moves with the entries. A jump in the indexes or an entry that does
-/// not parse is an error naming the entry.
+/// Streams the log (its first `limit` entries, if given) through a fresh engine,
+/// handing each entry's bytes to `leaf`: the log is never all in memory. The engine's
+/// clock starts at `clock`, or else at the first entry's time (`empty` for an empty
+/// log), and moves with the entries. A jump in the indexes or an entry that does not
+/// parse is an error naming the entry.
+///
+/// Two threads share the work: this one reads the log and hands each entry to `leaf`
+/// (the ledger hashes it), another parses the entries and folds them into the engine,
+/// a chunk at a time. At start this is most of the time to ready, and each half is
+/// about as long as the other.
 fn fold_log(
     store: &dyn Store,
     deal: &Arc<Deal>,
@@ -564,48 +569,102 @@ fn fold_log(
     limit: Option<u64>,
     leaf: &mut dyn FnMut(&[u8]),
 ) -> Result<Folded, BrokerError> {
-    let mut engine: Option<Engine> = None;
-    let mut touches = Touches::default();
-    let mut size = 0u64;
-    let mut at = String::new();
-    let mut broken: Option<BrokerError> = None;
-    store.scan_log(&mut |index, data, _| {
-        if limit.is_some_and(|limit| index >= limit) {
-            return false;
-        }
-        if index != size {
-            broken = Some(BrokerError::Setup(format!(
-                "the log jumps from entry {} to entry {index}",
-                size.saturating_sub(1)
-            )));
-            return false;
-        }
-        let event = match parse_entry(index, data) {
-            Ok(event) => event,
-            Err(error) => {
-                broken = Some(error);
+    // Entries a chunk holds; a few chunks are in flight at once.
+    const CHUNK: usize = 1024;
+    std::thread::scope(|scope| {
+        let (send, receive) = mpsc::sync_channel::<Chunk>(4);
+        let folder = std::thread::Builder::new()
+            .name("rofr-fold".into())
+            .spawn_scoped(scope, move || fold_chunks(&receive, deal, clock))
+            .map_err(|e| BrokerError::Setup(format!("cannot start a thread: {e}")))?;
+        let mut size = 0u64;
+        let mut jump: Option<BrokerError> = None;
+        let mut chunk = Chunk::default();
+        let mut folder_stopped = false;
+        store.scan_log(&mut |index, data, _| {
+            if limit.is_some_and(|limit| index >= limit) {
                 return false;
             }
-        };
-        at.clear();
-        event.at.push_to(&mut at);
-        touch(&mut touches, event.need.as_str(), &at, index);
-        engine
-            .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(event.at)))
-            .apply(&event);
-        leaf(data);
-        size += 1;
-        true
-    })?;
-    if let Some(error) = broken {
-        return Err(error);
-    }
-    let engine = engine.unwrap_or_else(|| Engine::new(deal.clone(), clock.unwrap_or(empty)));
-    Ok(Folded {
-        engine,
-        touches,
-        size,
+            if index != size {
+                jump = Some(BrokerError::Setup(format!(
+                    "the log jumps from entry {} to entry {index}",
+                    size.saturating_sub(1)
+                )));
+                return false;
+            }
+            leaf(data);
+            chunk.push(index, data);
+            size += 1;
+            if chunk.ends.len() == CHUNK {
+                // The folder stops at an entry that does not parse.
+                if send.send(std::mem::take(&mut chunk)).is_err() {
+                    folder_stopped = true;
+                    return false;
+                }
+            }
+            true
+        })?;
+        if !folder_stopped && !chunk.ends.is_empty() {
+            // As above: an error from the folder is reported below.
+            let _ = send.send(chunk);
+        }
+        drop(send);
+        let (engine, touches) = folder
+            .join()
+            .map_err(|_| BrokerError::Setup("folding the log failed".into()))??;
+        // An entry that does not parse comes before any jump the reader saw.
+        if let Some(error) = jump {
+            return Err(error);
+        }
+        let engine = engine.unwrap_or_else(|| Engine::new(deal.clone(), clock.unwrap_or(empty)));
+        Ok(Folded {
+            engine,
+            touches,
+            size,
+        })
     })
+}
+
+/// Entries of the log read together: their bytes end to end, and each one's index and
+/// where its bytes end.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<(u64, usize)>,
+}
+
+impl Chunk {
+    fn push(&mut self, index: u64, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.ends.push((index, self.bytes.len()));
+    }
+}
+
+/// [`fold_log`]'s other half: parses the entries of each chunk and folds them into an
+/// engine (made at the first entry), noting where each need's events lie. Stops at an
+/// entry that does not parse.
+fn fold_chunks(
+    chunks: &mpsc::Receiver<Chunk>,
+    deal: &Arc<Deal>,
+    clock: Option<Timestamp>,
+) -> Result<(Option<Engine>, Touches), BrokerError> {
+    let mut engine: Option<Engine> = None;
+    let mut touches = Touches::default();
+    let mut at = String::new();
+    for chunk in chunks {
+        let mut start = 0;
+        for &(index, end) in &chunk.ends {
+            let event = parse_entry(index, &chunk.bytes[start..end])?;
+            start = end;
+            at.clear();
+            event.at.push_to(&mut at);
+            touch(&mut touches, event.need.as_str(), &at, index);
+            engine
+                .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(event.at)))
+                .apply(&event);
+        }
+    }
+    Ok((engine, touches))
 }
 
 fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {

@@ -173,37 +173,64 @@ fn count(dir: &std::path::Path) -> i64 {
         .unwrap()
 }
 
+/// Runs `statements` on the broker's database in `dir`, behind its back.
+fn tamper(dir: &std::path::Path, statements: &[String]) {
+    let db = rusqlite::Connection::open(dir.join("rofr.db")).unwrap();
+    for statement in statements {
+        db.execute(statement, []).unwrap();
+    }
+}
+
+/// A statement that puts JSON that is no event in place of entry `idx`.
+fn spoil(idx: u64) -> String {
+    format!("UPDATE events SET data = CAST('{{\"not\": \"an event\"}}' AS BLOB) WHERE idx = {idx}")
+}
+
+/// Why the broker in `dir` refuses to start.
+fn refusal(dir: &std::path::Path) -> String {
+    open(dir)
+        .err()
+        .expect("the broker refused to start")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_that_does_not_parse_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let entries = log_of_three_needs(dir.path()).await;
     assert!(entries >= 6, "{entries} entries");
-    let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
-    db.execute(
-        "UPDATE events SET data = CAST('{\"not\": \"an event\"}' AS BLOB) WHERE idx = 3",
-        [],
-    )
-    .unwrap();
-    drop(db);
-    let error = open(dir.path()).err().expect("the broker refused to start");
+    tamper(dir.path(), &[spoil(3)]);
+    let error = refusal(dir.path());
     assert!(
-        error
-            .to_string()
-            .starts_with("event 3 in the log does not parse"),
+        error.starts_with("event 3 in the log does not parse"),
         "{error}"
     );
     assert_eq!(count(dir.path()), entries as i64, "nothing was written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_a_bad_entry_and_a_later_gap_the_first_is_named() {
+    // The log is read on one thread and parsed on another: the error named is still
+    // the first in the log.
+    let dir = tempfile::tempdir().unwrap();
+    log_of_three_needs(dir.path()).await;
+    tamper(
+        dir.path(),
+        &[spoil(1), "DELETE FROM events WHERE idx = 4".into()],
+    );
+    let error = refusal(dir.path());
+    assert!(
+        error.starts_with("event 1 in the log does not parse"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_entry_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let entries = log_of_three_needs(dir.path()).await;
-    let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
-    db.execute("DELETE FROM events WHERE idx = 2", []).unwrap();
-    drop(db);
-    let error = open(dir.path()).err().expect("the broker refused to start");
-    assert_eq!(error.to_string(), "the log jumps from entry 1 to entry 3");
+    tamper(dir.path(), &["DELETE FROM events WHERE idx = 2".into()]);
+    assert_eq!(refusal(dir.path()), "the log jumps from entry 1 to entry 3");
     assert_eq!(count(dir.path()), entries as i64 - 1, "nothing was written");
 }
 
