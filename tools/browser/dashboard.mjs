@@ -86,6 +86,13 @@ try {
   const need = (await api(buyer, `/v1/needs/${offered}`)).body;
   check(need.awarded === need.gpus, `the need is awarded after the click (awarded ${need.awarded})`);
 
+  // The holder's awards page lists the award.
+  await holder.click("text=My awards");
+  await holder.waitForSelector("h1:has-text('My awards')");
+  await holder.waitForSelector("table tbody tr");
+  check((await holder.textContent("table")).includes(offered), "the holder's awards page lists the award");
+  await holder.screenshot({ path: `${shots}/provider-awards.png`, fullPage: true });
+
   // Another provider sees none of the holder's offers and cannot answer them.
   const stranger = await signedIn(oracle);
   await stranger.waitForSelector("#no-offers");

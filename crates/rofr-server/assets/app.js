@@ -168,11 +168,12 @@ async function myRfqs() {
     ["Deadline", r => r.deadline], ["Time left", r => countdown(r.deadline)]], rfqs) : el("p", {}, "No open requests."));
 }
 
-async function myAwards() {
-  const { awards } = await api("/v1/awards");
+async function myAwards(after) {
+  const { awards, next } = await api("/v1/awards?limit=200" + (after ? "&after=" + encodeURIComponent(after) : ""));
   main.replaceChildren(el("h1", {}, "My awards"), table([
     ["Need", a => a.need], ["Award", a => a.award], ["Status", a => a.status], ["GPUs", a => a.gpus],
-    ["Price", a => "$" + a.price_per_gpu_hour], ["Reservation", a => a.reservation || "–"]], awards));
+    ["Price", a => "$" + a.price_per_gpu_hour], ["Reservation", a => a.reservation || "–"]], awards),
+    next ? el("a", { href: "#/my-awards/" + encodeURIComponent(next) }, "Next page →") : "");
 }
 
 // Shares of awarded GPU-hours as horizontal bars, with each provider's cap and the HHI.
@@ -276,7 +277,7 @@ async function route() {
       case "ledger": return await ledgerPage();
       case "my-offers": return await offersPage(true, arg && decodeURIComponent(arg));
       case "my-rfqs": return await myRfqs();
-      case "my-awards": return await myAwards();
+      case "my-awards": return await myAwards(arg && decodeURIComponent(arg));
       default: main.replaceChildren(el("p", {}, "No such page."));
     }
   } catch (error) {

@@ -196,10 +196,14 @@ impl Agent {
             .as_str()
             .unwrap_or("")
             .to_owned();
-        let awards = self.client.get("/v1/awards").await?["awards"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        // Those that hold capacity; the made ones await this agent's answer.
+        let awards = self
+            .client
+            .all_pages(
+                "/v1/awards?status=pending_approval,made,confirmed",
+                "awards",
+            )
+            .await?;
         for award in &awards {
             if award["status"] != "made" {
                 continue;

@@ -124,6 +124,8 @@ pub struct RfqList {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AwardList {
     pub awards: Vec<views::AwardView>,
+    /// Where more may follow: the need to continue after (`after`).
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -870,16 +872,69 @@ async fn my_rfqs(State(broker): State<Broker>, caller: Caller) -> Result<Json<Rf
     Ok(Json(RfqList { rfqs }))
 }
 
-#[utoipa::path(get, path = "/v1/awards", tag = "provider", responses((status = 200, body = AwardList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AwardQuery {
+    /// Only awards with one of these statuses, separated by commas: pending_approval,
+    /// made, confirmed, completed, rejected, failed.
+    status: Option<String>,
+    /// Continue after this need (the previous page's `next`).
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A provider's own awards, in the order their needs were submitted.
+///
+/// A page ends at `limit` awards (with every award of its last need) or after 20,000
+/// needs read, so it may be short, even empty, and still have a `next`.
+#[utoipa::path(get, path = "/v1/awards", tag = "provider", params(AwardQuery), responses((status = 200, body = AwardList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
 async fn my_awards(
     State(broker): State<Broker>,
     caller: Caller,
+    Query(query): Query<AwardQuery>,
 ) -> Result<Json<AwardList>, ApiError> {
     let provider = caller.provider("list its awards")?;
-    let awards = broker
-        .read_committed(|e| views::awards_for(e, &provider))
+    let limit = page_limit(query.limit)? as usize;
+    let statuses: Option<Vec<&str>> = query
+        .status
+        .as_deref()
+        .map(|s| s.split(',').map(str::trim).collect());
+    for status in statuses.iter().flatten() {
+        if !views::AWARD_STATUSES.contains(status) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!(
+                    "unknown award status `{status}`: use one or more of {}, separated by commas",
+                    views::AWARD_STATUSES.join(", ")
+                ),
+            )
+            .field("status"));
+        }
+    }
+    let after = query.after.as_deref();
+    let page = broker
+        .read_committed(|e| {
+            views::awards_page(
+                e,
+                &provider,
+                statuses.as_deref(),
+                after,
+                limit,
+                views::AWARDS_SCAN,
+            )
+        })
         .await?;
-    Ok(Json(AwardList { awards }))
+    let Some((awards, next)) = page else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("no need `{}` to continue after", after.unwrap_or_default()),
+        )
+        .field("after"));
+    };
+    Ok(Json(AwardList { awards, next }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

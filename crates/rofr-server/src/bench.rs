@@ -172,7 +172,8 @@ impl Latencies {
     }
 }
 
-fn spec(i: usize, now: Timestamp) -> NeedSpec {
+/// The benchmark's need number `i`: 8 H100s for a day, starting tomorrow.
+pub(crate) fn spec(i: usize, now: Timestamp) -> NeedSpec {
     NeedSpec {
         id: NeedId::parse(&format!("b{i:08}")).expect("valid"),
         sku: Sku::parse("H100").expect("valid"),

@@ -180,13 +180,51 @@ pub fn rfqs_for(engine: &Engine, provider: &ProviderId) -> Vec<RfqView> {
         .collect()
 }
 
-/// Every award to `provider`, of any status.
-pub fn awards_for(engine: &Engine, provider: &ProviderId) -> Vec<AwardView> {
+/// The statuses an award may have, as [`AwardView::status`] gives them.
+pub const AWARD_STATUSES: [&str; 6] = [
+    "pending_approval",
+    "made",
+    "confirmed",
+    "completed",
+    "rejected",
+    "failed",
+];
+
+/// Awards awaiting an answer: only needs not at rest hold them, so a page of these
+/// alone passes packed needs by.
+const OPEN_AWARD_STATUSES: [&str; 2] = ["pending_approval", "made"];
+
+/// The most needs one page of awards reads: a page for a provider with few awards
+/// among many needs ends there, short, with where to continue. The engine is locked
+/// for reading while a page is made; 20,000 needs take a few milliseconds.
+pub const AWARDS_SCAN: usize = 20_000;
+
+/// A page of `provider`'s awards with one of `statuses` (any, where `None`), in the
+/// order their needs were submitted, after the need `after`. The second value is the
+/// need to continue after, where more may follow: a page ends once it holds `limit`
+/// awards (with every award of its last need) or has read `scan` needs. `None` where
+/// there is no need `after`.
+pub fn awards_page(
+    engine: &Engine,
+    provider: &ProviderId,
+    statuses: Option<&[&str]>,
+    after: Option<&str>,
+    limit: usize,
+    scan: usize,
+) -> Option<(Vec<AwardView>, Option<String>)> {
+    let packed = statuses.is_none_or(|s| s.iter().any(|s| !OPEN_AWARD_STATUSES.contains(s)));
     let mut awards = Vec::new();
-    for need in engine.state().needs() {
-        awards.extend(award_views(&need).filter(|a| a.provider == provider.as_str()));
+    for (read, need) in engine.state().needs_after(after, packed)?.enumerate() {
+        if need.awards.iter().any(|a| &a.provider == provider) {
+            awards.extend(award_views(&need).filter(|a| {
+                a.provider == provider.as_str() && statuses.is_none_or(|s| s.contains(&a.status))
+            }));
+        }
+        if awards.len() >= limit || read + 1 >= scan {
+            return Some((awards, Some(need.spec.id.to_string())));
+        }
     }
-    awards
+    Some((awards, None))
 }
 
 /// A page of open offers, in need order after `after`: every provider's for the buyer
@@ -367,5 +405,98 @@ pub fn summary(engine: &Engine) -> Summary {
             .map(|seconds| seconds as f64 / 3600.0),
         commitments,
         timeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rofr_engine::types::Timestamp;
+    use rofr_engine::Command;
+
+    use super::*;
+
+    /// Ten needs, the holder taking the even-numbered ones and confirming the first.
+    fn engine() -> (Engine, ProviderId) {
+        let deal = rofr_engine::deal::parse_deal("bench.toml", crate::bench::BENCH_DEAL)
+            .expect("the bench deal parses");
+        let now = Timestamp::parse("2025-02-03T00:00:00Z").unwrap();
+        let mut engine = Engine::new(Arc::new(deal), now);
+        let holder = ProviderId::parse("holder").unwrap();
+        for i in 0..10 {
+            let need = crate::bench::spec(i, now);
+            let id = need.id.clone();
+            engine.execute(Command::SubmitNeed { need }).unwrap();
+            if i % 2 == 0 {
+                engine
+                    .execute(Command::Accept {
+                        provider: holder.clone(),
+                        need: id.clone(),
+                        offer: None,
+                        gpus: None,
+                        price: None,
+                    })
+                    .unwrap();
+            }
+            if i == 0 {
+                engine
+                    .execute(Command::Confirm {
+                        provider: holder.clone(),
+                        need: id,
+                        award: 1,
+                        reservation: "r".into(),
+                    })
+                    .unwrap();
+            }
+        }
+        (engine, holder)
+    }
+
+    fn needs(awards: &[AwardView]) -> Vec<&str> {
+        awards.iter().map(|a| a.need.as_str()).collect()
+    }
+
+    #[test]
+    fn a_page_of_awards_ends_at_its_limit_or_after_so_many_needs_read() {
+        let (engine, holder) = engine();
+        let (awards, next) = awards_page(&engine, &holder, None, None, 2, 100).unwrap();
+        assert_eq!(needs(&awards), ["b00000000", "b00000002"]);
+        assert_eq!(next.as_deref(), Some("b00000002"));
+        let (awards, next) =
+            awards_page(&engine, &holder, None, next.as_deref(), 100, 100).unwrap();
+        assert_eq!(needs(&awards), ["b00000004", "b00000006", "b00000008"]);
+        assert_eq!(next, None);
+
+        // Three needs read a page: one of them may hold no award of the holder's.
+        let (awards, next) =
+            awards_page(&engine, &holder, None, Some("b00000000"), 100, 3).unwrap();
+        assert_eq!(needs(&awards), ["b00000002"]);
+        assert_eq!(next.as_deref(), Some("b00000003"));
+        let (mut all, mut after) = (Vec::new(), None);
+        loop {
+            let (awards, next) =
+                awards_page(&engine, &holder, None, after.as_deref(), 100, 3).unwrap();
+            all.extend(awards);
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 5, "following the pages reaches every award");
+
+        let made = awards_page(&engine, &holder, Some(&["made"]), None, 100, 100).unwrap();
+        assert_eq!(made.0.len(), 4);
+        assert!(made.0.iter().all(|a| a.status == "made"));
+        let confirmed =
+            awards_page(&engine, &holder, Some(&["confirmed"]), None, 100, 100).unwrap();
+        assert_eq!(needs(&confirmed.0), ["b00000000"]);
+
+        let alt = ProviderId::parse("alt").unwrap();
+        assert!(awards_page(&engine, &alt, None, None, 100, 100)
+            .unwrap()
+            .0
+            .is_empty());
+        assert!(awards_page(&engine, &holder, None, Some("nope"), 100, 100).is_none());
     }
 }

@@ -473,6 +473,55 @@ async fn pages_are_bounded_and_follow_on(backend: Backend) {
         "in need order after the first page"
     );
     assert_eq!(rest["next"], Value::Null);
+
+    // A provider's awards page too, in the order their needs were submitted.
+    for i in [0, 1, 3] {
+        let (status, body) = app
+            .post(&app.azure, &format!("/v1/needs/n{i}/accept"), "{}")
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let awarded = |page: &Value| -> Vec<String> {
+        page["awards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["need"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, awards) = app.get(&app.azure, "/v1/awards?limit=2").await;
+    assert_eq!(status, 200, "{awards}");
+    assert_eq!(awarded(&awards), ["n0", "n1"]);
+    let next = awards["next"].as_str().unwrap().to_owned();
+    let (_, rest) = app
+        .get(&app.azure, &format!("/v1/awards?limit=2&after={next}"))
+        .await;
+    assert_eq!(awarded(&rest), ["n3"]);
+    assert_eq!(rest["next"], Value::Null);
+    let (_, live) = app
+        .get(
+            &app.azure,
+            "/v1/awards?status=pending_approval,made,confirmed",
+        )
+        .await;
+    assert_eq!(awarded(&live), ["n0", "n1", "n3"]);
+    let (_, failed) = app.get(&app.azure, "/v1/awards?status=failed").await;
+    assert_eq!(failed["awards"], json!([]));
+    let (_, others) = app.get(&app.oracle, "/v1/awards").await;
+    assert_eq!(
+        others["awards"],
+        json!([]),
+        "another provider's awards are not listed"
+    );
+    for (path, field) in [
+        ("/v1/awards?status=made,happy", "status"),
+        ("/v1/awards?after=nope", "after"),
+        ("/v1/awards?limit=0", "limit"),
+    ] {
+        let (status, body) = app.get(&app.azure, path).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
+    }
 }
 
 async fn health_and_metrics_answer(backend: Backend) {

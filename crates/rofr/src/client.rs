@@ -91,8 +91,13 @@ pub enum RfqCommand {
 
 #[derive(clap::Subcommand)]
 pub enum AwardCommand {
-    /// List this provider's awards.
-    List,
+    /// List this provider's awards, in the order their needs were submitted.
+    List {
+        /// Only awards with one of these statuses, separated by commas:
+        /// pending_approval, made, confirmed, completed, rejected, failed
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// Approve an award waiting for sign-off (buyer).
     Approve { need: String, award: u32 },
     /// Reject an award waiting for sign-off (buyer).
@@ -411,9 +416,15 @@ pub fn award(connection: Connection, command: AwardCommand) -> anyhow::Result<u8
     let client = client(&connection)?;
     block_on(async {
         let (path, body) = match command {
-            AwardCommand::List => {
-                let answer = call(&client, "/v1/awards", None, None).await?;
-                let rows = answer["awards"].as_array().cloned().unwrap_or_default();
+            AwardCommand::List { status } => {
+                let mut path = "/v1/awards".to_owned();
+                if let Some(status) = status {
+                    path.push_str(&format!("?status={status}"));
+                }
+                let rows = client
+                    .all_pages(&path, "awards")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 print_table(
                     &rows,
                     &[

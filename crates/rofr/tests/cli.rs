@@ -89,6 +89,19 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["status"], "active");
 
+    let (code, out, err) = run(
+        &server,
+        &azure,
+        &["award", "list", "--status", "confirmed", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let awards: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(awards[0]["need"], "train-1", "{out}");
+    assert_eq!(awards[0]["reservation"], "az-77", "{out}");
+    let (code, _, err) = run(&server, &azure, &["award", "list", "--status", "lost"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown award status `lost`"), "{err}");
+
     let migrated = rofr()
         .arg("migrate")
         .arg("--database")

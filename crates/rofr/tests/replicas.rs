@@ -165,7 +165,9 @@ async fn agent(replicas: Replicas, provider: &'static str, token: String, stop: 
             answered.insert(key, ());
         }
         if provider != "coreweave" {
-            let (_, awards) = replicas.get(&token, "/v1/awards").await;
+            let (_, awards) = replicas
+                .get(&token, "/v1/awards?status=made&limit=1000")
+                .await;
             for award in awards["awards"].as_array().into_iter().flatten() {
                 if award["status"] != "made" {
                     continue;
