@@ -178,6 +178,14 @@ async fn call(
     answer.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Every item of a paged list (`field` of each page).
+async fn every(client: &Client, path: &str, field: &str) -> anyhow::Result<Vec<Value>> {
+    client
+        .all_pages(path, field)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// Prints a write's events one a line, or the raw answer with `--json`.
 fn print_events(answer: &Value, json: bool) {
     if json {
@@ -274,10 +282,7 @@ pub fn need(connection: Connection, command: NeedCommand) -> anyhow::Result<u8> 
                     Some(s) => format!("/v1/needs?status={s}"),
                     None => "/v1/needs".into(),
                 };
-                let rows = client
-                    .all_pages(&path, "needs")
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let rows = every(&client, &path, "needs").await?;
                 print_table(
                     &rows,
                     &[
@@ -327,8 +332,7 @@ pub fn offer(connection: Connection, command: OfferCommand) -> anyhow::Result<u8
     block_on(async {
         let (path, body) = match command {
             OfferCommand::List => {
-                let answer = call(&client, "/v1/offers", None, None).await?;
-                let rows = answer["offers"].as_array().cloned().unwrap_or_default();
+                let rows = every(&client, "/v1/offers", "offers").await?;
                 print_table(
                     &rows,
                     &[
@@ -421,10 +425,7 @@ pub fn award(connection: Connection, command: AwardCommand) -> anyhow::Result<u8
                 if let Some(status) = status {
                     path.push_str(&format!("?status={status}"));
                 }
-                let rows = client
-                    .all_pages(&path, "awards")
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let rows = every(&client, &path, "awards").await?;
                 print_table(
                     &rows,
                     &[
