@@ -309,6 +309,11 @@ impl Broker {
         &self.inner.counters
     }
 
+    /// How many entries of the log the engine holds.
+    pub fn log_size(&self) -> u64 {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
     pub fn location(&self) -> &Location {
         &self.inner.location
     }

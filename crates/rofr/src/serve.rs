@@ -78,12 +78,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    // The log is read whole before the broker answers: say so, and how long it took.
+    eprintln!("rofr: opening {} and reading its event log", args.database);
+    let started = std::time::Instant::now();
     let broker = Broker::open(
         &args.database,
         deal.as_ref().map(|(f, t)| (f.as_str(), t.as_str())),
         clock,
         args.ledger_key.as_deref(),
     )?;
+    if broker.log_size() > 0 {
+        eprintln!(
+            "rofr: read {} log entries in {:.1} s",
+            broker.log_size(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     broker.set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
         every_entries: args.checkpoint_every,
         every: args.checkpoint_interval,

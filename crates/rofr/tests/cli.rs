@@ -114,4 +114,34 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     let (code, _, err) = run(&server, &buyer, &["rfq", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("403 forbidden"), "{err}");
+
+    // Started again, the broker says how much of the log it read before it serves.
+    let (_, events, _) = run(&server, &buyer, &["events", "--json", "--limit", "1000"]);
+    let entries = serde_json::from_str::<serde_json::Value>(&events).unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    drop(server);
+    let mut again = rofr()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(&database)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(again.stdout.take().unwrap()),
+        &mut banner,
+    )
+    .unwrap();
+    assert!(banner.starts_with("rofr: serving"), "{banner}");
+    again.kill().unwrap();
+    let output = again.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("reading its event log")
+            && said.contains(&format!("read {entries} log entries in ")),
+        "{said}"
+    );
 }
