@@ -61,6 +61,50 @@ pub struct Rfq {
     pub status: RfqStatus,
 }
 
+/// Where a need stands, as lists and figures show it ([`NeedState::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NeedStatus {
+    /// An offer to the holder awaits its answer.
+    Offered,
+    /// A round of quotes is open.
+    Sourcing,
+    /// Not all awarded, and nothing open: waiting for a deadline.
+    Waiting,
+    Awarded,
+    /// Running on confirmed awards.
+    Active,
+    Completed,
+    Expired,
+    Cancelled,
+}
+
+impl NeedStatus {
+    pub const ALL: [NeedStatus; 8] = [
+        NeedStatus::Offered,
+        NeedStatus::Sourcing,
+        NeedStatus::Waiting,
+        NeedStatus::Awarded,
+        NeedStatus::Active,
+        NeedStatus::Completed,
+        NeedStatus::Expired,
+        NeedStatus::Cancelled,
+    ];
+
+    /// The name the API and the needs projection give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NeedStatus::Offered => "offered",
+            NeedStatus::Sourcing => "sourcing",
+            NeedStatus::Waiting => "waiting",
+            NeedStatus::Awarded => "awarded",
+            NeedStatus::Active => "active",
+            NeedStatus::Completed => "completed",
+            NeedStatus::Expired => "expired",
+            NeedStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AwardStatus {
     PendingApproval,
@@ -186,16 +230,18 @@ impl NeedState {
     }
 
     /// The need's status as lists and figures show it.
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> NeedStatus {
         match self.closed {
-            Some(Closed::Completed) => "completed",
-            Some(Closed::Expired) => "expired",
-            Some(Closed::Cancelled) => "cancelled",
-            None if self.fulfilled_until.is_some() => "active",
-            None if self.awarded() == self.spec.gpus => "awarded",
-            None if self.offers.iter().any(|o| o.status == OfferStatus::Open) => "offered",
-            None if self.sourcing_open => "sourcing",
-            None => "waiting",
+            Some(Closed::Completed) => NeedStatus::Completed,
+            Some(Closed::Expired) => NeedStatus::Expired,
+            Some(Closed::Cancelled) => NeedStatus::Cancelled,
+            None if self.fulfilled_until.is_some() => NeedStatus::Active,
+            None if self.awarded() == self.spec.gpus => NeedStatus::Awarded,
+            None if self.offers.iter().any(|o| o.status == OfferStatus::Open) => {
+                NeedStatus::Offered
+            }
+            None if self.sourcing_open => NeedStatus::Sourcing,
+            None => NeedStatus::Waiting,
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::state::{NeedState, OfferKind, OfferStatus};
+use crate::state::{NeedState, NeedStatus, OfferKind, OfferStatus};
 use crate::types::ProviderId;
 
 /// Seconds in a day: awards are grouped by the day they were decided on.
@@ -18,7 +18,7 @@ const DAY: i64 = 86_400;
 /// The running figures of a set of needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
-    by_status: BTreeMap<&'static str, u64>,
+    by_status: BTreeMap<NeedStatus, u64>,
     /// GPU-hours of live awards, by the day they were decided on and provider.
     awarded: BTreeMap<(i64, ProviderId), u64>,
     lapses: u64,
@@ -90,7 +90,7 @@ impl Tally {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Figures {
     /// Needs by [`NeedState::status`].
-    pub by_status: BTreeMap<&'static str, u64>,
+    pub by_status: BTreeMap<NeedStatus, u64>,
     /// GPU-hours of live awards by the day (days since 1970-01-01) they were decided
     /// on, then provider.
     pub awarded: BTreeMap<i64, BTreeMap<ProviderId, u64>>,
@@ -108,7 +108,7 @@ impl Figures {
     pub fn of(packed: &Tally, unpacked: &Tally) -> Figures {
         let mut by_status = packed.by_status.clone();
         for (status, n) in &unpacked.by_status {
-            *by_status.entry(status).or_default() += n;
+            *by_status.entry(*status).or_default() += n;
         }
         let mut awarded: BTreeMap<i64, BTreeMap<ProviderId, u64>> = BTreeMap::new();
         for ((day, provider), hours) in packed.awarded.iter().chain(&unpacked.awarded) {

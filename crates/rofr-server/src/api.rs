@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use rofr_engine::command::RejectionCode;
 use rofr_engine::event::DeclineReason;
 use rofr_engine::need::NeedSpec;
+use rofr_engine::state::NeedStatus;
 use rofr_engine::types::{Gpus, NeedId, Price, ProviderId};
 use rofr_engine::Command;
 use serde::de::DeserializeOwned;
@@ -481,17 +482,6 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-const STATUSES: [&str; 8] = [
-    "offered",
-    "sourcing",
-    "waiting",
-    "awarded",
-    "active",
-    "completed",
-    "expired",
-    "cancelled",
-];
-
 #[utoipa::path(get, path = "/v1/needs", tag = "buyer", params(ListQuery), responses((status = 200, body = NeedsPage), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
 async fn list_needs(
     State(broker): State<Broker>,
@@ -500,13 +490,14 @@ async fn list_needs(
 ) -> Result<Json<NeedsPage>, ApiError> {
     caller.reader("list needs")?;
     if let Some(status) = &query.status {
-        if !STATUSES.contains(&status.as_str()) {
+        let statuses = NeedStatus::ALL.map(NeedStatus::as_str);
+        if !statuses.contains(&status.as_str()) {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
                 format!(
                     "unknown status `{status}`: use one of {}",
-                    STATUSES.join(", ")
+                    statuses.join(", ")
                 ),
             )
             .field("status"));

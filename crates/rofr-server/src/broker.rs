@@ -747,7 +747,7 @@ fn touch(touches: &mut Touches, need: &str, at: &str, index: u64) {
 fn need_row(need: &NeedState, touch: &Touch) -> NeedRow {
     NeedRow {
         id: need.spec.id.to_string(),
-        status: need.status().into(),
+        status: need.status().as_str().into(),
         sku: need.spec.sku.to_string(),
         gpus: need.spec.gpus.get(),
         awarded: need.awarded().get(),

@@ -53,7 +53,7 @@ pub fn render(broker: &Broker) -> String {
     let by_status = broker.read(|engine| engine.state().figures().by_status);
     for (status, count) in by_status {
         needs
-            .get_or_create(&vec![("status".to_owned(), status.to_owned())])
+            .get_or_create(&vec![("status".to_owned(), status.as_str().to_owned())])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     registry.register("needs", "Needs by status", needs);

@@ -147,7 +147,7 @@ pub fn need_view(need: &NeedState) -> NeedView {
     let spec = &need.spec;
     NeedView {
         id: spec.id.to_string(),
-        status: need.status(),
+        status: need.status().as_str(),
         sku: spec.sku.to_string(),
         gpus: spec.gpus,
         awarded: need.awarded(),
@@ -321,7 +321,7 @@ pub fn summary(engine: &Engine) -> Summary {
     let by_status: BTreeMap<String, usize> = figures
         .by_status
         .iter()
-        .map(|(status, n)| ((*status).to_owned(), *n as usize))
+        .map(|(status, n)| (status.as_str().to_owned(), *n as usize))
         .collect();
     let mut gpu_hours: BTreeMap<String, f64> = deal
         .providers

@@ -216,7 +216,7 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     for row in &listed {
         let id = row["id"].as_str().unwrap();
         let need = &replayed.need(id).unwrap();
-        assert_eq!(row["status"], need.status(), "{id}");
+        assert_eq!(row["status"], need.status().as_str(), "{id}");
         assert_eq!(row["awarded"], need.awarded().get(), "{id}");
     }
     drop(server);
