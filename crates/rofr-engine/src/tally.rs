@@ -38,24 +38,31 @@ impl Tally {
         self.change(need, false);
     }
 
+    /// Adds or takes out `need`'s share. A need is taken out only as it was counted in
+    /// (packing unpacks exactly, which debug builds check): taking out what is not
+    /// there is a fault in the figures alone, so debug builds stop on it and others
+    /// leave the figures short rather than stop the broker.
     fn change(&mut self, need: &NeedState, add: bool) {
+        const NOT_COUNTED: &str = "a need is taken out of the tally only as it was counted in";
         fn step<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, by: u64, add: bool) {
             if add {
                 *map.entry(key).or_default() += by;
             } else if let std::collections::btree_map::Entry::Occupied(mut entry) = map.entry(key) {
-                *entry.get_mut() -= by;
+                debug_assert!(*entry.get() >= by, "{NOT_COUNTED}");
+                *entry.get_mut() = entry.get().saturating_sub(by);
                 if *entry.get() == 0 {
                     entry.remove();
                 }
             } else {
-                unreachable!("a need is taken out of the tally only after it was counted in");
+                debug_assert!(false, "{NOT_COUNTED}");
             }
         }
         let count = |n: usize, total: &mut u64| {
             if add {
                 *total += n as u64;
             } else {
-                *total -= n as u64;
+                debug_assert!(*total >= n as u64, "{NOT_COUNTED}");
+                *total = total.saturating_sub(n as u64);
             }
         };
         step(&mut self.by_status, need.status(), 1, add);
