@@ -29,7 +29,7 @@ use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{
     Batch, IdempotentResponse, Location, NeedRow, NewDelivery, NewEvent, PostgresStore,
-    SqliteStore, Store, StoreError, TokenRow,
+    SqliteStore, Store, StoreError, StoredToken, TokenRow,
 };
 use serde_json::value::RawValue;
 use tokio::sync::{oneshot, watch};
@@ -128,7 +128,12 @@ struct Inner {
     deal: Arc<Deal>,
     deal_text: String,
     counters: Counters,
-    tokens: Mutex<HashMap<String, Option<Party>>>,
+    /// Tokens found in the store, by hash, with when they were found there. Unknown
+    /// tokens are not kept: anyone may send any number of them.
+    tokens: Mutex<HashMap<String, (Party, Instant)>>,
+    /// How long a token found in the store is trusted before it is looked up again:
+    /// how soon a revoked token is refused.
+    token_recheck: Mutex<Duration>,
     ledger: Mutex<crate::ledger::Ledger>,
     /// Providers with a webhook: their events get a delivery queued.
     webhooks: RwLock<std::collections::BTreeSet<String>>,
@@ -234,6 +239,7 @@ impl Broker {
             deal_text: text,
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
+            token_recheck: Mutex::new(TOKEN_RECHECK),
             webhooks: RwLock::new(webhooks),
             ledger: Mutex::new(ledger),
             location: location.clone(),
@@ -421,17 +427,26 @@ impl Broker {
     /// SHA-256 hashes.
     pub fn authenticate(&self, token: &str) -> Result<Option<Party>, BrokerError> {
         let hash = token_hash(token);
-        if let Some(known) = self.inner.tokens.lock().expect("token lock").get(&hash) {
-            return Ok(known.clone());
+        let recheck = *self.inner.token_recheck.lock().expect("token lock");
+        if let Some((party, found)) = self.inner.tokens.lock().expect("token lock").get(&hash) {
+            if found.elapsed() < recheck {
+                return Ok(Some(party.clone()));
+            }
         }
         let row = self.store(|s| s.token(&hash))?;
         let party = row.and_then(|row| party_of(&row));
-        self.inner
-            .tokens
-            .lock()
-            .expect("token lock")
-            .insert(hash, party.clone());
+        let mut tokens = self.inner.tokens.lock().expect("token lock");
+        match &party {
+            Some(party) => tokens.insert(hash, (party.clone(), Instant::now())),
+            None => tokens.remove(&hash),
+        };
         Ok(party)
+    }
+
+    /// Sets how long a token found in the store is trusted before it is looked up
+    /// again ([`TOKEN_RECHECK`] by default): how soon a revoked token is refused.
+    pub fn set_token_recheck(&self, recheck: Duration) {
+        *self.inner.token_recheck.lock().expect("token lock") = recheck;
     }
 
     /// Runs `f` with the ledger: tree, key and latest checkpoint.
@@ -505,6 +520,44 @@ impl Broker {
             .expect("webhook lock")
             .insert(provider.to_string());
         Ok(secret)
+    }
+
+    /// Every stored token, oldest first.
+    pub fn tokens(location: &Location) -> Result<Vec<StoredToken>, BrokerError> {
+        Ok(location.open()?.tokens()?)
+    }
+
+    /// Deletes the one token whose hash starts with `id` (as [`token_id`] shows it, or
+    /// longer), and returns it. A running broker refuses it once its trust in the
+    /// token lapses ([`Broker::set_token_recheck`]).
+    pub fn revoke_token(location: &Location, id: &str) -> Result<StoredToken, BrokerError> {
+        if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BrokerError::Setup(format!(
+                "`{id}` is not a token id: give at least 8 of the hex digits `rofr token list` shows"
+            )));
+        }
+        let id = id.to_ascii_lowercase();
+        let mut store = location.open()?;
+        let mut matching: Vec<StoredToken> = store
+            .tokens()?
+            .into_iter()
+            .filter(|t| t.hash.starts_with(&id))
+            .collect();
+        let token = match matching.len() {
+            1 => matching.remove(0),
+            0 => {
+                return Err(BrokerError::Setup(format!(
+                    "no token has the id `{id}` (see `rofr token list`)"
+                )))
+            }
+            n => {
+                return Err(BrokerError::Setup(format!(
+                    "{n} tokens have ids starting `{id}`: give more of the id"
+                )))
+            }
+        };
+        store.delete_token(&token.hash)?;
+        Ok(token)
     }
 
     /// Makes a new token for a party and stores its hash; returns the token itself,
@@ -694,6 +747,14 @@ fn party_of(row: &TokenRow) -> Option<Party> {
         ("provider", Some(id)) => ProviderId::parse(id).ok().map(Party::Provider),
         _ => None,
     }
+}
+
+/// How long a broker trusts a token it found in the store before looking it up again.
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(5);
+
+/// A token's id as lists show it: the first 12 hex digits of its hash.
+pub fn token_id(token: &StoredToken) -> &str {
+    &token.hash[..12.min(token.hash.len())]
 }
 
 pub fn token_hash(token: &str) -> String {

@@ -107,7 +107,11 @@ pub trait Store: Send {
 
     fn token(&self, hash: &str) -> Result<Option<TokenRow>>;
 
-    fn tokens(&self) -> Result<Vec<(String, TokenRow)>>;
+    /// Every token, oldest first.
+    fn tokens(&self) -> Result<Vec<StoredToken>>;
+
+    /// Deletes the token with this hash; whether there was one.
+    fn delete_token(&mut self, hash: &str) -> Result<bool>;
 }
 
 /// Why storage failed. Every variant carries the operation that failed.
@@ -249,4 +253,13 @@ pub struct TokenRow {
     pub party: String,
     pub provider: Option<String>,
     pub label: String,
+}
+
+/// A stored token as listed: its hash (the token itself is never stored), whom it
+/// speaks for, and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub hash: String,
+    pub row: TokenRow,
+    pub created_at: String,
 }

@@ -18,7 +18,7 @@ use postgres::{Client, NoTls, Row};
 use crate::location::redact;
 use crate::{
     Batch, Delivery, IdempotentResponse, LogVisitor, NeedRow, Result, Store, StoreError,
-    StoredEvent, TokenRow,
+    StoredEvent, StoredToken, TokenRow,
 };
 
 /// The advisory lock that serializes appends to the log.
@@ -622,22 +622,29 @@ impl Store for PostgresStore {
         })
     }
 
-    fn tokens(&self) -> Result<Vec<(String, TokenRow)>> {
+    fn tokens(&self) -> Result<Vec<StoredToken>> {
         self.select(
             "listing tokens",
-            "SELECT hash, party, provider, label FROM tokens ORDER BY created_at, label",
+            "SELECT hash, party, provider, label, created_at FROM tokens ORDER BY created_at, label",
             &[],
-            |r| {
-                (
-                    r.get(0),
-                    TokenRow {
-                        party: r.get(1),
-                        provider: r.get(2),
-                        label: r.get(3),
-                    },
-                )
+            |r| StoredToken {
+                hash: r.get(0),
+                row: TokenRow {
+                    party: r.get(1),
+                    provider: r.get(2),
+                    label: r.get(3),
+                },
+                created_at: r.get(4),
             },
         )
+    }
+
+    fn delete_token(&mut self, hash: &str) -> Result<bool> {
+        let deleted = self.with(|c| {
+            c.execute("DELETE FROM tokens WHERE hash = $1", &[&hash])
+                .map_err(pg("deleting a token"))
+        })?;
+        Ok(deleted > 0)
     }
 }
 

@@ -8,7 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::{LogVisitor, Store};
 
 use crate::{
-    Batch, Delivery, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, TokenRow,
+    Batch, Delivery, IdempotentResponse, NeedRow, Result, StoreError, StoredEvent, StoredToken,
+    TokenRow,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -533,25 +534,36 @@ impl Store for SqliteStore {
             .map_err(db("reading a token"))
     }
 
-    fn tokens(&self) -> Result<Vec<(String, TokenRow)>> {
+    fn tokens(&self) -> Result<Vec<StoredToken>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT hash, party, provider, label FROM tokens ORDER BY created_at, label")
+            .prepare(
+                "SELECT hash, party, provider, label, created_at FROM tokens ORDER BY created_at, label",
+            )
             .map_err(db("listing tokens"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    TokenRow {
+                Ok(StoredToken {
+                    hash: r.get(0)?,
+                    row: TokenRow {
                         party: r.get(1)?,
                         provider: r.get(2)?,
                         label: r.get(3)?,
                     },
-                ))
+                    created_at: r.get(4)?,
+                })
             })
             .map_err(db("listing tokens"))?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(db("listing tokens"))
+    }
+
+    fn delete_token(&mut self, hash: &str) -> Result<bool> {
+        let deleted = self
+            .conn
+            .execute("DELETE FROM tokens WHERE hash = ?1", params![hash])
+            .map_err(db("deleting a token"))?;
+        Ok(deleted > 0)
     }
 }
 

@@ -220,7 +220,7 @@ fn print_events(answer: &Value, json: bool) {
     }
 }
 
-fn print_table(rows: &[Value], columns: &[&str], json: bool) {
+pub(crate) fn print_table(rows: &[Value], columns: &[&str], json: bool) {
     if json {
         println!("{}", Value::Array(rows.to_vec()));
         return;

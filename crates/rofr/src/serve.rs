@@ -39,16 +39,29 @@ pub struct Args {
     /// Sign a ledger checkpoint at least this often while entries arrive (e.g. 10s, 5m).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     checkpoint_interval: std::time::Duration,
+    /// How long a token is trusted before it is looked up again: a token revoked with
+    /// `rofr token revoke` is refused within this time (e.g. 0s, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_recheck)]
+    token_recheck: std::time::Duration,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    seconds_at_least(text, 1)
+        .ok_or_else(|| format!("`{text}` is not a positive interval such as 10s or 5m"))
+}
+
+fn parse_recheck(text: &str) -> Result<std::time::Duration, String> {
+    seconds_at_least(text, 0)
+        .ok_or_else(|| format!("`{text}` is not an interval such as 0s, 5s or 1m"))
+}
+
+/// An exact interval such as `10s` or `5m` of at least `least` seconds.
+fn seconds_at_least(text: &str, least: i64) -> Option<std::time::Duration> {
     match rofr_engine::duration::DealDuration::parse(text) {
-        Ok(rofr_engine::duration::DealDuration::Exact { seconds }) if seconds > 0 => {
-            Ok(std::time::Duration::from_secs(seconds as u64))
+        Ok(rofr_engine::duration::DealDuration::Exact { seconds }) if seconds >= least => {
+            Some(std::time::Duration::from_secs(seconds as u64))
         }
-        _ => Err(format!(
-            "`{text}` is not a positive interval such as 10s or 5m"
-        )),
+        _ => None,
     }
 }
 
@@ -94,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             started.elapsed().as_secs_f64()
         );
     }
+    broker.set_token_recheck(args.token_recheck);
     broker.set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
         every_entries: args.checkpoint_every,
         every: args.checkpoint_interval,

@@ -22,15 +22,22 @@ fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `rofr serve` of the stargate example deal on `database`, with `extra` arguments.
+fn serve_stargate(database: &Path, extra: &[&str]) -> Server {
+    let deal = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/deals/stargate.toml"
+    );
+    let mut args = vec!["--deal", deal];
+    args.extend_from_slice(extra);
+    serve(database, &args)
+}
+
 #[test]
 fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("rofr.db");
-    let deal = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/deals/stargate.toml"
-    ));
-    let server = serve(&database, &["--deal", deal.to_str().unwrap()]);
+    let server = serve_stargate(&database, &[]);
     let buyer = token(&database, &["--party", "buyer"]);
     let azure = token(&database, &["--party", "provider", "--provider", "azure"]);
     let unknown = rofr()
@@ -144,4 +151,67 @@ fn a_need_goes_from_submission_to_confirmed_award_through_the_cli() {
             && said.contains(&format!("read {entries} log entries in ")),
         "{said}"
     );
+}
+
+#[test]
+fn tokens_are_listed_by_id_and_a_revoked_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("rofr.db");
+    let server = serve_stargate(&database, &["--token-recheck", "0s"]);
+    let buyer = token(&database, &["--party", "buyer", "--label", "lab"]);
+    let azure = token(&database, &["--party", "provider", "--provider", "azure"]);
+    let (code, _, err) = run(&server, &azure, &["offer", "list"]);
+    assert_eq!(code, 0, "{err}");
+
+    let listed = common::succeed(
+        rofr()
+            .args(["token", "list", "--json", "--database"])
+            .arg(&database),
+    );
+    let text = common::stdout(&listed);
+    assert!(!text.contains(&azure) && !text.contains(&buyer), "{text}");
+    let rows: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{text}");
+    let azure_row = rows.iter().find(|r| r["provider"] == "azure").unwrap();
+    assert_eq!(azure_row["party"], "provider");
+    let lab = rows.iter().find(|r| r["label"] == "lab").unwrap();
+    assert_eq!(lab["party"], "buyer");
+    let id = azure_row["id"].as_str().unwrap();
+    assert_eq!(id.len(), 12);
+
+    let revoke = |id: &str| {
+        rofr()
+            .args(["token", "revoke", id, "--database"])
+            .arg(&database)
+            .output()
+            .unwrap()
+    };
+    for (bad, says) in [
+        ("abc", "is not a token id"),
+        ("zzzzzzzzzz", "is not a token id"),
+        ("0000000000000", "no token has the id"),
+    ] {
+        let output = revoke(bad);
+        assert_eq!(output.status.code(), Some(1), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(says),
+            "{bad}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = revoke(id);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("revoked"));
+
+    // The server looks tokens up again at once (--token-recheck 0s): the revoked one
+    // is refused, the other still works.
+    let (code, _, err) = run(&server, &azure, &["offer", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = run(&server, &buyer, &["need", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let listed = common::succeed(rofr().args(["token", "list", "--database"]).arg(&database));
+    let table = common::stdout(&listed);
+    assert!(!table.contains(id) && table.contains("lab"), "{table}");
 }
