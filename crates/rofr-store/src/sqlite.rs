@@ -90,6 +90,14 @@ CREATE TABLE checkpoints (
     created_at TEXT NOT NULL
 );
 "#,
+    // Each need's runs of entries, `first-last,` for every batch of rows that wrote it:
+    // a need whose events lie far apart (submitted early, completed late) is read from
+    // its runs rather than by scanning everything between its first and last entry.
+    // Rows already written hold one run, their bounds.
+    r#"
+ALTER TABLE needs ADD COLUMN runs TEXT NOT NULL DEFAULT '';
+UPDATE needs SET runs = first_event || '-' || last_event || ',';
+"#,
 ];
 
 fn db(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -284,25 +292,28 @@ impl Store for SqliteStore {
 
     fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
         // The log has no index by need (it would halve the append rate); the projection
-        // bounds the scan instead. A need not yet in the projection is found by a full
-        // scan, which only happens in the moment after it was submitted.
-        let bounds: Option<(i64, i64, String)> = self
+        // keeps the runs of entries where each need's events lie instead. Events not yet
+        // in the projection lie after its last entry; a need not yet in it at all is
+        // found by a full scan, which only happens in the moment after it was submitted.
+        let bounds: Option<(i64, i64, String, String)> = self
             .conn
             .query_row(
-                "SELECT first_event, last_event, status FROM needs WHERE id = ?1",
+                "SELECT first_event, last_event, status, runs FROM needs WHERE id = ?1",
                 [need],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(db("reading a need's bounds"))?;
-        let (low, high) = match bounds {
-            Some((first, last, status))
-                if matches!(status.as_str(), "completed" | "expired" | "cancelled") =>
-            {
-                (first, last)
+        let ranges = match bounds {
+            Some((first, last, status, runs)) => {
+                let closed = matches!(status.as_str(), "completed" | "expired" | "cancelled");
+                let mut ranges = parse_runs(&runs).unwrap_or_else(|| vec![(first, last)]);
+                if !closed {
+                    ranges.push((last.saturating_add(1), i64::MAX));
+                }
+                merge_ranges(ranges)
             }
-            Some((first, _, _)) => (first, i64::MAX),
-            None => (0, i64::MAX),
+            None => vec![(0, i64::MAX)],
         };
         let mut stmt = self
             .conn
@@ -310,11 +321,16 @@ impl Store for SqliteStore {
                 "SELECT idx, need, kind, at, data, leaf_hash FROM events WHERE idx BETWEEN ?2 AND ?3 AND need = ?1 ORDER BY idx",
             )
             .map_err(db("reading a need's events"))?;
-        let rows = stmt
-            .query_map(params![need, low, high], stored_event)
-            .map_err(db("reading a need's events"))?;
-        rows.collect::<std::result::Result<_, _>>()
-            .map_err(db("reading a need's events"))
+        let mut events = Vec::new();
+        for (low, high) in ranges {
+            let rows = stmt
+                .query_map(params![need, low, high], stored_event)
+                .map_err(db("reading a need's events"))?;
+            for row in rows {
+                events.push(row.map_err(db("reading a need's events"))?);
+            }
+        }
+        Ok(events)
     }
 
     fn event_count(&self) -> Result<u64> {
@@ -603,6 +619,33 @@ impl SqliteStore {
     }
 }
 
+/// A need's runs of entries as the projection keeps them (`first-last,` each); `None`
+/// where there are none or they do not read as runs.
+fn parse_runs(runs: &str) -> Option<Vec<(i64, i64)>> {
+    let ranges: Option<Vec<(i64, i64)>> = runs
+        .split(',')
+        .filter(|run| !run.is_empty())
+        .map(|run| {
+            let (low, high) = run.split_once('-')?;
+            Some((low.parse().ok()?, high.parse().ok()?))
+        })
+        .collect();
+    ranges.filter(|r| !r.is_empty())
+}
+
+/// `ranges` in order, those that overlap or touch made one.
+fn merge_ranges(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (low, high) in ranges {
+        match merged.last_mut() {
+            Some(last) if low <= last.1.saturating_add(1) => last.1 = last.1.max(high),
+            _ => merged.push((low, high)),
+        }
+    }
+    merged
+}
+
 /// Writes a batch inside an open transaction; returns the index of the first new event.
 fn write_batch(tx: &Connection, batch: &Batch) -> Result<u64> {
     let first: i64 = tx
@@ -635,11 +678,11 @@ fn write_batch(tx: &Connection, batch: &Batch) -> Result<u64> {
         let mut upsert = tx
             .prepare_cached(
                 "INSERT INTO needs (id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
-                                    first_event, last_event)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                    first_event, last_event, runs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10 || '-' || ?11 || ',')
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded,
                    updated_at = excluded.updated_at, next_deadline = excluded.next_deadline,
-                   last_event = excluded.last_event",
+                   last_event = excluded.last_event, runs = needs.runs || excluded.runs",
             )
             .map_err(db("preparing the projection update"))?;
         for need in &batch.needs {
@@ -726,6 +769,125 @@ fn need_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NeedRow> {
 mod tests {
     use super::*;
     use crate::NewEvent;
+
+    fn event_of(need: &str) -> NewEvent {
+        NewEvent {
+            need: need.into(),
+            kind: "need_submitted".into(),
+            at: "2025-01-01T00:00:00Z".into(),
+            data: b"{}".to_vec(),
+            leaf_hash: [0; 32],
+        }
+    }
+
+    fn row(id: &str, status: &str, first_event: u64, last_event: u64) -> NeedRow {
+        NeedRow {
+            id: id.into(),
+            status: status.into(),
+            sku: "H100".into(),
+            gpus: 8,
+            awarded: 0,
+            holder: None,
+            submitted_at: "2025-01-01T00:00:00Z".into(),
+            updated_at: "2025-01-01T00:00:00Z".into(),
+            next_deadline: None,
+            first_event,
+            last_event,
+        }
+    }
+
+    fn runs_of(store: &SqliteStore, need: &str) -> String {
+        store
+            .conn
+            .query_row("SELECT runs FROM needs WHERE id = ?1", [need], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_needs_events_are_read_from_the_runs_its_rows_were_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("rofr.db")).unwrap();
+        let commit = |store: &mut SqliteStore, events: Vec<NewEvent>, needs: Vec<NeedRow>| {
+            store
+                .commit(&Batch {
+                    events,
+                    needs,
+                    ..Batch::default()
+                })
+                .unwrap()
+        };
+        commit(
+            &mut store,
+            vec![event_of("a"), event_of("a")],
+            vec![row("a", "offered", 0, 1)],
+        );
+        commit(
+            &mut store,
+            (0..100).map(|_| event_of("b")).collect(),
+            vec![row("b", "offered", 2, 101)],
+        );
+        commit(
+            &mut store,
+            vec![event_of("a"), event_of("a")],
+            vec![row("a", "completed", 102, 103)],
+        );
+        assert_eq!(runs_of(&store, "a"), "0-1,102-103,");
+        let indexes = |store: &SqliteStore, need: &str| -> Vec<u64> {
+            store
+                .events_of(need)
+                .unwrap()
+                .iter()
+                .map(|e| e.index)
+                .collect()
+        };
+        assert_eq!(indexes(&store, "a"), [0, 1, 102, 103]);
+        // An open need's events after its last row are found too.
+        commit(&mut store, vec![event_of("b")], vec![]);
+        assert_eq!(
+            indexes(&store, "b"),
+            (2..=101).chain([104]).collect::<Vec<u64>>()
+        );
+        // Only the runs are read for a closed need: an entry of `a` outside them (which
+        // the broker never writes) is not seen, where the scan between its first and last
+        // entry found it.
+        store
+            .conn
+            .execute("UPDATE events SET need = 'a' WHERE idx = 50", [])
+            .unwrap();
+        assert_eq!(indexes(&store, "a"), [0, 1, 102, 103]);
+    }
+
+    #[test]
+    fn rows_written_before_runs_were_kept_get_their_bounds_as_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rofr.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO needs (id, status, sku, gpus, awarded, submitted_at, updated_at, first_event, last_event)
+                 VALUES ('a', 'active', 'H100', 8, 8, 't', 't', 5, 9)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(runs_of(&store, "a"), "5-9,");
+    }
+
+    #[test]
+    fn runs_read_back_in_order_and_merged() {
+        assert_eq!(parse_runs("0-1,102-103,"), Some(vec![(0, 1), (102, 103)]));
+        assert_eq!(parse_runs(""), None);
+        assert_eq!(parse_runs("0-1,x-3,"), None);
+        assert_eq!(
+            merge_ranges(vec![(10, 20), (0, 1), (2, 5), (15, 30), (40, 41)]),
+            [(0, 5), (10, 30), (40, 41)]
+        );
+    }
 
     #[test]
     fn the_background_checkpointer_copies_the_log_into_the_database_file() {
