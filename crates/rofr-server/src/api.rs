@@ -561,9 +561,7 @@ async fn need_events(
 ) -> Result<Response, ApiError> {
     caller.reader("read the event log")?;
     let id = need_id(&id)?;
-    let rows = broker
-        .store(|s| s.events_of(id.as_str()))
-        .map_err(BrokerError::from)?;
+    let rows = broker.events_of(id.as_str()).await?;
     if rows.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1208,9 +1206,7 @@ async fn evidence(
     if let Party::Provider(provider) = &caller.0 {
         // A provider sees the evidence of needs that concern it: something was
         // offered, requested of or awarded to it.
-        let rows = broker
-            .store(|s| s.events_of(id.as_str()))
-            .map_err(BrokerError::from)?;
+        let rows = broker.events_of(id.as_str()).await?;
         let concerns = rows.iter().any(|r| {
             serde_json::from_slice::<serde_json::Value>(&r.data)
                 .is_ok_and(|e| e["provider"] == provider.as_str())
@@ -1219,7 +1215,7 @@ async fn evidence(
             return Err(missing());
         }
     }
-    let bundle = broker.evidence(id.as_str())?.ok_or_else(missing)?;
+    let bundle = broker.evidence(id.as_str()).await?.ok_or_else(missing)?;
     let body = serde_json::to_string_pretty(&bundle).expect("bundles serialize");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -29,7 +29,7 @@ use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{
     Batch, IdempotentResponse, Location, NeedRow, NewDelivery, NewEvent, PostgresStore,
-    SqliteStore, Store, StoreError, StoredToken, TokenRow,
+    SqliteStore, Store, StoreError, StoredEvent, StoredToken, TokenRow,
 };
 use serde_json::value::RawValue;
 use tokio::sync::{oneshot, watch};
@@ -477,12 +477,23 @@ impl Broker {
         Ok((size, note))
     }
 
+    /// The entries of one need, in log order, as of the moment of the call: the needs
+    /// projection is brought up to date first, so only the runs of entries its row
+    /// holds are read.
+    pub async fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>, BrokerError> {
+        self.projected().await?;
+        // With replicas the projection may trail what others appended; their store
+        // reads by an index instead.
+        let projected = !self.inner.shared;
+        Ok(self.store(|s| s.events_of(need, projected))?)
+    }
+
     /// The evidence bundle of one need; `None` if the need has no entries.
-    pub fn evidence(
+    pub async fn evidence(
         &self,
         need: &str,
     ) -> Result<Option<rofr_ledger::evidence::Bundle>, BrokerError> {
-        let rows = self.store(|s| s.events_of(need))?;
+        let rows = self.events_of(need).await?;
         if rows.is_empty() {
             return Ok(None);
         }

@@ -297,7 +297,7 @@ async fn sweeps_write_every_row_held_back() {
 /// checkpoint: inclusion of entries in the first, forgotten block of the tree and in
 /// the last one, consistency from sizes inside forgotten blocks, and the evidence of
 /// the first need, every entry of which lies in the first block.
-fn ledger_answers_verify(broker: &Broker) {
+async fn ledger_answers_verify(broker: &Broker) {
     let (size, note) = broker.checkpoint_now().unwrap();
     assert!(size > 1024, "the log reaches past the tree's first block");
     let key = rofr_ledger::VerifierKey::parse(&broker.ledger(|l| l.verifier_key())).unwrap();
@@ -335,7 +335,7 @@ fn ledger_answers_verify(broker: &Broker) {
             "{old} -> {size}"
         );
     }
-    let bundle = broker.evidence("m000").unwrap().unwrap();
+    let bundle = broker.evidence("m000").await.unwrap().unwrap();
     let json = serde_json::to_vec(&bundle).unwrap();
     let report = rofr_ledger::evidence::verify(&json, &key).unwrap();
     assert_eq!(report.need, "m000");
@@ -352,13 +352,13 @@ async fn proofs_read_forgotten_leaves_back_from_the_log() {
     let broker = open(dir.path()).unwrap();
     let ids: Vec<String> = (0..600).map(|i| format!("m{i:03}")).collect();
     submit_all(&broker, &ids, 600).await;
-    ledger_answers_verify(&broker);
+    ledger_answers_verify(&broker).await;
 
     broker.shutdown();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(broker);
     let broker = open(dir.path()).unwrap();
-    ledger_answers_verify(&broker);
+    ledger_answers_verify(&broker).await;
 
     let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
     db.execute(

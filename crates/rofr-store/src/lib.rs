@@ -40,8 +40,10 @@ pub trait Store: Send {
     /// Up to `limit` events after index `after` (from the start where `None`).
     fn events_after(&self, after: Option<u64>, limit: u32) -> Result<Vec<StoredEvent>>;
 
-    /// The events of one need, in log order.
-    fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>>;
+    /// The events of one need, in log order. `projected`: the needs projection has
+    /// rows for every entry of the log (as after the broker's flush), so an open need's
+    /// events lie where its row says and the log after it need not be read.
+    fn events_of(&self, need: &str, projected: bool) -> Result<Vec<StoredEvent>>;
 
     fn event_count(&self) -> Result<u64>;
 

@@ -384,7 +384,8 @@ impl Store for PostgresStore {
         self.select("reading events", "SELECT idx, need, kind, at, data, leaf_hash FROM events WHERE idx > $1 ORDER BY idx LIMIT $2", &[&after, &i64::from(limit)], stored_event)
     }
 
-    fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
+    fn events_of(&self, need: &str, _projected: bool) -> Result<Vec<StoredEvent>> {
+        // By the log's index by need.
         self.select(
             "reading a need's events",
             "SELECT idx, need, kind, at, data, leaf_hash FROM events WHERE need = $1 ORDER BY idx",

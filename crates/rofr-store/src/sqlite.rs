@@ -290,11 +290,12 @@ impl Store for SqliteStore {
             .map_err(db("reading events"))
     }
 
-    fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>> {
+    fn events_of(&self, need: &str, projected: bool) -> Result<Vec<StoredEvent>> {
         // The log has no index by need (it would halve the append rate); the projection
         // keeps the runs of entries where each need's events lie instead. Events not yet
-        // in the projection lie after its last entry; a need not yet in it at all is
-        // found by a full scan, which only happens in the moment after it was submitted.
+        // in the projection lie after its last entry, unless it is `projected`; a need
+        // not yet in it at all is found by a full scan, which only happens in the moment
+        // after it was submitted.
         let bounds: Option<(i64, i64, String, String)> = self
             .conn
             .query_row(
@@ -308,7 +309,7 @@ impl Store for SqliteStore {
             Some((first, last, status, runs)) => {
                 let closed = matches!(status.as_str(), "completed" | "expired" | "cancelled");
                 let mut ranges = parse_runs(&runs).unwrap_or_else(|| vec![(first, last)]);
-                if !closed {
+                if !closed && !projected {
                     ranges.push((last.saturating_add(1), i64::MAX));
                 }
                 merge_ranges(ranges)
@@ -834,19 +835,27 @@ mod tests {
         assert_eq!(runs_of(&store, "a"), "0-1,102-103,");
         let indexes = |store: &SqliteStore, need: &str| -> Vec<u64> {
             store
-                .events_of(need)
+                .events_of(need, false)
                 .unwrap()
                 .iter()
                 .map(|e| e.index)
                 .collect()
         };
         assert_eq!(indexes(&store, "a"), [0, 1, 102, 103]);
-        // An open need's events after its last row are found too.
+        // An open need's events after its last row are found too, unless the caller
+        // knows the projection has rows for every entry.
         commit(&mut store, vec![event_of("b")], vec![]);
         assert_eq!(
             indexes(&store, "b"),
             (2..=101).chain([104]).collect::<Vec<u64>>()
         );
+        let projected: Vec<u64> = store
+            .events_of("b", true)
+            .unwrap()
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(projected, (2..=101).collect::<Vec<u64>>(), "the runs alone");
         // Only the runs are read for a closed need: an entry of `a` outside them (which
         // the broker never writes) is not seen, where the scan between its first and last
         // entry found it.
