@@ -294,8 +294,8 @@ impl Store for SqliteStore {
         // The log has no index by need (it would halve the append rate); the projection
         // keeps the runs of entries where each need's events lie instead. Events not yet
         // in the projection lie after its last entry, unless it is `projected`; a need
-        // not yet in it at all is found by a full scan, which only happens in the moment
-        // after it was submitted.
+        // not yet in it at all is found by a full scan (unless it is `projected`: then
+        // there is none), which only happens in the moment after it was submitted.
         let bounds: Option<(i64, i64, String, String)> = self
             .conn
             .query_row(
@@ -314,6 +314,8 @@ impl Store for SqliteStore {
                 }
                 merge_ranges(ranges)
             }
+            // Every need with an entry has its row: there is none to find.
+            None if projected => Vec::new(),
             None => vec![(0, i64::MAX)],
         };
         let mut stmt = self
@@ -856,6 +858,10 @@ mod tests {
             .map(|e| e.index)
             .collect();
         assert_eq!(projected, (2..=101).collect::<Vec<u64>>(), "the runs alone");
+        // A need without a row has no entries, once every entry has its row.
+        commit(&mut store, vec![event_of("c")], vec![]);
+        assert_eq!(indexes(&store, "c"), [105], "found by the full scan");
+        assert!(store.events_of("c", true).unwrap().is_empty());
         // Only the runs are read for a closed need: an entry of `a` outside them (which
         // the broker never writes) is not seen, where the scan between its first and last
         // entry found it.
