@@ -120,6 +120,15 @@ pub struct Counters {
     pub commits: AtomicU64,
 }
 
+/// Tokens found in the store, by hash, with when they were found there. Unknown tokens
+/// are not kept: anyone may send any number of them.
+struct TokenCache {
+    found: HashMap<String, (Party, Instant)>,
+    /// How long a token found in the store is trusted before it is looked up again:
+    /// how soon a revoked token is refused.
+    recheck: Duration,
+}
+
 struct Inner {
     engine: RwLock<Engine>,
     jobs: Mutex<Option<mpsc::SyncSender<Work>>>,
@@ -128,12 +137,8 @@ struct Inner {
     deal: Arc<Deal>,
     deal_text: String,
     counters: Counters,
-    /// Tokens found in the store, by hash, with when they were found there. Unknown
-    /// tokens are not kept: anyone may send any number of them.
-    tokens: Mutex<HashMap<String, (Party, Instant)>>,
-    /// How long a token found in the store is trusted before it is looked up again:
-    /// how soon a revoked token is refused.
-    token_recheck: Mutex<Duration>,
+    /// Tokens found in the store, and how long they are trusted.
+    tokens: Mutex<TokenCache>,
     ledger: Mutex<crate::ledger::Ledger>,
     /// Providers with a webhook: their events get a delivery queued.
     webhooks: RwLock<std::collections::BTreeSet<String>>,
@@ -238,8 +243,10 @@ impl Broker {
             deal,
             deal_text: text,
             counters: Counters::default(),
-            tokens: Mutex::new(HashMap::new()),
-            token_recheck: Mutex::new(TOKEN_RECHECK),
+            tokens: Mutex::new(TokenCache {
+                found: HashMap::new(),
+                recheck: TOKEN_RECHECK,
+            }),
             webhooks: RwLock::new(webhooks),
             ledger: Mutex::new(ledger),
             location: location.clone(),
@@ -427,18 +434,20 @@ impl Broker {
     /// SHA-256 hashes.
     pub fn authenticate(&self, token: &str) -> Result<Option<Party>, BrokerError> {
         let hash = token_hash(token);
-        let recheck = *self.inner.token_recheck.lock().expect("token lock");
-        if let Some((party, found)) = self.inner.tokens.lock().expect("token lock").get(&hash) {
-            if found.elapsed() < recheck {
-                return Ok(Some(party.clone()));
+        {
+            let cache = self.inner.tokens.lock().expect("token lock");
+            if let Some((party, found)) = cache.found.get(&hash) {
+                if found.elapsed() < cache.recheck {
+                    return Ok(Some(party.clone()));
+                }
             }
         }
         let row = self.store(|s| s.token(&hash))?;
         let party = row.and_then(|row| party_of(&row));
-        let mut tokens = self.inner.tokens.lock().expect("token lock");
+        let mut cache = self.inner.tokens.lock().expect("token lock");
         match &party {
-            Some(party) => tokens.insert(hash, (party.clone(), Instant::now())),
-            None => tokens.remove(&hash),
+            Some(party) => cache.found.insert(hash, (party.clone(), Instant::now())),
+            None => cache.found.remove(&hash),
         };
         Ok(party)
     }
@@ -446,7 +455,7 @@ impl Broker {
     /// Sets how long a token found in the store is trusted before it is looked up
     /// again ([`TOKEN_RECHECK`] by default): how soon a revoked token is refused.
     pub fn set_token_recheck(&self, recheck: Duration) {
-        *self.inner.token_recheck.lock().expect("token lock") = recheck;
+        self.inner.tokens.lock().expect("token lock").recheck = recheck;
     }
 
     /// Runs `f` with the ledger: tree, key and latest checkpoint.
