@@ -12,6 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+mod flow;
+mod rooms;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +244,15 @@ impl Instance {
             .collect()
     }
 
+    /// Each pool's index by its id.
+    fn pool_index(&self) -> HashMap<&str, usize> {
+        self.pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.as_str(), i))
+            .collect()
+    }
+
     /// True when no pool serves two needs: then, caps aside, each need is allocated on
     /// its own, and the cheapest pools first are its optimum.
     fn pools_unshared(&self) -> bool {
@@ -409,12 +421,7 @@ fn fill(
     strategy: Strategy,
     start: BTreeMap<(usize, usize), u64>,
 ) -> Result<Solution, Infeasible> {
-    let pool_index: HashMap<&str, usize> = instance
-        .pools
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.id.as_str(), i))
-        .collect();
+    let pool_index = instance.pool_index();
     // (need index, pool index) pairs in the order the strategy tries them.
     let mut pairs: Vec<(usize, usize)> = instance
         .needs
@@ -644,6 +651,22 @@ fn least_cost(
 ) -> Result<Solution, Infeasible> {
     use microlp::SolutionStatus;
     let started = std::time::Instant::now();
+    if !skip_search {
+        // The search over unit rooms, where no limit binds its relaxation: it may take
+        // all the time, less a margin for checking its answer, and its first flow
+        // a third of it.
+        let by = |share: f64| time_limit.map(|t| started + t.mul_f64(share));
+        if let Some(outcome) = rooms::search(instance, limits, preferred, by(0.3), by(0.95)) {
+            if let Some(best) = outcome.best {
+                let proven = if outcome.finished {
+                    best.cost
+                } else {
+                    outcome.bound.max(instance.lower_bound())
+                };
+                return Ok(cheapest_against(vec![best], proven));
+            }
+        }
+    }
     // The relaxation first: its cost bounds every allocation from below, and rounding
     // its answer down to whole units, then filling greedily, gives a good start.
     let (relaxation, lp_vars) = program(instance, limits, false, &Objective::Cost, None);
@@ -900,12 +923,7 @@ fn program(
     rooms: Option<&UnitRooms>,
 ) -> (microlp::Problem, Vars) {
     use microlp::{ComparisonOp, OptimizationDirection, Problem};
-    let pool_index: HashMap<&str, usize> = instance
-        .pools
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.id.as_str(), i))
-        .collect();
+    let pool_index = instance.pool_index();
     let mut problem = Problem::new(OptimizationDirection::Minimize);
     // Shortfall is priced by difference: placing a GPU saves its penalty.
     let unit_cost = |n: usize, p: usize| {

@@ -54,6 +54,39 @@ fn a_binding_cap_and_rounding_to_units_are_solved_exactly() {
 }
 
 #[test]
+fn a_pool_shared_by_units_of_one_and_eight_is_rounded_to_the_optimum() {
+    // The cheap pool is worth more to b (a unit of 1) than to a (a unit of 8), so the
+    // relaxation gives b 4 GPUs there and a the other 4 — half a unit. Whole units
+    // leave a choice: a all on the dear pool (24 + 8 = 32), or a on the cheap pool
+    // and b short (8 + 80 = 88).
+    let text = r#"{
+      "needs": [ { "id": "a", "gpus": 8, "hours": 1, "unit": 8, "shortfall_penalty": 10.0, "pools": ["cheap", "dear"] },
+                 { "id": "b", "gpus": 4, "hours": 2, "unit": 1, "shortfall_penalty": 10.0, "pools": ["cheap"] } ],
+      "pools": [ { "id": "cheap", "provider": "x", "gpus": 8, "price_per_gpu_hour": 1.0 },
+                 { "id": "dear", "provider": "y", "gpus": 8, "price_per_gpu_hour": 3.0 } ]
+    }"#;
+    let instance = Instance::parse(text.as_bytes()).unwrap();
+    assert_eq!(rofr_solver::relaxation_bound(&instance), Some(24.0));
+    let solved = exact(&instance, None).unwrap();
+    assert_eq!(solved.cost, 32.0);
+    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.bound, 32.0);
+    let mut given: Vec<(String, String, u64)> = solved
+        .allocations
+        .iter()
+        .map(|a| (a.need.clone(), a.pool.clone(), a.gpus))
+        .collect();
+    given.sort();
+    assert_eq!(
+        given,
+        vec![
+            ("a".into(), "dear".into(), 8),
+            ("b".into(), "cheap".into(), 4)
+        ]
+    );
+}
+
+#[test]
 fn shortfall_is_chosen_where_it_costs_less_than_supply() {
     let text = EXAMPLE.replace(
         r#""shortfall_penalty": 50.0"#,

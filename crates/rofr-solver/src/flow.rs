@@ -1,0 +1,556 @@
+//! Minimum-cost flow by successive shortest paths, kept optimal as arc bounds change.
+//!
+//! The branch and bound over unit rooms ([`crate::rooms`]) solves thousands of flow
+//! problems that differ from their parent by one arc's bounds. A solver that starts from
+//! scratch each time would spend its time re-deriving what the parent knew; this one
+//! keeps the parent's flow and node potentials (which prove its optimality), moves the
+//! changed arc's flow inside its new bounds, and routes only the few GPUs displaced,
+//! along shortest paths under reduced costs. No crate found offers a flow solver that can
+//! be re-solved this way after a bound change, which is why this one is written here.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// An arc's index.
+pub(crate) type Arc = usize;
+
+/// What can change as the network is solved: the flow on each arc, what each node has
+/// yet to send (negative: to receive), and the node potentials.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowState {
+    flow: Vec<i64>,
+    lo: Vec<i64>,
+    hi: Vec<i64>,
+    excess: Vec<i64>,
+    potential: Vec<i64>,
+}
+
+/// A network with costs per unit of flow on its arcs and supplies at its nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    from: Vec<u32>,
+    to: Vec<u32>,
+    cost: Vec<i64>,
+    /// For each node, its arcs in `adjacent[first[v]..first[v + 1]]`, each as
+    /// `2·arc` (leaving the node) or `2·arc + 1` (entering it).
+    first: Vec<u32>,
+    adjacent: Vec<u32>,
+    pub(crate) state: FlowState,
+    // Buffers of the shortest-path search, kept between searches.
+    distance: Vec<i64>,
+    parent: Vec<u32>,
+    settled: Vec<bool>,
+    /// When [`Network::optimize`] gives up, and whether it has.
+    pub(crate) deadline: Option<std::time::Instant>,
+    pub(crate) timed_out: bool,
+}
+
+/// Builds a [`Network`] arc by arc.
+#[derive(Debug, Default)]
+pub(crate) struct Builder {
+    supply: Vec<i64>,
+    arcs: Vec<(u32, u32, i64, i64, i64)>,
+}
+
+impl Builder {
+    /// A node with `supply` to send (negative: to receive); returns its index.
+    pub(crate) fn node(&mut self, supply: i64) -> usize {
+        self.supply.push(supply);
+        self.supply.len() - 1
+    }
+
+    /// An arc carrying between `lo` and `hi` at `cost` a unit; returns its index.
+    pub(crate) fn arc(&mut self, from: usize, to: usize, cost: i64, lo: i64, hi: i64) -> Arc {
+        self.arcs.push((from as u32, to as u32, cost, lo, hi));
+        self.arcs.len() - 1
+    }
+
+    /// The network with no flow yet: solve it with [`Network::optimize`]. Costs must not
+    /// be negative, so that zero potentials prove the empty flow optimal.
+    pub(crate) fn build(self) -> Network {
+        let nodes = self.supply.len();
+        let mut degree = vec![0u32; nodes + 1];
+        for &(from, to, ..) in &self.arcs {
+            degree[from as usize + 1] += 1;
+            degree[to as usize + 1] += 1;
+        }
+        for v in 0..nodes {
+            degree[v + 1] += degree[v];
+        }
+        let first = degree.clone();
+        let mut fill = degree;
+        let mut adjacent = vec![0u32; 2 * self.arcs.len()];
+        for (a, &(from, to, ..)) in self.arcs.iter().enumerate() {
+            adjacent[fill[from as usize] as usize] = 2 * a as u32;
+            fill[from as usize] += 1;
+            adjacent[fill[to as usize] as usize] = 2 * a as u32 + 1;
+            fill[to as usize] += 1;
+        }
+        let mut excess = self.supply;
+        let mut flow = Vec::with_capacity(self.arcs.len());
+        for &(from, to, _, lo, _) in &self.arcs {
+            // Lower bounds are met from the start; the nodes at either end make up.
+            flow.push(lo);
+            excess[from as usize] -= lo;
+            excess[to as usize] += lo;
+        }
+        Network {
+            from: self.arcs.iter().map(|a| a.0).collect(),
+            to: self.arcs.iter().map(|a| a.1).collect(),
+            cost: self.arcs.iter().map(|a| a.2).collect(),
+            first,
+            adjacent,
+            state: FlowState {
+                flow,
+                lo: self.arcs.iter().map(|a| a.3).collect(),
+                hi: self.arcs.iter().map(|a| a.4).collect(),
+                excess,
+                potential: vec![0; nodes],
+            },
+            distance: vec![i64::MAX; nodes],
+            parent: vec![u32::MAX; nodes],
+            settled: vec![false; nodes],
+            deadline: None,
+            timed_out: false,
+        }
+    }
+}
+
+impl Network {
+    pub(crate) fn flow(&self, arc: Arc) -> i64 {
+        self.state.flow[arc]
+    }
+
+    pub(crate) fn bounds(&self, arc: Arc) -> (i64, i64) {
+        (self.state.lo[arc], self.state.hi[arc])
+    }
+
+    /// The cost of the current flow.
+    pub(crate) fn cost(&self) -> i128 {
+        self.state
+            .flow
+            .iter()
+            .zip(&self.cost)
+            .map(|(&f, &c)| i128::from(f) * i128::from(c))
+            .sum()
+    }
+
+    /// The arc's cost less the potentials of its ends: what a unit more costs, given
+    /// what the potentials say a unit is worth at each end.
+    fn reduced(&self, arc: Arc) -> i64 {
+        self.cost[arc] - self.state.potential[self.from[arc] as usize]
+            + self.state.potential[self.to[arc] as usize]
+    }
+
+    /// Gives `arc` new bounds. Its flow moves inside them, and, where its reduced cost
+    /// asks for it, to the bound it favours; the GPUs displaced wait at its ends for
+    /// [`Network::optimize`].
+    pub(crate) fn set_bounds(&mut self, arc: Arc, lo: i64, hi: i64) {
+        debug_assert!(lo <= hi);
+        let s = &mut self.state;
+        s.lo[arc] = lo;
+        s.hi[arc] = hi;
+        let reduced = self.reduced(arc);
+        let s = &mut self.state;
+        let mut target = s.flow[arc].clamp(lo, hi);
+        if reduced < 0 {
+            target = hi;
+        } else if reduced > 0 {
+            target = lo;
+        }
+        let moved = target - s.flow[arc];
+        s.flow[arc] = target;
+        s.excess[self.from[arc] as usize] -= moved;
+        s.excess[self.to[arc] as usize] += moved;
+    }
+
+    /// Routes every node's excess to nodes short of flow, cheapest paths first, keeping
+    /// the flow optimal for what it carries. False when some excess has nowhere to go
+    /// (then no flow keeps every bound) or the deadline passed (then `timed_out` is
+    /// set); either way the state is of no further use.
+    pub(crate) fn optimize(&mut self) -> bool {
+        for round in 0u64.. {
+            if round % 64 == 63
+                && self
+                    .deadline
+                    .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                self.timed_out = true;
+                return false;
+            }
+            let sources: Vec<u32> = (0..self.state.excess.len() as u32)
+                .filter(|&v| self.state.excess[v as usize] > 0)
+                .collect();
+            if sources.is_empty() {
+                return true;
+            }
+            let Some(sink) = self.shortest_paths(&sources) else {
+                return false;
+            };
+            self.augment(sink);
+            self.augment_admissible(&sources);
+        }
+        unreachable!("rounds never run out")
+    }
+
+    /// Whether a unit more along `entry` (as in `adjacent`) fits its arc's bounds and
+    /// costs nothing under the potentials; and the node it leads to.
+    fn admissible(&self, entry: u32) -> Option<usize> {
+        let arc = (entry / 2) as usize;
+        if entry % 2 == 0 {
+            (self.state.flow[arc] < self.state.hi[arc] && self.reduced(arc) == 0)
+                .then_some(self.to[arc] as usize)
+        } else {
+            (self.state.flow[arc] > self.state.lo[arc] && self.reduced(arc) == 0)
+                .then_some(self.from[arc] as usize)
+        }
+    }
+
+    /// After the potentials moved, sends what more excess it can along paths that cost
+    /// nothing under them, depth first, before another search is needed. Such paths
+    /// keep the flow optimal, as the one the search found does.
+    fn augment_admissible(&mut self, sources: &[u32]) {
+        let nodes = self.state.excess.len();
+        // Nodes from which no such path leads on, and the path being followed.
+        self.settled.fill(false);
+        let mut on_path = vec![false; nodes];
+        let mut next: Vec<u32> = self.first[..nodes].to_vec();
+        let mut path: Vec<u32> = Vec::new();
+        for &s in sources {
+            let s = s as usize;
+            while self.state.excess[s] > 0 && !self.settled[s] {
+                // Follow admissible arcs from `s` until a node short of flow.
+                let mut v = s;
+                on_path[v] = true;
+                loop {
+                    if self.state.excess[v] < 0 {
+                        break;
+                    }
+                    let mut moved = false;
+                    while next[v] < self.first[v + 1] {
+                        let entry = self.adjacent[next[v] as usize];
+                        if let Some(w) = self.admissible(entry) {
+                            if !self.settled[w] && !on_path[w] {
+                                path.push(entry);
+                                on_path[w] = true;
+                                v = w;
+                                moved = true;
+                                break;
+                            }
+                        }
+                        next[v] += 1;
+                    }
+                    if moved {
+                        continue;
+                    }
+                    // A dead end: back up one step.
+                    self.settled[v] = true;
+                    on_path[v] = false;
+                    let Some(entry) = path.pop() else {
+                        break;
+                    };
+                    let arc = (entry / 2) as usize;
+                    v = if entry % 2 == 0 {
+                        self.from[arc] as usize
+                    } else {
+                        self.to[arc] as usize
+                    };
+                    next[v] += 1;
+                }
+                if self.state.excess[v] >= 0 {
+                    // `s` itself is a dead end.
+                    debug_assert!(path.is_empty());
+                    break;
+                }
+                let sink = v;
+                let mut amount = self.state.excess[s].min(-self.state.excess[sink]);
+                for &entry in &path {
+                    let arc = (entry / 2) as usize;
+                    let room = if entry % 2 == 0 {
+                        self.state.hi[arc] - self.state.flow[arc]
+                    } else {
+                        self.state.flow[arc] - self.state.lo[arc]
+                    };
+                    amount = amount.min(room);
+                }
+                for &entry in &path {
+                    let arc = (entry / 2) as usize;
+                    if entry % 2 == 0 {
+                        self.state.flow[arc] += amount;
+                    } else {
+                        self.state.flow[arc] -= amount;
+                    }
+                }
+                self.state.excess[s] -= amount;
+                self.state.excess[sink] += amount;
+                for &entry in &path {
+                    let arc = (entry / 2) as usize;
+                    on_path[self.from[arc] as usize] = false;
+                    on_path[self.to[arc] as usize] = false;
+                }
+                on_path[s] = false;
+                path.clear();
+            }
+        }
+    }
+
+    /// Dijkstra's search from every node with excess, under reduced costs, until the
+    /// nearest node short of flow is settled; then the potentials move so that the path
+    /// found costs nothing under them and no residual arc has a negative reduced cost.
+    fn shortest_paths(&mut self, sources: &[u32]) -> Option<usize> {
+        let nodes = self.state.excess.len();
+        self.distance.fill(i64::MAX);
+        self.settled.fill(false);
+        let mut heap = BinaryHeap::new();
+        for &s in sources {
+            self.distance[s as usize] = 0;
+            self.parent[s as usize] = u32::MAX;
+            heap.push(Reverse((0i64, s)));
+        }
+        // Nodes settled at the distance being searched, whose arcs are still to scan:
+        // an arc of no reduced cost settles its far end at once, without the heap.
+        let mut level: Vec<usize> = Vec::new();
+        let mut found = None;
+        'search: while let Some(Reverse((d, v))) = heap.pop() {
+            let v = v as usize;
+            if self.settled[v] || d > self.distance[v] {
+                continue;
+            }
+            self.settled[v] = true;
+            if self.state.excess[v] < 0 {
+                found = Some(v);
+                break;
+            }
+            level.push(v);
+            while let Some(u) = level.pop() {
+                for i in self.first[u]..self.first[u + 1] {
+                    let entry = self.adjacent[i as usize];
+                    let arc = (entry / 2) as usize;
+                    let (w, step) = if entry % 2 == 0 {
+                        if self.state.flow[arc] >= self.state.hi[arc] {
+                            continue;
+                        }
+                        (self.to[arc] as usize, self.reduced(arc))
+                    } else {
+                        if self.state.flow[arc] <= self.state.lo[arc] {
+                            continue;
+                        }
+                        (self.from[arc] as usize, -self.reduced(arc))
+                    };
+                    if self.settled[w] {
+                        continue;
+                    }
+                    debug_assert!(step >= 0, "a residual arc of negative reduced cost");
+                    if step <= 0 {
+                        self.distance[w] = d;
+                        self.parent[w] = entry;
+                        self.settled[w] = true;
+                        if self.state.excess[w] < 0 {
+                            found = Some(w);
+                            break 'search;
+                        }
+                        level.push(w);
+                    } else if d + step < self.distance[w] {
+                        self.distance[w] = d + step;
+                        self.parent[w] = entry;
+                        heap.push(Reverse((d + step, w as u32)));
+                    }
+                }
+            }
+        }
+        let sink = found?;
+        let reach = self.distance[sink];
+        for v in 0..nodes {
+            let d = if self.settled[v] {
+                self.distance[v]
+            } else {
+                reach
+            };
+            self.state.potential[v] -= d;
+        }
+        Some(sink)
+    }
+
+    /// Sends as much as the path to `sink` allows, from the excess it starts at.
+    fn augment(&mut self, sink: usize) {
+        let mut amount = -self.state.excess[sink];
+        let mut v = sink;
+        while self.parent[v] != u32::MAX {
+            let entry = self.parent[v];
+            let arc = (entry / 2) as usize;
+            let (room, back) = if entry % 2 == 0 {
+                (
+                    self.state.hi[arc] - self.state.flow[arc],
+                    self.from[arc] as usize,
+                )
+            } else {
+                (
+                    self.state.flow[arc] - self.state.lo[arc],
+                    self.to[arc] as usize,
+                )
+            };
+            amount = amount.min(room);
+            v = back;
+        }
+        amount = amount.min(self.state.excess[v]);
+        let source = v;
+        let mut v = sink;
+        while self.parent[v] != u32::MAX {
+            let entry = self.parent[v];
+            let arc = (entry / 2) as usize;
+            if entry % 2 == 0 {
+                self.state.flow[arc] += amount;
+                v = self.from[arc] as usize;
+            } else {
+                self.state.flow[arc] -= amount;
+                v = self.to[arc] as usize;
+            }
+        }
+        self.state.excess[source] -= amount;
+        self.state.excess[sink] += amount;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The network's linear program, solved by `microlp`: the least cost of a flow
+    /// that keeps `bounds`, or `None` where there is none. A network's program has an
+    /// optimum in whole numbers, so the two solvers must agree exactly.
+    fn by_program(
+        supply: &[i64],
+        arcs: &[(usize, usize, i64)],
+        bounds: &[(i64, i64)],
+    ) -> Option<f64> {
+        use microlp::{ComparisonOp, OptimizationDirection, Problem};
+        let mut problem = Problem::new(OptimizationDirection::Minimize);
+        let vars: Vec<_> = arcs
+            .iter()
+            .zip(bounds)
+            .map(|(&(.., cost), &(lo, hi))| problem.add_var(cost as f64, (lo as f64, hi as f64)))
+            .collect();
+        for (v, &s) in supply.iter().enumerate() {
+            let terms: Vec<_> = arcs
+                .iter()
+                .zip(&vars)
+                .filter_map(|(&(from, to, _), &x)| match (from == v, to == v) {
+                    (true, false) => Some((x, 1.0)),
+                    (false, true) => Some((x, -1.0)),
+                    _ => None,
+                })
+                .collect();
+            problem.add_constraint(terms.as_slice(), ComparisonOp::Eq, s as f64);
+        }
+        problem
+            .solve()
+            .ok()
+            .and_then(|o| o.solution().map(|s| s.objective()))
+    }
+
+    proptest! {
+        /// Random networks, solved and then re-solved after each of a series of
+        /// bound changes (each from the last optimum that had a flow), against a
+        /// linear-programming solver given the same network from scratch.
+        #[test]
+        fn re_solving_after_bound_changes_matches_a_linear_program(
+            supplies in proptest::collection::vec(0i64..12, 3),
+            demand_split in proptest::collection::vec(1i64..4, 3),
+            arcs in proptest::collection::vec((0usize..8, 0usize..8, 0i64..20, 0i64..15), 6..20),
+            changes in proptest::collection::vec((0usize..64, 0i64..15, 0i64..15), 1..12),
+        ) {
+            // Nodes 0–2 supply, 3–5 demand, 6–7 pass flow on; 8 is a costly hub that
+            // keeps the first problem feasible.
+            let total: i64 = supplies.iter().sum();
+            let parts: i64 = demand_split.iter().sum();
+            let mut demand: Vec<i64> = demand_split.iter().map(|d| total * d / parts).collect();
+            demand[0] += total - demand.iter().sum::<i64>();
+            let mut supply = vec![0i64; 9];
+            supply[..3].copy_from_slice(&supplies);
+            for (i, d) in demand.iter().enumerate() {
+                supply[3 + i] = -d;
+            }
+            let mut list: Vec<(usize, usize, i64)> = Vec::new();
+            let mut bounds: Vec<(i64, i64)> = Vec::new();
+            for &(from, to, cost, cap) in &arcs {
+                if from != to {
+                    list.push((from, to, cost));
+                    bounds.push((0, cap));
+                }
+            }
+            for (from, to) in (0..3).map(|s| (s, 8)).chain((3..6).map(|t| (8, t))) {
+                list.push((from, to, 50));
+                bounds.push((0, 100));
+            }
+            let mut b = Builder::default();
+            for &s in &supply {
+                b.node(s);
+            }
+            for (&(from, to, cost), &(lo, hi)) in list.iter().zip(&bounds) {
+                b.arc(from, to, cost, lo, hi);
+            }
+            let mut net = b.build();
+            prop_assert!(net.optimize());
+            let expected = by_program(&supply, &list, &bounds).expect("the hub carries anything");
+            prop_assert!((net.cost() as f64 - expected).abs() < 1e-6);
+            for &(which, a, c) in &changes {
+                let arc = which % list.len();
+                let before = net.state.clone();
+                let old = bounds[arc];
+                bounds[arc] = (a.min(c), a.max(c));
+                net.set_bounds(arc, a.min(c), a.max(c));
+                let solved = net.optimize();
+                let expected = by_program(&supply, &list, &bounds);
+                if solved {
+                    let expected = expected.expect("a flow the program also finds");
+                    prop_assert!((net.cost() as f64 - expected).abs() < 1e-6, "{} against {expected}", net.cost());
+                    for (x, &(lo, hi)) in bounds.iter().enumerate() {
+                        prop_assert!(lo <= net.flow(x) && net.flow(x) <= hi);
+                    }
+                } else {
+                    prop_assert!(expected.is_none(), "no flow found where one costs {expected:?}");
+                    net.state = before;
+                    bounds[arc] = old;
+                }
+            }
+        }
+    }
+
+    /// Two suppliers, two buyers, a cheap arc of little capacity: the optimum is known
+    /// by hand, and tightening a bound moves the flow to the next cheapest way.
+    #[test]
+    fn a_small_network_is_solved_and_re_solved_after_a_bound_changes() {
+        let mut b = Builder::default();
+        let s1 = b.node(5);
+        let s2 = b.node(5);
+        let t1 = b.node(-4);
+        let t2 = b.node(-6);
+        let a = b.arc(s1, t1, 1, 0, 3);
+        let b1 = b.arc(s1, t2, 4, 0, 10);
+        let c = b.arc(s2, t1, 3, 0, 10);
+        let d = b.arc(s2, t2, 2, 0, 10);
+        let mut net = b.build();
+        assert!(net.optimize());
+        // a: 3 at 1; s1's other 2 to t2 at 4; t1's last 1 from s2 at 3; s2's 4 to t2 at 2.
+        assert_eq!(
+            [net.flow(a), net.flow(b1), net.flow(c), net.flow(d)],
+            [3, 2, 1, 4]
+        );
+        assert_eq!(net.cost(), 3 + 8 + 3 + 8);
+        net.set_bounds(a, 0, 1);
+        assert!(net.optimize());
+        assert_eq!(
+            [net.flow(a), net.flow(b1), net.flow(c), net.flow(d)],
+            [1, 4, 3, 2]
+        );
+        assert_eq!(net.cost(), 1 + 16 + 9 + 4);
+        // Loosened again, the first optimum returns.
+        net.set_bounds(a, 0, 3);
+        assert!(net.optimize());
+        assert_eq!(net.cost(), 22);
+        // A lower bound that cannot be met.
+        net.set_bounds(a, 6, 6);
+        assert!(!net.optimize());
+    }
+}

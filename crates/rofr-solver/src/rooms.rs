@@ -1,0 +1,530 @@
+//! An exact search over unit rooms, for instances where no share limit binds.
+//!
+//! Counted in single GPUs, an allocation is a flow: from each need, to the pools it may
+//! use or to shortfall, with each pool's GPUs as an arc's capacity. Flows have optima in
+//! whole GPUs, but a need with a unit of 8 must take multiples of 8 from each pool. Give
+//! each pool one node per unit, between the needs of that unit and the pool: the arc
+//! from it to the pool carries the pool's *room* for that unit. Once every room is a
+//! multiple of its unit, the needs of each unit form a transportation problem with data
+//! in whole units, which has an optimum in whole units of the same cost. So the search
+//! branches on rooms alone (below or above the nearest multiples of the unit), solving
+//! a flow at each node of the tree; [`crate::flow`] re-solves each child from its
+//! parent's optimum in a few shortest paths.
+//!
+//! Limits on providers' shares are not flows. The search leaves them out, so its bound
+//! holds with them too, and an optimum it finds that keeps every limit is an optimum
+//! of the instance. When the relaxation itself breaks a limit, or the optimum found
+//! does, it gives way to the general program.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use crate::flow::{Arc, Builder, FlowState, Network};
+use crate::{fill, Instance, ShareLimit, Solution, Strategy};
+
+/// GPUs by (need, pool).
+pub(crate) type Taken = BTreeMap<(usize, usize), u64>;
+
+/// What the search found.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// The least cost of the relaxation without limits, less the network's rounding
+    /// of costs: a lower bound on every allocation, limits or not.
+    pub bound: f64,
+    /// The cheapest allocation found that keeps every limit.
+    pub best: Option<Solution>,
+    /// Whether the search finished: then no allocation that keeps the limits costs
+    /// less than `best`.
+    pub finished: bool,
+}
+
+/// One pool's room for one unit: the arc from the unit's node to the pool.
+struct Room {
+    unit: u64,
+    pool: usize,
+    arc: Arc,
+}
+
+/// A need's arc to a pool's room for its unit.
+struct Placement {
+    need: usize,
+    pool: usize,
+    arc: Arc,
+}
+
+struct Search<'a> {
+    instance: &'a Instance,
+    limits: &'a [ShareLimit],
+    preferred: &'a BTreeSet<String>,
+    net: Network,
+    rooms: Vec<Room>,
+    placements: Vec<Placement>,
+    best: Option<Solution>,
+    deadline: Option<Instant>,
+    /// False once a part of the tree is left unexplored: for want of time, or at a
+    /// node in whole units whose allocation breaks a limit.
+    finished: bool,
+    /// How far the network's cost of any flow, in dollars, may lie from its cost in
+    /// the instance's prices: half a unit of the network's costs for every GPU.
+    error: f64,
+    /// What branching on each room has cost so far, per whole unit moved: the sum of
+    /// the rises in cost and how many there were, below and above.
+    pseudo: Vec<Pseudo>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Pseudo {
+    down: (f64, u32),
+    up: (f64, u32),
+}
+
+impl Pseudo {
+    /// Whether the room's record is to be trusted, and the score it gives a room
+    /// `f` of a unit above a whole number of units.
+    fn estimate(&self, f: f64) -> (bool, f64) {
+        let known = self.down.1 >= RELIABLE && self.up.1 >= RELIABLE;
+        let down = self.down.0 / f64::from(self.down.1.max(1)) * f;
+        let up = self.up.0 / f64::from(self.up.1.max(1)) * (1.0 - f);
+        (known, score(down, up))
+    }
+}
+
+/// Rooms tried out at most at one node of the tree.
+const STRONG: usize = 8;
+/// Tries without a better room after which the rest are estimated.
+const LOOKAHEAD: usize = 4;
+/// Tries of a room on each side after which its estimate is trusted.
+const RELIABLE: u32 = 2;
+
+/// How good a room is to branch on, from the rises in cost on its two sides.
+fn score(down: f64, up: f64) -> f64 {
+    down.max(1e-3) * up.max(1e-3)
+}
+
+/// Needs' placements beyond which the search is not tried: the first flow, found by
+/// successive shortest paths from nothing, grows with the square of the instance and
+/// takes longer than the linear program's relaxation beyond about this size.
+pub(crate) const MOST_PLACEMENTS: usize = 10_000;
+
+/// Searches for the cheapest allocation that keeps `limits`, favouring `preferred`
+/// providers where a greedy fill tops up an allocation, until `deadline`; the first
+/// flow may take until `first_by`. `None` where the search does not apply (an
+/// instance too large, or costs too large for whole millionths), where the first flow
+/// breaks one of `limits` (the search could then prove nothing), or where it was not
+/// found in time.
+pub(crate) fn search(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    preferred: &BTreeSet<String>,
+    first_by: Option<Instant>,
+    deadline: Option<Instant>,
+) -> Option<Outcome> {
+    let placements: usize = instance.needs.iter().map(|n| n.pools.len()).sum();
+    if placements > MOST_PLACEMENTS || !fits(instance) {
+        return None;
+    }
+    let (net, rooms, placements) = network(instance);
+    let mut search = Search {
+        instance,
+        limits,
+        preferred,
+        net,
+        pseudo: vec![Pseudo::default(); rooms.len()],
+        rooms,
+        placements,
+        best: None,
+        deadline,
+        finished: true,
+        error: 0.5 / SCALE * instance.needs.iter().map(|n| n.gpus as f64).sum::<f64>(),
+    };
+    search.net.deadline = first_by;
+    if !search.net.optimize() {
+        return None;
+    }
+    search.net.deadline = deadline;
+    let bound = search.net.cost() as f64 / SCALE - search.error;
+    if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
+        return None;
+    }
+    search.improve(search.whole_units());
+    search.dive();
+    Some(Outcome {
+        bound,
+        best: search.best,
+        finished: search.finished,
+    })
+}
+
+/// The flow network of an instance: needs → rooms → pools → the sink, and each need
+/// straight to the sink for its shortfall.
+fn network(instance: &Instance) -> (Network, Vec<Room>, Vec<Placement>) {
+    let pool_index = instance.pool_index();
+    let total: u64 = instance.needs.iter().map(|n| n.gpus).sum();
+    let mut b = Builder::default();
+    let sink = b.node(-(total as i64));
+    let need_nodes: Vec<usize> = instance
+        .needs
+        .iter()
+        .map(|n| b.node(n.gpus as i64))
+        .collect();
+    // Each room's node, and what the needs of its unit could ask of it at most.
+    let mut room_of: BTreeMap<(usize, u64), (usize, u64)> = BTreeMap::new();
+    let mut placements = Vec::new();
+    let mut arcs_to_rooms = Vec::new();
+    for (n, need) in instance.needs.iter().enumerate() {
+        let mut pools: Vec<usize> = need.pools.iter().map(|p| pool_index[p.as_str()]).collect();
+        pools.sort_unstable();
+        pools.dedup();
+        for p in pools {
+            let room = room_of
+                .entry((p, need.unit))
+                .or_insert_with(|| (b.node(0), 0));
+            room.1 += need.gpus;
+            arcs_to_rooms.push((n, p, room.0));
+        }
+    }
+    for (n, p, room) in arcs_to_rooms {
+        let need = &instance.needs[n];
+        let cost = scaled(need.hours * instance.pools[p].price_per_gpu_hour);
+        let arc = b.arc(need_nodes[n], room, cost, 0, need.gpus as i64);
+        placements.push(Placement {
+            need: n,
+            pool: p,
+            arc,
+        });
+    }
+    for (n, need) in instance.needs.iter().enumerate() {
+        b.arc(
+            need_nodes[n],
+            sink,
+            scaled(need.hours * need.shortfall_penalty),
+            0,
+            need.gpus as i64,
+        );
+    }
+    // A pool whose needs all come in multiples of g can give at most its size rounded
+    // down to a multiple of g.
+    let mut step: BTreeMap<usize, u64> = BTreeMap::new();
+    for &(p, unit) in room_of.keys() {
+        let g = step.entry(p).or_insert(0);
+        *g = gcd(*g, unit);
+    }
+    let mut pool_nodes = BTreeMap::new();
+    for (&p, &g) in &step {
+        let node = b.node(0);
+        let gpus = instance.pools[p].gpus / g * g;
+        b.arc(node, sink, 0, 0, gpus as i64);
+        pool_nodes.insert(p, (node, gpus));
+    }
+    let mut rooms = Vec::new();
+    for (&(p, unit), &(node, asked)) in &room_of {
+        let (pool_node, gpus) = pool_nodes[&p];
+        let most = asked.min(gpus) / unit * unit;
+        let arc = b.arc(node, pool_node, 0, 0, most as i64);
+        rooms.push(Room { unit, pool: p, arc });
+    }
+    (b.build(), rooms, placements)
+}
+
+/// Network costs are whole millionths of a dollar, so that the flow's arithmetic is
+/// exact: reduced costs of zero are zero, not a rounding away from it.
+const SCALE: f64 = 1e6;
+
+fn scaled(dollars: f64) -> i64 {
+    (dollars * SCALE).round() as i64
+}
+
+/// Whether every cost of the instance fits the network's whole numbers with room for
+/// sums along paths and over every GPU.
+fn fits(instance: &Instance) -> bool {
+    let gpus: f64 = instance.needs.iter().map(|n| n.gpus as f64).sum::<f64>() + 1.0;
+    let price = instance
+        .pools
+        .iter()
+        .map(|p| p.price_per_gpu_hour)
+        .fold(0.0, f64::max);
+    let nodes = (instance.needs.len() + 3 * instance.pools.len() + 2) as f64;
+    instance.needs.iter().all(|n| {
+        let most = n.unit as f64 * n.hours * price.max(n.shortfall_penalty) * SCALE;
+        most * gpus < 1e18 && most * nodes < 1e18
+    })
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Whether GPUs placed by (need, pool), whole units or not, keep every limit.
+fn keeps_limits(instance: &Instance, limits: &[ShareLimit], taken: &Taken) -> bool {
+    limits.iter().filter(|l| l.max_share < 1.0).all(|limit| {
+        let (mut own, mut total) = (limit.own, limit.total);
+        for (&(n, p), &gpus) in taken {
+            let pool = &instance.pools[p];
+            let amount =
+                gpus as f64 * limit.weight(instance.needs[n].hours, pool.price_per_gpu_hour);
+            total += amount;
+            if pool.provider == limit.provider {
+                own += amount;
+            }
+        }
+        own <= limit.max_share * total + 1e-9 * total.abs().max(1.0)
+    })
+}
+
+impl Search<'_> {
+    fn gpus_by_placement(&self) -> Taken {
+        self.placements
+            .iter()
+            .filter(|pl| self.net.flow(pl.arc) > 0)
+            .map(|pl| ((pl.need, pl.pool), self.net.flow(pl.arc) as u64))
+            .collect()
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The cost of the network (in its units) at or above which a node cannot lead to
+    /// an allocation cheaper than the best so far.
+    fn cutoff(&self) -> i128 {
+        match &self.best {
+            None => i128::MAX,
+            Some(best) => ((best.cost - slack(best.cost) + self.error) * SCALE).floor() as i128,
+        }
+    }
+
+    /// Depth first from the current node, the cheaper child first. The room branched
+    /// on is the one whose children's costs rise most (their product), tried out on
+    /// the most promising rooms and estimated for the rest from what branching on
+    /// each has cost before. A room whose one side cannot beat the best allocation
+    /// found is moved to its other side at once, without a branch.
+    fn dive(&mut self) {
+        if self.out_of_time() {
+            self.finished = false;
+            return;
+        }
+        if self.net.cost() >= self.cutoff() {
+            return;
+        }
+        let children = loop {
+            let here = self.net.cost();
+            let mut fractional: Vec<(usize, f64)> = Vec::new();
+            for (r, room) in self.rooms.iter().enumerate() {
+                let unit = room.unit as i64;
+                let part = self.net.flow(room.arc) % unit;
+                if part != 0 {
+                    fractional.push((r, part as f64 / unit as f64));
+                }
+            }
+            if fractional.is_empty() {
+                // Every room is in whole units: the node's optimum is an allocation.
+                // One that breaks a limit leaves the node unresolved.
+                if !self.improve(self.whole_units()) {
+                    self.finished = false;
+                }
+                return;
+            }
+            // Rooms never tried out first, then by their estimated score.
+            fractional.sort_by(|&(r1, f1), &(r2, f2)| {
+                let (k1, s1) = self.pseudo[r1].estimate(f1);
+                let (k2, s2) = self.pseudo[r2].estimate(f2);
+                k1.cmp(&k2).then(s2.total_cmp(&s1))
+            });
+            let parent = self.net.state.clone();
+            let mut best: Option<(f64, Vec<(i128, FlowState)>)> = None;
+            let mut fixed = false;
+            let mut since_better = 0;
+            for (k, &(r, f)) in fractional.iter().enumerate() {
+                let (known, estimated) = self.pseudo[r].estimate(f);
+                if k > 0 && (known || k >= STRONG || since_better >= LOOKAHEAD) {
+                    if best.as_ref().is_some_and(|b| b.0 >= estimated) {
+                        break;
+                    }
+                    if k >= STRONG {
+                        break;
+                    }
+                }
+                let arc = self.rooms[r].arc;
+                let unit = self.rooms[r].unit as i64;
+                let (lo, hi) = self.net.bounds(arc);
+                let below = self.net.flow(arc) / unit * unit;
+                let mut sides = Vec::with_capacity(2);
+                for (up, l, h) in [(false, lo, below), (true, below + unit, hi)] {
+                    self.net.state.clone_from(&parent);
+                    let solved = l <= h && {
+                        self.net.set_bounds(arc, l, h);
+                        self.net.optimize()
+                    };
+                    let cost = self.net.cost();
+                    if solved {
+                        let gain = (cost - here) as f64 / SCALE;
+                        let distance = if up { 1.0 - f } else { f };
+                        let p = &mut self.pseudo[r];
+                        let side = if up { &mut p.up } else { &mut p.down };
+                        side.0 += gain / distance;
+                        side.1 += 1;
+                    }
+                    if solved && cost < self.cutoff() {
+                        sides.push((cost, self.net.state.clone()));
+                    }
+                }
+                match sides.len() {
+                    0 => return,
+                    1 => {
+                        // One side only can still beat the best: go there, no branch.
+                        self.net.state = sides.pop().expect("one side").1;
+                        fixed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+                let s = score(
+                    (sides[0].0 - here) as f64 / SCALE,
+                    (sides[1].0 - here) as f64 / SCALE,
+                );
+                if best.as_ref().is_none_or(|b| s > b.0) {
+                    best = Some((s, sides));
+                    since_better = 0;
+                } else {
+                    since_better += 1;
+                }
+            }
+            if self.net.timed_out {
+                self.finished = false;
+                return;
+            }
+            if fixed {
+                if self.out_of_time() {
+                    self.finished = false;
+                    return;
+                }
+                continue;
+            }
+            break best.expect("the first room is always tried").1;
+        };
+        let mut children = children;
+        children.sort_by_key(|c| c.0);
+        for (cost, state) in children {
+            if cost >= self.cutoff() {
+                continue;
+            }
+            self.net.state = state;
+            self.dive();
+            if !self.finished {
+                return;
+            }
+        }
+    }
+
+    /// An allocation in whole units from the current node: each room rounded down to
+    /// whole units, and each unit's needs placed in those rooms at least cost. Where
+    /// every room is whole already, this costs what the node does.
+    fn whole_units(&self) -> Taken {
+        let mut taken = Taken::new();
+        let mut units: Vec<u64> = self.rooms.iter().map(|r| r.unit).collect();
+        units.sort_unstable();
+        units.dedup();
+        for unit in units {
+            if unit == 1 {
+                for pl in &self.placements {
+                    if self.instance.needs[pl.need].unit == 1 && self.net.flow(pl.arc) > 0 {
+                        taken.insert((pl.need, pl.pool), self.net.flow(pl.arc) as u64);
+                    }
+                }
+                continue;
+            }
+            taken.extend(self.transport(unit));
+        }
+        taken
+    }
+
+    /// The needs of one unit placed, in whole units, in the current node's rooms for
+    /// that unit rounded down: a transportation problem, solved as a flow in units.
+    fn transport(&self, unit: u64) -> Taken {
+        let instance = self.instance;
+        let mut b = Builder::default();
+        let total: u64 = instance
+            .needs
+            .iter()
+            .filter(|n| n.unit == unit)
+            .map(|n| n.gpus / unit)
+            .sum();
+        let sink = b.node(-(total as i64));
+        let mut need_nodes = HashMap::new();
+        for (n, need) in instance.needs.iter().enumerate() {
+            if need.unit == unit {
+                let node = b.node((need.gpus / unit) as i64);
+                need_nodes.insert(n, node);
+                b.arc(
+                    node,
+                    sink,
+                    scaled(unit as f64 * need.hours * need.shortfall_penalty),
+                    0,
+                    (need.gpus / unit) as i64,
+                );
+            }
+        }
+        let mut room_nodes = HashMap::new();
+        for room in self.rooms.iter().filter(|r| r.unit == unit) {
+            let node = b.node(0);
+            let whole = self.net.flow(room.arc) / unit as i64;
+            b.arc(node, sink, 0, 0, whole);
+            room_nodes.insert(room.pool, node);
+        }
+        let mut arcs = Vec::new();
+        for pl in &self.placements {
+            let need = &instance.needs[pl.need];
+            if need.unit != unit {
+                continue;
+            }
+            let cost =
+                scaled(unit as f64 * need.hours * instance.pools[pl.pool].price_per_gpu_hour);
+            let arc = b.arc(
+                need_nodes[&pl.need],
+                room_nodes[&pl.pool],
+                cost,
+                0,
+                (need.gpus / unit) as i64,
+            );
+            arcs.push((pl.need, pl.pool, arc));
+        }
+        let mut net = b.build();
+        let solved = net.optimize();
+        debug_assert!(solved, "shortfall always absorbs what the rooms cannot");
+        arcs.into_iter()
+            .filter(|&(.., arc)| net.flow(arc) > 0)
+            .map(|(n, p, arc)| ((n, p), net.flow(arc) as u64 * unit))
+            .collect()
+    }
+
+    /// Tops `taken` up greedily and keeps it if it costs less than the best so far.
+    /// False when it breaks a limit.
+    fn improve(&mut self, taken: Taken) -> bool {
+        let Ok(solution) = fill(
+            self.instance,
+            self.limits,
+            self.preferred,
+            Strategy::CheapestFirst,
+            taken,
+        ) else {
+            return false;
+        };
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|b| solution.cost < b.cost - slack(b.cost))
+        {
+            self.best = Some(solution);
+        }
+        true
+    }
+}
+
+/// How far costs may differ and still count as equal.
+fn slack(cost: f64) -> f64 {
+    1e-9 * cost.abs().max(1.0)
+}
