@@ -4,8 +4,10 @@
 //! must beat — `ordered` (providers tried in a fixed preference order, as multi-cloud
 //! launchers fail over today) and `cheapest-first` (greedy by price).
 //!
-//! The optimizer, [`exact`], states the problem as a mixed-integer program and solves it
-//! with `microlp` (pure Rust branch and bound); its answer is re-checked by [`check`].
+//! The optimizer, [`exact`], first searches over each pool's room for each unit, on a
+//! minimum-cost flow (`rooms`, `flow`); where share limits bind, or the instance is too
+//! large for that search, it states the problem as a mixed-integer program and solves it
+//! with `microlp` (pure Rust branch and bound). Every answer is re-checked by [`check`].
 //!
 //! Pure: no IO.
 
