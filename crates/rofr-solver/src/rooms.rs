@@ -244,10 +244,11 @@ fn fits(instance: &Instance) -> bool {
         .map(|p| p.price_per_gpu_hour)
         .fold(0.0, f64::max);
     let nodes = (instance.needs.len() + 3 * instance.pools.len() + 2) as f64;
-    instance.needs.iter().all(|n| {
-        let most = n.unit as f64 * n.hours * price.max(n.shortfall_penalty) * SCALE;
-        most * gpus < 1e18 && most * nodes < 1e18
-    })
+    gpus < 1e15
+        && instance.needs.iter().all(|n| {
+            let most = n.unit as f64 * n.hours * price.max(n.shortfall_penalty) * SCALE;
+            most * gpus < 1e18 && most * nodes < 1e18
+        })
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -372,6 +373,11 @@ impl Search<'_> {
                         sides.push((cost, self.net.state.clone()));
                     }
                 }
+                if self.net.timed_out {
+                    // A side not solved in time is neither infeasible nor priced.
+                    self.finished = false;
+                    return;
+                }
                 match sides.len() {
                     0 => return,
                     1 => {
@@ -392,10 +398,6 @@ impl Search<'_> {
                 } else {
                     since_better += 1;
                 }
-            }
-            if self.net.timed_out {
-                self.finished = false;
-                return;
             }
             if fixed {
                 if self.out_of_time() {

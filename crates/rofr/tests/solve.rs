@@ -107,3 +107,34 @@ fn an_independent_solver_finds_no_cheaper_allocation() {
     }
     assert_eq!(optimal, 6, "only {optimal} of 6 instances proven optimal");
 }
+
+/// However short the time, an answer called optimal costs what the optimum does: a
+/// search stopped part way says `feasible`.
+#[test]
+fn an_answer_cut_short_by_the_time_limit_is_never_called_optimal_wrongly() {
+    use std::time::Duration;
+    for seed in 1..=3u64 {
+        let instance = rofr_server::bench::generate_instance(seed, 40, 16, 2);
+        let optimum = rofr_solver::exact(&instance, None).unwrap();
+        assert_eq!(optimum.status, "optimal", "seed {seed}");
+        for micros in [100, 300, 1_000, 3_000, 10_000, 30_000] {
+            let solved =
+                rofr_solver::exact(&instance, Some(Duration::from_micros(micros))).unwrap();
+            rofr_solver::check(&instance, &solved.allocations).unwrap();
+            assert!(
+                solved.bound <= optimum.cost + 1e-6,
+                "seed {seed}, {micros} µs"
+            );
+            if solved.status == "optimal" {
+                assert!(
+                    (solved.cost - optimum.cost).abs() <= 1e-9 * optimum.cost,
+                    "seed {seed}, {micros} µs: optimal at {} against {}",
+                    solved.cost,
+                    optimum.cost
+                );
+            } else {
+                assert_eq!(solved.status, "feasible", "seed {seed}, {micros} µs");
+            }
+        }
+    }
+}
