@@ -1286,6 +1286,7 @@ impl Step<'_> {
             // is taken; it is within a few GPUs' price of the proven bound.
             time_limit: None,
             skip_search: true,
+            progress: None,
         };
         let mut plans: Vec<Vec<Plan>> = vec![Vec::new(); ids.len()];
         let solved = match self.deal.sourcing.allocation {

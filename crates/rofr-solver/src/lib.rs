@@ -83,6 +83,26 @@ impl ShareLimit {
     }
 }
 
+/// Where a long search stands: the cheapest allocation found so far, if any, and the
+/// lower bound it is measured against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub best: Option<f64>,
+    pub bound: f64,
+    /// Nodes of the search tree solved so far.
+    pub nodes: u64,
+}
+
+/// Told of a search's [`Progress`] every few seconds while it runs.
+#[derive(Clone)]
+pub struct Reporter(pub std::sync::Arc<dyn Fn(&Progress) + Send + Sync>);
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
+    }
+}
+
 /// How [`solve`] should go about an instance.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -95,6 +115,8 @@ pub struct Settings {
     /// then depends on the instance alone, never on the machine's speed, and is
     /// `optimal` only where it meets the relaxation's bound. The engine decides this way.
     pub skip_search: bool,
+    /// Told where the search stands every few seconds, where it takes that long.
+    pub progress: Option<Reporter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -586,6 +608,7 @@ pub fn exact(
             preferred: BTreeSet::new(),
             time_limit,
             skip_search: false,
+            progress: None,
         },
     )
 }
@@ -619,13 +642,7 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
             });
         }
     }
-    let best = least_cost(
-        instance,
-        &limits,
-        &settings.preferred,
-        settings.time_limit,
-        settings.skip_search,
-    )?;
+    let best = least_cost(instance, &limits, settings)?;
     if settings.skip_search {
         return Ok(best);
     }
@@ -647,18 +664,28 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
 fn least_cost(
     instance: &Instance,
     limits: &[ShareLimit],
-    preferred: &BTreeSet<String>,
-    time_limit: Option<std::time::Duration>,
-    skip_search: bool,
+    settings: &Settings,
 ) -> Result<Solution, Infeasible> {
     use microlp::SolutionStatus;
+    let (preferred, time_limit, skip_search) = (
+        &settings.preferred,
+        settings.time_limit,
+        settings.skip_search,
+    );
     let started = std::time::Instant::now();
     if !skip_search {
         // The search over unit rooms, where no limit binds its relaxation: it may take
         // all the time, less a margin for checking its answer, and its first flow
         // a third of it.
         let by = |share: f64| time_limit.map(|t| started + t.mul_f64(share));
-        if let Some(outcome) = rooms::search(instance, limits, preferred, by(0.3), by(0.95)) {
+        let searched = rooms::search(
+            instance,
+            limits,
+            preferred,
+            (by(0.3), by(0.95)),
+            settings.progress.as_ref(),
+        );
+        if let Some(outcome) = searched {
             if let Some(best) = outcome.best {
                 let proven = if outcome.finished {
                     best.cost

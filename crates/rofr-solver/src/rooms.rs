@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::flow::{Arc, Builder, FlowState, Network};
-use crate::{fill, Instance, ShareLimit, Solution, Strategy};
+use crate::{fill, Instance, Progress, Reporter, ShareLimit, Solution, Strategy};
 
 /// GPUs by (need, pool).
 pub(crate) type Taken = BTreeMap<(usize, usize), u64>;
@@ -70,6 +70,12 @@ struct Search<'a> {
     /// What branching on each room has cost so far, per whole unit moved: the sum of
     /// the rises in cost and how many there were, below and above.
     pseudo: Vec<Pseudo>,
+    /// The first flow's cost, less the rounding of costs.
+    bound: f64,
+    reporter: Option<&'a Reporter>,
+    /// Nodes solved, and when the reporter was last told.
+    nodes: u64,
+    reported: Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +94,9 @@ impl Pseudo {
         (known, score(down, up))
     }
 }
+
+/// How often the reporter is told where the search stands.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Rooms tried out at most at one node of the tree.
 const STRONG: usize = 8;
@@ -116,8 +125,8 @@ pub(crate) fn search(
     instance: &Instance,
     limits: &[ShareLimit],
     preferred: &BTreeSet<String>,
-    first_by: Option<Instant>,
-    deadline: Option<Instant>,
+    (first_by, deadline): (Option<Instant>, Option<Instant>),
+    reporter: Option<&Reporter>,
 ) -> Option<Outcome> {
     let placements: usize = instance.needs.iter().map(|n| n.pools.len()).sum();
     if placements > MOST_PLACEMENTS || !fits(instance) {
@@ -136,6 +145,10 @@ pub(crate) fn search(
         deadline,
         finished: true,
         error: 0.5 / SCALE * instance.needs.iter().map(|n| n.gpus as f64).sum::<f64>(),
+        bound: f64::NEG_INFINITY,
+        reporter,
+        nodes: 0,
+        reported: Instant::now(),
     };
     search.net.deadline = first_by;
     if !search.net.optimize() {
@@ -143,6 +156,7 @@ pub(crate) fn search(
     }
     search.net.deadline = deadline;
     let bound = search.net.cost() as f64 / SCALE - search.error;
+    search.bound = bound;
     if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
         return None;
     }
@@ -285,8 +299,22 @@ impl Search<'_> {
             .collect()
     }
 
-    fn out_of_time(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
+    /// Whether the deadline has passed; tells the reporter where the search stands
+    /// when it last did so some seconds ago.
+    fn out_of_time(&mut self) -> bool {
+        self.nodes += 1;
+        let now = Instant::now();
+        if let Some(reporter) = self.reporter {
+            if now.duration_since(self.reported) >= REPORT_EVERY {
+                self.reported = now;
+                (reporter.0)(&Progress {
+                    best: self.best.as_ref().map(|b| b.cost),
+                    bound: self.bound,
+                    nodes: self.nodes,
+                });
+            }
+        }
+        self.deadline.is_some_and(|d| now >= d)
     }
 
     /// The cost of the network (in its units) at or above which a node cannot lead to

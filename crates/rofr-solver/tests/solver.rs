@@ -349,7 +349,7 @@ proptest! {
             limits: limits.clone(),
             preferred: ["c0".to_owned()].into(),
             time_limit: None,
-            skip_search: false,
+            ..Default::default()
         };
         let solved = rofr_solver::solve(&instance, &settings).unwrap();
         if optimum.is_infinite() {
@@ -390,7 +390,7 @@ fn a_preferred_provider_is_favoured_by_gpu_hours_at_equal_cost() {
         }],
         preferred: ["c0".to_owned()].into(),
         time_limit: None,
-        skip_search: false,
+        ..Default::default()
     };
     let solved = rofr_solver::solve(&instance, &settings).unwrap();
     assert_eq!(solved.status, "optimal");

@@ -54,9 +54,12 @@ enum Command {
     Serve(serve::Args),
     /// Allocate an instance (PRODUCT.md §7.2) and write the solution.
     ///
-    /// `exact` solves the mixed-integer program; `status` is `optimal` only when proven,
-    /// `feasible` with a lower `bound` when the time limit cut the proof short. `ordered`
-    /// and `cheapest-first` are the baselines the optimizer must beat.
+    /// `exact` searches for the least-cost allocation and proves it (over each pool's
+    /// room for each unit, on a minimum-cost flow; where caps bind, by a mixed-integer
+    /// program); `status` is `optimal` only when proven, `feasible` with a lower `bound`
+    /// when the time limit cut the proof short. Without `--time-limit` the search runs
+    /// until it has its proof, telling standard error where it stands every few seconds.
+    /// `ordered` and `cheapest-first` are the baselines the optimizer must beat.
     Solve {
         /// The instance (JSON).
         instance: std::path::PathBuf,
@@ -156,10 +159,27 @@ fn solve(
         Some(s) => anyhow::bail!("--time-limit must be a positive number of seconds, not {s}"),
         None => None,
     };
+    let started = std::time::Instant::now();
     let solution = match strategy {
         "ordered" => rofr_solver::baseline(&instance, rofr_solver::Strategy::Ordered),
         "cheapest-first" => rofr_solver::baseline(&instance, rofr_solver::Strategy::CheapestFirst),
-        _ => rofr_solver::exact(&instance, limit),
+        _ => {
+            let solved = rofr_solver::solve(
+                &instance,
+                &rofr_solver::Settings {
+                    limits: instance.share_limits(),
+                    time_limit: limit,
+                    progress: Some(rofr_solver::Reporter(std::sync::Arc::new(|p| {
+                        eprintln!("rofr solve: {}", searching(p));
+                    }))),
+                    ..Default::default()
+                },
+            );
+            if let Ok(s) = &solved {
+                eprintln!("rofr solve: {}", outcome(s, started.elapsed()));
+            }
+            solved
+        }
     }
     .map_err(|e| anyhow::anyhow!("{strategy}: {e}"))?;
     let text = serde_json::to_string_pretty(&solution)? + "\n";
@@ -169,6 +189,34 @@ fn solve(
         None => print!("{text}"),
     }
     Ok(exit::OK)
+}
+
+/// A search's progress, for standard error.
+fn searching(p: &rofr_solver::Progress) -> String {
+    let best = match p.best {
+        Some(best) => format!(
+            "best so far {best:.2}, {:.4}% above the bound {:.2}",
+            (best - p.bound) / best.abs().max(1.0) * 100.0,
+            p.bound
+        ),
+        None => format!("nothing found yet; bound {:.2}", p.bound),
+    };
+    format!("searching: {best}, {} nodes", p.nodes)
+}
+
+/// How a search ended, for standard error.
+fn outcome(s: &rofr_solver::Solution, took: std::time::Duration) -> String {
+    let seconds = took.as_secs_f64();
+    match s.status.as_str() {
+        "optimal" => format!("optimal at {:.2}, proven in {seconds:.2} s", s.cost),
+        "feasible" => format!(
+            "feasible at {:.2}, {:.4}% above the bound {:.2}, not proven optimal in {seconds:.2} s",
+            s.cost,
+            (s.cost - s.bound) / s.cost.abs().max(1.0) * 100.0,
+            s.bound
+        ),
+        other => format!("{other} after {seconds:.2} s"),
+    }
 }
 
 fn migrate(database: &rofr_store::Location) -> anyhow::Result<u8> {

@@ -24,6 +24,13 @@ fn the_product_example_is_solved_to_the_product_solution() {
         assert_eq!(solution["status"], "optimal", "{strategy}");
         assert_eq!(solution["bound"], 179712.0, "{strategy}");
         assert_eq!(solution["allocations"][0]["gpus"], 64, "{strategy}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        if strategy == "exact" {
+            assert!(
+                said.contains("rofr solve: optimal at 179712.00, proven in "),
+                "{said}"
+            );
+        }
     }
 }
 
