@@ -885,23 +885,30 @@ async fn my_awards(
 ) -> Result<Json<AwardList>, ApiError> {
     let provider = caller.provider("list its awards")?;
     let limit = page_limit(query.limit)? as usize;
-    let statuses: Option<Vec<&str>> = query
+    let statuses: Option<Vec<views::AwardState>> = query
         .status
         .as_deref()
-        .map(|s| s.split(',').map(str::trim).collect());
-    for status in statuses.iter().flatten() {
-        if !views::AWARD_STATUSES.contains(status) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                format!(
-                    "unknown award status `{status}`: use one or more of {}, separated by commas",
-                    views::AWARD_STATUSES.join(", ")
-                ),
-            )
-            .field("status"));
-        }
-    }
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .map(|status| {
+                    views::AwardState::parse(status).ok_or_else(|| {
+                        let known: Vec<&str> =
+                            views::AwardState::ALL.iter().map(|s| s.as_str()).collect();
+                        ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "invalid_field",
+                            format!(
+                                "unknown award status `{status}`: use one or more of {}, separated by commas",
+                                known.join(", ")
+                            ),
+                        )
+                        .field("status")
+                    })
+                })
+                .collect()
+        })
+        .transpose()?;
     let after = query.after.as_deref();
     let page = broker
         .read_committed(|e| {

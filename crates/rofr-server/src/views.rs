@@ -128,14 +128,7 @@ fn award_views(need: &NeedState) -> impl Iterator<Item = AwardView> + '_ {
         provider: a.provider.to_string(),
         gpus: a.gpus,
         price_per_gpu_hour: a.price,
-        status: match a.status {
-            AwardStatus::PendingApproval => "pending_approval",
-            AwardStatus::Made => "made",
-            AwardStatus::Confirmed if need.closed == Some(Closed::Completed) => "completed",
-            AwardStatus::Confirmed => "confirmed",
-            AwardStatus::Rejected => "rejected",
-            AwardStatus::Failed => "failed",
-        },
+        status: AwardState::of(need, a.status).as_str(),
         confirm_by: a.confirm_by,
         reservation: a.reservation.as_deref().map(str::to_owned),
         sku: need.spec.sku.to_string(),
@@ -180,19 +173,62 @@ pub fn rfqs_for(engine: &Engine, provider: &ProviderId) -> Vec<RfqView> {
         .collect()
 }
 
-/// The statuses an award may have, as [`AwardView::status`] gives them.
-pub const AWARD_STATUSES: [&str; 6] = [
-    "pending_approval",
-    "made",
-    "confirmed",
-    "completed",
-    "rejected",
-    "failed",
-];
+/// An award's status as [`AwardView::status`] gives it: the engine's, with a confirmed
+/// award of a completed need called `completed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwardState {
+    PendingApproval,
+    Made,
+    Confirmed,
+    Completed,
+    Rejected,
+    Failed,
+}
 
-/// Awards awaiting an answer: only needs not at rest hold them, so a page of these
-/// alone passes packed needs by.
-const OPEN_AWARD_STATUSES: [&str; 2] = ["pending_approval", "made"];
+impl AwardState {
+    pub const ALL: [AwardState; 6] = [
+        AwardState::PendingApproval,
+        AwardState::Made,
+        AwardState::Confirmed,
+        AwardState::Completed,
+        AwardState::Rejected,
+        AwardState::Failed,
+    ];
+
+    fn of(need: &NeedState, status: AwardStatus) -> AwardState {
+        match status {
+            AwardStatus::PendingApproval => AwardState::PendingApproval,
+            AwardStatus::Made => AwardState::Made,
+            AwardStatus::Confirmed if need.closed == Some(Closed::Completed) => {
+                AwardState::Completed
+            }
+            AwardStatus::Confirmed => AwardState::Confirmed,
+            AwardStatus::Rejected => AwardState::Rejected,
+            AwardStatus::Failed => AwardState::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AwardState::PendingApproval => "pending_approval",
+            AwardState::Made => "made",
+            AwardState::Confirmed => "confirmed",
+            AwardState::Completed => "completed",
+            AwardState::Rejected => "rejected",
+            AwardState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AwardState> {
+        AwardState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Awaiting an answer: only needs not at rest hold such awards, so a page of these
+    /// alone passes packed needs by.
+    fn open(self) -> bool {
+        matches!(self, AwardState::PendingApproval | AwardState::Made)
+    }
+}
 
 /// The most needs one page of awards reads: a page for a provider with few awards
 /// among many needs ends there, short, with where to continue. The engine is locked
@@ -207,17 +243,18 @@ pub const AWARDS_SCAN: usize = 20_000;
 pub fn awards_page(
     engine: &Engine,
     provider: &ProviderId,
-    statuses: Option<&[&str]>,
+    statuses: Option<&[AwardState]>,
     after: Option<&str>,
     limit: usize,
     scan: usize,
 ) -> Option<(Vec<AwardView>, Option<String>)> {
-    let packed = statuses.is_none_or(|s| s.iter().any(|s| !OPEN_AWARD_STATUSES.contains(s)));
+    let packed = statuses.is_none_or(|s| s.iter().any(|s| !s.open()));
     let mut awards = Vec::new();
     for (read, need) in engine.state().needs_after(after, packed)?.enumerate() {
         if need.awards.iter().any(|a| &a.provider == provider) {
             awards.extend(award_views(&need).filter(|a| {
-                a.provider == provider.as_str() && statuses.is_none_or(|s| s.contains(&a.status))
+                a.provider == provider.as_str()
+                    && statuses.is_none_or(|s| s.iter().any(|s| s.as_str() == a.status))
             }));
         }
         if awards.len() >= limit || read + 1 >= scan {
@@ -485,11 +522,19 @@ mod tests {
         }
         assert_eq!(all.len(), 5, "following the pages reaches every award");
 
-        let made = awards_page(&engine, &holder, Some(&["made"]), None, 100, 100).unwrap();
+        let made =
+            awards_page(&engine, &holder, Some(&[AwardState::Made]), None, 100, 100).unwrap();
         assert_eq!(made.0.len(), 4);
         assert!(made.0.iter().all(|a| a.status == "made"));
-        let confirmed =
-            awards_page(&engine, &holder, Some(&["confirmed"]), None, 100, 100).unwrap();
+        let confirmed = awards_page(
+            &engine,
+            &holder,
+            Some(&[AwardState::Confirmed]),
+            None,
+            100,
+            100,
+        )
+        .unwrap();
         assert_eq!(needs(&confirmed.0), ["b00000000"]);
 
         let alt = ProviderId::parse("alt").unwrap();
