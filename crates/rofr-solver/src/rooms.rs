@@ -113,7 +113,7 @@ fn score(down: f64, up: f64) -> f64 {
 /// Needs' placements beyond which the search is not tried: the first flow, found by
 /// successive shortest paths from nothing, grows with the square of the instance and
 /// takes longer than the linear program's relaxation beyond about this size.
-pub(crate) const MOST_PLACEMENTS: usize = 10_000;
+const MOST_PLACEMENTS: usize = 10_000;
 
 /// Searches for the cheapest allocation that keeps `limits`, favouring `preferred`
 /// providers where a greedy fill tops up an allocation, until `deadline`; the first
@@ -155,15 +155,14 @@ pub(crate) fn search(
         return None;
     }
     search.net.deadline = deadline;
-    let bound = search.net.cost() as f64 / SCALE - search.error;
-    search.bound = bound;
+    search.bound = search.net.cost() as f64 / SCALE - search.error;
     if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
         return None;
     }
     search.improve(search.whole_units());
     search.dive();
     Some(Outcome {
-        bound,
+        bound: search.bound,
         best: search.best,
         finished: search.finished,
     })
@@ -299,8 +298,8 @@ impl Search<'_> {
             .collect()
     }
 
-    /// Whether the deadline has passed; tells the reporter where the search stands
-    /// when it last did so some seconds ago.
+    /// Counts a node solved and says whether the deadline has passed; tells the
+    /// reporter where the search stands when it last did so some seconds ago.
     fn out_of_time(&mut self) -> bool {
         self.nodes += 1;
         let now = Instant::now();
@@ -339,7 +338,7 @@ impl Search<'_> {
         if self.net.cost() >= self.cutoff() {
             return;
         }
-        let children = loop {
+        let mut children = loop {
             let here = self.net.cost();
             let mut fractional: Vec<(usize, f64)> = Vec::new();
             for (r, room) in self.rooms.iter().enumerate() {
@@ -368,14 +367,15 @@ impl Search<'_> {
             let mut fixed = false;
             let mut since_better = 0;
             for (k, &(r, f)) in fractional.iter().enumerate() {
+                // The first room is always tried out; then rooms until STRONG, except
+                // that once estimates can be trusted (or LOOKAHEAD tries brought
+                // nothing better), rooms whose estimate is below the best stop it.
                 let (known, estimated) = self.pseudo[r].estimate(f);
-                if k > 0 && (known || k >= STRONG || since_better >= LOOKAHEAD) {
-                    if best.as_ref().is_some_and(|b| b.0 >= estimated) {
-                        break;
-                    }
-                    if k >= STRONG {
-                        break;
-                    }
+                let settled = known || since_better >= LOOKAHEAD;
+                if k >= STRONG
+                    || (k > 0 && settled && best.as_ref().is_some_and(|b| b.0 >= estimated))
+                {
+                    break;
                 }
                 let arc = self.rooms[r].arc;
                 let unit = self.rooms[r].unit as i64;
@@ -436,7 +436,6 @@ impl Search<'_> {
             }
             break best.expect("the first room is always tried").1;
         };
-        let mut children = children;
         children.sort_by_key(|c| c.0);
         for (cost, state) in children {
             if cost >= self.cutoff() {
