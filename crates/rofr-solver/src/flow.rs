@@ -147,17 +147,15 @@ impl Network {
     /// [`Network::optimize`].
     pub(crate) fn set_bounds(&mut self, arc: Arc, lo: i64, hi: i64) {
         debug_assert!(lo <= hi);
+        let reduced = self.reduced(arc);
         let s = &mut self.state;
         s.lo[arc] = lo;
         s.hi[arc] = hi;
-        let reduced = self.reduced(arc);
-        let s = &mut self.state;
-        let mut target = s.flow[arc].clamp(lo, hi);
-        if reduced < 0 {
-            target = hi;
-        } else if reduced > 0 {
-            target = lo;
-        }
+        let target = match reduced.cmp(&0) {
+            std::cmp::Ordering::Less => hi,
+            std::cmp::Ordering::Greater => lo,
+            std::cmp::Ordering::Equal => s.flow[arc].clamp(lo, hi),
+        };
         let moved = target - s.flow[arc];
         s.flow[arc] = target;
         s.excess[self.from[arc] as usize] -= moved;
