@@ -467,12 +467,7 @@ fn fill(
         }),
     }
     let limits: Vec<&ShareLimit> = limits.iter().filter(|l| l.max_share < 1.0).collect();
-    let mut tally = Tally {
-        left_need: instance.needs.iter().map(|n| n.gpus).collect(),
-        left_pool: instance.pools.iter().map(|p| p.gpus).collect(),
-        own: limits.iter().map(|l| l.own).collect(),
-        total: limits.iter().map(|l| l.total).collect(),
-    };
+    let mut tally = Tally::new(instance, &limits);
     for (&(n, p), &gpus) in &start {
         tally.place(instance, &limits, n, p, gpus);
     }
@@ -526,7 +521,7 @@ fn fill(
 }
 
 /// What is left of needs and pools, and what each limit counts, as a fill proceeds.
-struct Tally {
+pub(crate) struct Tally {
     left_need: Vec<u64>,
     left_pool: Vec<u64>,
     own: Vec<f64>,
@@ -534,7 +529,25 @@ struct Tally {
 }
 
 impl Tally {
-    fn place(
+    /// Nothing placed yet.
+    pub(crate) fn new(instance: &Instance, limits: &[&ShareLimit]) -> Tally {
+        Tally {
+            left_need: instance.needs.iter().map(|n| n.gpus).collect(),
+            left_pool: instance.pools.iter().map(|p| p.gpus).collect(),
+            own: limits.iter().map(|l| l.own).collect(),
+            total: limits.iter().map(|l| l.total).collect(),
+        }
+    }
+
+    /// Whether what is placed keeps every limit (the checker's tolerance).
+    pub(crate) fn keeps(&self, limits: &[&ShareLimit]) -> bool {
+        limits
+            .iter()
+            .enumerate()
+            .all(|(i, limit)| self.own[i] <= limit.max_share * self.total[i] * (1.0 + 1e-9) + 1e-6)
+    }
+
+    pub(crate) fn place(
         &mut self,
         instance: &Instance,
         limits: &[&ShareLimit],

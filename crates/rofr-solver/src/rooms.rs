@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::flow::{Arc, Builder, FlowState, Network};
-use crate::{fill, Instance, Progress, Reporter, ShareLimit, Solution, Strategy};
+use crate::{fill, Instance, Progress, Reporter, ShareLimit, Solution, Strategy, Tally};
 
 /// GPUs by (need, pool).
 pub(crate) type Taken = BTreeMap<(usize, usize), u64>;
@@ -274,19 +274,12 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// Whether GPUs placed by (need, pool), whole units or not, keep every limit.
 fn keeps_limits(instance: &Instance, limits: &[ShareLimit], taken: &Taken) -> bool {
-    limits.iter().filter(|l| l.max_share < 1.0).all(|limit| {
-        let (mut own, mut total) = (limit.own, limit.total);
-        for (&(n, p), &gpus) in taken {
-            let pool = &instance.pools[p];
-            let amount =
-                gpus as f64 * limit.weight(instance.needs[n].hours, pool.price_per_gpu_hour);
-            total += amount;
-            if pool.provider == limit.provider {
-                own += amount;
-            }
-        }
-        own <= limit.max_share * total + 1e-9 * total.abs().max(1.0)
-    })
+    let limits: Vec<&ShareLimit> = limits.iter().filter(|l| l.max_share < 1.0).collect();
+    let mut tally = Tally::new(instance, &limits);
+    for (&(n, p), &gpus) in taken {
+        tally.place(instance, &limits, n, p, gpus);
+    }
+    tally.keeps(&limits)
 }
 
 impl Search<'_> {
