@@ -686,6 +686,7 @@ fn least_cost(
         settings.skip_search,
     );
     let started = std::time::Instant::now();
+    let mut searched_best = None;
     if !skip_search {
         // The search over unit rooms, where no limit binds its relaxation: it may take
         // all the time, less a margin for checking its answer, and its first flow
@@ -699,13 +700,18 @@ fn least_cost(
             settings.progress.as_ref(),
         );
         if let Some(outcome) = searched {
-            if let Some(best) = outcome.best {
-                let proven = if outcome.finished {
-                    best.cost
-                } else {
-                    outcome.bound.max(instance.lower_bound())
-                };
-                return Ok(cheapest_against(vec![best], proven));
+            match outcome.best {
+                Some(best) if outcome.finished => {
+                    let cost = best.cost;
+                    return Ok(cheapest_against(vec![best], cost));
+                }
+                Some(best) if outcome.out_of_time => {
+                    let bound = outcome.bound.max(instance.lower_bound());
+                    return Ok(cheapest_against(vec![best], bound));
+                }
+                // Stopped at an allocation that breaks a limit: the program goes on
+                // from the best found.
+                best => searched_best = best,
             }
         }
     }
@@ -725,7 +731,7 @@ fn least_cost(
     // so that the whole call keeps to the limit.
     let remaining = || time_limit.map(|t| t.saturating_sub(started.elapsed()).mul_f64(0.8));
     let mut bound = instance.lower_bound();
-    let mut candidates: Vec<Solution> = Vec::new();
+    let mut candidates: Vec<Solution> = searched_best.into_iter().collect();
     if let Some(lp) = &relaxed {
         bound = bound.max(lp.objective() + constant_cost(instance));
         let mut start = BTreeMap::new();

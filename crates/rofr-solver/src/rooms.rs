@@ -36,6 +36,9 @@ pub(crate) struct Outcome {
     /// Whether the search finished: then no allocation that keeps the limits costs
     /// less than `best`.
     pub finished: bool,
+    /// Whether it stopped for want of time (rather than at an allocation that breaks
+    /// a limit, where the program may still prove an optimum).
+    pub out_of_time: bool,
 }
 
 /// One pool's room for one unit: the arc from the unit's node to the pool.
@@ -64,6 +67,7 @@ struct Search<'a> {
     /// False once a part of the tree is left unexplored: for want of time, or at a
     /// node in whole units whose allocation breaks a limit.
     finished: bool,
+    out_of_time: bool,
     /// How far the network's cost of any flow, in dollars, may lie from its cost in
     /// the instance's prices: half a unit of the network's costs for every GPU.
     error: f64,
@@ -144,6 +148,7 @@ pub(crate) fn search(
         best: None,
         deadline,
         finished: true,
+        out_of_time: false,
         error: 0.5 / SCALE * instance.needs.iter().map(|n| n.gpus as f64).sum::<f64>(),
         bound: f64::NEG_INFINITY,
         reporter,
@@ -165,6 +170,7 @@ pub(crate) fn search(
         bound: search.bound,
         best: search.best,
         finished: search.finished,
+        out_of_time: search.out_of_time,
     })
 }
 
@@ -309,6 +315,11 @@ impl Search<'_> {
         self.deadline.is_some_and(|d| now >= d)
     }
 
+    fn stop_for_time(&mut self) {
+        self.finished = false;
+        self.out_of_time = true;
+    }
+
     /// The cost of the network (in its units) at or above which a node cannot lead to
     /// an allocation cheaper than the best so far.
     fn cutoff(&self) -> i128 {
@@ -325,7 +336,7 @@ impl Search<'_> {
     /// found is moved to its other side at once, without a branch.
     fn dive(&mut self) {
         if self.out_of_time() {
-            self.finished = false;
+            self.stop_for_time();
             return;
         }
         if self.net.cost() >= self.cutoff() {
@@ -343,7 +354,8 @@ impl Search<'_> {
             }
             if fractional.is_empty() {
                 // Every room is in whole units: the node's optimum is an allocation.
-                // One that breaks a limit leaves the node unresolved.
+                // One that breaks a limit leaves the node unresolved, and the search
+                // stops: the limits need the program's branch and bound.
                 if !self.improve(self.whole_units()) {
                     self.finished = false;
                 }
@@ -396,7 +408,7 @@ impl Search<'_> {
                 }
                 if self.net.timed_out {
                     // A side not solved in time is neither infeasible nor priced.
-                    self.finished = false;
+                    self.stop_for_time();
                     return;
                 }
                 match sides.len() {
@@ -422,7 +434,7 @@ impl Search<'_> {
             }
             if fixed {
                 if self.out_of_time() {
-                    self.finished = false;
+                    self.stop_for_time();
                     return;
                 }
                 continue;

@@ -87,6 +87,35 @@ fn a_pool_shared_by_units_of_one_and_eight_is_rounded_to_the_optimum() {
 }
 
 #[test]
+fn a_limit_that_rounding_breaks_is_still_solved_to_a_proven_optimum() {
+    // c1 holds 100 of 100 in spend and may hold at most 20%: 400 more must be placed
+    // elsewhere. The relaxation places 720 and keeps the limit, but of its two roundings
+    // of p2's room for units of 8, one (n1 on p2, n0 short: 160) breaks it. The optimum
+    // is n0 on p2 (120) and n1 on p1 (1,040).
+    let text = r#"{
+      "needs": [ { "id": "n0", "gpus": 4, "hours": 15, "unit": 4, "shortfall_penalty": 11.0, "pools": ["p0", "p2"] },
+                 { "id": "n1", "gpus": 8, "hours": 10, "unit": 8, "shortfall_penalty": 14.0, "pools": ["p1", "p2"] } ],
+      "pools": [ { "id": "p0", "provider": "c0", "gpus": 0, "price_per_gpu_hour": 1.0 },
+                 { "id": "p1", "provider": "c0", "gpus": 8, "price_per_gpu_hour": 13.0 },
+                 { "id": "p2", "provider": "c0", "gpus": 8, "price_per_gpu_hour": 2.0 } ]
+    }"#;
+    let instance = Instance::parse(text.as_bytes()).unwrap();
+    let settings = rofr_solver::Settings {
+        limits: vec![rofr_solver::ShareLimit {
+            provider: "c1".into(),
+            max_share: 0.2,
+            spend: true,
+            own: 100.0,
+            total: 100.0,
+        }],
+        ..Default::default()
+    };
+    let solved = rofr_solver::solve(&instance, &settings).unwrap();
+    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.cost, 1160.0);
+}
+
+#[test]
 fn shortfall_is_chosen_where_it_costs_less_than_supply() {
     let text = EXAMPLE.replace(
         r#""shortfall_penalty": 50.0"#,
