@@ -135,6 +135,32 @@ impl Network {
             .sum()
     }
 
+    /// A lower bound on the cost of every flow that keeps the arcs' bounds and the
+    /// nodes' supplies, from the potentials alone (the dual of the flow's program):
+    /// the supplies priced at the potentials, plus each arc's reduced cost at whichever
+    /// bound makes it least. It holds for any potentials and equals the cost at an
+    /// optimum; it is what a first flow cut short can still prove.
+    pub(crate) fn dual_bound(&self) -> i128 {
+        let s = &self.state;
+        // Supplies are what each node has yet to send plus what its arcs carry out.
+        let priced: i128 = s
+            .excess
+            .iter()
+            .zip(&s.potential)
+            .map(|(&e, &p)| i128::from(e) * i128::from(p))
+            .sum();
+        let arcs: i128 = (0..self.cost.len())
+            .map(|a| {
+                let reduced = i128::from(self.reduced(a));
+                let through = i128::from(s.potential[self.from[a] as usize])
+                    - i128::from(s.potential[self.to[a] as usize]);
+                let least = (reduced * i128::from(s.lo[a])).min(reduced * i128::from(s.hi[a]));
+                i128::from(s.flow[a]) * through + least
+            })
+            .sum();
+        priced + arcs
+    }
+
     /// The arc's cost less the potentials of its ends: what a unit more costs, given
     /// what the potentials say a unit is worth at each end.
     fn reduced(&self, arc: Arc) -> i64 {
@@ -182,13 +208,38 @@ impl Network {
             if sources.is_empty() {
                 return true;
             }
-            let Some(sink) = self.shortest_paths(&sources) else {
+            // A search from the fewer side: after a bound change, one node has excess
+            // and one is short, and the nearest path is enough; at the start, every
+            // need has excess and only the sink is short, and one search backwards
+            // from the sink gives every need its cheapest path at once.
+            let deficits = self.state.excess.iter().filter(|&&e| e < 0).count();
+            if sources.len() <= deficits {
+                let Some(sink) = self.shortest_paths(&sources) else {
+                    return false;
+                };
+                self.augment(sink);
+            } else if !self.toward_deficits(&sources) {
                 return false;
-            };
-            self.augment(sink);
+            }
             self.augment_admissible(&sources);
         }
         unreachable!("rounds never run out")
+    }
+
+    /// The residual arc that `entry` (as in `adjacent`, at some node) gives, leaving
+    /// the node (`outward`) or entering it: the node at its other end and its reduced
+    /// cost; `None` where the arc's bounds leave no room that way.
+    fn residual(&self, entry: u32, outward: bool) -> Option<(usize, i64)> {
+        let arc = (entry / 2) as usize;
+        let leaves = entry % 2 == 0;
+        let other = if leaves { self.to[arc] } else { self.from[arc] } as usize;
+        if leaves == outward {
+            // Along the arc: more flow.
+            (self.state.flow[arc] < self.state.hi[arc]).then(|| (other, self.reduced(arc)))
+        } else {
+            // Against it: less flow.
+            (self.state.flow[arc] > self.state.lo[arc]).then(|| (other, -self.reduced(arc)))
+        }
     }
 
     /// Whether a unit more along `entry` (as in `adjacent`) fits its arc's bounds and
@@ -296,44 +347,71 @@ impl Network {
     /// nearest node short of flow is settled; then the potentials move so that the path
     /// found costs nothing under them and no residual arc has a negative reduced cost.
     fn shortest_paths(&mut self, sources: &[u32]) -> Option<usize> {
-        let nodes = self.state.excess.len();
+        let roots: Vec<usize> = sources.iter().map(|&s| s as usize).collect();
+        let (sink, reach) = self.search(&roots, true, |net, v| net.state.excess[v] < 0)?;
+        self.shift_potentials(reach, -1);
+        Some(sink)
+    }
+
+    /// Dijkstra's search backwards from every node short of flow, under reduced costs,
+    /// until every node with excess is settled; then the potentials move so that each
+    /// of those nodes' cheapest paths to a node short of flow costs nothing, and no
+    /// residual arc has a negative reduced cost. False when some node with excess
+    /// reaches no node short of flow.
+    fn toward_deficits(&mut self, sources: &[u32]) -> bool {
+        let roots: Vec<usize> = (0..self.state.excess.len())
+            .filter(|&v| self.state.excess[v] < 0)
+            .collect();
+        let mut waiting = sources.len();
+        let last = self.search(&roots, false, |net, v| {
+            if net.state.excess[v] > 0 {
+                waiting -= 1;
+            }
+            waiting == 0
+        });
+        let Some((_, reach)) = last else {
+            return false;
+        };
+        self.shift_potentials(reach, 1);
+        true
+    }
+
+    /// Dijkstra's search from `roots` along residual arcs leaving each node (`outward`)
+    /// or, backwards, entering it, under reduced costs, until `done` says of a node just
+    /// settled that it is the last needed: that node and its distance. Arcs of no
+    /// reduced cost settle their far end at once, without the heap. Distances and the
+    /// entry each node was reached by are left in `distance` and `parent`.
+    fn search(
+        &mut self,
+        roots: &[usize],
+        outward: bool,
+        mut done: impl FnMut(&Self, usize) -> bool,
+    ) -> Option<(usize, i64)> {
         self.distance.fill(i64::MAX);
         self.settled.fill(false);
         let mut heap = BinaryHeap::new();
-        for &s in sources {
-            self.distance[s as usize] = 0;
-            self.parent[s as usize] = u32::MAX;
-            heap.push(Reverse((0i64, s)));
+        for &r in roots {
+            self.distance[r] = 0;
+            self.parent[r] = u32::MAX;
+            heap.push(Reverse((0i64, r as u32)));
         }
-        // Nodes settled at the distance being searched, whose arcs are still to scan:
-        // an arc of no reduced cost settles its far end at once, without the heap.
+        // Nodes settled at the distance being searched, whose arcs are still to scan.
         let mut level: Vec<usize> = Vec::new();
-        let mut found = None;
-        'search: while let Some(Reverse((d, v))) = heap.pop() {
+        while let Some(Reverse((d, v))) = heap.pop() {
             let v = v as usize;
             if self.settled[v] || d > self.distance[v] {
                 continue;
             }
             self.settled[v] = true;
-            if self.state.excess[v] < 0 {
-                found = Some(v);
-                break;
+            if done(self, v) {
+                return Some((v, d));
             }
             level.push(v);
             while let Some(u) = level.pop() {
                 for i in self.first[u]..self.first[u + 1] {
                     let entry = self.adjacent[i as usize];
-                    let arc = (entry / 2) as usize;
-                    let (w, step) = if entry % 2 == 0 {
-                        if self.state.flow[arc] >= self.state.hi[arc] {
-                            continue;
-                        }
-                        (self.to[arc] as usize, self.reduced(arc))
-                    } else {
-                        if self.state.flow[arc] <= self.state.lo[arc] {
-                            continue;
-                        }
-                        (self.from[arc] as usize, -self.reduced(arc))
+                    let Some((w, step)) = self.residual(entry, outward) else {
+                        continue;
                     };
                     if self.settled[w] {
                         continue;
@@ -343,9 +421,8 @@ impl Network {
                         self.distance[w] = d;
                         self.parent[w] = entry;
                         self.settled[w] = true;
-                        if self.state.excess[w] < 0 {
-                            found = Some(w);
-                            break 'search;
+                        if done(self, w) {
+                            return Some((w, d));
                         }
                         level.push(w);
                     } else if d + step < self.distance[w] {
@@ -356,17 +433,22 @@ impl Network {
                 }
             }
         }
-        let sink = found?;
-        let reach = self.distance[sink];
-        for v in 0..nodes {
+        None
+    }
+
+    /// Moves each node's potential by its distance in the last search (`sign` −1 for
+    /// a search along arcs, +1 for one against them), nodes not settled by `reach`:
+    /// the paths the search found then cost nothing, and no residual arc has a negative
+    /// reduced cost.
+    fn shift_potentials(&mut self, reach: i64, sign: i64) {
+        for v in 0..self.state.potential.len() {
             let d = if self.settled[v] {
                 self.distance[v]
             } else {
                 reach
             };
-            self.state.potential[v] -= d;
+            self.state.potential[v] += sign * d;
         }
-        Some(sink)
     }
 
     /// Sends as much as the path to `sink` allows, from the excess it starts at.
@@ -454,12 +536,14 @@ mod tests {
         #[test]
         fn re_solving_after_bound_changes_matches_a_linear_program(
             supplies in proptest::collection::vec(0i64..12, 3),
-            demand_split in proptest::collection::vec(1i64..4, 3),
+            demand_split in proptest::collection::vec(1i64..4, 1..=3),
+            shifts in proptest::collection::vec(-60i64..60, 9),
             arcs in proptest::collection::vec((0usize..8, 0usize..8, 0i64..20, 0i64..15), 6..20),
             changes in proptest::collection::vec((0usize..64, 0i64..15, 0i64..15), 1..12),
         ) {
-            // Nodes 0–2 supply, 3–5 demand, 6–7 pass flow on; 8 is a costly hub that
-            // keeps the first problem feasible.
+            // Nodes 0–2 supply, 3–5 demand (one to three of them: with fewer, the
+            // searches run backwards from them), 6–7 pass flow on; 8 is a costly hub
+            // that keeps the first problem feasible.
             let total: i64 = supplies.iter().sum();
             let parts: i64 = demand_split.iter().sum();
             let mut demand: Vec<i64> = demand_split.iter().map(|d| total * d / parts).collect();
@@ -489,9 +573,17 @@ mod tests {
                 b.arc(from, to, cost, lo, hi);
             }
             let mut net = b.build();
-            prop_assert!(net.optimize());
+            // Any potentials bound the cost from below, with any flow.
+            let mut shifted = net.clone();
+            shifted.state.potential.copy_from_slice(&shifts);
             let expected = by_program(&supply, &list, &bounds).expect("the hub carries anything");
+            prop_assert!(shifted.dual_bound() as f64 <= expected + 1e-6);
+            prop_assert!(net.optimize());
             prop_assert!((net.cost() as f64 - expected).abs() < 1e-6);
+            prop_assert_eq!(net.dual_bound(), net.cost());
+            shifted.state.flow.clone_from(&net.state.flow);
+            shifted.state.excess.clone_from(&net.state.excess);
+            prop_assert!(shifted.dual_bound() as f64 <= expected + 1e-6);
             for &(which, a, c) in &changes {
                 let arc = which % list.len();
                 let before = net.state.clone();
@@ -503,6 +595,7 @@ mod tests {
                 if solved {
                     let expected = expected.expect("a flow the program also finds");
                     prop_assert!((net.cost() as f64 - expected).abs() < 1e-6, "{} against {expected}", net.cost());
+                    prop_assert_eq!(net.dual_bound(), net.cost());
                     for (x, &(lo, hi)) in bounds.iter().enumerate() {
                         prop_assert!(lo <= net.flow(x) && net.flow(x) <= hi);
                     }

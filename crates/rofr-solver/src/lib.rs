@@ -689,14 +689,12 @@ fn least_cost(
     let mut searched_best = None;
     if !skip_search {
         // The search over unit rooms, where no limit binds its relaxation: it may take
-        // all the time, less a margin for checking its answer, and its first flow
-        // a third of it.
-        let by = |share: f64| time_limit.map(|t| started + t.mul_f64(share));
+        // all the time, less a margin for checking its answer.
         let searched = rooms::search(
             instance,
             limits,
             preferred,
-            (by(0.3), by(0.95)),
+            time_limit.map(|t| started + t.mul_f64(0.95)),
             settings.progress.as_ref(),
         );
         if let Some(outcome) = searched {

@@ -114,22 +114,23 @@ fn score(down: f64, up: f64) -> f64 {
     down.max(1e-3) * up.max(1e-3)
 }
 
-/// Needs' placements beyond which the search is not tried: the first flow, found by
-/// successive shortest paths from nothing, grows with the square of the instance and
-/// takes longer than the linear program's relaxation beyond about this size.
-const MOST_PLACEMENTS: usize = 10_000;
+/// Needs' placements beyond which the search is not tried: the first flow grows
+/// faster than the instance (4.0 s for the 35,000 placements of the benchmark's
+/// 10,000 needs × 100 pools, where the general program's relaxation takes 3.8 s), and
+/// beyond about this size the general program does better in the same time.
+const MOST_PLACEMENTS: usize = 50_000;
 
 /// Searches for the cheapest allocation that keeps `limits`, favouring `preferred`
-/// providers where a greedy fill tops up an allocation, until `deadline`; the first
-/// flow may take until `first_by`. `None` where the search does not apply (an
-/// instance too large, or costs too large for whole millionths), where the first flow
-/// breaks one of `limits` (the search could then prove nothing), or where it was not
-/// found in time.
+/// providers where a greedy fill tops up an allocation, until `deadline`. `None`
+/// where the search does not apply (an instance too large, or costs too large for
+/// whole millionths) or where the first flow breaks one of `limits` (the search could
+/// then prove nothing). A first flow cut short by the deadline answers with itself
+/// rounded down and topped up, and the bound its potentials prove.
 pub(crate) fn search(
     instance: &Instance,
     limits: &[ShareLimit],
     preferred: &BTreeSet<String>,
-    (first_by, deadline): (Option<Instant>, Option<Instant>),
+    deadline: Option<Instant>,
     reporter: Option<&Reporter>,
 ) -> Option<Outcome> {
     let placements: usize = instance.needs.iter().map(|n| n.pools.len()).sum();
@@ -155,23 +156,35 @@ pub(crate) fn search(
         nodes: 0,
         reported: Instant::now(),
     };
-    search.net.deadline = first_by;
-    if !search.net.optimize() {
-        return None;
-    }
     search.net.deadline = deadline;
+    if !search.net.optimize() {
+        if !search.net.timed_out {
+            return None;
+        }
+        // Cut short, the flow is still optimal for what it carries: rounded down to
+        // whole units and topped up it is an allocation, and its potentials still
+        // bound every other from below.
+        search.bound = search.net.dual_bound() as f64 / SCALE - search.error;
+        search.improve(search.rounded_down());
+        search.stop_for_time();
+        return Some(search.outcome());
+    }
     search.bound = search.net.cost() as f64 / SCALE - search.error;
     if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
         return None;
     }
-    search.improve(search.whole_units());
-    search.dive();
-    Some(Outcome {
-        bound: search.bound,
-        best: search.best,
-        finished: search.finished,
-        out_of_time: search.out_of_time,
-    })
+    // The first flow rounded gives a first allocation, whether or not it keeps the
+    // limits: the search goes on either way. Each placement rounded down is one at
+    // once; each room rounded down, with the needs placed again, is a better one.
+    search.improve(search.rounded_down());
+    match search.whole_units() {
+        None => search.stop_for_time(),
+        Some(taken) => {
+            search.improve(taken);
+            search.dive();
+        }
+    }
+    Some(search.outcome())
 }
 
 /// The flow network of an instance: needs → rooms → pools → the sink, and each need
@@ -289,6 +302,15 @@ fn keeps_limits(instance: &Instance, limits: &[ShareLimit], taken: &Taken) -> bo
 }
 
 impl Search<'_> {
+    fn outcome(self) -> Outcome {
+        Outcome {
+            bound: self.bound,
+            best: self.best,
+            finished: self.finished,
+            out_of_time: self.out_of_time,
+        }
+    }
+
     fn gpus_by_placement(&self) -> Taken {
         self.placements
             .iter()
@@ -356,8 +378,13 @@ impl Search<'_> {
                 // Every room is in whole units: the node's optimum is an allocation.
                 // One that breaks a limit leaves the node unresolved, and the search
                 // stops: the limits need the program's branch and bound.
-                if !self.improve(self.whole_units()) {
-                    self.finished = false;
+                match self.whole_units() {
+                    None => self.stop_for_time(),
+                    Some(taken) => {
+                        if !self.improve(taken) {
+                            self.finished = false;
+                        }
+                    }
                 }
                 return;
             }
@@ -454,31 +481,49 @@ impl Search<'_> {
         }
     }
 
-    /// An allocation in whole units from the current node: each room rounded down to
-    /// whole units, and each unit's needs placed in those rooms at least cost. Where
-    /// every room is whole already, this costs what the node does.
-    fn whole_units(&self) -> Taken {
-        let mut taken = Taken::new();
+    /// The current flow with each placement rounded down to whole units.
+    fn rounded_down(&self) -> Taken {
+        self.placements
+            .iter()
+            .filter_map(|pl| {
+                let unit = self.instance.needs[pl.need].unit as i64;
+                let whole = self.net.flow(pl.arc) / unit * unit;
+                (whole > 0).then_some(((pl.need, pl.pool), whole as u64))
+            })
+            .collect()
+    }
+
+    /// An allocation in whole units from the current node: each room for a unit above
+    /// one rounded down to whole units, the rest of each pool left to single GPUs, and
+    /// each unit's needs placed in those rooms at least cost. Where every room is whole
+    /// already, this costs no more than the node does.
+    /// `None` where the deadline passed first.
+    fn whole_units(&self) -> Option<Taken> {
+        let mut rooms: HashMap<(usize, u64), i64> = HashMap::new();
+        let mut left: Vec<i64> = self.instance.pools.iter().map(|p| p.gpus as i64).collect();
+        for room in self.rooms.iter().filter(|r| r.unit > 1) {
+            let unit = room.unit as i64;
+            let whole = self.net.flow(room.arc) / unit * unit;
+            left[room.pool] -= whole;
+            rooms.insert((room.pool, room.unit), whole);
+        }
+        for room in self.rooms.iter().filter(|r| r.unit == 1) {
+            rooms.insert((room.pool, 1), left[room.pool]);
+        }
         let mut units: Vec<u64> = self.rooms.iter().map(|r| r.unit).collect();
         units.sort_unstable();
         units.dedup();
+        let mut taken = Taken::new();
         for unit in units {
-            if unit == 1 {
-                for pl in &self.placements {
-                    if self.instance.needs[pl.need].unit == 1 && self.net.flow(pl.arc) > 0 {
-                        taken.insert((pl.need, pl.pool), self.net.flow(pl.arc) as u64);
-                    }
-                }
-                continue;
-            }
-            taken.extend(self.transport(unit));
+            taken.extend(self.transport(unit, &rooms)?);
         }
-        taken
+        Some(taken)
     }
 
-    /// The needs of one unit placed, in whole units, in the current node's rooms for
-    /// that unit rounded down: a transportation problem, solved as a flow in units.
-    fn transport(&self, unit: u64) -> Taken {
+    /// The needs of one unit placed, in whole units, in `rooms` (GPUs by pool and
+    /// unit, whole units each): a transportation problem, solved as a flow in units.
+    /// `None` where the deadline passed first.
+    fn transport(&self, unit: u64, rooms: &HashMap<(usize, u64), i64>) -> Option<Taken> {
         let instance = self.instance;
         let mut b = Builder::default();
         let total: u64 = instance
@@ -505,8 +550,7 @@ impl Search<'_> {
         let mut room_nodes = HashMap::new();
         for room in self.rooms.iter().filter(|r| r.unit == unit) {
             let node = b.node(0);
-            let whole = self.net.flow(room.arc) / unit as i64;
-            b.arc(node, sink, 0, 0, whole);
+            b.arc(node, sink, 0, 0, rooms[&(room.pool, unit)] / unit as i64);
             room_nodes.insert(room.pool, node);
         }
         let mut arcs = Vec::new();
@@ -527,12 +571,20 @@ impl Search<'_> {
             arcs.push((pl.need, pl.pool, arc));
         }
         let mut net = b.build();
-        let solved = net.optimize();
-        debug_assert!(solved, "shortfall always absorbs what the rooms cannot");
-        arcs.into_iter()
-            .filter(|&(.., arc)| net.flow(arc) > 0)
-            .map(|(n, p, arc)| ((n, p), net.flow(arc) as u64 * unit))
-            .collect()
+        net.deadline = self.deadline;
+        if !net.optimize() {
+            debug_assert!(
+                net.timed_out,
+                "shortfall always absorbs what the rooms cannot"
+            );
+            return None;
+        }
+        Some(
+            arcs.into_iter()
+                .filter(|&(.., arc)| net.flow(arc) > 0)
+                .map(|(n, p, arc)| ((n, p), net.flow(arc) as u64 * unit))
+                .collect(),
+        )
     }
 
     /// Tops `taken` up greedily and keeps it if it costs less than the best so far.
