@@ -194,11 +194,10 @@ fn network(instance: &Instance) -> (Network, Vec<Room>, Vec<Placement>) {
     let total: u64 = instance.needs.iter().map(|n| n.gpus).sum();
     let mut b = Builder::default();
     let sink = b.node(-(total as i64));
-    let need_nodes: Vec<usize> = instance
-        .needs
-        .iter()
-        .map(|n| b.node(n.gpus as i64))
-        .collect();
+    let mut need_nodes = vec![0; instance.needs.len()];
+    for n in most_to_lose_first(instance) {
+        need_nodes[n] = b.node(instance.needs[n].gpus as i64);
+    }
     // Each room's node, and what the needs of its unit could ask of it at most.
     let mut room_of: BTreeMap<(usize, u64), (usize, u64)> = BTreeMap::new();
     let mut placements = Vec::new();
@@ -256,6 +255,30 @@ fn network(instance: &Instance) -> (Network, Vec<Room>, Vec<Placement>) {
         rooms.push(Room { unit, pool: p, arc });
     }
     (b.build(), rooms, placements)
+}
+
+/// The needs in order of what each GPU of theirs saves against its shortfall in the
+/// cheapest pool they may use, most first. Needs' nodes are made in this order: a
+/// first flow gives every need its cheapest path at once and sends along them need by
+/// need in the order of their nodes, so pools fill first with the needs that have most
+/// to lose, and fewer of them have to move later.
+fn most_to_lose_first(instance: &Instance) -> Vec<usize> {
+    let pool_index = instance.pool_index();
+    let saves: Vec<f64> = instance
+        .needs
+        .iter()
+        .map(|n| {
+            let cheapest = n
+                .pools
+                .iter()
+                .map(|p| instance.pools[pool_index[p.as_str()]].price_per_gpu_hour)
+                .fold(n.shortfall_penalty, f64::min);
+            n.hours * (n.shortfall_penalty - cheapest)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..instance.needs.len()).collect();
+    order.sort_by(|&a, &b| saves[b].total_cmp(&saves[a]).then(a.cmp(&b)));
+    order
 }
 
 /// Network costs are whole millionths of a dollar, so that the flow's arithmetic is
@@ -534,7 +557,8 @@ impl Search<'_> {
             .sum();
         let sink = b.node(-(total as i64));
         let mut need_nodes = HashMap::new();
-        for (n, need) in instance.needs.iter().enumerate() {
+        for n in most_to_lose_first(instance) {
+            let need = &instance.needs[n];
             if need.unit == unit {
                 let node = b.node((need.gpus / unit) as i64);
                 need_nodes.insert(n, node);
