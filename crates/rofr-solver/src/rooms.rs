@@ -114,17 +114,10 @@ fn score(down: f64, up: f64) -> f64 {
     down.max(1e-3) * up.max(1e-3)
 }
 
-/// Needs' placements beyond which the search is not tried: the first flow grows
-/// faster than the instance (4.0 s for the 35,000 placements of the benchmark's
-/// 10,000 needs × 100 pools, where the general program's relaxation takes 3.8 s), and
-/// beyond about this size the general program does better in the same time.
-const MOST_PLACEMENTS: usize = 50_000;
-
 /// Searches for the cheapest allocation that keeps `limits`, favouring `preferred`
 /// providers where a greedy fill tops up an allocation, until `deadline`. `None`
-/// where the search does not apply (an instance too large, or costs too large for
-/// whole millionths) or where the first flow breaks one of `limits` (the search could
-/// then prove nothing). A first flow cut short by the deadline answers with itself
+/// where the search does not apply (costs too large for whole millionths) or where
+/// the first flow breaks one of `limits` (the search could then prove nothing). A first flow cut short by the deadline answers with itself
 /// rounded down and topped up, and the bound its potentials prove.
 pub(crate) fn search(
     instance: &Instance,
@@ -133,8 +126,7 @@ pub(crate) fn search(
     deadline: Option<Instant>,
     reporter: Option<&Reporter>,
 ) -> Option<Outcome> {
-    let placements: usize = instance.needs.iter().map(|n| n.pools.len()).sum();
-    if placements > MOST_PLACEMENTS || !fits(instance) {
+    if !fits(instance) {
         return None;
     }
     let (net, rooms, placements) = network(instance);
