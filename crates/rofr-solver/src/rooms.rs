@@ -62,6 +62,8 @@ struct Search<'a> {
     net: Network,
     rooms: Vec<Room>,
     placements: Vec<Placement>,
+    /// The needs, most to lose first ([`most_to_lose_first`]).
+    order: Vec<usize>,
     best: Option<Solution>,
     deadline: Option<Instant>,
     /// False once a part of the tree is left unexplored: for want of time, or at a
@@ -117,8 +119,9 @@ fn score(down: f64, up: f64) -> f64 {
 /// Searches for the cheapest allocation that keeps `limits`, favouring `preferred`
 /// providers where a greedy fill tops up an allocation, until `deadline`. `None`
 /// where the search does not apply (costs too large for whole millionths) or where
-/// the first flow breaks one of `limits` (the search could then prove nothing). A first flow cut short by the deadline answers with itself
-/// rounded down and topped up, and the bound its potentials prove.
+/// the first flow breaks one of `limits` (the search could then prove nothing). A
+/// first flow cut short by the deadline answers with itself rounded down and topped
+/// up, and the bound its potentials prove.
 pub(crate) fn search(
     instance: &Instance,
     limits: &[ShareLimit],
@@ -129,7 +132,8 @@ pub(crate) fn search(
     if !fits(instance) {
         return None;
     }
-    let (net, rooms, placements) = network(instance);
+    let order = most_to_lose_first(instance);
+    let (net, rooms, placements) = network(instance, &order);
     let mut search = Search {
         instance,
         limits,
@@ -138,6 +142,7 @@ pub(crate) fn search(
         pseudo: vec![Pseudo::default(); rooms.len()],
         rooms,
         placements,
+        order,
         best: None,
         deadline,
         finished: true,
@@ -180,14 +185,14 @@ pub(crate) fn search(
 }
 
 /// The flow network of an instance: needs → rooms → pools → the sink, and each need
-/// straight to the sink for its shortfall.
-fn network(instance: &Instance) -> (Network, Vec<Room>, Vec<Placement>) {
+/// straight to the sink for its shortfall; the needs' nodes made in `order`.
+fn network(instance: &Instance, order: &[usize]) -> (Network, Vec<Room>, Vec<Placement>) {
     let pool_index = instance.pool_index();
     let total: u64 = instance.needs.iter().map(|n| n.gpus).sum();
     let mut b = Builder::default();
     let sink = b.node(-(total as i64));
     let mut need_nodes = vec![0; instance.needs.len()];
-    for n in most_to_lose_first(instance) {
+    for &n in order {
         need_nodes[n] = b.node(instance.needs[n].gpus as i64);
     }
     // Each room's node, and what the needs of its unit could ask of it at most.
@@ -549,7 +554,7 @@ impl Search<'_> {
             .sum();
         let sink = b.node(-(total as i64));
         let mut need_nodes = HashMap::new();
-        for n in most_to_lose_first(instance) {
+        for &n in &self.order {
             let need = &instance.needs[n];
             if need.unit == unit {
                 let node = b.node((need.gpus / unit) as i64);
