@@ -202,9 +202,14 @@ impl Network {
                 self.timed_out = true;
                 return false;
             }
-            let sources: Vec<u32> = (0..self.state.excess.len() as u32)
-                .filter(|&v| self.state.excess[v as usize] > 0)
-                .collect();
+            let (mut sources, mut deficits) = (Vec::new(), Vec::new());
+            for (v, &e) in self.state.excess.iter().enumerate() {
+                match e.cmp(&0) {
+                    std::cmp::Ordering::Greater => sources.push(v as u32),
+                    std::cmp::Ordering::Less => deficits.push(v as u32),
+                    std::cmp::Ordering::Equal => {}
+                }
+            }
             if sources.is_empty() {
                 return true;
             }
@@ -212,13 +217,12 @@ impl Network {
             // and one is short, and the nearest path is enough; at the start, every
             // need has excess and only the sink is short, and one search backwards
             // from the sink gives every need its cheapest path at once.
-            let deficits = self.state.excess.iter().filter(|&&e| e < 0).count();
-            if sources.len() <= deficits {
+            if sources.len() <= deficits.len() {
                 let Some(sink) = self.shortest_paths(&sources) else {
                     return false;
                 };
                 self.augment(sink);
-            } else if !self.toward_deficits(&sources) {
+            } else if !self.toward_deficits(&sources, &deficits) {
                 return false;
             }
             self.augment_admissible(&sources);
@@ -347,8 +351,7 @@ impl Network {
     /// nearest node short of flow is settled; then the potentials move so that the path
     /// found costs nothing under them and no residual arc has a negative reduced cost.
     fn shortest_paths(&mut self, sources: &[u32]) -> Option<usize> {
-        let roots: Vec<usize> = sources.iter().map(|&s| s as usize).collect();
-        let (sink, reach) = self.search(&roots, true, |net, v| net.state.excess[v] < 0)?;
+        let (sink, reach) = self.search(sources, true, |net, v| net.state.excess[v] < 0)?;
         self.shift_potentials(reach, -1);
         Some(sink)
     }
@@ -357,13 +360,10 @@ impl Network {
     /// until every node with excess is settled; then the potentials move so that each
     /// of those nodes' cheapest paths to a node short of flow costs nothing, and no
     /// residual arc has a negative reduced cost. False when some node with excess
-    /// reaches no node short of flow.
-    fn toward_deficits(&mut self, sources: &[u32]) -> bool {
-        let roots: Vec<usize> = (0..self.state.excess.len())
-            .filter(|&v| self.state.excess[v] < 0)
-            .collect();
+    /// reaches no node short of flow (`deficits`).
+    fn toward_deficits(&mut self, sources: &[u32], deficits: &[u32]) -> bool {
         let mut waiting = sources.len();
-        let last = self.search(&roots, false, |net, v| {
+        let last = self.search(deficits, false, |net, v| {
             if net.state.excess[v] > 0 {
                 waiting -= 1;
             }
@@ -383,7 +383,7 @@ impl Network {
     /// entry each node was reached by are left in `distance` and `parent`.
     fn search(
         &mut self,
-        roots: &[usize],
+        roots: &[u32],
         outward: bool,
         mut done: impl FnMut(&Self, usize) -> bool,
     ) -> Option<(usize, i64)> {
@@ -391,9 +391,9 @@ impl Network {
         self.settled.fill(false);
         let mut heap = BinaryHeap::new();
         for &r in roots {
-            self.distance[r] = 0;
-            self.parent[r] = u32::MAX;
-            heap.push(Reverse((0i64, r as u32)));
+            self.distance[r as usize] = 0;
+            self.parent[r as usize] = u32::MAX;
+            heap.push(Reverse((0i64, r)));
         }
         // Nodes settled at the distance being searched, whose arcs are still to scan.
         let mut level: Vec<usize> = Vec::new();
