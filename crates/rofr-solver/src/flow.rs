@@ -188,6 +188,75 @@ impl Network {
         s.excess[self.to[arc] as usize] += moved;
     }
 
+    /// Gives arcs new costs, `(arc, cost)` each. Then each arc whose reduced cost asks
+    /// for it moves to the bound it favours, and the GPUs displaced wait at its ends for
+    /// [`Network::optimize`]: every residual arc's reduced cost is again not negative,
+    /// so the flow stays optimal for what it carries. Any potentials would do for that;
+    /// first each node that a changed arc leaves takes, of the potentials that make one
+    /// of its arcs' reduced cost zero, the one that displaces least along its arcs (the
+    /// others' potentials as they are): a need whose every option got cheaper by the
+    /// same then displaces nothing, and one that now prefers another pool displaces
+    /// its GPUs once, not once for every pool it now prefers.
+    pub(crate) fn set_costs(&mut self, changes: &[(Arc, i64)]) {
+        for &(arc, cost) in changes {
+            self.cost[arc] = cost;
+        }
+        let mut moved = vec![false; self.state.potential.len()];
+        for &(arc, _) in changes {
+            let v = self.from[arc] as usize;
+            if std::mem::replace(&mut moved[v], true) {
+                continue;
+            }
+            let entries = &self.adjacent[self.first[v] as usize..self.first[v + 1] as usize];
+            if entries.len() > 64 {
+                continue;
+            }
+            // The potential at which each of v's arcs has no reduced cost.
+            let zero = |entry: u32| {
+                let a = (entry / 2) as usize;
+                if entry % 2 == 0 {
+                    self.cost[a] + self.state.potential[self.to[a] as usize]
+                } else {
+                    self.state.potential[self.from[a] as usize] - self.cost[a]
+                }
+            };
+            // What v's arcs would displace were its potential `p`: an arc out of v
+            // costs less than nothing above its zero and more below it; one into v
+            // the other way round.
+            let displaced = |p: i64| -> i64 {
+                entries
+                    .iter()
+                    .map(|&entry| {
+                        let a = (entry / 2) as usize;
+                        let z = zero(entry);
+                        let below = if entry % 2 == 0 { p > z } else { p < z };
+                        let above = if entry % 2 == 0 { p < z } else { p > z };
+                        if below {
+                            self.state.hi[a] - self.state.flow[a]
+                        } else if above {
+                            self.state.flow[a] - self.state.lo[a]
+                        } else {
+                            0
+                        }
+                    })
+                    .sum()
+            };
+            let mut best = (displaced(self.state.potential[v]), self.state.potential[v]);
+            for &entry in entries {
+                let p = zero(entry);
+                let d = displaced(p);
+                if d < best.0 {
+                    best = (d, p);
+                }
+            }
+            self.state.potential[v] = best.1;
+        }
+        for arc in 0..self.cost.len() {
+            let (lo, hi) = self.bounds(arc);
+            self.set_bounds(arc, lo, hi);
+        }
+    }
+
     /// Routes every node's excess to nodes short of flow, cheapest paths first, keeping
     /// the flow optimal for what it carries. False when some excess has nowhere to go
     /// (then no flow keeps every bound) or the deadline passed (then `timed_out` is
@@ -213,11 +282,12 @@ impl Network {
             if sources.is_empty() {
                 return true;
             }
-            // A search from the fewer side: after a bound change, one node has excess
-            // and one is short, and the nearest path is enough; at the start, every
-            // need has excess and only the sink is short, and one search backwards
-            // from the sink gives every need its cheapest path at once.
-            if sources.len() <= deficits.len() {
+            // After a bound change, one node has excess and one is short, and the
+            // nearest path is enough. Where more have excess (at the start, every need,
+            // with only the sink short; after new costs, many nodes of both kinds), one
+            // search backwards from every node short of flow gives each node with
+            // excess its cheapest path at once.
+            if sources.len() == 1 {
                 let Some(sink) = self.shortest_paths(&sources) else {
                     return false;
                 };
@@ -540,6 +610,10 @@ mod tests {
             shifts in proptest::collection::vec(-60i64..60, 9),
             arcs in proptest::collection::vec((0usize..8, 0usize..8, 0i64..20, 0i64..15), 6..20),
             changes in proptest::collection::vec((0usize..64, 0i64..15, 0i64..15), 1..12),
+            recosts in proptest::collection::vec(
+                proptest::collection::vec((0usize..64, 0i64..30), 1..4),
+                1..6,
+            ),
         ) {
             // Nodes 0–2 supply, 3–5 demand (one to three of them: with fewer, the
             // searches run backwards from them), 6–7 pass flow on; 8 is a costly hub
@@ -604,6 +678,19 @@ mod tests {
                     net.state = before;
                     bounds[arc] = old;
                 }
+            }
+            // Then new costs, a few arcs at a time, each re-solved from the last optimum.
+            for batch in &recosts {
+                let changes: Vec<(Arc, i64)> =
+                    batch.iter().map(|&(which, cost)| (which % list.len(), cost)).collect();
+                for &(arc, cost) in &changes {
+                    list[arc].2 = cost;
+                }
+                net.set_costs(&changes);
+                prop_assert!(net.optimize(), "the flow before the change still fits");
+                let expected = by_program(&supply, &list, &bounds).expect("a flow fits");
+                prop_assert!((net.cost() as f64 - expected).abs() < 1e-6, "{} against {expected}", net.cost());
+                prop_assert_eq!(net.dual_bound(), net.cost());
             }
         }
     }

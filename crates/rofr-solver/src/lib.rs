@@ -5,9 +5,10 @@
 //! launchers fail over today) and `cheapest-first` (greedy by price).
 //!
 //! The optimizer, [`exact`], first searches over each pool's room for each unit, on a
-//! minimum-cost flow (`rooms`, `flow`); where share limits bind, or the instance is too
-//! large for that search, it states the problem as a mixed-integer program and solves it
-//! with `microlp` (pure Rust branch and bound). Every answer is re-checked by [`check`].
+//! minimum-cost flow (`rooms`, `flow`), with share limits that bind priced into the
+//! flow; where that search leaves part of its tree open, or costs are too large for
+//! it, it states the problem as a mixed-integer program and solves it with `microlp`
+//! (pure Rust branch and bound). Every answer is re-checked by [`check`].
 //!
 //! Pure: no IO.
 
@@ -688,8 +689,8 @@ fn least_cost(
     let started = std::time::Instant::now();
     let mut searched_best = None;
     if !skip_search {
-        // The search over unit rooms, where no limit binds its relaxation: it may take
-        // all the time, less a margin for checking its answer.
+        // The search over unit rooms (with binding limits priced in): it may take all
+        // the time, less a margin for checking its answer.
         let searched = rooms::search(
             instance,
             limits,

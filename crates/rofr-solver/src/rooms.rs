@@ -11,10 +11,17 @@
 //! a flow at each node of the tree; [`crate::flow`] re-solves each child from its
 //! parent's optimum in a few shortest paths.
 //!
-//! Limits on providers' shares are not flows. The search leaves them out, so its bound
-//! holds with them too, and an optimum it finds that keeps every limit is an optimum
-//! of the instance. When the relaxation itself breaks a limit, or the optimum found
-//! does, it gives way to the general program.
+//! Limits on providers' shares are not flows. Where the first flow keeps them all, the
+//! search leaves them out: its bound holds with them too, and an optimum it finds that
+//! keeps every limit is an optimum of the instance; one that breaks a limit hands the
+//! rest to the general program. Where the first flow breaks a limit, the search prices
+//! the limits into the network instead (a Lagrangian relaxation): multipliers λ ≥ 0
+//! charge each provider's pools for the share they take, every flow's cost at any λ
+//! then bounds every allocation that keeps the limits from below, and the search
+//! raises that bound over λ by cutting planes, each value one re-solve of the flow
+//! from the last. It then searches the rooms at the best λ found, trimming each
+//! allocation it meets to the limits; a node is closed only where the best allocation
+//! found is no dearer than the node's bound.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -62,12 +69,21 @@ struct Search<'a> {
     net: Network,
     rooms: Vec<Room>,
     placements: Vec<Placement>,
+    /// Each need's arc for its shortfall.
+    shortfalls: Vec<Arc>,
     /// The needs, most to lose first ([`most_to_lose_first`]).
     order: Vec<usize>,
+    /// What the network charges.
+    prices: Prices,
+    /// Whether the limits are priced into the network: then a node in whole units is
+    /// no optimum of its part of the tree unless the best allocation found meets its
+    /// bound, and the search goes on past it.
+    lagrangian: bool,
     best: Option<Solution>,
     deadline: Option<Instant>,
     /// False once a part of the tree is left unexplored: for want of time, or at a
-    /// node in whole units whose allocation breaks a limit.
+    /// node in whole units whose allocation breaks a limit (without multipliers) or
+    /// costs more than the node's bound (with them).
     finished: bool,
     out_of_time: bool,
     /// How far the network's cost of any flow, in dollars, may lie from its cost in
@@ -76,7 +92,8 @@ struct Search<'a> {
     /// What branching on each room has cost so far, per whole unit moved: the sum of
     /// the rises in cost and how many there were, below and above.
     pseudo: Vec<Pseudo>,
-    /// The first flow's cost, less the rounding of costs.
+    /// The first flow's cost (or, with multipliers, the best Lagrangian value), less
+    /// the rounding of costs.
     bound: f64,
     reporter: Option<&'a Reporter>,
     /// Nodes solved, and when the reporter was last told.
@@ -118,10 +135,9 @@ fn score(down: f64, up: f64) -> f64 {
 
 /// Searches for the cheapest allocation that keeps `limits`, favouring `preferred`
 /// providers where a greedy fill tops up an allocation, until `deadline`. `None`
-/// where the search does not apply (costs too large for whole millionths) or where
-/// the first flow breaks one of `limits` (the search could then prove nothing). A
-/// first flow cut short by the deadline answers with itself rounded down and topped
-/// up, and the bound its potentials prove.
+/// where the search does not apply (costs too large for whole millionths). A first
+/// flow cut short by the deadline answers with itself rounded down and topped up, and
+/// the bound its potentials prove.
 pub(crate) fn search(
     instance: &Instance,
     limits: &[ShareLimit],
@@ -133,7 +149,8 @@ pub(crate) fn search(
         return None;
     }
     let order = most_to_lose_first(instance);
-    let (net, rooms, placements) = network(instance, &order);
+    let prices = Prices::plain(instance);
+    let (net, rooms, placements, shortfalls) = network(instance, &order, &prices);
     let mut search = Search {
         instance,
         limits,
@@ -142,7 +159,10 @@ pub(crate) fn search(
         pseudo: vec![Pseudo::default(); rooms.len()],
         rooms,
         placements,
+        shortfalls,
         order,
+        prices,
+        lagrangian: false,
         best: None,
         deadline,
         finished: true,
@@ -167,13 +187,17 @@ pub(crate) fn search(
         return Some(search.outcome());
     }
     search.bound = search.net.cost() as f64 / SCALE - search.error;
-    if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
-        return None;
-    }
-    // The first flow rounded gives a first allocation, whether or not it keeps the
-    // limits: the search goes on either way. Each placement rounded down is one at
-    // once; each room rounded down, with the needs placed again, is a better one.
+    // The first flow rounded gives a first allocation (trimmed to the limits where it
+    // breaks one). Each placement rounded down is one at once; each room rounded down,
+    // with the needs placed again, is a better one.
     search.improve(search.rounded_down());
+    if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
+        search.lagrangian = true;
+        if !search.ascend() {
+            search.stop_for_time();
+            return Some(search.outcome());
+        }
+    }
     match search.whole_units() {
         None => search.stop_for_time(),
         Some(taken) => {
@@ -185,8 +209,13 @@ pub(crate) fn search(
 }
 
 /// The flow network of an instance: needs → rooms → pools → the sink, and each need
-/// straight to the sink for its shortfall; the needs' nodes made in `order`.
-fn network(instance: &Instance, order: &[usize]) -> (Network, Vec<Room>, Vec<Placement>) {
+/// straight to the sink for its shortfall (the arcs last, one per need); the needs'
+/// nodes made in `order`.
+fn network(
+    instance: &Instance,
+    order: &[usize],
+    prices: &Prices,
+) -> (Network, Vec<Room>, Vec<Placement>, Vec<Arc>) {
     let pool_index = instance.pool_index();
     let total: u64 = instance.needs.iter().map(|n| n.gpus).sum();
     let mut b = Builder::default();
@@ -213,23 +242,33 @@ fn network(instance: &Instance, order: &[usize]) -> (Network, Vec<Room>, Vec<Pla
     }
     for (n, p, room) in arcs_to_rooms {
         let need = &instance.needs[n];
-        let cost = scaled(need.hours * instance.pools[p].price_per_gpu_hour);
-        let arc = b.arc(need_nodes[n], room, cost, 0, need.gpus as i64);
+        let arc = b.arc(
+            need_nodes[n],
+            room,
+            prices.placement(need, p),
+            0,
+            need.gpus as i64,
+        );
         placements.push(Placement {
             need: n,
             pool: p,
             arc,
         });
     }
-    for (n, need) in instance.needs.iter().enumerate() {
-        b.arc(
-            need_nodes[n],
-            sink,
-            scaled(need.hours * need.shortfall_penalty),
-            0,
-            need.gpus as i64,
-        );
-    }
+    let shortfalls = instance
+        .needs
+        .iter()
+        .enumerate()
+        .map(|(n, need)| {
+            b.arc(
+                need_nodes[n],
+                sink,
+                prices.shortfall(need),
+                0,
+                need.gpus as i64,
+            )
+        })
+        .collect();
     // A pool whose needs all come in multiples of g can give at most its size rounded
     // down to a multiple of g.
     let mut step: BTreeMap<usize, u64> = BTreeMap::new();
@@ -251,7 +290,7 @@ fn network(instance: &Instance, order: &[usize]) -> (Network, Vec<Room>, Vec<Pla
         let arc = b.arc(node, pool_node, 0, 0, most as i64);
         rooms.push(Room { unit, pool: p, arc });
     }
-    (b.build(), rooms, placements)
+    (b.build(), rooms, placements, shortfalls)
 }
 
 /// The needs in order of what each GPU of theirs saves against its shortfall in the
@@ -289,18 +328,94 @@ fn scaled(dollars: f64) -> i64 {
 /// Whether every cost of the instance fits the network's whole numbers with room for
 /// sums along paths and over every GPU.
 fn fits(instance: &Instance) -> bool {
+    fits_prices(instance, &Prices::plain(instance))
+}
+
+/// [`fits`] at `prices`.
+fn fits_prices(instance: &Instance, prices: &Prices) -> bool {
     let gpus: f64 = instance.needs.iter().map(|n| n.gpus as f64).sum::<f64>() + 1.0;
-    let price = instance
-        .pools
-        .iter()
-        .map(|p| p.price_per_gpu_hour)
-        .fold(0.0, f64::max);
+    let price = prices.pool.iter().copied().fold(0.0, f64::max);
     let nodes = (instance.needs.len() + 3 * instance.pools.len() + 2) as f64;
     gpus < 1e15
+        && prices.pool.iter().all(|p| p.is_finite() && *p >= 0.0)
         && instance.needs.iter().all(|n| {
-            let most = n.unit as f64 * n.hours * price.max(n.shortfall_penalty) * SCALE;
+            let penalty = n.shortfall_penalty + prices.shift;
+            let most = n.unit as f64 * n.hours * price.max(penalty) * SCALE;
             most * gpus < 1e18 && most * nodes < 1e18
         })
+}
+
+/// What the network charges a GPU-hour in each pool and adds to every need's
+/// shortfall penalty, and what it adds to a flow's cost for the Lagrangian value: the
+/// instance's own prices, or prices that charge providers for their shares.
+#[derive(Debug, Clone)]
+struct Prices {
+    pool: Vec<f64>,
+    shift: f64,
+    constant: f64,
+}
+
+impl Prices {
+    fn plain(instance: &Instance) -> Prices {
+        Prices {
+            pool: instance
+                .pools
+                .iter()
+                .map(|p| p.price_per_gpu_hour)
+                .collect(),
+            shift: 0.0,
+            constant: 0.0,
+        }
+    }
+
+    /// The prices under multipliers `lambda` on `limits`. Limit c holds when
+    /// `Σ w·x (1[p is c's] − s_c) ≤ s_c·total_c − own_c`; adding λ_c times each side's
+    /// difference to the cost charges a GPU-hour of pool p λ_c·(1[p is c's] − s_c) times
+    /// its weight. Where that leaves a price below zero, every price and penalty rise
+    /// by the same amount, which every allocation pays on each of its needs' GPU-hours
+    /// (placed or short) and the constant takes back.
+    fn charged(instance: &Instance, limits: &[ShareLimit], lambda: &[f64]) -> Prices {
+        let mut pool: Vec<f64> = instance
+            .pools
+            .iter()
+            .map(|p| p.price_per_gpu_hour)
+            .collect();
+        let mut constant = 0.0;
+        for (limit, &l) in limits.iter().zip(lambda) {
+            if l == 0.0 {
+                continue;
+            }
+            for (price, p) in pool.iter_mut().zip(&instance.pools) {
+                let own = if p.provider == limit.provider {
+                    1.0
+                } else {
+                    0.0
+                };
+                *price += l * limit.weight(1.0, p.price_per_gpu_hour) * (own - limit.max_share);
+            }
+            constant -= l * (limit.max_share * limit.total - limit.own);
+        }
+        let shift = -pool.iter().copied().fold(0.0, f64::min);
+        for price in &mut pool {
+            *price += shift;
+        }
+        let hours: f64 = instance.needs.iter().map(|n| n.gpus as f64 * n.hours).sum();
+        Prices {
+            pool,
+            shift,
+            constant: constant - shift * hours,
+        }
+    }
+
+    /// A GPU of `need` in pool `p`, in the network's units.
+    fn placement(&self, need: &crate::Need, p: usize) -> i64 {
+        scaled(need.hours * self.pool[p])
+    }
+
+    /// A GPU of `need` left short, in the network's units.
+    fn shortfall(&self, need: &crate::Need) -> i64 {
+        scaled(need.hours * (need.shortfall_penalty + self.shift))
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -310,6 +425,153 @@ fn gcd(a: u64, b: u64) -> u64 {
         gcd(b, a % b)
     }
 }
+
+/// Takes GPUs from providers above their limits, whole units at a time, those worth
+/// least against shortfall for the share they take first, until every limit holds.
+/// Each unit taken moves to the cheapest other provider's pool of its need that has
+/// room, where there is one (a move frees more share than a cut), and is left short
+/// otherwise. False where taking all of a provider's would not do.
+fn trim_to_limits(instance: &Instance, limits: &[ShareLimit], taken: &mut Taken) -> bool {
+    let limits: Vec<&ShareLimit> = limits.iter().filter(|l| l.max_share < 1.0).collect();
+    let pool_index = instance.pool_index();
+    for round in 0.. {
+        // Moves can break another provider's limit; after a few rounds, only cuts,
+        // which always end.
+        let may_move = round < 4 * limits.len() + 4;
+        let mut tally = Tally::new(instance, &limits);
+        for (&(n, p), &gpus) in taken.iter() {
+            tally.place(instance, &limits, n, p, gpus);
+        }
+        if tally.keeps(&limits) {
+            return true;
+        }
+        let over = |i: usize| tally.own[i] - limits[i].max_share * tally.total[i];
+        let i = (0..limits.len())
+            .max_by(|&a, &b| over(a).total_cmp(&over(b)))
+            .expect("a limit is broken");
+        let limit = limits[i];
+        let weight = |n: usize, p: usize| {
+            limit.weight(
+                instance.needs[n].hours,
+                instance.pools[p].price_per_gpu_hour,
+            )
+        };
+        let mut theirs: Vec<((usize, usize), f64)> = taken
+            .keys()
+            .filter(|&&(_, p)| instance.pools[p].provider == limit.provider)
+            .map(|&(n, p)| {
+                let need = &instance.needs[n];
+                let saves =
+                    need.hours * (need.shortfall_penalty - instance.pools[p].price_per_gpu_hour);
+                let share = weight(n, p) * (1.0 - limit.max_share);
+                ((n, p), saves / share.max(f64::MIN_POSITIVE))
+            })
+            .collect();
+        if theirs.is_empty() {
+            return false;
+        }
+        theirs.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        let mut left = tally.left_pool.clone();
+        let mut excess = over(i);
+        for ((n, p), _) in theirs {
+            if excess <= 0.0 {
+                break;
+            }
+            let need = &instance.needs[n];
+            let unit = need.unit;
+            let have = taken[&(n, p)] / unit;
+            // The cheapest pool of another provider with room for a unit.
+            let elsewhere = need
+                .pools
+                .iter()
+                .map(|q| pool_index[q.as_str()])
+                .filter(|&q| instance.pools[q].provider != limit.provider && left[q] >= unit)
+                .min_by(|&a, &b| {
+                    let price = |q: usize| instance.pools[q].price_per_gpu_hour;
+                    price(a).total_cmp(&price(b)).then(a.cmp(&b))
+                })
+                .filter(|_| may_move);
+            let (units, to) = match elsewhere {
+                Some(q) => {
+                    // Own share falls by the unit's weight; the total changes by
+                    // the difference in weight, counted at the limit's share.
+                    let freed = (weight(n, p) - limit.max_share * (weight(n, p) - weight(n, q)))
+                        * unit as f64;
+                    let units = (excess / freed.max(f64::MIN_POSITIVE)).ceil() as u64;
+                    (units.min(have).min(left[q] / unit).max(1), Some(q))
+                }
+                None => {
+                    let freed = weight(n, p) * (1.0 - limit.max_share) * unit as f64;
+                    let units = (excess / freed.max(f64::MIN_POSITIVE)).ceil() as u64;
+                    (units.min(have).max(1), None)
+                }
+            };
+            let gpus = taken.get_mut(&(n, p)).expect("a placement listed");
+            *gpus -= units * unit;
+            if *gpus == 0 {
+                taken.remove(&(n, p));
+            }
+            left[p] += units * unit;
+            let mut freed = weight(n, p) * units as f64 * unit as f64;
+            match to {
+                Some(q) => {
+                    *taken.entry((n, q)).or_default() += units * unit;
+                    left[q] -= units * unit;
+                    freed -=
+                        limit.max_share * (weight(n, p) - weight(n, q)) * (units * unit) as f64;
+                }
+                None => freed *= 1.0 - limit.max_share,
+            }
+            excess -= freed;
+        }
+    }
+    unreachable!("rounds never run out")
+}
+
+/// Cuts of the Lagrangian value: each the multipliers it was taken at, the value
+/// there, and how far that flow broke each limit (a supergradient).
+type Cuts = Vec<(Vec<f64>, f64, Vec<f64>)>;
+
+/// The best point of the cutting-plane model of the Lagrangian value (the least of
+/// its cuts) within `reach` times `scale` of `center` on every multiplier: the
+/// multipliers there and the model's value, which bounds the true one from above.
+fn model_step(
+    cuts: &Cuts,
+    center: &[f64],
+    center_value: f64,
+    scale: &[f64],
+    reach: f64,
+) -> Option<(Vec<f64>, f64)> {
+    use microlp::{ComparisonOp, OptimizationDirection, Problem};
+    let mut problem = Problem::new(OptimizationDirection::Maximize);
+    let lambda: Vec<_> = center
+        .iter()
+        .zip(scale)
+        .map(|(&c, &s)| problem.add_var(0.0, ((c - reach * s).max(0.0), c + reach * s)))
+        .collect();
+    // The model's rise above the center's value.
+    let rise = problem.add_var(1.0, (f64::NEG_INFINITY, f64::INFINITY));
+    for (at, value, slope) in cuts {
+        // rise ≤ value − center_value + slope·(λ − at)
+        let mut terms = vec![(rise, 1.0)];
+        let mut rhs = value - center_value;
+        for ((&v, &g), &a) in lambda.iter().zip(slope).zip(at) {
+            terms.push((v, -g));
+            rhs -= g * a;
+        }
+        problem.add_constraint(terms.as_slice(), ComparisonOp::Le, rhs);
+    }
+    let outcome = problem.solve().ok()?;
+    let solved = outcome.solution()?;
+    let next = lambda
+        .iter()
+        .map(|&v| solved.var_value(v).max(0.0))
+        .collect();
+    Some((next, center_value + solved.var_value(rise)))
+}
+
+/// Evaluations of the Lagrangian value at most in one ascent.
+const ASCENT_STEPS: usize = 60;
 
 /// Whether GPUs placed by (need, pool), whole units or not, keep every limit.
 fn keeps_limits(instance: &Instance, limits: &[ShareLimit], taken: &Taken) -> bool {
@@ -339,6 +601,146 @@ impl Search<'_> {
             .collect()
     }
 
+    /// The Lagrangian value of the current flow in dollars, not yet less the rounding
+    /// of costs: with plain prices, the flow's cost.
+    fn value(&self) -> f64 {
+        self.net.cost() as f64 / SCALE + self.prices.constant
+    }
+
+    /// How far the current flow breaks each limit, in what the limit counts (below
+    /// zero: how far it keeps it): a supergradient of the Lagrangian value.
+    fn violations(&self) -> Vec<f64> {
+        let mut over: Vec<f64> = self
+            .limits
+            .iter()
+            .map(|l| l.own - l.max_share * l.total)
+            .collect();
+        for pl in &self.placements {
+            let gpus = self.net.flow(pl.arc);
+            if gpus == 0 {
+                continue;
+            }
+            let hours = self.instance.needs[pl.need].hours;
+            let pool = &self.instance.pools[pl.pool];
+            for (o, l) in over.iter_mut().zip(self.limits) {
+                let own = if pool.provider == l.provider {
+                    1.0
+                } else {
+                    0.0
+                };
+                *o += gpus as f64 * l.weight(hours, pool.price_per_gpu_hour) * (own - l.max_share);
+            }
+        }
+        over
+    }
+
+    /// Charges the network `prices`; the flow is optimal again after
+    /// [`Network::optimize`].
+    fn price(&mut self, prices: Prices) {
+        let needs = &self.instance.needs;
+        let changes: Vec<(Arc, i64)> = self
+            .placements
+            .iter()
+            .map(|pl| (pl.arc, prices.placement(&needs[pl.need], pl.pool)))
+            .chain(
+                needs
+                    .iter()
+                    .zip(&self.shortfalls)
+                    .map(|(need, &arc)| (arc, prices.shortfall(need))),
+            )
+            .collect();
+        self.net.set_costs(&changes);
+        self.prices = prices;
+    }
+
+    /// Raises the bound by pricing the limits into the network: maximises the
+    /// Lagrangian value over the multipliers by cutting planes, each step within a box
+    /// around the best point so far that doubles after a step that gains most of what
+    /// the model promised and halves after one that does not. Each flow met on the way,
+    /// rounded down and trimmed to the limits, is an allocation. Ends with the network
+    /// solved at the best multipliers found and the bound their value; false when the
+    /// deadline passed first.
+    fn ascend(&mut self) -> bool {
+        let started = Instant::now();
+        // A third of the time left at most: the search over rooms needs the rest.
+        let until = self
+            .deadline
+            .map(|d| started + d.saturating_duration_since(started) / 3);
+        let top = self
+            .instance
+            .pools
+            .iter()
+            .map(|p| p.price_per_gpu_hour)
+            .fold(1e-3, f64::max);
+        // A multiplier on a limit counted in GPU-hours is dollars a GPU-hour; on one
+        // counted in spend, dollars a dollar.
+        let scale: Vec<f64> = self
+            .limits
+            .iter()
+            .map(|l| if l.spend { 1.0 } else { top })
+            .collect();
+        let mut center = vec![0.0; self.limits.len()];
+        let mut center_value = self.value();
+        let mut best = (center.clone(), center_value);
+        let mut cuts: Cuts = vec![(center.clone(), center_value, self.violations())];
+        // Small first steps: a large change of prices moves most of the flow, and each
+        // step is a re-solve from the last flow.
+        let mut reach = 1.0 / 8.0;
+        // The multipliers the network is solved at.
+        let mut current = center.clone();
+        self.net.deadline = until.or(self.deadline);
+        for _ in 0..ASCENT_STEPS {
+            if until.is_some_and(|u| Instant::now() >= u) {
+                break;
+            }
+            let Some((next, promised)) = model_step(&cuts, &center, center_value, &scale, reach)
+            else {
+                break;
+            };
+            if promised - center_value <= 1e-9 * center_value.abs().max(1.0) {
+                break;
+            }
+            let prices = Prices::charged(self.instance, self.limits, &next);
+            if !fits_prices(self.instance, &prices) {
+                reach /= 2.0;
+                continue;
+            }
+            let before = (self.net.state.clone(), self.prices.clone());
+            self.price(prices);
+            if !self.net.optimize() {
+                // New costs leave every flow feasible: only the deadline stops it. The
+                // flow before the step is optimal at the prices before it.
+                self.net.timed_out = false;
+                self.price(before.1);
+                self.net.state = before.0;
+                break;
+            }
+            current.clone_from(&next);
+            let value = self.value();
+            self.improve(self.rounded_down());
+            if value > best.1 {
+                best = (next.clone(), value);
+            }
+            if value - center_value >= 0.5 * (promised - center_value) {
+                center.clone_from(&next);
+                center_value = value;
+                reach *= 2.0;
+            } else {
+                reach /= 2.0;
+            }
+            cuts.push((next, value, self.violations()));
+        }
+        self.net.deadline = self.deadline;
+        if current != best.0 {
+            self.price(Prices::charged(self.instance, self.limits, &best.0));
+            if !self.net.optimize() {
+                return false;
+            }
+        }
+        self.bound = self.bound.max(self.value() - self.error);
+        true
+    }
+
     /// Counts a node solved and says whether the deadline has passed; tells the
     /// reporter where the search stands when it last did so some seconds ago.
     fn out_of_time(&mut self) -> bool {
@@ -362,12 +764,21 @@ impl Search<'_> {
         self.out_of_time = true;
     }
 
+    /// Whether the search is to stop: out of time, or, without multipliers, at an
+    /// allocation that breaks a limit.
+    fn halted(&self) -> bool {
+        self.out_of_time || (!self.finished && !self.lagrangian)
+    }
+
     /// The cost of the network (in its units) at or above which a node cannot lead to
     /// an allocation cheaper than the best so far.
     fn cutoff(&self) -> i128 {
         match &self.best {
             None => i128::MAX,
-            Some(best) => ((best.cost - slack(best.cost) + self.error) * SCALE).floor() as i128,
+            Some(best) => {
+                let dollars = best.cost - slack(best.cost) + self.error - self.prices.constant;
+                (dollars * SCALE).floor() as i128
+            }
         }
     }
 
@@ -396,12 +807,21 @@ impl Search<'_> {
             }
             if fractional.is_empty() {
                 // Every room is in whole units: the node's optimum is an allocation.
-                // One that breaks a limit leaves the node unresolved, and the search
-                // stops: the limits need the program's branch and bound.
+                // Without multipliers, one that keeps the limits is the node's optimum;
+                // one that breaks a limit leaves the node unresolved, and the search
+                // stops: the limits need the program's branch and bound. With them,
+                // the node is resolved only where the best found meets its bound.
                 match self.whole_units() {
                     None => self.stop_for_time(),
                     Some(taken) => {
-                        if !self.improve(taken) {
+                        let keeps = keeps_limits(self.instance, self.limits, &taken);
+                        self.improve(taken);
+                        let resolved = if self.lagrangian {
+                            self.net.cost() >= self.cutoff()
+                        } else {
+                            keeps
+                        };
+                        if !resolved {
                             self.finished = false;
                         }
                     }
@@ -495,7 +915,7 @@ impl Search<'_> {
             }
             self.net.state = state;
             self.dive();
-            if !self.finished {
+            if self.halted() {
                 return;
             }
         }
@@ -562,7 +982,7 @@ impl Search<'_> {
                 b.arc(
                     node,
                     sink,
-                    scaled(unit as f64 * need.hours * need.shortfall_penalty),
+                    unit as i64 * self.prices.shortfall(need),
                     0,
                     (need.gpus / unit) as i64,
                 );
@@ -580,8 +1000,7 @@ impl Search<'_> {
             if need.unit != unit {
                 continue;
             }
-            let cost =
-                scaled(unit as f64 * need.hours * instance.pools[pl.pool].price_per_gpu_hour);
+            let cost = unit as i64 * self.prices.placement(need, pl.pool);
             let arc = b.arc(
                 need_nodes[&pl.need],
                 room_nodes[&pl.pool],
@@ -608,9 +1027,12 @@ impl Search<'_> {
         )
     }
 
-    /// Tops `taken` up greedily and keeps it if it costs less than the best so far.
-    /// False when it breaks a limit.
-    fn improve(&mut self, taken: Taken) -> bool {
+    /// Trims `taken` to the limits where it breaks one, tops it up greedily, and keeps
+    /// it if it costs less than the best so far.
+    fn improve(&mut self, mut taken: Taken) {
+        if !trim_to_limits(self.instance, self.limits, &mut taken) {
+            return;
+        }
         let Ok(solution) = fill(
             self.instance,
             self.limits,
@@ -618,7 +1040,7 @@ impl Search<'_> {
             Strategy::CheapestFirst,
             taken,
         ) else {
-            return false;
+            return;
         };
         if self
             .best
@@ -627,11 +1049,96 @@ impl Search<'_> {
         {
             self.best = Some(solution);
         }
-        true
     }
 }
 
 /// How far costs may differ and still count as equal.
 fn slack(cost: f64) -> f64 {
     1e-9 * cost.abs().max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One need of 10 GPUs; provider a's pool costs 1 a GPU-hour, b's 2, and a may
+    /// have at most 30% of the GPU-hours. The optimum is 3 GPUs from a and 7 from b,
+    /// 17; the Lagrangian value is 10·min(1 + 0.7λ, 2 − 0.3λ), 17 at λ = 1.
+    const CAPPED: &str = r#"{
+      "needs": [ { "id": "n", "gpus": 10, "hours": 1, "unit": 1, "shortfall_penalty": 10,
+                   "pools": ["a1", "b1"] } ],
+      "pools": [ { "id": "a1", "provider": "a", "gpus": 10, "price_per_gpu_hour": 1 },
+                 { "id": "b1", "provider": "b", "gpus": 10, "price_per_gpu_hour": 2 } ],
+      "caps": [ { "provider": "a", "max_share": 0.3 } ]
+    }"#;
+
+    #[test]
+    fn every_multiplier_bounds_the_capped_optimum_and_the_best_one_meets_it() {
+        let instance = Instance::parse(CAPPED.as_bytes()).unwrap();
+        let limits = instance.share_limits();
+        let order = most_to_lose_first(&instance);
+        let (mut net, ..) = network(&instance, &order, &Prices::plain(&instance));
+        assert!(net.optimize());
+        assert_eq!(net.cost(), 10_000_000, "uncapped: all ten from a");
+        for (lambda, expected) in [(0.5, 13.5), (1.0, 17.0), (2.0, 14.0), (4.0, 8.0)] {
+            let prices = Prices::charged(&instance, &limits, &[lambda]);
+            let (mut net, ..) = network(&instance, &order, &prices);
+            assert!(net.optimize());
+            let value = net.cost() as f64 / SCALE + prices.constant;
+            assert!(
+                (value - expected).abs() < 1e-6,
+                "L({lambda}) = {value}, not {expected}"
+            );
+        }
+        let outcome = search(&instance, &limits, &BTreeSet::new(), None, None).unwrap();
+        let best = outcome.best.expect("an allocation");
+        assert!((best.cost - 17.0).abs() < 1e-9, "best {}", best.cost);
+        assert!(
+            outcome.bound <= 17.0 && outcome.bound > 17.0 - 1e-4,
+            "bound {}",
+            outcome.bound
+        );
+    }
+
+    /// Re-pricing a solved network warm and re-solving it gives what building it at
+    /// the new prices does.
+    #[test]
+    fn a_network_re_priced_warm_matches_one_built_at_those_prices() {
+        let instance = Instance::parse(CAPPED.as_bytes()).unwrap();
+        let limits = instance.share_limits();
+        let order = most_to_lose_first(&instance);
+        let prices = Prices::plain(&instance);
+        let (net, rooms, placements, shortfalls) = network(&instance, &order, &prices);
+        let mut search = Search {
+            instance: &instance,
+            limits: &limits,
+            preferred: &BTreeSet::new(),
+            net,
+            pseudo: vec![Pseudo::default(); rooms.len()],
+            rooms,
+            placements,
+            shortfalls,
+            order: order.clone(),
+            prices,
+            lagrangian: true,
+            best: None,
+            deadline: None,
+            finished: true,
+            out_of_time: false,
+            error: 0.0,
+            bound: f64::NEG_INFINITY,
+            reporter: None,
+            nodes: 0,
+            reported: Instant::now(),
+        };
+        assert!(search.net.optimize());
+        for lambda in [3.0, 0.25, 1.0, 6.5, 0.0] {
+            let prices = Prices::charged(&instance, &limits, &[lambda]);
+            let (mut fresh, ..) = network(&instance, &order, &prices);
+            assert!(fresh.optimize());
+            search.price(prices);
+            assert!(search.net.optimize());
+            assert_eq!(search.net.cost(), fresh.cost(), "at λ = {lambda}");
+        }
+    }
 }
