@@ -811,7 +811,17 @@ impl Search<'_> {
                 // one that breaks a limit leaves the node unresolved, and the search
                 // stops: the limits need the program's branch and bound. With them,
                 // the node is resolved only where the best found meets its bound.
-                match self.whole_units() {
+                // Where each need's GPUs in each pool are whole units already, the
+                // flow is the allocation; otherwise each unit's needs are placed anew.
+                let whole = self.placements.iter().all(|pl| {
+                    self.net.flow(pl.arc) % self.instance.needs[pl.need].unit as i64 == 0
+                });
+                let taken = if whole {
+                    Some(self.gpus_by_placement())
+                } else {
+                    self.whole_units()
+                };
+                match taken {
                     None => self.stop_for_time(),
                     Some(taken) => {
                         let keeps = keeps_limits(self.instance, self.limits, &taken);
