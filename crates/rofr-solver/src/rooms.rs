@@ -1110,6 +1110,101 @@ mod tests {
         );
     }
 
+    /// The least cost of every allocation of `instance` that keeps its caps, by
+    /// enumeration (whole units of each need in each pool); infinite where none does.
+    fn brute_force(instance: &Instance) -> f64 {
+        let pairs: Vec<(usize, usize)> = instance
+            .needs
+            .iter()
+            .enumerate()
+            .flat_map(|(n, need)| {
+                need.pools
+                    .iter()
+                    .map(move |p| (n, instance.pool_index()[p.as_str()]))
+            })
+            .collect();
+        let mut best = f64::INFINITY;
+        let mut units = vec![0u64; pairs.len()];
+        loop {
+            let allocations: Vec<crate::Allocation> = pairs
+                .iter()
+                .zip(&units)
+                .filter(|(_, &u)| u > 0)
+                .map(|(&(n, p), &u)| crate::Allocation {
+                    need: instance.needs[n].id.clone(),
+                    pool: instance.pools[p].id.clone(),
+                    gpus: u * instance.needs[n].unit,
+                })
+                .collect();
+            if let Ok(cost) = crate::check(instance, &allocations) {
+                best = best.min(cost);
+            }
+            // The next vector of units, each up to its need's size.
+            let mut i = 0;
+            loop {
+                if i == pairs.len() {
+                    return best;
+                }
+                let need = &instance.needs[pairs[i].0];
+                if units[i] < need.gpus / need.unit {
+                    units[i] += 1;
+                    break;
+                }
+                units[i] = 0;
+                i += 1;
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 200, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Small instances with a cap that may bind: the search's bound (Lagrangian
+        /// where the first flow breaks the cap) never exceeds the optimum, its best
+        /// keeps the cap and costs no less, and where it says it finished, it found
+        /// the optimum.
+        #[test]
+        fn the_search_bound_never_exceeds_the_capped_optimum(
+            needs in proptest::collection::vec((1u64..4, 0usize..3, 1u32..6, 5u32..30, 0u8..7), 1..4),
+            pools in proptest::collection::vec((1u64..10, 1u32..8), 2..4),
+            share in 1u32..9,
+            base in 0u32..30,
+        ) {
+            let units = [1u64, 2, 4];
+            let instance = serde_json::json!({
+                "needs": needs.iter().enumerate().map(|(i, &(size, unit, hours, penalty, mask))| {
+                    let unit = units[unit];
+                    let allowed: Vec<String> = (0..pools.len())
+                        .filter(|p| mask & (1 << p) != 0 || *p == i % pools.len())
+                        .map(|p| format!("p{p}"))
+                        .collect();
+                    serde_json::json!({ "id": format!("n{i}"), "gpus": size * unit,
+                        "hours": hours, "unit": unit, "shortfall_penalty": penalty,
+                        "pools": allowed })
+                }).collect::<Vec<_>>(),
+                "pools": pools.iter().enumerate().map(|(p, &(gpus, price))| serde_json::json!({
+                    "id": format!("p{p}"), "provider": format!("c{}", p.min(1)),
+                    "gpus": gpus, "price_per_gpu_hour": price })).collect::<Vec<_>>(),
+                "caps": [ { "provider": "c0", "max_share": f64::from(share) / 10.0 } ],
+                "base_gpu_hours": { "c0": base, "c1": 10 }
+            });
+            let instance = Instance::parse(instance.to_string().as_bytes()).unwrap();
+            let limits = instance.share_limits();
+            let optimum = brute_force(&instance);
+            let outcome = search(&instance, &limits, &BTreeSet::new(), None, None).unwrap();
+            proptest::prop_assert!(outcome.bound <= optimum + 1e-6, "bound {} above {optimum}", outcome.bound);
+            if let Some(best) = &outcome.best {
+                let cost = crate::check(&instance, &best.allocations).unwrap();
+                proptest::prop_assert!(cost >= optimum - 1e-6, "{cost} below the optimum {optimum}");
+                if outcome.finished {
+                    proptest::prop_assert!((cost - optimum).abs() < 1e-6, "finished at {cost}, optimum {optimum}");
+                }
+            }
+        }
+    }
+
     /// Re-pricing a solved network warm and re-solving it gives what building it at
     /// the new prices does.
     #[test]
