@@ -79,6 +79,11 @@ struct Search<'a> {
     /// no optimum of its part of the tree unless the best allocation found meets its
     /// bound, and the search goes on past it.
     lagrangian: bool,
+    /// When a search with the limits priced in stops to leave the rest of the time to
+    /// the program, which proves small instances with binding limits sooner; and
+    /// whether it has.
+    hand_over: Option<Instant>,
+    handed_over: bool,
     best: Option<Solution>,
     deadline: Option<Instant>,
     /// False once a part of the tree is left unexplored: for want of time, or at a
@@ -163,6 +168,8 @@ pub(crate) fn search(
         order,
         prices,
         lagrangian: false,
+        hand_over: None,
+        handed_over: false,
         best: None,
         deadline,
         finished: true,
@@ -174,6 +181,7 @@ pub(crate) fn search(
         reported: Instant::now(),
     };
     search.net.deadline = deadline;
+    let first_flow = Instant::now();
     if !search.net.optimize() {
         if !search.net.timed_out {
             return None;
@@ -192,11 +200,23 @@ pub(crate) fn search(
     // with the needs placed again, is a better one.
     search.improve(search.rounded_down());
     if !keeps_limits(instance, limits, &search.gpus_by_placement()) {
+        let first_flow = first_flow.elapsed();
         search.lagrangian = true;
         if !search.ascend() {
             search.stop_for_time();
             return Some(search.outcome());
         }
+        // Half the time left, where the program's relaxation (about twice a first
+        // flow) fits in the other half; without a limit, ten first flows or half a
+        // second.
+        let now = Instant::now();
+        search.hand_over = match deadline {
+            Some(d) => {
+                let half = d.saturating_duration_since(now) / 2;
+                (half >= 3 * first_flow).then_some(now + half)
+            }
+            None => Some(now + (10 * first_flow).max(std::time::Duration::from_millis(500))),
+        };
     }
     match search.whole_units() {
         None => search.stop_for_time(),
@@ -756,18 +776,27 @@ impl Search<'_> {
                 });
             }
         }
-        self.deadline.is_some_and(|d| now >= d)
+        if self.deadline.is_some_and(|d| now >= d) {
+            return true;
+        }
+        if self.hand_over.is_some_and(|h| now >= h) {
+            self.handed_over = true;
+            return true;
+        }
+        false
     }
 
+    /// Stops the search where [`Search::out_of_time`] said so: for want of time, or
+    /// to hand the rest to the program.
     fn stop_for_time(&mut self) {
         self.finished = false;
-        self.out_of_time = true;
+        self.out_of_time = !self.handed_over;
     }
 
     /// Whether the search is to stop: out of time, or, without multipliers, at an
     /// allocation that breaks a limit.
     fn halted(&self) -> bool {
-        self.out_of_time || (!self.finished && !self.lagrangian)
+        self.out_of_time || self.handed_over || (!self.finished && !self.lagrangian)
     }
 
     /// The cost of the network (in its units) at or above which a node cannot lead to
@@ -1226,6 +1255,8 @@ mod tests {
             order: order.clone(),
             prices,
             lagrangian: true,
+            hand_over: None,
+            handed_over: false,
             best: None,
             deadline: None,
             finished: true,
