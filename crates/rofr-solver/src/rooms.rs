@@ -853,7 +853,8 @@ impl Search<'_> {
                 match taken {
                     None => self.stop_for_time(),
                     Some(taken) => {
-                        let keeps = keeps_limits(self.instance, self.limits, &taken);
+                        let keeps =
+                            !self.lagrangian && keeps_limits(self.instance, self.limits, &taken);
                         self.improve(taken);
                         let resolved = if self.lagrangian {
                             self.net.cost() >= self.cutoff()
