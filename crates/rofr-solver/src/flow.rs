@@ -208,6 +208,8 @@ impl Network {
                 continue;
             }
             let entries = &self.adjacent[self.first[v] as usize..self.first[v + 1] as usize];
+            // Weighing every choice costs the square of the node's arcs: a node of
+            // many (a sink) keeps its potential.
             if entries.len() > 64 {
                 continue;
             }

@@ -468,10 +468,7 @@ fn fill(
         }),
     }
     let limits: Vec<&ShareLimit> = limits.iter().filter(|l| l.max_share < 1.0).collect();
-    let mut tally = Tally::new(instance, &limits);
-    for (&(n, p), &gpus) in &start {
-        tally.place(instance, &limits, n, p, gpus);
-    }
+    let mut tally = Tally::of(instance, &limits, &start);
     let mut taken = start;
     for (n, p) in pairs {
         let need = &instance.needs[n];
@@ -538,6 +535,24 @@ impl Tally {
             own: limits.iter().map(|l| l.own).collect(),
             total: limits.iter().map(|l| l.total).collect(),
         }
+    }
+
+    /// What `taken` (GPUs by need and pool index) places.
+    pub(crate) fn of(
+        instance: &Instance,
+        limits: &[&ShareLimit],
+        taken: &BTreeMap<(usize, usize), u64>,
+    ) -> Tally {
+        let mut tally = Tally::new(instance, limits);
+        for (&(n, p), &gpus) in taken {
+            tally.place(instance, limits, n, p, gpus);
+        }
+        tally
+    }
+
+    /// By how much what is placed breaks limit `i` (below zero: keeps it with room).
+    pub(crate) fn over(&self, limits: &[&ShareLimit], i: usize) -> f64 {
+        self.own[i] - limits[i].max_share * self.total[i]
     }
 
     /// Whether what is placed keeps every limit (the checker's tolerance).

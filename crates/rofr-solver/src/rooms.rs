@@ -458,14 +458,11 @@ fn trim_to_limits(instance: &Instance, limits: &[ShareLimit], taken: &mut Taken)
         // Moves can break another provider's limit; after a few rounds, only cuts,
         // which always end.
         let may_move = round < 4 * limits.len() + 4;
-        let mut tally = Tally::new(instance, &limits);
-        for (&(n, p), &gpus) in taken.iter() {
-            tally.place(instance, &limits, n, p, gpus);
-        }
+        let tally = Tally::of(instance, &limits, taken);
         if tally.keeps(&limits) {
             return true;
         }
-        let over = |i: usize| tally.own[i] - limits[i].max_share * tally.total[i];
+        let over = |i: usize| tally.over(&limits, i);
         let i = (0..limits.len())
             .max_by(|&a, &b| over(a).total_cmp(&over(b)))
             .expect("a limit is broken");
@@ -596,11 +593,7 @@ const ASCENT_STEPS: usize = 60;
 /// Whether GPUs placed by (need, pool), whole units or not, keep every limit.
 fn keeps_limits(instance: &Instance, limits: &[ShareLimit], taken: &Taken) -> bool {
     let limits: Vec<&ShareLimit> = limits.iter().filter(|l| l.max_share < 1.0).collect();
-    let mut tally = Tally::new(instance, &limits);
-    for (&(n, p), &gpus) in taken {
-        tally.place(instance, &limits, n, p, gpus);
-    }
-    tally.keeps(&limits)
+    Tally::of(instance, &limits, taken).keeps(&limits)
 }
 
 impl Search<'_> {
@@ -630,28 +623,9 @@ impl Search<'_> {
     /// How far the current flow breaks each limit, in what the limit counts (below
     /// zero: how far it keeps it): a supergradient of the Lagrangian value.
     fn violations(&self) -> Vec<f64> {
-        let mut over: Vec<f64> = self
-            .limits
-            .iter()
-            .map(|l| l.own - l.max_share * l.total)
-            .collect();
-        for pl in &self.placements {
-            let gpus = self.net.flow(pl.arc);
-            if gpus == 0 {
-                continue;
-            }
-            let hours = self.instance.needs[pl.need].hours;
-            let pool = &self.instance.pools[pl.pool];
-            for (o, l) in over.iter_mut().zip(self.limits) {
-                let own = if pool.provider == l.provider {
-                    1.0
-                } else {
-                    0.0
-                };
-                *o += gpus as f64 * l.weight(hours, pool.price_per_gpu_hour) * (own - l.max_share);
-            }
-        }
-        over
+        let limits: Vec<&ShareLimit> = self.limits.iter().collect();
+        let tally = Tally::of(self.instance, &limits, &self.gpus_by_placement());
+        (0..limits.len()).map(|i| tally.over(&limits, i)).collect()
     }
 
     /// Charges the network `prices`; the flow is optimal again after
