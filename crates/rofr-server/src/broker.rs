@@ -349,7 +349,7 @@ impl Broker {
     }
 
     /// Waits until the needs projection holds every command acknowledged before this
-    /// call. The writer holds rows back for up to 100 ms; lists read the projection,
+    /// call. The writer holds rows back for about a second; lists read the projection,
     /// so they ask for it first. Replicas write their rows with every commit.
     pub async fn projected(&self) -> Result<(), BrokerError> {
         if self.inner.shared {

@@ -155,9 +155,9 @@ pub struct StoredEvent {
 }
 
 /// A row of the needs projection: what list queries read. The broker writes rows up to
-/// 100 ms after the log, and before any list query; at start the projection is checked
-/// against the log and rebuilt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// about a second after the log, and before any list query; at start the projection is
+/// checked against the log and rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NeedRow {
     pub id: String,
     pub status: String,

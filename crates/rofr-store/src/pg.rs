@@ -471,9 +471,16 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<NeedRow>> {
         let after = after.unwrap_or("");
-        self.select("listing needs", "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
+        let limit = i64::from(limit);
+        // Two statements, so that a list by status is planned on the index by status.
+        match status {
+            Some(status) => self.select("listing needs", "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
                             first_event, last_event
-                     FROM needs WHERE ($1::TEXT IS NULL OR status = $1) AND id > $2 ORDER BY id LIMIT $3", &[&status, &after, &i64::from(limit)], need_row)
+                     FROM needs WHERE status = $1 AND id > $2 ORDER BY status, id LIMIT $3", &[&status, &after, &limit], need_row),
+            None => self.select("listing needs", "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
+                            first_event, last_event
+                     FROM needs WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &limit], need_row),
+        }
     }
 
     fn set_webhook(&mut self, provider: &str, url: &str, secret: &str, now: &str) -> Result<()> {

@@ -403,14 +403,19 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<NeedRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
-                        first_event, last_event
-                 FROM needs WHERE (?1 IS NULL OR status = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
-            )
-            .map_err(db("listing needs"))?;
+        // Two statements, so that a list by status reads the index by status and id
+        // (with `?1 IS NULL OR status = ?1` SQLite plans one scan by id for both, and a
+        // status that few needs have was looked for through every row).
+        let sql = if status.is_some() {
+            "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
+                    first_event, last_event
+             FROM needs WHERE status = ?1 AND id > ?2 ORDER BY status, id LIMIT ?3"
+        } else {
+            "SELECT id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
+                    first_event, last_event
+             FROM needs WHERE id > ?2 ORDER BY id LIMIT ?3"
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(db("listing needs"))?;
         let rows = stmt
             .query_map(params![status, after.unwrap_or(""), limit], need_row)
             .map_err(db("listing needs"))?;
