@@ -55,8 +55,9 @@ enum Command {
     /// Allocate an instance (PRODUCT.md §7.2) and write the solution.
     ///
     /// `exact` searches for the least-cost allocation and proves it (over each pool's
-    /// room for each unit, on a minimum-cost flow; where caps bind, by a mixed-integer
-    /// program); `status` is `optimal` only when proven, `feasible` with a lower `bound`
+    /// room for each unit, on a minimum-cost flow; where caps bind, with the caps priced
+    /// into the flow, and a mixed-integer program finishing the proof where it fits in
+    /// the time); `status` is `optimal` only when proven, `feasible` with a lower `bound`
     /// when the time limit cut the proof short. Without `--time-limit` the search runs
     /// until it has its proof, telling standard error where it stands every few seconds.
     /// `ordered` and `cheapest-first` are the baselines the optimizer must beat.
