@@ -587,6 +587,13 @@ fn model_step(
     Some((next, center_value + solved.var_value(rise)))
 }
 
+/// A flow met in the ascent (see [`Search::met`]).
+struct Met {
+    rooms: Vec<i64>,
+    cost: f64,
+    over: Vec<f64>,
+}
+
 /// Evaluations of the Lagrangian value at most in one ascent.
 const ASCENT_STEPS: usize = 60;
 
@@ -677,6 +684,9 @@ impl Search<'_> {
         let mut center_value = self.value();
         let mut best = (center.clone(), center_value);
         let mut cuts: Cuts = vec![(center.clone(), center_value, self.violations())];
+        // Each flow met: its rooms, its cost at the instance's prices, and how far it
+        // breaks each limit.
+        let mut met = vec![self.met(&center)];
         // Small first steps: a large change of prices moves most of the flow, and each
         // step is a re-solve from the last flow.
         let mut reach = 1.0 / 8.0;
@@ -722,8 +732,10 @@ impl Search<'_> {
             } else {
                 reach /= 2.0;
             }
+            met.push(self.met(&next));
             cuts.push((next, value, self.violations()));
         }
+        self.mix(&met);
         self.net.deadline = self.deadline;
         if current != best.0 {
             self.price(Prices::charged(self.instance, self.limits, &best.0));
@@ -733,6 +745,90 @@ impl Search<'_> {
         }
         self.bound = self.bound.max(self.value() - self.error);
         true
+    }
+
+    /// The current flow, solved at multipliers `lambda`: its rooms' GPUs, its cost at
+    /// the instance's own prices, and how far it breaks each limit.
+    fn met(&self, lambda: &[f64]) -> Met {
+        let over = self.violations();
+        let charged: f64 = lambda.iter().zip(&over).map(|(l, o)| l * o).sum();
+        Met {
+            rooms: self.rooms.iter().map(|r| self.net.flow(r.arc)).collect(),
+            cost: self.value() - charged,
+            over,
+        }
+    }
+
+    /// The cheapest mixture of the flows `met` that keeps every limit (a small linear
+    /// program over their weights): where the best multipliers lie between flows that
+    /// break a limit and flows that keep it with room, their mixture keeps it at about
+    /// the relaxation's cost. Its rooms rounded down to whole units, with the needs
+    /// placed again, are an allocation.
+    fn mix(&mut self, met: &[Met]) {
+        use microlp::{ComparisonOp, OptimizationDirection, Problem};
+        let mut problem = Problem::new(OptimizationDirection::Minimize);
+        let weights: Vec<_> = met
+            .iter()
+            .map(|m| problem.add_var(m.cost, (0.0, 1.0)))
+            .collect();
+        let all: Vec<_> = weights.iter().map(|&w| (w, 1.0)).collect();
+        problem.add_constraint(all.as_slice(), ComparisonOp::Eq, 1.0);
+        for c in 0..self.limits.len() {
+            let terms: Vec<_> = weights
+                .iter()
+                .zip(met)
+                .map(|(&w, m)| (w, m.over[c]))
+                .collect();
+            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, 0.0);
+        }
+        let Ok(outcome) = problem.solve() else {
+            return;
+        };
+        let Some(solved) = outcome.solution() else {
+            return;
+        };
+        let mixed: Vec<f64> = (0..self.rooms.len())
+            .map(|r| {
+                weights
+                    .iter()
+                    .zip(met)
+                    .map(|(&w, m)| solved.var_value(w) * m.rooms[r] as f64)
+                    .sum()
+            })
+            .collect();
+        // Each room to the nearest whole unit, or down where the pool has no room for
+        // it (rounding down alone, the needs of larger units lost GPUs that the
+        // single ones could not take up: 134,209,344 against 134,132,860 on the
+        // instance of BENCHMARKS.md, whose optimum is 134,111,870).
+        let mut rooms: Vec<i64> = self
+            .rooms
+            .iter()
+            .zip(&mixed)
+            .map(|(room, &gpus)| ((gpus / room.unit as f64).round() as i64) * room.unit as i64)
+            .collect();
+        let mut used = vec![0i64; self.instance.pools.len()];
+        for (room, &gpus) in self.rooms.iter().zip(&rooms) {
+            if room.unit > 1 {
+                used[room.pool] += gpus;
+            }
+        }
+        for (i, room) in self.rooms.iter().enumerate() {
+            if room.unit > 1 && used[room.pool] > self.instance.pools[room.pool].gpus as i64 {
+                let unit = room.unit as i64;
+                let down = (mixed[i] as i64) / unit * unit;
+                used[room.pool] -= rooms[i] - down;
+                rooms[i] = down;
+            }
+        }
+        let index: HashMap<Arc, usize> = self
+            .rooms
+            .iter()
+            .enumerate()
+            .map(|(i, room)| (room.arc, i))
+            .collect();
+        if let Some(taken) = self.whole_units_of(|room| rooms[index[&room.arc]]) {
+            self.improve(taken);
+        }
     }
 
     /// Counts a node solved and says whether the deadline has passed; tells the
@@ -953,11 +1049,16 @@ impl Search<'_> {
     /// already, this costs no more than the node does.
     /// `None` where the deadline passed first.
     fn whole_units(&self) -> Option<Taken> {
+        self.whole_units_of(|room| self.net.flow(room.arc))
+    }
+
+    /// [`Search::whole_units`] from the GPUs `flow` gives each room.
+    fn whole_units_of(&self, flow: impl Fn(&Room) -> i64) -> Option<Taken> {
         let mut rooms: HashMap<(usize, u64), i64> = HashMap::new();
         let mut left: Vec<i64> = self.instance.pools.iter().map(|p| p.gpus as i64).collect();
         for room in self.rooms.iter().filter(|r| r.unit > 1) {
             let unit = room.unit as i64;
-            let whole = self.net.flow(room.arc) / unit * unit;
+            let whole = flow(room) / unit * unit;
             left[room.pool] -= whole;
             rooms.insert((room.pool, room.unit), whole);
         }
