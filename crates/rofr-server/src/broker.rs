@@ -146,7 +146,7 @@ struct Inner {
     /// Whether other replicas may append to the same log.
     shared: bool,
     /// The log's size as of the engine's state. Alone on its log, the engine runs up to
-    /// [`QUEUED_BATCHES`] batches ahead of the disk while the committer writes.
+    /// two batches ahead of the disk while the committer writes.
     applied: AtomicU64,
     /// (epoch, the log's size on disk). Answers drawn from the engine wait until what
     /// they saw is on disk; the epoch changes when the engine is reloaded after a
@@ -278,7 +278,7 @@ impl Broker {
                 store: location.open()?,
                 in_flight: writer.in_flight.clone(),
             };
-            let (to_committer, batches) = mpsc::sync_channel(QUEUED_BATCHES);
+            let (to_committer, batches) = mpsc::sync_channel(1);
             let (give_back, returned) = mpsc::channel();
             std::thread::Builder::new()
                 .name("rofr-committer".into())
@@ -914,31 +914,6 @@ struct Pending {
     answers: Vec<(ReplyTo, Result<Reply, BrokerError>)>,
 }
 
-impl Pending {
-    /// Takes in the batch that follows this one in the log, to be written in the same
-    /// transaction.
-    fn absorb(&mut self, mut next: Pending) {
-        let offset = self.batch.events.len();
-        debug_assert_eq!(
-            self.first + offset as u64,
-            next.first,
-            "batches in log order"
-        );
-        for delivery in &mut next.batch.deliveries {
-            delivery.event_offset += offset;
-        }
-        let batch = &mut self.batch;
-        batch.events.append(&mut next.batch.events);
-        // Rows are written in order, so a later batch's row for a need replaces an
-        // earlier one's, and a later whole projection replaces every row.
-        batch.needs.append(&mut next.batch.needs);
-        batch.reset_projection |= next.batch.reset_projection;
-        batch.idempotency.append(&mut next.batch.idempotency);
-        batch.deliveries.append(&mut next.batch.deliveries);
-        self.answers.append(&mut next.answers);
-    }
-}
-
 /// What the writer hands the committer thread.
 enum ToCommitter {
     Batch(Pending),
@@ -947,18 +922,8 @@ enum ToCommitter {
     Resume(mpsc::Sender<()>),
 }
 
-/// How many batches the writer may run ahead of the committer.
-const QUEUED_BATCHES: usize = 16;
-
-/// The committer takes no more queued batches into a commit once it holds this many
-/// events.
-const MERGED_EVENTS: usize = 8_192;
-
 /// The thread that writes each batch, on a connection of its own, while the writer
-/// runs the next ones through the engine (a broker alone on its log). Batches that
-/// queued up while it wrote go to disk together, in one transaction: the writer does
-/// not wait for the disk while there is room in the queue, and a commit grows with
-/// the load.
+/// runs the next one through the engine (a broker alone on its log).
 struct Committer {
     inner: Arc<Inner>,
     store: Box<dyn Store>,
@@ -971,26 +936,10 @@ impl Committer {
         // Once a commit fails, the batches after it were built on the failed one's
         // state: they are refused until the writer has reloaded the engine.
         let mut failure: Option<String> = None;
-        // A message met while taking in queued batches, handled after their commit.
-        let mut next = None;
-        while let Some(message) = next.take().or_else(|| batches.recv().ok()) {
+        for message in batches {
             match message {
-                ToCommitter::Batch(mut pending) => {
-                    let mut taken = 1;
-                    while pending.batch.events.len() < MERGED_EVENTS {
-                        match batches.try_recv() {
-                            Ok(ToCommitter::Batch(queued)) => {
-                                pending.absorb(queued);
-                                taken += 1;
-                            }
-                            Ok(resume) => {
-                                next = Some(resume);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let _done = Landed(&self.in_flight, taken);
+                ToCommitter::Batch(pending) => {
+                    let _done = Landed(&self.in_flight);
                     if let Some(error) = &failure {
                         refuse(pending.answers.into_iter().map(|(reply, _)| reply), error);
                         continue;
@@ -1015,12 +964,12 @@ impl Committer {
     }
 }
 
-/// Counts batches out of the committer's hands when dropped, whichever way they went.
-struct Landed<'a>(&'a AtomicUsize, usize);
+/// Counts a batch out of the committer's hands when dropped, whichever way it went.
+struct Landed<'a>(&'a AtomicUsize);
 
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1683,55 +1632,6 @@ mod tests {
                 .collect(),
         };
         serde_json::to_string(&body).unwrap()
-    }
-
-    #[test]
-    fn batches_taken_into_one_commit_keep_log_order_and_their_deliveries_events() {
-        let entry = |n: u64| NewEvent {
-            need: format!("n{n}"),
-            kind: "offer_sent".into(),
-            at: "2025-01-21T09:00:00Z".into(),
-            data: format!("{{\"n\":{n}}}").into_bytes(),
-            leaf_hash: [0; 32],
-        };
-        let pending = |first: u64, count: u64, delivered: usize| {
-            let (reply, _) = oneshot::channel();
-            Pending {
-                first,
-                batch: Batch {
-                    events: (first..first + count).map(entry).collect(),
-                    deliveries: vec![NewDelivery {
-                        provider: "holder".into(),
-                        event_offset: delivered,
-                        body: format!("event {}", first + delivered as u64),
-                        due_ms: 0,
-                    }],
-                    ..Batch::default()
-                },
-                answers: vec![(reply, Err(BrokerError::Stopped))],
-            }
-        };
-        let mut merged = pending(10, 3, 2);
-        merged.absorb(pending(13, 2, 1));
-        merged.absorb(pending(15, 4, 0));
-        assert_eq!(merged.first, 10);
-        let needs: Vec<&str> = merged
-            .batch
-            .events
-            .iter()
-            .map(|e| e.need.as_str())
-            .collect();
-        assert_eq!(
-            needs,
-            ["n10", "n11", "n12", "n13", "n14", "n15", "n16", "n17", "n18"]
-        );
-        for delivery in &merged.batch.deliveries {
-            let index = merged.first + delivery.event_offset as u64;
-            assert_eq!(delivery.body, format!("event {index}"));
-        }
-        assert_eq!(merged.batch.deliveries.len(), 3);
-        assert_eq!(merged.answers.len(), 3);
-        assert!(!merged.batch.reset_projection);
     }
 
     #[test]

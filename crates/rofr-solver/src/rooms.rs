@@ -762,8 +762,8 @@ impl Search<'_> {
     /// The cheapest mixture of the flows `met` that keeps every limit (a small linear
     /// program over their weights): where the best multipliers lie between flows that
     /// break a limit and flows that keep it with room, their mixture keeps it at about
-    /// the relaxation's cost. Its rooms rounded down to whole units, with the needs
-    /// placed again, are an allocation.
+    /// the relaxation's cost. Its rooms in whole units, with the needs placed again,
+    /// are an allocation.
     fn mix(&mut self, met: &[Met]) {
         use microlp::{ComparisonOp, OptimizationDirection, Problem};
         let mut problem = Problem::new(OptimizationDirection::Minimize);
