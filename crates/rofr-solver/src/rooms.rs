@@ -683,10 +683,10 @@ impl Search<'_> {
         let mut center = vec![0.0; self.limits.len()];
         let mut center_value = self.value();
         let mut best = (center.clone(), center_value);
-        let mut cuts: Cuts = vec![(center.clone(), center_value, self.violations())];
         // Each flow met: its rooms, its cost at the instance's prices, and how far it
-        // breaks each limit.
+        // breaks each limit (the supergradient of its cut).
         let mut met = vec![self.met(&center)];
+        let mut cuts: Cuts = vec![(center.clone(), center_value, met[0].over.clone())];
         // Small first steps: a large change of prices moves most of the flow, and each
         // step is a re-solve from the last flow.
         let mut reach = 1.0 / 8.0;
@@ -732,8 +732,9 @@ impl Search<'_> {
             } else {
                 reach /= 2.0;
             }
-            met.push(self.met(&next));
-            cuts.push((next, value, self.violations()));
+            let flow = self.met(&next);
+            cuts.push((next, value, flow.over.clone()));
+            met.push(flow);
         }
         self.mix(&met);
         self.net.deadline = self.deadline;
@@ -820,13 +821,7 @@ impl Search<'_> {
                 rooms[i] = down;
             }
         }
-        let index: HashMap<Arc, usize> = self
-            .rooms
-            .iter()
-            .enumerate()
-            .map(|(i, room)| (room.arc, i))
-            .collect();
-        if let Some(taken) = self.whole_units_of(|room| rooms[index[&room.arc]]) {
+        if let Some(taken) = self.whole_units_of(&rooms) {
             self.improve(taken);
         }
     }
@@ -1049,16 +1044,17 @@ impl Search<'_> {
     /// already, this costs no more than the node does.
     /// `None` where the deadline passed first.
     fn whole_units(&self) -> Option<Taken> {
-        self.whole_units_of(|room| self.net.flow(room.arc))
+        let flows: Vec<i64> = self.rooms.iter().map(|r| self.net.flow(r.arc)).collect();
+        self.whole_units_of(&flows)
     }
 
-    /// [`Search::whole_units`] from the GPUs `flow` gives each room.
-    fn whole_units_of(&self, flow: impl Fn(&Room) -> i64) -> Option<Taken> {
+    /// [`Search::whole_units`] from `flows`, the GPUs of each room in order.
+    fn whole_units_of(&self, flows: &[i64]) -> Option<Taken> {
         let mut rooms: HashMap<(usize, u64), i64> = HashMap::new();
         let mut left: Vec<i64> = self.instance.pools.iter().map(|p| p.gpus as i64).collect();
-        for room in self.rooms.iter().filter(|r| r.unit > 1) {
+        for (room, &flow) in self.rooms.iter().zip(flows).filter(|(r, _)| r.unit > 1) {
             let unit = room.unit as i64;
-            let whole = flow(room) / unit * unit;
+            let whole = flow / unit * unit;
             left[room.pool] -= whole;
             rooms.insert((room.pool, room.unit), whole);
         }
