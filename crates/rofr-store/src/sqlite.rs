@@ -415,6 +415,7 @@ impl Store for SqliteStore {
                     first_event, last_event
              FROM needs WHERE id > ?2 ORDER BY id LIMIT ?3"
         };
+        // Both take the same three parameters; the list of all needs leaves ?1 unread.
         let mut stmt = self.conn.prepare_cached(sql).map_err(db("listing needs"))?;
         let rows = stmt
             .query_map(params![status, after.unwrap_or(""), limit], need_row)
