@@ -62,7 +62,7 @@ impl BenchReport {
         let pct = |p: f64| self.latencies.quantile(p).as_secs_f64() * 1000.0;
         let events_per_second = self.events as f64 / self.seconds;
         format!(
-            "{mode:<16} needs {needs:>8}  clients {clients:>3}  {nps:>9.0} needs/s  {eps:>9.0} events/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  events/commit {epc:>6.1}  raw append {raw:>9.0} events/s  ratio {ratio:.2}  RSS {rss}",
+            "{mode:<16} needs {needs:>8}  clients {clients:>4}  {nps:>9.0} needs/s  {eps:>9.0} events/s  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms  events/commit {epc:>6.1}  raw append {raw:>9.0} events/s  ratio {ratio:.2}  RSS {rss}",
             mode = self.mode,
             needs = self.needs,
             clients = self.clients,
