@@ -14,8 +14,9 @@ pub enum Command {
         #[arg(long, default_value_t = 100_000)]
         needs: usize,
         /// Concurrent clients, one run per count, e.g. 64,512. Throughput levels off
-        /// once the writer is busy; more clients then only queue (longer latency, larger
-        /// commits), and the raw append of those larger commits gets cheaper per event.
+        /// once the broker has no time to spare; more clients then only queue (longer
+        /// latency, larger commits), and the raw append of larger commits is cheaper
+        /// per event.
         #[arg(long, value_delimiter = ',', default_value = "64,128,256,512", value_parser = clap::value_parser!(usize))]
         clients: Vec<usize>,
         /// Which runs to make.
