@@ -754,7 +754,7 @@ impl Search<'_> {
         let over = self.violations();
         let charged: f64 = lambda.iter().zip(&over).map(|(l, o)| l * o).sum();
         Met {
-            rooms: self.rooms.iter().map(|r| self.net.flow(r.arc)).collect(),
+            rooms: self.room_flows(),
             cost: self.value() - charged,
             over,
         }
@@ -1044,8 +1044,12 @@ impl Search<'_> {
     /// already, this costs no more than the node does.
     /// `None` where the deadline passed first.
     fn whole_units(&self) -> Option<Taken> {
-        let flows: Vec<i64> = self.rooms.iter().map(|r| self.net.flow(r.arc)).collect();
-        self.whole_units_of(&flows)
+        self.whole_units_of(&self.room_flows())
+    }
+
+    /// The GPUs each room carries in the current flow, in the order of `rooms`.
+    fn room_flows(&self) -> Vec<i64> {
+        self.rooms.iter().map(|r| self.net.flow(r.arc)).collect()
     }
 
     /// [`Search::whole_units`] from `flows`, the GPUs of each room in order.
