@@ -184,8 +184,20 @@ struct Step<'a> {
     found: RefCell<Option<(NeedId, usize)>>,
 }
 
+/// Free text a party sends, bounded and without control characters.
+fn text(field: &'static str, text: &str) -> Result<(), Rejection> {
+    crate::need::check_text(field, text, crate::need::MAX_TEXT_CHARS)
+        .map_err(|e| Rejection::invalid(e.field, e.message))
+}
+
 fn need_not_found(id: &NeedId) -> Rejection {
     Rejection::not_found(format!("no need `{id}`"))
+}
+
+/// The one answer a provider gets for a need that does not exist or is none of its
+/// business, so that its ids cannot be probed.
+fn not_for(provider: &ProviderId, id: &NeedId) -> Rejection {
+    Rejection::not_found(format!("no need `{id}` for `{provider}`"))
 }
 
 fn nothing_open(provider: &ProviderId, id: &NeedId, what: &str) -> Rejection {
@@ -259,6 +271,18 @@ impl Step<'_> {
             .map(|i| &self.deal.first_refusals[i as usize])
     }
 
+    /// A need as a provider may address it: [`not_for`] where it is missing or does
+    /// not concern that provider.
+    fn need_for(
+        &self,
+        provider: &ProviderId,
+        id: &NeedId,
+    ) -> Result<Cow<'_, NeedState>, Rejection> {
+        self.find(id)
+            .filter(|need| need.concerns(provider))
+            .ok_or_else(|| not_for(provider, id))
+    }
+
     fn open_need(&self, id: &NeedId) -> Result<Cow<'_, NeedState>, Rejection> {
         let need = self.find(id).ok_or_else(|| need_not_found(id))?;
         if let Some(closed) = need.closed {
@@ -325,6 +349,7 @@ impl Step<'_> {
     fn submit(&mut self, spec: NeedSpec) -> Result<(), Rejection> {
         spec.validate()
             .map_err(|e| Rejection::invalid(e.field, e.message))?;
+        self.offered_by_the_deal(&spec)?;
         if self.state.has_need(spec.id.as_str()) {
             return Err(Rejection {
                 field: Some("id"),
@@ -408,7 +433,34 @@ impl Step<'_> {
         Ok(())
     }
 
+    /// A need's sku, and each of its regions, must be one that a provider of the
+    /// deal offers: otherwise nobody could ever supply it.
+    fn offered_by_the_deal(&self, spec: &NeedSpec) -> Result<(), Rejection> {
+        let sells = |p: &&crate::deal::Provider| p.skus.is_empty() || p.skus.contains(&spec.sku);
+        if !self.deal.providers.iter().any(|p| sells(&p)) {
+            return Err(Rejection::invalid(
+                "sku",
+                format!("no provider of the deal offers sku `{}`", spec.sku),
+            ));
+        }
+        for region in &spec.regions {
+            let serves =
+                |p: &crate::deal::Provider| p.regions.is_empty() || p.regions.contains(region);
+            if !self.deal.providers.iter().any(|p| sells(&p) && serves(p)) {
+                return Err(Rejection::invalid(
+                    "regions",
+                    format!(
+                        "no provider of the deal offers `{}` in region `{region}`",
+                        spec.sku
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn cancel(&mut self, id: &NeedId, reason: String) -> Result<(), Rejection> {
+        text("reason", &reason)?;
         let need = self.open_need(id)?;
         if need.awarded() > Gpus::ZERO {
             return Err(Rejection::conflict(format!(
@@ -461,6 +513,7 @@ impl Step<'_> {
     }
 
     fn reject(&mut self, id: &NeedId, award: u32, reason: String) -> Result<(), Rejection> {
+        text("reason", &reason)?;
         let provider = self.pending_award(id, award)?;
         self.emit(
             id,
@@ -485,6 +538,7 @@ impl Step<'_> {
         seq: Option<u32>,
         kinds: &[OfferKind],
     ) -> Result<HolderOffer, Rejection> {
+        self.need_for(provider, id)?;
         let need = self.open_need(id)?;
         let mine = need
             .offers
@@ -607,7 +661,7 @@ impl Step<'_> {
                 "use no_capacity, price, timing or other",
             ));
         }
-        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
+        let need = self.need_for(provider, id)?;
         if need.holder.as_ref() == Some(provider) && need.open_offers().next().is_some() {
             let kinds = [OfferKind::First, OfferKind::Reoffer, OfferKind::Match];
             let offer = self.find_offer(provider, id, seq, &kinds)?;
@@ -707,7 +761,7 @@ impl Step<'_> {
     }
 
     fn open_rfq(&self, provider: &ProviderId, id: &NeedId) -> Result<Gpus, Rejection> {
-        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
+        let need = self.need_for(provider, id)?;
         let rfq = need
             .rfqs
             .iter()
@@ -742,6 +796,12 @@ impl Step<'_> {
                 format!("quote between 1 and the {asked} GPUs asked for"),
             ));
         }
+        if price == Price::default() {
+            return Err(Rejection::invalid(
+                "price",
+                "a quote's price is above zero: give dollars per GPU-hour",
+            ));
+        }
         let need = self.need(id);
         if price > need.spec.max_price_per_gpu_hour {
             return Err(Rejection::invalid(
@@ -772,7 +832,7 @@ impl Step<'_> {
         id: &NeedId,
         award: u32,
     ) -> Result<AwardStatus, Rejection> {
-        let need = self.find(id).ok_or_else(|| need_not_found(id))?;
+        let need = self.need_for(provider, id)?;
         let found = need
             .awards
             .iter()
@@ -790,6 +850,7 @@ impl Step<'_> {
         award: u32,
         reservation: String,
     ) -> Result<(), Rejection> {
+        text("reservation", &reservation)?;
         if reservation.trim().is_empty() || reservation.len() > 200 {
             return Err(Rejection::invalid(
                 "reservation",
@@ -823,6 +884,7 @@ impl Step<'_> {
         award: u32,
         reason: String,
     ) -> Result<(), Rejection> {
+        text("reason", &reason)?;
         match self.award_of(provider, id, award)? {
             AwardStatus::Made | AwardStatus::Confirmed => {}
             other => {

@@ -47,27 +47,87 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// The most GPUs one need may ask for: more than twice the largest single site
+/// reported (some 400,000 GB200s at Abilene).
+pub const MAX_GPUS: u32 = 1_000_000;
+/// The longest a need may last: ten years of hours.
+pub const MAX_HOURS: u32 = 87_600;
+/// The first and last moments a need's dates may name. The end of a need, its
+/// deadlines and its windows all fall within a few decades after these, far inside
+/// the years a [`Timestamp`] can hold.
+pub const FIRST_DATE: Timestamp = Timestamp::from_unix_seconds_const(0);
+pub const LAST_DATE: Timestamp = Timestamp::from_unix_seconds_const(32_503_680_000 - 1);
+/// The longest free text (a launch name, a reason, a reservation id), in characters.
+pub const MAX_TEXT_CHARS: usize = 500;
+
+/// Checks free text a party sends: at most `max_chars` characters, none of them a
+/// control character (the log is read by people and by other tools).
+pub fn check_text(field: &'static str, text: &str, max_chars: usize) -> Result<(), FieldError> {
+    if text.chars().count() > max_chars {
+        return Err(FieldError {
+            field,
+            message: format!("{field} is longer than {max_chars} characters"),
+        });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError {
+            field,
+            message: format!("{field} holds a control character (a line break, a tab or another); send plain text"),
+        });
+    }
+    Ok(())
+}
+
 impl NeedSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
-        let fail = |field, message: &str| {
-            Err(FieldError {
-                field,
-                message: message.to_owned(),
-            })
-        };
+        let fail = |field, message: String| Err(FieldError { field, message });
         if self.gpus == Gpus::ZERO {
-            return fail("gpus", "a need asks for at least one GPU");
+            return fail("gpus", "a need asks for at least one GPU".into());
+        }
+        if self.gpus.get() > MAX_GPUS {
+            return fail("gpus", format!("a need asks for at most {MAX_GPUS} GPUs"));
         }
         if self.hours == 0 {
-            return fail("hours", "a need lasts at least one hour");
+            return fail("hours", "a need lasts at least one hour".into());
+        }
+        if self.hours > MAX_HOURS {
+            return fail(
+                "hours",
+                format!("a need lasts at most {MAX_HOURS} hours (ten years)"),
+            );
+        }
+        for (field, at) in [
+            ("earliest_start", self.earliest_start),
+            ("latest_start", self.latest_start),
+            ("decide_by", self.decide_by),
+        ] {
+            if !(FIRST_DATE..=LAST_DATE).contains(&at) {
+                return fail(
+                    field,
+                    format!("{field} {at} is outside {FIRST_DATE} to {LAST_DATE}"),
+                );
+            }
         }
         if self.latest_start < self.earliest_start {
-            return fail("latest_start", "latest_start is before earliest_start");
+            return fail(
+                "latest_start",
+                "latest_start is before earliest_start".into(),
+            );
+        }
+        if self.decide_by > self.latest_start {
+            return fail(
+                "decide_by",
+                format!(
+                    "decide_by {} is after latest_start {}: a need must be placed before it can start",
+                    self.decide_by, self.latest_start
+                ),
+            );
         }
         if self.max_price_per_gpu_hour == Price::default() {
             return fail(
                 "max_price_per_gpu_hour",
-                "a maximum price of zero admits no quote; give the most you will pay per GPU-hour",
+                "a maximum price of zero admits no quote; give the most you will pay per GPU-hour"
+                    .into(),
             );
         }
         if self
@@ -76,11 +136,11 @@ impl NeedSpec {
         {
             return fail(
                 "offer_price_per_gpu_hour",
-                "the price offered to the holder is above the need's maximum price",
+                "the price offered to the holder is above the need's maximum price".into(),
             );
         }
-        if self.launch.as_ref().is_some_and(|l| l.len() > 200) {
-            return fail("launch", "the launch name is longer than 200 characters");
+        if let Some(launch) = &self.launch {
+            check_text("launch", launch, 200)?;
         }
         Ok(())
     }

@@ -197,6 +197,16 @@ impl NeedState {
             .sum()
     }
 
+    /// Whether the need is any business of `provider`: it holds the right over it, or
+    /// something was offered, requested of or awarded to it. To every other provider
+    /// the need is as if it did not exist.
+    pub fn concerns(&self, provider: &ProviderId) -> bool {
+        self.holder.as_ref() == Some(provider)
+            || self.offers.iter().any(|o| &o.provider == provider)
+            || self.rfqs.iter().any(|r| &r.provider == provider)
+            || self.awards.iter().any(|a| &a.provider == provider)
+    }
+
     pub fn open_offers(&self) -> impl Iterator<Item = &HolderOffer> {
         self.offers.iter().filter(|o| o.status == OfferStatus::Open)
     }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why a value could not be made: a plain sentence that says what would be right.
@@ -189,20 +189,22 @@ impl Gpus {
 
 impl std::ops::Add for Gpus {
     type Output = Gpus;
+    /// Saturating: no count rofr accepts comes near `u32::MAX`, and a sum that did
+    /// must not wrap to a small one.
     fn add(self, other: Gpus) -> Gpus {
-        Gpus(self.0 + other.0)
+        Gpus(self.0.saturating_add(other.0))
     }
 }
 
 impl std::ops::AddAssign for Gpus {
     fn add_assign(&mut self, other: Gpus) {
-        self.0 += other.0;
+        *self = *self + other;
     }
 }
 
 impl std::iter::Sum for Gpus {
     fn sum<I: Iterator<Item = Gpus>>(iter: I) -> Gpus {
-        Gpus(iter.map(|g| g.0).sum())
+        iter.fold(Gpus::ZERO, |total, g| total + g)
     }
 }
 
@@ -232,8 +234,13 @@ impl Price {
         Ok(Price((dollars * Self::SCALE).round() as u64))
     }
 
+    /// The largest price, in ten-thousandths of a dollar.
+    pub const MAX: Price = Price(Self::MAX_DOLLARS as u64 * 10_000);
+
+    /// A price of `units` ten-thousandths of a dollar, held to [`Price::MAX`] so that
+    /// every price written reads back.
     pub fn from_ten_thousandths(units: u64) -> Price {
-        Price(units)
+        Price(units.min(Self::MAX.0))
     }
 
     pub fn ten_thousandths(self) -> u64 {
@@ -253,7 +260,7 @@ impl Price {
     /// that a threshold never admits more than it says.
     pub fn raised_by(self, fraction: f64) -> Price {
         // The small epsilon absorbs float noise (6.00 × 1.05 must give exactly 6.30).
-        Price((self.0 as f64 * (1.0 + fraction) + 1e-6).floor() as u64)
+        Price::from_ten_thousandths((self.0 as f64 * (1.0 + fraction) + 1e-6).floor() as u64)
     }
 }
 
@@ -276,11 +283,30 @@ impl<'de> Deserialize<'de> for Price {
 }
 
 /// A moment in UTC, to the second. Written as RFC 3339 (`2025-01-21T09:00:00Z`).
+///
+/// Every value lies in RFC 3339's own range, years 0000 to 9999: construction and
+/// arithmetic stop at [`Timestamp::MIN`] and [`Timestamp::MAX`], so whatever time a
+/// deadline, a window or a duration produces is written with four digits and parses
+/// back. A time outside the range would be written (`+10000-01-01T00:00:00Z`) in a form
+/// the log's own parser refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// 0000-01-01T00:00:00Z.
+    pub const MIN: Timestamp = Timestamp(-62_167_219_200);
+    /// 9999-12-31T23:59:59Z.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799);
+
+    /// The moment `seconds` after 1970-01-01T00:00:00Z, held to [`Timestamp::MIN`] and
+    /// [`Timestamp::MAX`].
     pub fn from_unix_seconds(seconds: i64) -> Timestamp {
+        Timestamp(seconds.clamp(Self::MIN.0, Self::MAX.0))
+    }
+
+    /// For constants: the caller gives a time in range.
+    pub const fn from_unix_seconds_const(seconds: i64) -> Timestamp {
+        assert!(seconds >= Self::MIN.0 && seconds <= Self::MAX.0);
         Timestamp(seconds)
     }
 
@@ -289,17 +315,18 @@ impl Timestamp {
     }
 
     pub fn from_datetime(at: DateTime<Utc>) -> Timestamp {
-        Timestamp(at.timestamp())
+        Timestamp::from_unix_seconds(at.timestamp())
     }
 
     pub fn to_datetime(self) -> DateTime<Utc> {
         Utc.timestamp_opt(self.0, 0)
             .single()
-            .expect("timestamps are made from valid datetimes")
+            .expect("years 0 to 9999 are valid datetimes")
     }
 
     /// Parses RFC 3339 with any offset; fractions of a second are refused because
-    /// every time in rofr is whole seconds.
+    /// every time in rofr is whole seconds, and so are offsets that carry the moment
+    /// out of the years 0000 to 9999 in UTC.
     pub fn parse(text: &str) -> Result<Timestamp, ValueError> {
         let parsed = DateTime::parse_from_rfc3339(text).map_err(|e| {
             ValueError(format!(
@@ -311,18 +338,24 @@ impl Timestamp {
                 "`{text}` has a fraction of a second; rofr keeps whole seconds"
             )));
         }
-        Ok(Timestamp(parsed.timestamp()))
+        let seconds = parsed.timestamp();
+        if !(Self::MIN.0..=Self::MAX.0).contains(&seconds) {
+            return Err(ValueError(format!(
+                "`{text}` is outside the years 0000 to 9999 in UTC"
+            )));
+        }
+        Ok(Timestamp(seconds))
     }
 
+    /// The moment `seconds` later (earlier, if negative), held to the range.
     pub fn plus_seconds(self, seconds: i64) -> Timestamp {
-        Timestamp(self.0.saturating_add(seconds))
+        Timestamp::from_unix_seconds(self.0.saturating_add(seconds))
     }
 }
 
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC to the second, `2025-01-21T09:00:00Z`: every event carries a few,
-    /// so years 0 to 9999 are written here without allocating; others go through
-    /// `chrono`, which writes them the same way.
+    /// so they are written here without allocating, as `chrono` writes them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.with_text(|text| f.write_str(text))
     }
@@ -335,22 +368,15 @@ impl Timestamp {
         self.with_text(|text| out.push_str(text));
     }
 
-    /// Hands `use_text` the text: from a buffer on the stack for the years 0 to 9999,
-    /// from `chrono` for the others.
+    /// Hands `use_text` the text, from a buffer on the stack.
     fn with_text<R>(self, use_text: impl FnOnce(&str) -> R) -> R {
-        match self.rfc3339() {
-            Some(text) => use_text(std::str::from_utf8(&text).expect("ASCII")),
-            None => use_text(
-                &self
-                    .to_datetime()
-                    .to_rfc3339_opts(SecondsFormat::Secs, true),
-            ),
-        }
+        let text = self.rfc3339();
+        use_text(std::str::from_utf8(&text).expect("ASCII"))
     }
 
-    /// The text of years 0 to 9999, from the days since 1970 by the civil calendar
-    /// (Howard Hinnant's `civil_from_days`); `None` outside them.
-    fn rfc3339(self) -> Option<[u8; 20]> {
+    /// The text, from the days since 1970 by the civil calendar (Howard Hinnant's
+    /// `civil_from_days`); every timestamp's year has four digits.
+    fn rfc3339(self) -> [u8; 20] {
         let days = self.0.div_euclid(86_400);
         let second_of_day = self.0.rem_euclid(86_400);
         let z = days + 719_468;
@@ -367,9 +393,7 @@ impl Timestamp {
             shifted_month - 9
         };
         let year = year_of_era + era * 400 + i64::from(month <= 2);
-        if !(0..=9999).contains(&year) {
-            return None;
-        }
+        debug_assert!((0..=9999).contains(&year), "a timestamp in range");
         let mut text = *b"0000-00-00T00:00:00Z";
         let mut put = |at: usize, width: usize, mut value: i64| {
             for i in (at..at + width).rev() {
@@ -383,7 +407,7 @@ impl Timestamp {
         put(11, 2, second_of_day / 3_600);
         put(14, 2, second_of_day / 60 % 60);
         put(17, 2, second_of_day % 60);
-        Some(text)
+        text
     }
 }
 
@@ -517,7 +541,8 @@ mod tests {
     }
 
     fn by_chrono(t: Timestamp) -> String {
-        t.to_datetime().to_rfc3339_opts(SecondsFormat::Secs, true)
+        t.to_datetime()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     #[test]
@@ -531,16 +556,29 @@ mod tests {
             4_107_542_399,   // 2100-02-28T23:59:59
             4_107_542_400,   // 2100-03-01
             -62_167_219_200, // 0000-01-01
-            -62_167_219_201, // a second before year 0
             253_402_300_799, // 9999-12-31T23:59:59
-            253_402_300_800, // 10000-01-01
         ];
         for t in edges.map(Timestamp::from_unix_seconds) {
             assert_eq!(every_text(t), by_chrono(t), "{}", t.unix_seconds());
         }
-        assert!(Timestamp::from_unix_seconds(253_402_300_800)
-            .rfc3339()
-            .is_none());
+    }
+
+    #[test]
+    fn times_stop_at_the_ends_of_the_years_0000_to_9999() {
+        let beyond = [i64::MIN, -62_167_219_201, 253_402_300_800, i64::MAX];
+        for seconds in beyond {
+            let t = Timestamp::from_unix_seconds(seconds);
+            assert!(t == Timestamp::MIN || t == Timestamp::MAX, "{seconds}");
+        }
+        assert_eq!(Timestamp::MAX.plus_seconds(1), Timestamp::MAX);
+        assert_eq!(Timestamp::MAX.plus_seconds(i64::MAX), Timestamp::MAX);
+        assert_eq!(Timestamp::MIN.plus_seconds(i64::MIN), Timestamp::MIN);
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(Timestamp::MIN.to_string(), "0000-01-01T00:00:00Z");
+        // Offsets that carry a written time out of the range are refused, not moved.
+        assert!(Timestamp::parse("9999-12-31T23:59:59-01:00").is_err());
+        assert!(Timestamp::parse("0000-01-01T00:00:00+01:00").is_err());
+        assert_eq!(Timestamp::parse("9999-12-31T23:59:59Z"), Ok(Timestamp::MAX));
     }
 
     proptest::proptest! {
@@ -548,6 +586,14 @@ mod tests {
         fn times_are_written_as_chrono_writes_them(seconds in -70_000_000_000i64..260_000_000_000) {
             let t = Timestamp::from_unix_seconds(seconds);
             proptest::prop_assert_eq!(every_text(t), by_chrono(t));
+        }
+
+        #[test]
+        fn every_time_reads_back_as_itself(seconds: i64, later: i64) {
+            let t = Timestamp::from_unix_seconds(seconds).plus_seconds(later);
+            proptest::prop_assert_eq!(Timestamp::parse(&t.to_string()), Ok(t));
+            let json = serde_json::to_string(&t).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         }
     }
 }

@@ -369,9 +369,9 @@ mod tests {
             (0, 0),
             (7, 69_800),
             (-5, 3),
-            (i64::MAX, u64::MAX),
-            (i64::MIN, u64::MAX),
-            (1 << 40, 1 << 50),
+            (i64::MAX, Price::MAX.units()),
+            (i64::MIN, Price::MAX.units()),
+            (1 << 40, 1 << 30),
         ];
         // Times on the hour, just before it, and before 1970 (negative seconds).
         let times = [1_700_000_000i64, 1_699_999_200, 1_700_003_599, -1, -3_601];

@@ -2,7 +2,7 @@
 //! the client in one envelope: `{"error": {"code", "message", "field"}}`.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{raw_json, Broker, BrokerError, Idempotency, IndexedEvent, Party, Reply};
+use crate::input::{Params as Query, Segments as Path};
 use crate::views;
 
 /// Largest request body accepted, in bytes.
@@ -64,6 +65,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/webhook/deliveries", get(deliveries))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::input::guard))
         .with_state(broker)
 }
 
@@ -193,7 +195,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -202,7 +208,7 @@ impl ApiError {
         }
     }
 
-    fn field(mut self, field: impl Into<String>) -> ApiError {
+    pub(crate) fn field(mut self, field: impl Into<String>) -> ApiError {
         self.field = Some(field.into());
         self
     }
@@ -241,7 +247,14 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(envelope)).into_response()
+        let mut response = (self.status, Json(envelope)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(crate::input::CHALLENGE),
+            );
+        }
+        response
     }
 }
 
@@ -273,12 +286,19 @@ impl From<BrokerError> for ApiError {
                 "unavailable",
                 "the broker is shutting down",
             ),
+            BrokerError::Failed => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request failed inside the broker and was not applied; the broker goes on serving",
+            ),
             other => {
+                // Store and set-up errors name tables, files and addresses: logged
+                // here, never sent.
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
-                    other.to_string(),
+                    "the request failed inside the broker; see the server's log",
                 )
             }
         }
@@ -306,10 +326,13 @@ impl FromRequestParts<Broker> for Caller {
                 "send `Authorization: Bearer <token>`; tokens come from `rofr token create`",
             )
         })?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
         match broker.authenticate(token.trim())? {
             Some(party) => Ok(Caller(party)),
@@ -347,7 +370,7 @@ impl Caller {
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|error| {
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let status = if inner.is_syntax() || inner.is_eof() {
@@ -366,7 +389,16 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         } else {
             e.field(path)
         }
-    })
+    })?;
+    // One JSON value and nothing after it but white space.
+    de.end().map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("data after the JSON value: {error}"),
+        )
+    })?;
+    Ok(value)
 }
 
 fn need_id(id: &str) -> Result<NeedId, ApiError> {
@@ -1269,7 +1301,10 @@ async fn events(
 
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
 async fn healthz(State(broker): State<Broker>) -> Json<Health> {
-    let (now, log_entries) = broker.read(|e| (e.clock(), e.state().events));
+    // The broker's clock; the last event's time where that is later (a deal's test
+    // clock may start before the log's last entry).
+    let (last, log_entries) = broker.read(|e| (e.clock(), e.state().events));
+    let now = broker.clock().now().max(last);
     let speed = match broker.clock() {
         crate::Clock::System => 1.0,
         crate::Clock::Scaled { speed, .. } => *speed,

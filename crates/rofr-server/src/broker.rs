@@ -84,7 +84,15 @@ pub enum BrokerError {
     Setup(String),
     #[error("the broker is shutting down")]
     Stopped,
+    /// The command failed where it should not have (a defect): it was refused alone,
+    /// nothing of it was written, and the broker goes on.
+    #[error("the command failed inside the broker; nothing of it was written")]
+    Failed,
 }
+
+/// Called with each command right after the engine has applied it and before its
+/// events are staged: a test panics here to stand for a defect in the engine.
+pub type FaultHook = Arc<dyn Fn(&Command) + Send + Sync>;
 
 type ReplyTo = oneshot::Sender<Result<Reply, BrokerError>>;
 
@@ -154,6 +162,8 @@ struct Inner {
     durable: watch::Sender<(u64, u64)>,
     /// Set by the committer when a commit failed; the writer then reloads the engine.
     commit_failed: AtomicBool,
+    /// See [`Broker::inject_fault`].
+    fault: RwLock<Option<FaultHook>>,
 }
 
 /// A cheap handle to the running broker.
@@ -254,6 +264,7 @@ impl Broker {
             applied: AtomicU64::new(next_index),
             durable: watch::Sender::new((0, next_index)),
             commit_failed: AtomicBool::new(false),
+            fault: RwLock::new(None),
         });
         let mut writer = Writer {
             inner: inner.clone(),
@@ -268,6 +279,7 @@ impl Broker {
             returned: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
             unsettled_keys: HashMap::new(),
+            poisoned: false,
         };
         writer.settle()?;
         if !shared {
@@ -423,6 +435,13 @@ impl Broker {
             .clone()
             .ok_or(BrokerError::Stopped)?;
         sender.send(job).map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Runs `hook` with every command just after the engine applied it. A panic there
+    /// is what a defect in the engine looks like to the writer, which must refuse that
+    /// command alone and go on; tests use this to check that it does.
+    pub fn inject_fault(&self, hook: Option<FaultHook>) {
+        *self.inner.fault.write().expect("fault lock") = hook;
     }
 
     /// Stops taking commands; the writer finishes what is queued and exits.
@@ -1063,6 +1082,9 @@ struct Writer {
     /// Idempotent answers of batches not yet known to be on disk, with the log size
     /// past their command's events: the store cannot answer for them yet.
     unsettled_keys: HashMap<(String, String), (u64, IdempotentResponse)>,
+    /// A command panicked in the engine, whose state may now hold part of it: the
+    /// engine is reloaded from the log once the batch before it is written.
+    poisoned: bool,
 }
 
 impl Writer {
@@ -1173,7 +1195,8 @@ impl Writer {
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
                         // Stopping: the rows held back go with a last commit.
-                        self.process(Vec::new(), Vec::new(), Rows::All);
+                        let unrun = self.process(Vec::new(), Vec::new(), Rows::All);
+                        debug_assert!(unrun.is_empty(), "a batch without jobs runs none");
                         return;
                     }
                 }
@@ -1218,7 +1241,10 @@ impl Writer {
             } else {
                 Rows::Held
             };
-            self.process(jobs, flushes, rows);
+            let unrun = self.process(jobs, flushes, rows);
+            for job in unrun.into_iter().rev() {
+                backlog.push_front(Work::Job(job));
+            }
             for done in synced {
                 let _ = done.send(());
             }
@@ -1230,7 +1256,9 @@ impl Writer {
         self.committer.is_some() && self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    fn process(&mut self, jobs: Vec<Job>, flushes: Vec<ReplyTo>, rows: Rows) {
+    /// Runs one batch; returns the jobs it did not get to (those after a command
+    /// that panicked), to be run on the reloaded engine.
+    fn process(&mut self, jobs: Vec<Job>, flushes: Vec<ReplyTo>, rows: Rows) -> Vec<Job> {
         if self.inner.commit_failed.load(Ordering::Acquire) {
             self.recover();
         }
@@ -1268,10 +1296,10 @@ impl Writer {
             tracing::error!(%error, "cannot read the log; commands refused until it can be read");
             let replies = jobs.into_iter().map(|job| job.reply).chain(flushes);
             refuse(replies, &error.to_string());
-            return;
+            return Vec::new();
         }
         if !writes {
-            return;
+            return Vec::new();
         }
         if inner.shared {
             // Another replica may have registered a webhook.
@@ -1283,15 +1311,35 @@ impl Writer {
         let now = inner.clock.now().max(engine.clock());
         let mut batch = Batch::default();
         let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
+        let mut unrun = Vec::new();
 
-        let ticked = engine
-            .execute(Command::Tick { now })
-            .expect("the broker's clock never goes back");
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.execute(Command::Tick { now })
+        }));
+        let Ok(ticked) = ticked else {
+            // A deadline failed: nothing of this batch is written, and the engine
+            // goes back to the log.
+            tracing::error!(now = %now, "a deadline failed inside the broker; the batch is refused and the engine reloaded");
+            if inner.shared {
+                let _ = self.store.abort();
+            }
+            drop(engine);
+            self.poisoned = true;
+            self.reload_if_poisoned();
+            let replies = jobs.into_iter().map(|job| job.reply).chain(flushes);
+            for reply in replies {
+                let _ = reply.send(Err(BrokerError::Failed));
+            }
+            return Vec::new();
+        };
+        let ticked = ticked.expect("the broker's clock never goes back");
         self.append(&mut batch, &ticked);
 
+        let fault = inner.fault.read().expect("fault lock").clone();
         // One buffer for every command's events.
         let mut events = Vec::with_capacity(8);
-        for job in jobs {
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
             // The party's key scopes idempotency keys; most commands carry none.
             if let Some(idem) = &job.idempotency {
                 let party = job.party.key();
@@ -1330,7 +1378,29 @@ impl Writer {
                 200
             };
             events.clear();
-            match engine.execute_into(job.command, &mut events) {
+            let need = job.command.need().cloned();
+            let probe = fault.as_ref().map(|_| job.command.clone());
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let result = engine.execute_into(job.command, &mut events);
+                if let (Some(hook), Some(command)) = (&fault, &probe) {
+                    hook(command);
+                }
+                result
+            }));
+            let Ok(applied) = applied else {
+                // The engine may hold part of the command: refuse it alone, write the
+                // batch so far, and run the rest after reloading from the log.
+                tracing::error!(
+                    need.id = need.as_ref().map(|n| n.as_str()),
+                    party = %job.party.key(),
+                    "a command failed inside the broker; refused, nothing of it written"
+                );
+                answers.push((job.reply, Err(BrokerError::Failed)));
+                self.poisoned = true;
+                unrun.extend(jobs.by_ref());
+                break;
+            };
+            match applied {
                 Ok(()) => {
                     inner
                         .counters
@@ -1438,7 +1508,8 @@ impl Writer {
                     "the committer thread is gone; the batch's commands see the broker as stopped"
                 );
             }
-            return;
+            self.reload_if_poisoned();
+            return unrun;
         }
         if pending.batch.is_empty() {
             if let Err(error) = self.store.abort() {
@@ -1450,14 +1521,25 @@ impl Writer {
                 drop(engine);
                 keep_spare(&mut self.spare, entries);
                 checkpoint_if_due(&inner, self.store.as_mut());
+                self.reload_if_poisoned();
             }
             Err(_) => {
+                self.poisoned = false;
                 self.reload(&mut engine);
                 drop(engine);
                 if let Err(error) = self.settle() {
                     tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
                 }
             }
+        }
+        unrun
+    }
+
+    /// After a command or deadline panicked: the engine goes back to the log (once
+    /// the batch before the failure is written), before any read or command sees it.
+    fn reload_if_poisoned(&mut self) {
+        if std::mem::take(&mut self.poisoned) {
+            self.recover();
         }
     }
 

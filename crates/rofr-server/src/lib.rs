@@ -12,12 +12,13 @@ pub mod client;
 pub mod clock;
 pub mod dashboard;
 pub mod demo;
+mod input;
 pub mod ledger;
 pub mod metrics;
 pub mod views;
 pub mod webhook;
 
-pub use broker::{Broker, BrokerError, Party};
+pub use broker::{Broker, BrokerError, FaultHook, Party};
 pub use clock::Clock;
 
 /// Serves the API on `listener`, and posts webhook deliveries, until the future

@@ -131,7 +131,7 @@ impl App {
 fn need(id: &str, gpus: i64) -> Value {
     json!({
         "id": id, "sku": "H100", "gpus": gpus, "hours": 100, "workload": "training",
-        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-03-01T00:00:00Z",
+        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-04-01T00:00:00Z",
         "max_price_per_gpu_hour": 8.0, "decide_by": "2025-04-01T00:00:00Z"
     })
 }
@@ -416,6 +416,7 @@ async fn a_retry_with_the_same_idempotency_key_repeats_no_effect(backend: Backen
             .post(format!("{}/v1/needs", app.url))
             .bearer_auth(&app.buyer)
             .header("idempotency-key", key)
+            .header("content-type", "application/json")
             .body(body)
             .send()
     };
@@ -804,6 +805,195 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
     assert_eq!(status, 403);
 }
 
+async fn a_command_that_fails_inside_the_broker_is_refused_alone(backend: Backend) {
+    use rofr_engine::Command;
+    use std::sync::Arc;
+    let app = spawn_app(backend).await;
+    assert_eq!(app.submit("before", 8).await.0, 201);
+    let before = app.event_count().await;
+    app.broker.inject_fault(Some(Arc::new(|command: &Command| {
+        if command.need().is_some_and(|id| id.as_str() == "boom") {
+            panic!("a defect applying {command:?}");
+        }
+    })));
+    let (status, body) = app.submit("boom", 8).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("defect") && !message.contains("boom"),
+        "the answer leaks nothing of the failure: {message}"
+    );
+    assert_eq!(app.event_count().await, before, "nothing of it was written");
+    let (status, _) = app.get(&app.buyer, "/v1/needs/boom").await;
+    assert_eq!(status, 404);
+    // The broker goes on: the next commands are applied and read back.
+    assert_eq!(app.submit("after", 8).await.0, 201);
+    let (status, _) = app.post(&app.azure, "/v1/needs/before/accept", "{}").await;
+    assert_eq!(status, 200);
+    let (status, shown) = app.get(&app.buyer, "/v1/needs/after").await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["status"], "offered");
+    app.broker.inject_fault(None);
+    assert_eq!(app.submit("boom", 8).await.0, 201, "the id was never taken");
+}
+
+async fn hostile_requests_get_their_4xx_in_the_envelope_and_write_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert_eq!(app.submit("n1", 64).await.0, 201);
+    let before = app.event_count().await;
+    let raw = |method: reqwest::Method, path: &str| {
+        app.client
+            .request(method, format!("{}{path}", app.url))
+            .bearer_auth(&app.buyer)
+    };
+    let mut answers = Vec::new();
+    let trailing = format!("{}{{\"id\":\"n9\"}}", need("n8", 8));
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs")
+            .header("content-type", "application/json")
+            .body(trailing),
+        400,
+        "malformed_json",
+    ));
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs")
+            .header("content-type", "text/plain")
+            .body(need("n8", 8).to_string()),
+        415,
+        "unsupported_media_type",
+    ));
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs").body(need("n8", 8).to_string()),
+        415,
+        "unsupported_media_type",
+    ));
+    answers.push((
+        raw(reqwest::Method::DELETE, "/v1/needs"),
+        405,
+        "method_not_allowed",
+    ));
+    answers.push((raw(reqwest::Method::GET, "/v2/nothing"), 404, "not_found"));
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs")
+            .header("content-type", "application/json")
+            .body(format!("{{\"id\":\"{}\"}}", "x".repeat(70_000))),
+        413,
+        "payload_too_large",
+    ));
+    answers.push((
+        raw(reqwest::Method::GET, "/v1/needs?limit=many"),
+        422,
+        "invalid_field",
+    ));
+    answers.push((
+        raw(reqwest::Method::GET, "/v1/needs?colour=blue"),
+        422,
+        "invalid_field",
+    ));
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs/n1/awards/first/approve"),
+        404,
+        "not_found",
+    ));
+    answers.push((
+        raw(
+            reqwest::Method::POST,
+            "/v1/needs/n1/awards/99999999999/approve",
+        ),
+        404,
+        "not_found",
+    ));
+    let mut huge = need("n8", 8);
+    huge["gpus"] = json!(4_000_000_000u64);
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs").json(&huge),
+        422,
+        "invalid_field",
+    ));
+    let mut late = need("n8", 8);
+    late["decide_by"] = json!("2025-05-01T00:00:00Z");
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs").json(&late),
+        422,
+        "invalid_field",
+    ));
+    let reason = format!("{}\u{1b}[31m", "x".repeat(60_000));
+    answers.push((
+        raw(reqwest::Method::POST, "/v1/needs/n1/cancel").json(&json!({ "reason": reason })),
+        422,
+        "invalid_field",
+    ));
+    for (request, status, code) in answers {
+        let response = request.send().await.unwrap();
+        let got = response.status().as_u16();
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((got, kind.as_str()), (status, "application/json"), "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // A quote of $0 from a provider asked for one.
+    app.post(&app.azure, "/v1/needs/n1/decline", r#"{"reason":"price"}"#)
+        .await;
+    let (status, body) = app
+        .post(&app.oracle, "/v1/needs/n1/quote", r#"{"gpus":8,"price":0}"#)
+        .await;
+    assert_eq!((status, &body["error"]["field"]), (422, &json!("price")));
+    let after_decline = before + 2; // the decline and the requests for quotes
+    assert!(app.event_count().await >= after_decline);
+
+    // The scheme is case-insensitive, and a 401 says how to authenticate.
+    let response = app
+        .client
+        .get(format!("{}/v1/whoami", app.url))
+        .header("authorization", format!("bearer {}", app.buyer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let response = app
+        .client
+        .get(format!("{}/v1/whoami", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"rofr\""
+    );
+
+    // A provider's 404 is the same for a missing need and one that is not its own.
+    let (status, theirs) = app.post(&app.stranger, "/v1/needs/n1/accept", "{}").await;
+    let (_, missing) = app.post(&app.stranger, "/v1/needs/zz/accept", "{}").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        theirs["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("n1", "zz"),
+        missing["error"]["message"].as_str().unwrap()
+    );
+}
+
+async fn health_shows_the_brokers_clock(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.submit("n1", 8).await;
+    let (_, events) = app.get(&app.auditor, "/v1/events").await;
+    let last = events["events"][1]["event"]["at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, health) = app.get("", "/healthz").await;
+    let now = health["now"].as_str().unwrap();
+    assert!(now > last.as_str(), "the clock moved on from {last}: {now}");
+}
+
 /// Each test, once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -841,4 +1031,7 @@ on_both_backends!(
     the_openapi_document_is_served_and_locked,
     offers_reach_the_providers_webhook_signed_and_retried_until_accepted,
     checkpoints_follow_the_policy_and_proofs_check_against_them,
+    a_command_that_fails_inside_the_broker_is_refused_alone,
+    hostile_requests_get_their_4xx_in_the_envelope_and_write_nothing,
+    health_shows_the_brokers_clock,
 );

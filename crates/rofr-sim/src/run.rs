@@ -159,7 +159,11 @@ fn need_spec(
     date: Timestamp,
     now: Timestamp,
 ) -> NeedSpec {
-    let latest = date.plus_seconds(spec.flexibility);
+    // Decided by the latest start, and never less than a day after submission: a need
+    // raised later than that before its launch may start as late as it is decided.
+    let latest = date
+        .plus_seconds(spec.flexibility)
+        .max(now.plus_seconds(DAY));
     NeedSpec {
         id: NeedId::parse(&id).expect("drawn ids are valid"),
         sku: spec.sku.clone(),
@@ -174,8 +178,7 @@ fn need_spec(
         offer_price_per_gpu_hour: None,
         priority: 0,
         launch: Some(spec.name.clone()),
-        // Decided by the latest start, and never less than a day after submission.
-        decide_by: latest.max(now.plus_seconds(DAY)),
+        decide_by: latest,
     }
 }
 
@@ -719,8 +722,8 @@ impl<'a> Sim<'a> {
         spec.id = new_id.clone();
         spec.gpus = gpus;
         spec.earliest_start = at;
-        spec.latest_start = at.plus_seconds(flexibility);
-        spec.decide_by = spec.latest_start.max(at.plus_seconds(DAY));
+        spec.latest_start = at.plus_seconds(flexibility).max(at.plus_seconds(DAY));
+        spec.decide_by = spec.latest_start;
         self.needs.insert(
             new_id,
             NeedInfo {

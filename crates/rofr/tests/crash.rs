@@ -52,7 +52,7 @@ fn serve(database: &Path, deal: Option<&Path>, clock_start: &str) -> Server {
 fn need(id: &str) -> Value {
     json!({
         "id": id, "sku": "H100", "gpus": 16, "hours": 24, "workload": "training",
-        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-03-01T00:00:00Z",
+        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-04-01T00:00:00Z",
         "max_price_per_gpu_hour": 8.0, "decide_by": "2025-04-01T00:00:00Z"
     })
 }

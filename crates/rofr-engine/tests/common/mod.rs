@@ -67,7 +67,7 @@ pub fn need(id: &str, gpus: u32) -> NeedSpec {
         gpus: Gpus(gpus),
         regions: Default::default(),
         earliest_start: hours(24 * 7),
-        latest_start: hours(24 * 30),
+        latest_start: hours(24 * 60),
         hours: 100,
         workload: Workload::parse("training").unwrap(),
         tags: Default::default(),
