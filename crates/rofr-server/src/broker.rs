@@ -164,6 +164,8 @@ struct Inner {
     commit_failed: AtomicBool,
     /// See [`Broker::inject_fault`].
     fault: RwLock<Option<FaultHook>>,
+    /// See [`Broker::allow_private_webhooks`].
+    private_webhooks: AtomicBool,
 }
 
 /// A cheap handle to the running broker.
@@ -265,6 +267,7 @@ impl Broker {
             durable: watch::Sender::new((0, next_index)),
             commit_failed: AtomicBool::new(false),
             fault: RwLock::new(None),
+            private_webhooks: AtomicBool::new(false),
         });
         let mut writer = Writer {
             inner: inner.clone(),
@@ -546,8 +549,22 @@ impl Broker {
         Ok(Some(bundle))
     }
 
+    /// Lets providers register webhooks at loopback, link-local and private
+    /// addresses, and deliveries reach them (tests, demos, a receiver inside one's own
+    /// network). Set before serving.
+    pub fn allow_private_webhooks(&self, allow: bool) {
+        self.inner.private_webhooks.store(allow, Ordering::Release);
+    }
+
+    pub fn private_webhooks_allowed(&self) -> bool {
+        self.inner.private_webhooks.load(Ordering::Acquire)
+    }
+
     /// Registers (or replaces) a provider's webhook; returns the new signing secret.
+    /// The URL is checked by [`crate::webhook::check_url`].
     pub fn set_webhook(&self, provider: &ProviderId, url: &str) -> Result<String, BrokerError> {
+        crate::webhook::check_url(url, self.private_webhooks_allowed())
+            .map_err(|message| Rejection::invalid("url", message))?;
         let secret = crate::webhook::new_secret();
         let now = Clock::System.now().to_string();
         let mut store = self.inner.reader.lock().expect("store lock poisoned");

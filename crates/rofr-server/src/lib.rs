@@ -29,7 +29,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let deliveries = tokio::spawn(webhook::deliver(broker.location().clone(), stopped));
+    let deliveries = tokio::spawn(webhook::deliver(
+        broker.location().clone(),
+        broker.private_webhooks_allowed(),
+        stopped,
+    ));
     let served = axum::serve(listener, api::router(broker))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -7,6 +7,7 @@
 //! `Rofr-Timestamp: <Unix seconds>`. Signing the timestamp lets receivers refuse replays
 //! older than a tolerance they choose (see [`verify`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -95,8 +96,113 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs((1u64 << attempts.min(16)).min(300))
 }
 
+/// Whether an address is one a webhook may not reach unless the operator allows it:
+/// this machine, its link (where cloud metadata services answer) or a private network.
+pub fn private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                // Shared address space (RFC 6598), used inside clouds and carriers.
+                || a == 100 && (64..128).contains(&b)
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // Unique local (fc00::/7) and link-local (fe80::/10).
+                || first & 0xfe00 == 0xfc00
+                || first & 0xffc0 == 0xfe80
+        }
+    }
+}
+
+/// Checks a webhook URL as a provider sends it: http or https, no credentials in it,
+/// and (unless `allow_private`) not at a loopback, link-local or private address. The
+/// message never repeats the URL, which may hold a secret.
+pub fn check_url(text: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("a webhook URL starts with http:// or https://".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "a webhook URL may not carry credentials (user:password@); deliveries are signed with the secret this call returns".into(),
+        );
+    }
+    if text.len() > 2048 {
+        return Err("a webhook URL is at most 2048 characters".into());
+    }
+    if allow_private {
+        return Ok(url);
+    }
+    let local = match url.host() {
+        Some(url::Host::Ipv4(v4)) => private(IpAddr::V4(v4)),
+        Some(url::Host::Ipv6(v6)) => private(IpAddr::V6(v6)),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => true,
+    };
+    if local {
+        return Err("a webhook URL may not point at a loopback, link-local or private address (the operator can allow them with `rofr serve --allow-private-webhooks`)".into());
+    }
+    Ok(url)
+}
+
+/// Resolves a receiver's name and keeps only public addresses, so that a name that
+/// resolves to a private address later does not reach inside the broker's network.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| !private(address.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!("`{host}` has no public address").into());
+            }
+            let addresses: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+/// The client deliveries are posted with: no redirects (a receiver could send them
+/// anywhere), and unless `allow_private`, public addresses only and no proxy (which
+/// would resolve names itself).
+fn client(allow_private: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = if allow_private {
+        builder
+    } else {
+        builder.no_proxy().dns_resolver(PublicOnly)
+    };
+    builder.build().expect("the HTTP client builds")
+}
+
 /// Posts due deliveries until `stop` turns true.
-pub async fn deliver(database: Location, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn deliver(
+    database: Location,
+    allow_private: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut store = match database.open() {
         Ok(store) => store,
         Err(error) => {
@@ -104,10 +210,7 @@ pub async fn deliver(database: Location, mut stop: tokio::sync::watch::Receiver<
             return;
         }
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("a default HTTP client builds");
+    let http = client(allow_private);
     loop {
         if *stop.borrow() {
             return;
@@ -172,6 +275,47 @@ pub async fn deliver(database: Location, mut stop: tokio::sync::watch::Receiver<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses_are_told_from_public_ones() {
+        for address in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(private(address.parse().unwrap()), "{address}");
+        }
+        for address in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(!private(address.parse().unwrap()), "{address}");
+        }
+    }
+
+    #[test]
+    fn a_refused_url_is_never_repeated() {
+        let refused = check_url("https://u:s3cret@example.com/x", true).unwrap_err();
+        assert!(!refused.contains("s3cret"), "{refused}");
+        let refused = check_url("https://[fe80::1%25eth0]/", false);
+        assert!(refused.is_err());
+        assert!(check_url("https://example.com/x", false).is_ok());
+    }
 
     #[test]
     fn a_signature_verifies_and_any_change_breaks_it() {

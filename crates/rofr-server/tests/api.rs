@@ -60,6 +60,8 @@ async fn spawn_app(backend: Backend) -> App {
         Some(&key),
     )
     .unwrap();
+    // The webhook receivers of these tests listen on loopback.
+    broker.allow_private_webhooks(true);
     let token = |party: Party| Broker::create_token(&path, &party, "test").unwrap();
     let provider = |id: &str| Party::Provider(ProviderId::parse(id).unwrap());
     let (buyer, auditor) = (token(Party::Buyer), token(Party::Auditor));
@@ -994,6 +996,51 @@ async fn health_shows_the_brokers_clock(backend: Backend) {
     assert!(now > last.as_str(), "the clock moved on from {last}: {now}");
 }
 
+async fn webhooks_may_not_reach_inside_the_brokers_network_or_carry_credentials(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.broker.allow_private_webhooks(false);
+    let put = |url: &str| {
+        app.client
+            .put(format!("{}/v1/webhook", app.url))
+            .bearer_auth(&app.azure)
+            .json(&json!({ "url": url }))
+            .send()
+    };
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:9000/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://[fe80::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "https://10.1.2.3/hook",
+        "https://192.168.0.7/hook",
+        "https://172.16.0.1/hook",
+        "https://100.64.0.1/hook",
+        "http://0.0.0.0/hook",
+        "https://alice:hunter2@hooks.example.com/hook",
+    ] {
+        let response = put(url).await.unwrap();
+        assert_eq!(response.status().as_u16(), 422, "{url}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "url", "{url}: {body}");
+        assert!(
+            !body.to_string().contains("hunter2"),
+            "credentials are never echoed: {body}"
+        );
+    }
+    let response = put("https://hooks.example.com/rofr").await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // Allowed by the operator, private addresses are taken; credentials never are.
+    app.broker.allow_private_webhooks(true);
+    assert_eq!(
+        put("http://127.0.0.1:9000/hook").await.unwrap().status(),
+        200
+    );
+    let response = put("http://alice:hunter2@127.0.0.1/hook").await.unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+}
+
 /// Each test, once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1034,4 +1081,5 @@ on_both_backends!(
     a_command_that_fails_inside_the_broker_is_refused_alone,
     hostile_requests_get_their_4xx_in_the_envelope_and_write_nothing,
     health_shows_the_brokers_clock,
+    webhooks_may_not_reach_inside_the_brokers_network_or_carry_credentials,
 );

@@ -43,6 +43,11 @@ pub struct Args {
     /// `rofr token revoke` is refused within this time (e.g. 0s, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_recheck)]
     token_recheck: std::time::Duration,
+    /// Let providers register webhooks at loopback, link-local and private addresses
+    /// (a receiver on this machine or inside this network). Off by default: a webhook
+    /// could otherwise reach services only the broker's host can see.
+    #[arg(long, env = "ROFR_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -108,6 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         );
     }
     broker.set_token_recheck(args.token_recheck);
+    broker.allow_private_webhooks(args.allow_private_webhooks);
     broker.set_checkpoint_policy(rofr_server::ledger::CheckpointPolicy {
         every_entries: args.checkpoint_every,
         every: args.checkpoint_interval,
