@@ -232,6 +232,19 @@ fn migrate(database: &rofr_store::Location) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// A command whose reader goes away (`rofr need list | head -1`) ends as other Unix
+/// tools do: killed by SIGPIPE, without a word. Rust ignores the signal, so that a
+/// closed pipe would make `println!` panic. The long-running commands keep ignoring
+/// it; their sockets do not raise it in any case.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition to its default, before the command
+    // starts any thread or installs any handler of its own.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -241,6 +254,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Demo(_) | Command::Serve(_) | Command::Agent(_) | Command::Bench(_)
+    ) {
+        end_quietly_on_a_closed_pipe();
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),

@@ -215,3 +215,39 @@ fn tokens_are_listed_by_id_and_a_revoked_one_is_refused() {
     let table = common::stdout(&listed);
     assert!(!table.contains(id) && table.contains("lab"), "{table}");
 }
+
+/// `rofr need list | head -1`: the reader goes away, and the command ends quietly as
+/// other Unix tools do (killed by SIGPIPE, nothing on stderr).
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("rofr.db");
+    let server = serve_stargate(&database, &[]);
+    let buyer = token(&database, &["--party", "buyer"]);
+    let file = dir.path().join("need.json");
+    std::fs::write(&file, common::need_json("train-1").to_string()).unwrap();
+    assert_eq!(
+        run(&server, &buyer, &["need", "submit", file.to_str().unwrap()]).0,
+        0
+    );
+    let mut child = rofr()
+        .args(["need", "list"])
+        .env("ROFR_SERVER", &server.url)
+        .env("ROFR_TOKEN", &buyer)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
+    );
+}
