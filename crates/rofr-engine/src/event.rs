@@ -242,6 +242,67 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The provider the event is about, where it is about one.
+    pub fn provider(&self) -> Option<&ProviderId> {
+        match self {
+            EventKind::OfferSent { provider, .. }
+            | EventKind::OfferAccepted { provider, .. }
+            | EventKind::OfferDeclined { provider, .. }
+            | EventKind::OfferLapsed { provider, .. }
+            | EventKind::HolderCapped { provider, .. }
+            | EventKind::RfqSent { provider, .. }
+            | EventKind::RfqDeclined { provider, .. }
+            | EventKind::QuoteReceived { provider, .. }
+            | EventKind::MatchOffered { provider, .. }
+            | EventKind::MatchAccepted { provider, .. }
+            | EventKind::MatchDeclined { provider, .. }
+            | EventKind::MatchLapsed { provider, .. }
+            | EventKind::ApprovalRequested { provider, .. }
+            | EventKind::ApprovalRejected { provider, .. }
+            | EventKind::AwardMade { provider, .. }
+            | EventKind::AwardConfirmed { provider, .. }
+            | EventKind::AwardFailed { provider, .. }
+            | EventKind::RightRevived { provider, .. } => Some(provider),
+            EventKind::NeedSubmitted(_)
+            | EventKind::SourcingClosed { .. }
+            | EventKind::NeedWaiting { .. }
+            | EventKind::NeedFulfilled { .. }
+            | EventKind::NeedCompleted {}
+            | EventKind::NeedExpired { .. }
+            | EventKind::NeedCancelled { .. } => None,
+        }
+    }
+
+    /// Whether `viewer`, a provider, may see this event of a need whose first-refusal
+    /// holder is `holder` (I6). Every provider sees the events about itself. The
+    /// holder also sees the need as submitted, what becomes of it, and the terms of
+    /// awards to other providers (GPUs, price, time), which its right lets it check;
+    /// never another provider's requests for quotes, quotes or reservation ids, nor
+    /// how many quotes a round drew.
+    pub fn shown_to(&self, viewer: &ProviderId, holder: Option<&ProviderId>) -> bool {
+        if let Some(provider) = self.provider() {
+            if provider == viewer {
+                return true;
+            }
+        }
+        if holder != Some(viewer) {
+            return false;
+        }
+        matches!(
+            self,
+            EventKind::NeedSubmitted(_)
+                | EventKind::NeedWaiting { .. }
+                | EventKind::NeedFulfilled { .. }
+                | EventKind::NeedCompleted {}
+                | EventKind::NeedExpired { .. }
+                | EventKind::NeedCancelled { .. }
+                | EventKind::ApprovalRequested { .. }
+                | EventKind::ApprovalRejected { .. }
+                | EventKind::AwardMade { .. }
+                | EventKind::AwardFailed { .. }
+        )
+    }
+
     /// The snake_case type name, as written in the JSON.
     pub fn type_name(&self) -> &'static str {
         match self {

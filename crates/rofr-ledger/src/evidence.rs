@@ -22,7 +22,20 @@ pub struct Bundle {
     pub verifier_key: String,
     pub checkpoint: String,
     pub holder: Option<String>,
+    /// Set where the bundle was made for one provider and holds only what it may see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_to: Option<View>,
     pub entries: Vec<Entry>,
+}
+
+/// Whom a partial bundle was made for, and how much of the need it leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct View {
+    /// The provider the bundle was made for.
+    pub provider: String,
+    /// How many entries of the need are not in the bundle.
+    pub withheld: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,14 +50,14 @@ pub struct Entry {
 
 /// Builds a bundle for entries (index, bytes) of one need, proved against the tree of
 /// the checkpoint's size; `source` reads back what a forgetful tree left out. `None`
-/// when an entry lies beyond the checkpoint.
+/// when an entry lies beyond the checkpoint. The caller names the holder, and the
+/// provider the bundle is for where it is partial.
 pub fn build(
     tree: &MerkleTree,
     source: &mut LeafSource,
     checkpoint: &Checkpoint,
     signed_checkpoint: String,
     verifier_key: String,
-    holder: Option<String>,
     entries: &[(u64, Vec<u8>)],
 ) -> Result<Option<Bundle>, Unreadable> {
     let mut proved = Vec::with_capacity(entries.len());
@@ -62,7 +75,8 @@ pub fn build(
         format: FORMAT.into(),
         verifier_key,
         checkpoint: signed_checkpoint,
-        holder,
+        holder: None,
+        shown_to: None,
         entries: proved,
     }))
 }
@@ -154,6 +168,29 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         "All {} entries are in the log at the indexes given.",
         events.len()
     ));
+    // Every entry is of one need, the first one's.
+    if let Some((_, first)) = events.first() {
+        if let Some((index, stray)) = events.iter().find(|(_, e)| e.need != first.need) {
+            return Err(fail(
+                Some(*index),
+                format!("belongs to need `{}`, not `{}`", stray.need, first.need),
+            ));
+        }
+    }
+    let partial = bundle
+        .shown_to
+        .as_ref()
+        .filter(|view| bundle.holder.as_ref() != Some(&view.provider));
+    if let Some(view) = partial {
+        // A provider's bundle without the need's submission: what it shows is checked,
+        // and what it cannot show is said.
+        let need = provider_story(view, &events, &mut lines)?;
+        return Ok(Report {
+            need,
+            checkpoint,
+            lines,
+        });
+    }
     let need = match events.first() {
         Some((_, e)) if matches!(e.kind, EventKind::NeedSubmitted(_)) => e.need.to_string(),
         Some((index, _)) => {
@@ -165,11 +202,70 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         None => return Err(fail(None, "the bundle holds no entries")),
     };
     story(&need, &bundle.holder, &events, &mut lines)?;
+    if let Some(view) = &bundle.shown_to {
+        lines.push(format!(
+            "This is {}'s view of the need: {} of its entries are not shown to this party (other providers' requests for quotes, quotes and reservations).",
+            view.provider, view.withheld
+        ));
+    }
     Ok(Report {
         need,
         checkpoint,
         lines,
     })
+}
+
+/// The entries of a provider's bundle that is not the holder's: each must be of one
+/// need and name that provider; they are told as they stand. Returns the need's id.
+fn provider_story(
+    view: &View,
+    events: &[(u64, Event)],
+    lines: &mut Vec<String>,
+) -> Result<String, Failure> {
+    let Some((_, first)) = events.first() else {
+        return Err(fail(None, "the bundle holds no entries"));
+    };
+    let need = first.need.to_string();
+    for (index, event) in events {
+        let at = Some(*index);
+        if event.kind.provider().map(|p| p.as_str()) != Some(view.provider.as_str()) {
+            return Err(fail(
+                at,
+                format!(
+                    "a {} that is not about {}, in a bundle made for it",
+                    event.kind.type_name(),
+                    view.provider
+                ),
+            ));
+        }
+        lines.push(format!(
+            "#{index} {}: {} for {}{}.",
+            event.at,
+            event.kind.type_name(),
+            view.provider,
+            terms(&event.kind)
+        ));
+    }
+    lines.push(format!(
+        "This is {}'s view of need {need}: the {} entries about it are in the log; {} entries of the need are not shown to this party. Whether first refusal was kept is shown by the holder's or the auditor's bundle.",
+        view.provider,
+        events.len(),
+        view.withheld
+    ));
+    Ok(need)
+}
+
+/// The GPUs and price an event names, as words.
+fn terms(kind: &EventKind) -> String {
+    let json = serde_json::to_value(kind).unwrap_or_default();
+    let mut words = String::new();
+    if let Some(gpus) = json.get("gpus").and_then(|g| g.as_u64()) {
+        words.push_str(&format!(", {gpus} GPUs"));
+    }
+    if let Some(price) = json.get("price_per_gpu_hour").and_then(|p| p.as_f64()) {
+        words.push_str(&format!(" at ${price}/GPU-h"));
+    }
+    words
 }
 
 /// Replays the need's events and checks I1 at every award to someone other than the
@@ -184,12 +280,6 @@ fn story(
     let mut third_party_gpus = Gpus::ZERO;
     for (index, event) in events {
         let at = Some(*index);
-        if event.need.as_str() != need {
-            return Err(fail(
-                at,
-                format!("belongs to need `{}`, not `{need}`", event.need),
-            ));
-        }
         state.apply(event);
         let n = state.need(need).expect("the need the events are about");
         let when = event.at;

@@ -1155,16 +1155,23 @@ async fn inclusion_proof(
     Query(query): Query<InclusionQuery>,
 ) -> Result<Json<ProofAnswer>, ApiError> {
     if let Party::Provider(provider) = &caller.0 {
-        // A provider may prove only entries that name it.
+        // A provider may prove only entries it may see (I6).
         let rows = broker
             .store(|s| s.events_after(query.index.checked_sub(1), 1))
             .map_err(BrokerError::from)?;
-        let names_it = rows.first().is_some_and(|r| {
-            r.index == query.index
-                && serde_json::from_slice::<serde_json::Value>(&r.data)
-                    .is_ok_and(|e| e["provider"] == provider.as_str())
+        let event = rows
+            .first()
+            .filter(|r| r.index == query.index)
+            .and_then(|r| rofr_engine::Event::from_json(&r.data).ok());
+        let shown = event.is_some_and(|event| {
+            let holder = broker.read(|e| {
+                e.state()
+                    .need(event.need.as_str())
+                    .and_then(|n| n.holder.clone())
+            });
+            event.kind.shown_to(provider, holder.as_ref())
         });
-        if !names_it {
+        if !shown {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -1226,19 +1233,15 @@ async fn evidence(
             format!("no need `{id}`"),
         )
     };
-    if let Party::Provider(provider) = &caller.0 {
-        // A provider sees the evidence of needs that concern it: something was
-        // offered, requested of or awarded to it.
-        let rows = broker.events_of(id.as_str()).await?;
-        let concerns = rows.iter().any(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.data)
-                .is_ok_and(|e| e["provider"] == provider.as_str())
-        });
-        if !concerns {
-            return Err(missing());
-        }
-    }
-    let bundle = broker.evidence(id.as_str()).await?.ok_or_else(missing)?;
+    // A provider gets the entries of needs that concern it that it may see (I6).
+    let viewer = match &caller.0 {
+        Party::Provider(provider) => Some(provider),
+        Party::Buyer | Party::Auditor => None,
+    };
+    let bundle = broker
+        .evidence(id.as_str(), viewer)
+        .await?
+        .ok_or_else(missing)?;
     let body = serde_json::to_string_pretty(&bundle).expect("bundles serialize");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -520,23 +520,57 @@ impl Broker {
     }
 
     /// The evidence bundle of one need; `None` if the need has no entries.
+    /// The evidence bundle of a need, as `viewer` may see it: whole for the buyer and
+    /// the auditor (`None`); for a provider, the entries [`EventKind::shown_to`] lets
+    /// it see, and `None` where the need does not concern it.
     pub async fn evidence(
         &self,
         need: &str,
+        viewer: Option<&ProviderId>,
     ) -> Result<Option<rofr_ledger::evidence::Bundle>, BrokerError> {
+        let Some((holder, concerns)) = self
+            .read_committed(|e| {
+                e.state().need(need).map(|n| {
+                    let concerns = viewer.is_none_or(|v| n.concerns(v));
+                    (n.holder.clone(), concerns)
+                })
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !concerns {
+            return Ok(None);
+        }
         let rows = self.events_of(need).await?;
         if rows.is_empty() {
             return Ok(None);
         }
-        let holder = self.read(|e| {
-            e.state()
-                .need(need)
-                .and_then(|n| n.holder.as_ref().map(|h| h.to_string()))
+        let total = rows.len();
+        let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(total);
+        for row in rows {
+            let shown = match viewer {
+                None => true,
+                Some(viewer) => Event::from_json(&row.data)
+                    .map_err(|e| BrokerError::Setup(format!("entry {}: {e}", row.index)))?
+                    .kind
+                    .shown_to(viewer, holder.as_ref()),
+            };
+            if shown {
+                entries.push((row.index, row.data));
+            }
+        }
+        let view = viewer.map(|viewer| rofr_ledger::evidence::View {
+            provider: viewer.to_string(),
+            withheld: (total - entries.len()) as u64,
         });
-        let entries: Vec<(u64, Vec<u8>)> = rows.into_iter().map(|r| (r.index, r.data)).collect();
+        // A provider other than the holder is not told who holds the right.
+        let holder = holder
+            .filter(|h| viewer.is_none_or(|v| v == h))
+            .map(|h| h.to_string());
         let made = self.ledger(|l| {
             let store = self.inner.reader.lock().expect("store lock poisoned");
-            l.evidence(holder, &entries, store.as_ref())
+            l.evidence(holder, view, &entries, store.as_ref())
         })?;
         let Some((bundle, made_now)) = made else {
             return Ok(None);

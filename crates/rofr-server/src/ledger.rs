@@ -249,6 +249,7 @@ impl Ledger {
     pub fn evidence(
         &mut self,
         holder: Option<String>,
+        view: Option<evidence::View>,
         entries: &[(u64, Vec<u8>)],
         store: &dyn Store,
     ) -> Result<Option<(Bundle, bool)>, BrokerError> {
@@ -288,11 +289,17 @@ impl Ledger {
             &checkpoint,
             note,
             self.verifier_key(),
-            holder,
             entries,
         )
         .map_err(unreadable)?;
-        Ok(bundle.map(|b| (b, made)))
+        Ok(bundle.map(|b| {
+            let bundle = Bundle {
+                holder,
+                shown_to: view,
+                ..b
+            };
+            (bundle, made)
+        }))
     }
 }
 

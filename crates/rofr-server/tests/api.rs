@@ -794,15 +794,17 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
         .get(&app.auditor, "/v1/ledger/inclusion?index=9&size=4")
         .await;
     assert_eq!(status, 422);
-    // The holder may prove its own offer, not the buyer's submission.
-    let (status, _) = app
-        .get(&app.azure, "/v1/ledger/inclusion?index=1&size=4")
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = app
-        .get(&app.azure, "/v1/ledger/inclusion?index=0&size=4")
-        .await;
-    assert_eq!(status, 404);
+    // The holder may prove its own offer and the need it holds the right over;
+    // another provider neither.
+    for (token, index, status) in [
+        (&app.azure, 1, 200),
+        (&app.azure, 0, 200),
+        (&app.oracle, 0, 404),
+        (&app.oracle, 1, 404),
+    ] {
+        let path = format!("/v1/ledger/inclusion?index={index}&size=4");
+        assert_eq!(app.get(token, &path).await.0, status, "{path}");
+    }
     let (status, _) = app.post(&app.azure, "/v1/ledger/checkpoint", "").await;
     assert_eq!(status, 403);
 }

@@ -335,7 +335,7 @@ async fn ledger_answers_verify(broker: &Broker) {
             "{old} -> {size}"
         );
     }
-    let bundle = broker.evidence("m000").await.unwrap().unwrap();
+    let bundle = broker.evidence("m000", None).await.unwrap().unwrap();
     let json = serde_json::to_vec(&bundle).unwrap();
     let report = rofr_ledger::evidence::verify(&json, &key).unwrap();
     assert_eq!(report.need, "m000");

@@ -119,6 +119,30 @@ fn story(dir: &Path) -> (PathBuf, PathBuf, String) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Each provider's own view of the need, as it would fetch it.
+    for (name, who) in [
+        ("azure", &azure),
+        ("oracle", &oracle),
+        ("coreweave", &coreweave),
+    ] {
+        let out = dir.join(format!("bundle-{name}.json"));
+        let output = run(
+            &[
+                "ledger",
+                "evidence",
+                "train-7",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            Some(who),
+            url,
+        );
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     // A provider the need never concerned is not shown its evidence.
     let lambda = run(
         &["ledger", "evidence", "train-7"],
@@ -280,6 +304,93 @@ fn the_ledger_proves_the_story_and_catches_every_tampering() {
     }
 }
 
+/// The entries of a bundle file, decoded: (type, provider, the leaf's text).
+fn entries_of(bundle: &Path) -> Vec<(String, Option<String>, String)> {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle).unwrap()).unwrap();
+    json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let text =
+                String::from_utf8(B64.decode(entry["data"].as_str().unwrap()).unwrap()).unwrap();
+            let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let kind = event["type"].as_str().unwrap().to_owned();
+            let provider = event["provider"].as_str().map(str::to_owned);
+            (kind, provider, text)
+        })
+        .collect()
+}
+
+/// Each provider's bundle holds what it may see (I6): its own entries; the holder's
+/// also the need and the terms of the award to a rival, which let it check its right.
+/// None shows a rival's request for quotes or quote, and every one still verifies.
+#[test]
+fn a_providers_evidence_shows_only_what_is_its_own_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, whole, key) = story(dir.path());
+    let all = entries_of(&whole);
+    let bundle = |name: &str| dir.path().join(format!("bundle-{name}.json"));
+
+    for (name, holder) in [("azure", true), ("oracle", false), ("coreweave", false)] {
+        let shown = entries_of(&bundle(name));
+        for (kind, provider, text) in &shown {
+            let own = provider.as_deref() == Some(name);
+            let holders_right =
+                holder && (kind == "need_submitted" || kind == "award_made" || provider.is_none());
+            assert!(own || holders_right, "{name} was shown {text}");
+            assert!(
+                !matches!(
+                    kind.as_str(),
+                    "rfq_sent" | "quote_received" | "rfq_declined" | "award_confirmed"
+                ) || own,
+                "{name} was shown a rival's {text}"
+            );
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle(name)).unwrap()).unwrap();
+        let withheld = json["shown_to"]["withheld"].as_u64().unwrap();
+        assert_eq!(withheld as usize, all.len() - shown.len(), "{name}");
+        assert_eq!(json["shown_to"]["provider"], name);
+        if !holder {
+            assert!(
+                json["holder"].is_null(),
+                "{name} is not told who holds the right"
+            );
+            assert!(!shown.iter().any(|(_, _, t)| t.contains("azure")), "{name}");
+        }
+
+        let verified = verify(&bundle(name), &key);
+        let text = stdout(&verified);
+        assert_eq!(verified.status.code(), Some(0), "{name}: {text}");
+        assert!(
+            text.contains(&format!(
+                "{withheld} entries of the need are not shown to this party"
+            )) || text.contains(&format!(
+                "{withheld} of its entries are not shown to this party"
+            )),
+            "{name}: {text}"
+        );
+        if holder {
+            // The holder checks its right from its own bundle.
+            assert!(text.contains("covered by the holder's refusals"), "{text}");
+        }
+    }
+    let oracle = entries_of(&bundle("oracle"));
+    assert!(oracle.iter().any(|(kind, _, _)| kind == "quote_received"));
+    assert!(oracle.iter().any(|(kind, _, _)| kind == "award_made"));
+    let coreweave = entries_of(&bundle("coreweave"));
+    assert!(!coreweave.iter().any(|(_, _, text)| text.contains("oracle")));
+
+    // A partial bundle with a rival's entry slipped in does not verify.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle("coreweave")).unwrap()).unwrap();
+    json["shown_to"]["provider"] = serde_json::json!("oracle");
+    let forged = dir.path().join("forged-view.json");
+    std::fs::write(&forged, json.to_string()).unwrap();
+    assert_eq!(verify(&forged, &key).status.code(), Some(3));
+}
+
 /// The independent verifier in `tools/` (Python, written from the RFC and C2SP specs)
 /// accepts the bundle as written, and refuses it changed.
 #[test]
@@ -309,6 +420,13 @@ fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
         "{}",
         stdout(&accepted)
     );
+    let partial = Command::new("python3")
+        .arg(script)
+        .arg(dir.path().join("bundle-oracle.json"))
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(partial.status.success(), "{}", stdout(&partial));
 
     let mut json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
