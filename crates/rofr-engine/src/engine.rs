@@ -365,6 +365,20 @@ impl Step<'_> {
                 ),
             ));
         }
+        let horizon = self
+            .now
+            .plus_seconds(crate::need::MAX_DECISION_DAYS * 86_400);
+        if spec.decide_by > horizon {
+            return Err(Rejection::invalid(
+                "decide_by",
+                format!(
+                    "decide_by {} is more than {} days ahead (now {}); decide by {horizon} at the latest",
+                    spec.decide_by,
+                    crate::need::MAX_DECISION_DAYS,
+                    self.now
+                ),
+            ));
+        }
         if spec.latest_start < self.now {
             return Err(Rejection::invalid(
                 "latest_start",
@@ -850,8 +864,9 @@ impl Step<'_> {
         award: u32,
         reservation: String,
     ) -> Result<(), Rejection> {
-        text("reservation", &reservation)?;
-        if reservation.trim().is_empty() || reservation.len() > 200 {
+        crate::need::check_text("reservation", &reservation, crate::need::MAX_SHORT_TEXT)
+            .map_err(|e| Rejection::invalid(e.field, e.message))?;
+        if reservation.trim().is_empty() {
             return Err(Rejection::invalid(
                 "reservation",
                 "give the provider's reservation id (1 to 200 characters)",

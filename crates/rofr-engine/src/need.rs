@@ -57,6 +57,15 @@ pub const MAX_HOURS: u32 = 87_600;
 /// the years a [`Timestamp`] can hold.
 pub const FIRST_DATE: Timestamp = Timestamp::from_unix_seconds_const(0);
 pub const LAST_DATE: Timestamp = Timestamp::from_unix_seconds_const(32_503_680_000 - 1);
+/// How far ahead of its submission a need's decision may lie, in days. Until then an
+/// unplaced need is sourced again round after round (each quote window, or each retry),
+/// so a decision centuries away would fill the log without end; two years is longer
+/// than any compute buyer plans a single placement.
+pub const MAX_DECISION_DAYS: i64 = 730;
+/// The most regions, or tags, one need may list.
+pub const MAX_LIST_ITEMS: usize = 64;
+/// The longest reservation id, in characters.
+pub const MAX_SHORT_TEXT: usize = 200;
 /// The longest free text (a launch name, a reason, a reservation id), in characters.
 pub const MAX_TEXT_CHARS: usize = 500;
 
@@ -139,8 +148,16 @@ impl NeedSpec {
                 "the price offered to the holder is above the need's maximum price".into(),
             );
         }
+        for (field, count) in [("regions", self.regions.len()), ("tags", self.tags.len())] {
+            if count > MAX_LIST_ITEMS {
+                return fail(
+                    field,
+                    format!("a need lists at most {MAX_LIST_ITEMS} {field}"),
+                );
+            }
+        }
         if let Some(launch) = &self.launch {
-            check_text("launch", launch, 200)?;
+            check_text("launch", launch, MAX_SHORT_TEXT)?;
         }
         Ok(())
     }

@@ -482,25 +482,19 @@ impl State {
         (0..self.needs.len()).map(|n| self.unpack_at(n))
     }
 
-    /// The needs submitted after the need `after` (from the first where `None`), in
-    /// the order they were submitted; with `packed` false, packed needs are passed by
-    /// unread. `None` where there is no need `after`.
-    pub fn needs_after(
+    /// The needs from the one numbered `first` (in the order they were submitted) on;
+    /// with `packed` false, packed needs are passed by unread.
+    pub fn needs_from(
         &self,
-        after: Option<&str>,
+        first: usize,
         packed: bool,
-    ) -> Option<impl Iterator<Item = Cow<'_, NeedState>> + '_> {
-        let first = match after {
-            Some(id) => self.number_of(id)? + 1,
-            None => 0,
-        };
-        Some(
-            self.needs[first.min(self.needs.len())..]
-                .iter()
-                .enumerate()
-                .filter(move |(_, slot)| packed || slot.live().is_some())
-                .map(move |(i, _)| self.unpack_at(first + i)),
-        )
+    ) -> impl Iterator<Item = Cow<'_, NeedState>> + '_ {
+        let first = first.min(self.needs.len());
+        self.needs[first..]
+            .iter()
+            .enumerate()
+            .filter(move |(_, slot)| packed || slot.live().is_some())
+            .map(move |(i, _)| self.unpack_at(first + i))
     }
 
     /// Every need not packed, in the order they were submitted: all that have

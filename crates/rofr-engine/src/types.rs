@@ -120,7 +120,7 @@ macro_rules! identifier {
         #[cfg(feature = "openapi")]
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                openapi::string(concat!("A ", $what, ": 1 to 64 letters, digits, `-`, `_` or `.`"), None)
+                openapi::id(concat!("A ", $what, ": 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"))
             }
         }
 
@@ -221,13 +221,20 @@ pub struct Price(u64);
 
 impl Price {
     const SCALE: f64 = 10_000.0;
-    /// The largest accepted price, $1,000,000 per GPU-hour: far above any real one.
-    const MAX_DOLLARS: f64 = 1_000_000.0;
+    /// The largest accepted price in dollars per GPU-hour, $1,000,000: far above any
+    /// real one.
+    pub const MAX_DOLLARS: f64 = 1_000_000.0;
 
     pub fn from_dollars(dollars: f64) -> Result<Price, ValueError> {
         if !dollars.is_finite() || !(0.0..=Self::MAX_DOLLARS).contains(&dollars) {
+            // 1e300 is shown so, not as its 301 digits.
+            let shown = if dollars.abs() < 1e9 {
+                dollars.to_string()
+            } else {
+                format!("{dollars:e}")
+            };
             return Err(ValueError(format!(
-                "price {dollars} is out of range: use dollars per GPU-hour between 0 and {}",
+                "price {shown} is out of range: use dollars per GPU-hour between 0 and {}",
                 Self::MAX_DOLLARS
             )));
         }
@@ -328,6 +335,17 @@ impl Timestamp {
     /// every time in rofr is whole seconds, and so are offsets that carry the moment
     /// out of the years 0000 to 9999 in UTC.
     pub fn parse(text: &str) -> Result<Timestamp, ValueError> {
+        // RFC 3339 lets a space stand for the `T`; rofr's times have the `T`, as the
+        // schemas it publishes say.
+        if text
+            .as_bytes()
+            .get(10)
+            .is_some_and(|b| !matches!(b, b'T' | b't'))
+        {
+            return Err(ValueError(format!(
+                "`{text}` is not an RFC 3339 time with a `T` between date and time; write e.g. 2025-01-21T09:00:00Z"
+            )));
+        }
         let parsed = DateTime::parse_from_rfc3339(text).map_err(|e| {
             ValueError(format!(
                 "`{text}` is not an RFC 3339 time ({e}); write e.g. 2025-01-21T09:00:00Z"
@@ -426,49 +444,86 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// What `parse` takes for every id type, as a regular expression (for schemas).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+/// The shape of the times [`Timestamp::parse`] takes: RFC 3339 without a fraction of
+/// a second, with months, hours, minutes and seconds in range (the days of each month
+/// and the range of years in UTC are checked apart).
+pub const TIME_PATTERN: &str = concat!("^[0-9]{4}", time_after_year!());
+
+/// [`TIME_PATTERN`] for the years `years` matches (a regular expression).
+pub fn time_pattern_for_years(years: &str) -> String {
+    format!("^({years}){}", time_after_year!())
+}
+
+/// The part of [`TIME_PATTERN`] after the year.
+macro_rules! time_after_year {
+    () => {
+        concat!(
+            "-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]",
+            "([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+        )
+    };
+}
+use time_after_year;
+
 /// JSON schemas for the newtypes, for the HTTP API's OpenAPI document.
 #[cfg(feature = "openapi")]
 mod openapi {
     use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
     use utoipa::openapi::RefOr;
 
-    pub fn string(description: &str, format: Option<KnownFormat>) -> RefOr<Schema> {
+    use super::{ID_PATTERN, TIME_PATTERN};
+
+    pub fn id(description: &str) -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .format(format.map(SchemaFormat::KnownFormat))
             .description(Some(description))
-            .build()
-            .into()
-    }
-
-    pub fn number(kind: Type, description: &str) -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(kind)
-            .description(Some(description))
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some(ID_PATTERN))
             .build()
             .into()
     }
 
     impl utoipa::PartialSchema for super::Gpus {
         fn schema() -> RefOr<Schema> {
-            number(Type::Integer, "A count of GPUs")
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .description(Some("A count of GPUs"))
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX))
+                .build()
+                .into()
         }
     }
     impl utoipa::ToSchema for super::Gpus {}
 
     impl utoipa::PartialSchema for super::Price {
         fn schema() -> RefOr<Schema> {
-            number(Type::Number, "US dollars per GPU-hour, to a ten-thousandth")
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .description(Some("US dollars per GPU-hour, to a ten-thousandth"))
+                .minimum(Some(0))
+                .maximum(Some(super::Price::MAX_DOLLARS))
+                .build()
+                .into()
         }
     }
     impl utoipa::ToSchema for super::Price {}
 
     impl utoipa::PartialSchema for super::Timestamp {
         fn schema() -> RefOr<Schema> {
-            string(
-                "RFC 3339 time in whole seconds",
-                Some(KnownFormat::DateTime),
-            )
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                .description(Some(
+                    "RFC 3339 time in whole seconds, in the years 0000 to 9999 (UTC)",
+                ))
+                .pattern(Some(TIME_PATTERN))
+                .build()
+                .into()
         }
     }
     impl utoipa::ToSchema for super::Timestamp {}

@@ -306,3 +306,16 @@ fn a_detached_deal_is_equal_and_shares_no_ids() {
         }
     }
 }
+
+#[test]
+fn a_retry_of_seconds_is_refused() {
+    check(
+        "[sourcing]\nretry_after = \"5s\"\n",
+        "invalid-value",
+        (2, 15),
+        Some("sourcing.retry_after"),
+    );
+    assert!(findings("[sourcing]\nretry_after = \"1m\"\n")
+        .iter()
+        .all(|d| d.key.as_deref() != Some("sourcing.retry_after")));
+}

@@ -10,7 +10,9 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use rofr_engine::event::DeclineReason;
-use rofr_engine::need::{NeedSpec, FIRST_DATE, LAST_DATE, MAX_GPUS, MAX_HOURS, MAX_TEXT_CHARS};
+use rofr_engine::need::{
+    NeedSpec, FIRST_DATE, LAST_DATE, MAX_DECISION_DAYS, MAX_GPUS, MAX_HOURS, MAX_TEXT_CHARS,
+};
 use rofr_engine::state::State;
 use rofr_engine::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
 use rofr_engine::{Command, Engine, Event};
@@ -286,6 +288,9 @@ fn run(variant: &str, approval: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                     prop_assert!(
                         need.decide_by <= LAST_DATE && need.decide_by <= need.latest_start
                     );
+                    prop_assert!(
+                        need.decide_by <= engine.clock().plus_seconds(MAX_DECISION_DAYS * 86_400)
+                    );
                     needs.push(need.id.clone());
                 }
                 for event in &events {
@@ -345,15 +350,37 @@ fn needs_that_would_end_beyond_the_calendar_are_refused() {
         .unwrap_err();
     assert_eq!(refused.field, Some("latest_start"));
 
+    // A decision centuries ahead would have the need sourced again each day until
+    // then: refused.
+    let mut distant = need("distant", 8);
+    distant.latest_start = LAST_DATE;
+    distant.decide_by = LAST_DATE;
+    let refused = engine
+        .execute(Command::SubmitNeed { need: distant })
+        .unwrap_err();
+    assert_eq!(refused.field, Some("decide_by"));
+
     // At the limits themselves the need is taken, and its events read back.
+    let horizon = engine.clock().plus_seconds(MAX_DECISION_DAYS * 86_400);
     let mut edge = need("edge", MAX_GPUS);
     edge.hours = MAX_HOURS;
     edge.latest_start = LAST_DATE;
-    edge.decide_by = LAST_DATE;
-    let events = engine.execute(Command::SubmitNeed { need: edge }).unwrap();
+    edge.decide_by = horizon;
+    let mut events = engine.execute(Command::SubmitNeed { need: edge }).unwrap();
+    // Left unanswered to the end of the calendar, it is sourced round after round
+    // until its decision and then expires: a bounded story, however far the clock
+    // jumps.
+    events.extend(engine.execute(Command::Tick { now: LAST_DATE }).unwrap());
     for event in &events {
         assert_eq!(&Event::from_json(&event.to_json()).unwrap(), event);
     }
+    let rounds = (MAX_DECISION_DAYS + 1) as usize;
+    assert!(
+        events.len() < 8 * rounds,
+        "{} events for one need",
+        events.len()
+    );
+    assert!(engine.state().need("edge").unwrap().closed.is_some());
 }
 
 /// Inputs the engine once wrote to the signed log: each is refused naming its field,

@@ -127,7 +127,7 @@ pub struct RfqList {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AwardList {
     pub awards: Vec<views::AwardView>,
-    /// Where more may follow: the need to continue after (`after`).
+    /// Where more may follow: the cursor to pass as `after` (a number that names no need).
     pub next: Option<String>,
 }
 
@@ -177,10 +177,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 async fn openapi_json() -> Response {
-    use utoipa::OpenApi;
-    let text = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the document serializes");
+    let text = crate::openapi::document();
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
@@ -405,6 +402,12 @@ fn need_id(id: &str) -> Result<NeedId, ApiError> {
     NeedId::parse(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.0))
 }
 
+/// An Idempotency-Key is 1 to 200 visible ASCII characters, without spaces
+/// (`openapi::IDEMPOTENCY_KEY_PATTERN` says the same).
+pub(crate) fn idempotency_key_ok(key: &str) -> bool {
+    (1..=200).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn idempotency(
     headers: &HeaderMap,
     method_path: &str,
@@ -416,12 +419,12 @@ fn idempotency(
     let key = key
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .filter(|k| idempotency_key_ok(k))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
-                "an Idempotency-Key is 1 to 200 visible ASCII characters",
+                "an Idempotency-Key is 1 to 200 visible ASCII characters, without spaces",
             )
             .field("Idempotency-Key")
         })?;
@@ -900,7 +903,7 @@ struct AwardQuery {
     /// Only awards with one of these statuses, separated by commas: pending_approval,
     /// made, confirmed, completed, rejected, failed.
     status: Option<String>,
-    /// Continue after this need (the previous page's `next`).
+    /// The previous page's `next`, to continue from there.
     after: Option<String>,
     limit: Option<u32>,
 }
@@ -920,29 +923,35 @@ async fn my_awards(
     let statuses: Option<Vec<views::AwardState>> = query
         .status
         .as_deref()
-        .map(|s| {
-            s.split(',')
-                .map(str::trim)
-                .map(|status| {
-                    views::AwardState::parse(status).ok_or_else(|| {
-                        let known: Vec<&str> =
-                            views::AwardState::ALL.iter().map(|s| s.as_str()).collect();
-                        ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "invalid_field",
-                            format!(
-                                "unknown award status `{status}`: use one or more of {}, separated by commas",
-                                known.join(", ")
-                            ),
-                        )
-                        .field("status")
-                    })
-                })
-                .collect()
+        .map(|text| {
+            views::AwardState::parse_list(text).map_err(|status| {
+                let known: Vec<&str> = views::AwardState::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    format!(
+                        "unknown award status `{status}`: use one or more of {}, separated by commas",
+                        known.join(", ")
+                    ),
+                )
+                .field("status")
+            })
         })
         .transpose()?;
-    let after = query.after.as_deref();
-    let page = broker
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| a.parse::<u32>())
+        .transpose()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "`after` is the `next` of a previous page of awards",
+            )
+            .field("after")
+        })?;
+    let (awards, next) = broker
         .read_committed(|e| {
             views::awards_page(
                 e,
@@ -954,14 +963,6 @@ async fn my_awards(
             )
         })
         .await?;
-    let Some((awards, next)) = page else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("no need `{}` to continue after", after.unwrap_or_default()),
-        )
-        .field("after"));
-    };
     Ok(Json(AwardList { awards, next }))
 }
 

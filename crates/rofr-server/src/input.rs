@@ -2,6 +2,7 @@
 //! when no handler answered: strict query strings and path segments, JSON bodies
 //! only, and the error envelope on every error response, whoever made it.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -57,9 +58,49 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Segment
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
-                    format!("nothing is at this path: {}", rejection.body_text()),
+                    format!("nothing is at this path: {}", unparsed(&rejection)),
                 )
             })
+    }
+}
+
+/// What of a path could not be read, in the caller's terms.
+fn unparsed(rejection: &PathRejection) -> String {
+    use axum::extract::path::ErrorKind;
+    let PathRejection::FailedToDeserializePathParams(failed) = rejection else {
+        return rejection.body_text();
+    };
+    match failed.kind() {
+        ErrorKind::ParseErrorAtKey {
+            value,
+            expected_type,
+            ..
+        }
+        | ErrorKind::ParseErrorAtIndex {
+            value,
+            expected_type,
+            ..
+        }
+        | ErrorKind::ParseError {
+            value,
+            expected_type,
+        } if expected_type.starts_with('u') => {
+            format!(
+                "`{value}` is not a number from 0 to {}",
+                max_of(expected_type)
+            )
+        }
+        _ => failed.body_text(),
+    }
+}
+
+/// The largest value of the integer type named `name`, as text.
+fn max_of(name: &str) -> String {
+    match name {
+        "u8" => u8::MAX.to_string(),
+        "u16" => u16::MAX.to_string(),
+        "u32" => u32::MAX.to_string(),
+        _ => u64::MAX.to_string(),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod demo;
 mod input;
 pub mod ledger;
 pub mod metrics;
+mod openapi;
 pub mod views;
 pub mod webhook;
 

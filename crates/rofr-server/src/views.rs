@@ -223,6 +223,15 @@ impl AwardState {
         AwardState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
+    /// States separated by commas, each with spaces around it if the caller likes; an
+    /// unknown one is the error.
+    pub fn parse_list(text: &str) -> Result<Vec<AwardState>, &str> {
+        text.split(',')
+            .map(|one| one.trim_matches(' '))
+            .map(|one| AwardState::parse(one).ok_or(one))
+            .collect()
+    }
+
     /// Awaiting an answer: only needs not at rest hold such awards, so a page of these
     /// alone passes packed needs by.
     fn open(self) -> bool {
@@ -236,21 +245,23 @@ impl AwardState {
 pub const AWARDS_SCAN: usize = 20_000;
 
 /// A page of `provider`'s awards with one of `statuses` (any, where `None`), in the
-/// order their needs were submitted, after the need `after`. The second value is the
-/// need to continue after, where more may follow: a page ends once it holds `limit`
-/// awards (with every award of its last need) or has read `scan` needs. `None` where
-/// there is no need `after`.
+/// order their needs were submitted,
+/// continuing after the need numbered `after` (a previous page's cursor). The second
+/// value is the next page's cursor, where more may follow: a page ends once it holds
+/// `limit` awards (with every award of its last need) or has read `scan` needs. The
+/// cursor is a number, not a need's id, so that it names no need of another party.
 pub fn awards_page(
     engine: &Engine,
     provider: &ProviderId,
     statuses: Option<&[AwardState]>,
-    after: Option<&str>,
+    after: Option<u32>,
     limit: usize,
     scan: usize,
-) -> Option<(Vec<AwardView>, Option<String>)> {
+) -> (Vec<AwardView>, Option<String>) {
     let packed = statuses.is_none_or(|s| s.iter().any(|s| !s.open()));
     let mut awards = Vec::new();
-    for (read, need) in engine.state().needs_after(after, packed)?.enumerate() {
+    let first = after.map_or(0, |n| n as usize + 1);
+    for (read, need) in engine.state().needs_from(first, packed).enumerate() {
         if need.awards.iter().any(|a| &a.provider == provider) {
             awards.extend(award_views(&need).filter(|a| {
                 a.provider == provider.as_str()
@@ -258,10 +269,10 @@ pub fn awards_page(
             }));
         }
         if awards.len() >= limit || read + 1 >= scan {
-            return Some((awards, Some(need.spec.id.to_string())));
+            return (awards, Some(need.number.to_string()));
         }
     }
-    Some((awards, None))
+    (awards, None)
 }
 
 /// A page of open offers, in need order after `after`: every provider's for the buyer
@@ -496,24 +507,26 @@ mod tests {
 
     #[test]
     fn a_page_of_awards_ends_at_its_limit_or_after_so_many_needs_read() {
+        let cursor = |next: &Option<String>| next.as_deref().map(|n| n.parse::<u32>().unwrap());
         let (engine, holder) = engine();
-        let (awards, next) = awards_page(&engine, &holder, None, None, 2, 100).unwrap();
+        let (awards, next) = awards_page(&engine, &holder, None, None, 2, 100);
         assert_eq!(needs(&awards), ["b00000000", "b00000002"]);
-        assert_eq!(next.as_deref(), Some("b00000002"));
-        let (awards, next) =
-            awards_page(&engine, &holder, None, next.as_deref(), 100, 100).unwrap();
+        assert_eq!(
+            next.as_deref(),
+            Some("2"),
+            "the cursor is the need's number"
+        );
+        let (awards, next) = awards_page(&engine, &holder, None, cursor(&next), 100, 100);
         assert_eq!(needs(&awards), ["b00000004", "b00000006", "b00000008"]);
         assert_eq!(next, None);
 
         // Three needs read a page: one of them may hold no award of the holder's.
-        let (awards, next) =
-            awards_page(&engine, &holder, None, Some("b00000000"), 100, 3).unwrap();
+        let (awards, next) = awards_page(&engine, &holder, None, Some(0), 100, 3);
         assert_eq!(needs(&awards), ["b00000002"]);
-        assert_eq!(next.as_deref(), Some("b00000003"));
+        assert_eq!(next.as_deref(), Some("3"));
         let (mut all, mut after) = (Vec::new(), None);
         loop {
-            let (awards, next) =
-                awards_page(&engine, &holder, None, after.as_deref(), 100, 3).unwrap();
+            let (awards, next) = awards_page(&engine, &holder, None, cursor(&after), 100, 3);
             all.extend(awards);
             match next {
                 Some(next) => after = Some(next),
@@ -522,8 +535,7 @@ mod tests {
         }
         assert_eq!(all.len(), 5, "following the pages reaches every award");
 
-        let made =
-            awards_page(&engine, &holder, Some(&[AwardState::Made]), None, 100, 100).unwrap();
+        let made = awards_page(&engine, &holder, Some(&[AwardState::Made]), None, 100, 100);
         assert_eq!(made.0.len(), 4);
         assert!(made.0.iter().all(|a| a.status == "made"));
         let confirmed = awards_page(
@@ -533,15 +545,19 @@ mod tests {
             None,
             100,
             100,
-        )
-        .unwrap();
+        );
         assert_eq!(needs(&confirmed.0), ["b00000000"]);
 
         let alt = ProviderId::parse("alt").unwrap();
         assert!(awards_page(&engine, &alt, None, None, 100, 100)
-            .unwrap()
             .0
             .is_empty());
-        assert!(awards_page(&engine, &holder, None, Some("nope"), 100, 100).is_none());
+        // A cursor past the last need ends the listing.
+        assert_eq!(
+            awards_page(&engine, &holder, None, Some(u32::MAX), 100, 100)
+                .0
+                .len(),
+            0
+        );
     }
 }

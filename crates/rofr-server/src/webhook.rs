@@ -127,6 +127,9 @@ pub fn private(ip: IpAddr) -> bool {
     }
 }
 
+/// The longest webhook URL, in characters.
+pub const MAX_URL_CHARS: usize = 2048;
+
 /// Checks a webhook URL as a provider sends it: http or https, no credentials in it,
 /// and (unless `allow_private`) not at a loopback, link-local or private address. The
 /// message never repeats the URL, which may hold a secret.
@@ -140,8 +143,10 @@ pub fn check_url(text: &str, allow_private: bool) -> Result<reqwest::Url, String
             "a webhook URL may not carry credentials (user:password@); deliveries are signed with the secret this call returns".into(),
         );
     }
-    if text.len() > 2048 {
-        return Err("a webhook URL is at most 2048 characters".into());
+    if text.chars().count() > MAX_URL_CHARS {
+        return Err(format!(
+            "a webhook URL is at most {MAX_URL_CHARS} characters"
+        ));
     }
     if allow_private {
         return Ok(url);

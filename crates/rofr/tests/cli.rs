@@ -24,10 +24,7 @@ fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
 
 /// `rofr serve` of the stargate example deal on `database`, with `extra` arguments.
 fn serve_stargate(database: &Path, extra: &[&str]) -> Server {
-    let deal = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/deals/stargate.toml"
-    );
+    let deal = common::STARGATE;
     let mut args = vec!["--deal", deal];
     args.extend_from_slice(extra);
     serve(database, &args)

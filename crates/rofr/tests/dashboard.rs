@@ -21,17 +21,14 @@ fn the_dashboard_shows_the_api_figures_and_lets_a_provider_answer() {
         || !node.is_ok_and(|o| o.status.success())
         || !tools().join("node_modules/playwright-core").exists()
     {
-        eprintln!(
-            "SKIPPED: needs {chromium}, node and tools/browser/node_modules (.ci/run installs Debian's chromium and runs npm ci there)"
-        );
+        common::skip(&format!(
+            "needs {chromium}, node and tools/browser/node_modules"
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("rofr.db");
-    let deal = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/deals/stargate.toml"
-    );
+    let deal = common::STARGATE;
     let server = serve(&database, &["--deal", deal]);
     let buyer = token(&database, &["--party", "buyer"]);
     let azure = token(&database, &["--party", "provider", "--provider", "azure"]);

@@ -37,10 +37,7 @@ fn need_file(dir: &Path) -> PathBuf {
 /// Oracle is awarded, a checkpoint covers it all. Returns (database, bundle, key).
 fn story(dir: &Path) -> (PathBuf, PathBuf, String) {
     let database = dir.join("rofr.db");
-    let deal = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/deals/stargate.toml"
-    );
+    let deal = common::STARGATE;
     let server = serve(&database, &["--deal", deal]);
     let url = Some(server.url.as_str());
 
@@ -399,7 +396,7 @@ fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
         .args(["-c", "import cryptography"])
         .status();
     if !python.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: python3 with the `cryptography` package is not installed (.ci/run installs it)");
+        common::skip("python3 with the `cryptography` package is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

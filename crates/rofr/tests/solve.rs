@@ -59,9 +59,7 @@ fn an_independent_solver_finds_no_cheaper_allocation() {
         .args(["-c", "import highspy"])
         .status();
     if !highs.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "SKIPPED: python3 with the `highspy` package is not installed (.ci/run installs it)"
-        );
+        common::skip("python3 with the `highspy` package is not installed");
         return;
     }
     let script = concat!(

@@ -15,6 +15,9 @@ use crate::diagnostic::{Diagnostic, SourceMap};
 use crate::duration::WeekdayName;
 use crate::types::ValueError;
 
+/// The shortest `sourcing.retry_after`, in seconds.
+const MIN_RETRY_SECONDS: i64 = 60;
+
 type S<T> = Spanned<T>;
 
 #[derive(Deserialize)]
@@ -496,6 +499,21 @@ impl Cx<'_> {
                 if let Some(duration) = self.duration(raw, key) {
                     *slot = duration;
                 }
+            }
+        }
+        // An unplaced need is sourced again after each retry, until its decision: a
+        // retry of seconds would write events as fast as the clock ticks.
+        if let Some(raw) = &raw.retry_after {
+            if matches!(sourcing.retry_after, DealDuration::Exact { seconds } if seconds < MIN_RETRY_SECONDS)
+            {
+                self.fail(
+                    raw.span(),
+                    "sourcing.retry_after".into(),
+                    ValueError(format!(
+                        "`{}` is too short: an unplaced need is sourced again after each retry, so wait at least 1m",
+                        raw.get_ref()
+                    )),
+                );
             }
         }
         if let Some(raw) = &raw.allocation {

@@ -19,6 +19,22 @@ impl Drop for Server {
     }
 }
 
+/// The example deal most tests serve.
+pub const STARGATE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/deals/stargate.toml"
+);
+
+/// Says why a test cannot run here; under CI, where .ci/run installs everything,
+/// that is a failure.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}, and CI must run this test"
+    );
+    eprintln!("SKIPPED: {why} (.ci/run installs it)");
+}
+
 pub fn rofr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rofr"))
 }
