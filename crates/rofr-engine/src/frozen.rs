@@ -6,7 +6,13 @@
 //! touches it again unpacks it.
 //!
 //! The format lives only in memory, written and read by this module alone, so it has
-//! no version: a packed need never outlives the process that packed it.
+//! no version: a packed need never outlives the process that packed it. `freeze`
+//! takes every struct apart by name, with no `..`, so a field added to a need's state
+//! does not compile until it is packed here; `thaw` builds every struct whole, so it
+//! does not compile until the field is read back. Every code (a variant, a status, a
+//! flag) is written and read through one table, and a byte that no table holds, a
+//! number too long or a list longer than the bytes left is a [`Corrupt`] error, never
+//! a guess. See `docs/packing.md`.
 
 use std::collections::BTreeSet;
 
@@ -16,7 +22,7 @@ use crate::deal::Variant;
 use crate::need::NeedSpec;
 use crate::state::{
     Award, AwardStatus, Closed, HolderOffer, Names, NeedState, OfferKind, OfferStatus, Refusal,
-    Rfq, RfqStatus,
+    Rfq, RfqStatus, Table,
 };
 use crate::types::{Gpus, NeedId, Price, Timestamp};
 
@@ -27,13 +33,9 @@ pub struct Frozen(Box<[u8]>);
 impl Frozen {
     /// The need's id, which the packing starts with.
     pub fn id(&self) -> &str {
-        let mut r = Reader {
-            bytes: &self.0,
-            base: Timestamp::from_unix_seconds(0),
-            price_base: Price::default(),
-        };
-        let len = r.uint() as usize;
-        std::str::from_utf8(&r.bytes[..len]).expect("packed from a str")
+        let mut r = Reader::new(&self.0);
+        r.text_slice()
+            .expect("a packed need starts with its id, as `freeze` wrote it")
     }
 
     /// Bytes held, for tests and figures.
@@ -46,6 +48,135 @@ impl Frozen {
     }
 }
 
+/// Bytes that `freeze` did not write: what was read where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt {
+    pub what: &'static str,
+    /// Bytes from the start of the packing.
+    pub at: usize,
+}
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a packed need is corrupt at byte {}: {}",
+            self.at, self.what
+        )
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+type Read<T> = Result<T, Corrupt>;
+
+/// The bits of a packed need's flags: which optional fields are there, which lists
+/// hold something, which numbers are not zero, and the need's two booleans. Each
+/// marked field is written only where its bit is set.
+#[derive(Debug, Clone, Copy)]
+enum Bit {
+    OfferPrice,
+    Launch,
+    Holder,
+    FirstRefusal,
+    HolderOfferPrice,
+    ReviveAt,
+    WaitingUntil,
+    FulfilledUntil,
+    SourcingOpen,
+    HolderOwed,
+    Regions,
+    Tags,
+    Priority,
+    Variant,
+    ReofferThreshold,
+    Round,
+    Rfqs,
+    Refusals,
+    Closed,
+    Unmet,
+}
+
+impl Bit {
+    /// One past the last bit.
+    const COUNT: u32 = Bit::Unmet as u32 + 1;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags(u64);
+
+impl Flags {
+    fn set(&mut self, bit: Bit, on: bool) {
+        self.0 |= u64::from(on) << bit as u32;
+    }
+
+    fn has(self, bit: Bit) -> bool {
+        self.0 & (1 << bit as u32) != 0
+    }
+}
+
+/// Each enum's codes, in one table that writes (a `match` the compiler checks for
+/// every variant) and reads (an unknown code is an error).
+macro_rules! codes {
+    ($write:ident, $read:ident, $what:literal, $ty:ty { $($value:path => $code:literal),+ $(,)? }) => {
+        fn $write(value: $ty) -> u64 {
+            match value {
+                $($value => $code,)+
+            }
+        }
+
+        fn $read(r: &Reader<'_>, code: u64) -> Read<$ty> {
+            match code {
+                $($code => Ok($value),)+
+                _ => Err(r.corrupt(concat!("an unknown ", $what, " code"))),
+            }
+        }
+    };
+}
+
+codes!(variant_code, variant_of, "variant", Variant {
+    Variant::FirstOffer => 0,
+    Variant::LastLook => 1,
+    Variant::Negotiate => 2,
+});
+codes!(kind_code, kind_of, "offer kind", OfferKind {
+    OfferKind::First => 0,
+    OfferKind::Reoffer => 1,
+    OfferKind::Match => 2,
+});
+codes!(award_status_code, award_status_of, "award status", AwardStatus {
+    AwardStatus::PendingApproval => 0,
+    AwardStatus::Made => 1,
+    AwardStatus::Confirmed => 2,
+    AwardStatus::Rejected => 3,
+    AwardStatus::Failed => 4,
+});
+codes!(closed_code, closed_of, "closing", Closed {
+    Closed::Completed => 0,
+    Closed::Expired => 1,
+    Closed::Cancelled => 2,
+});
+
+/// An offer's status without its accepted GPUs, which follow it where it has them.
+fn offer_status_code(status: OfferStatus) -> u64 {
+    match status {
+        OfferStatus::Open => 0,
+        OfferStatus::Accepted(_) => 1,
+        OfferStatus::Declined => 2,
+        OfferStatus::Lapsed => 3,
+    }
+}
+
+fn offer_status_of(r: &mut Reader<'_>, code: u64) -> Read<OfferStatus> {
+    match code {
+        0 => Ok(OfferStatus::Open),
+        1 => Ok(OfferStatus::Accepted(r.gpus()?)),
+        2 => Ok(OfferStatus::Declined),
+        3 => Ok(OfferStatus::Lapsed),
+        _ => Err(r.corrupt("an unknown offer status code")),
+    }
+}
+
 /// Packs `need`, adding the names it uses to `names` where they are new. Its
 /// `scheduled` must be its next deadline, as the state keeps every need's.
 pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
@@ -54,224 +185,250 @@ pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
         need.next_deadline(),
         "scheduled as the state keeps it"
     );
-    let spec = &need.spec;
+    let NeedState {
+        spec,
+        submitted_at,
+        holder,
+        variant,
+        first_refusal,
+        holder_offer_price,
+        reoffer_threshold,
+        offers,
+        round,
+        rfqs,
+        sourcing_open,
+        awards,
+        refusals,
+        holder_owed,
+        revive_at,
+        waiting_until,
+        fulfilled_until,
+        closed,
+        unmet,
+        // Not written: the need's next deadline, worked out again, and its place,
+        // which the state knows.
+        scheduled: _,
+        number: _,
+    } = need;
+    let NeedSpec {
+        id,
+        sku,
+        gpus,
+        regions,
+        earliest_start,
+        latest_start,
+        hours,
+        workload,
+        tags,
+        max_price_per_gpu_hour,
+        offer_price_per_gpu_hour,
+        priority,
+        launch,
+        decide_by,
+    } = spec;
     let mut w = Writer {
         bytes: Vec::with_capacity(128),
-        base: need.submitted_at,
-        price_base: spec.max_price_per_gpu_hour,
+        base: *submitted_at,
+        price_base: *max_price_per_gpu_hour,
     };
-    w.text(spec.id.as_str());
-    w.int(need.submitted_at.unix_seconds());
-    // Which of the optional fields are there, which lists hold something and which
-    // numbers are not zero (and two flags), in one number: each is written below only
-    // where it is. Bits by place in this list; `thaw` reads them by the same places.
-    let present = [
-        spec.offer_price_per_gpu_hour.is_some(),
-        spec.launch.is_some(),
-        need.holder.is_some(),
-        need.first_refusal.is_some(),
-        need.holder_offer_price.is_some(),
-        need.revive_at.is_some(),
-        need.waiting_until.is_some(),
-        need.fulfilled_until.is_some(),
-        need.sourcing_open,
-        need.holder_owed,
-        !spec.regions.is_empty(),
-        !spec.tags.is_empty(),
-        spec.priority != 0,
-        need.variant.is_some(),
-        need.reoffer_threshold.to_bits() != 0,
-        need.round != 0,
-        !need.rfqs.is_empty(),
-        !need.refusals.is_empty(),
-        need.closed.is_some(),
-        need.unmet != Gpus::ZERO,
-    ];
-    w.uint(
-        present
-            .iter()
-            .enumerate()
-            .map(|(bit, &set)| u64::from(set) << bit)
-            .sum(),
-    );
-    w.uint(u64::from(names.skus.place(&spec.sku)));
-    w.uint(u64::from(spec.gpus.get()));
-    if !spec.regions.is_empty() {
-        w.uint(spec.regions.len() as u64);
-        for region in &spec.regions {
-            w.uint(u64::from(names.regions.place(region)));
-        }
+    w.text(id.as_str());
+    w.int(submitted_at.unix_seconds());
+    let mut flags = Flags::default();
+    for (bit, on) in [
+        (Bit::OfferPrice, offer_price_per_gpu_hour.is_some()),
+        (Bit::Launch, launch.is_some()),
+        (Bit::Holder, holder.is_some()),
+        (Bit::FirstRefusal, first_refusal.is_some()),
+        (Bit::HolderOfferPrice, holder_offer_price.is_some()),
+        (Bit::ReviveAt, revive_at.is_some()),
+        (Bit::WaitingUntil, waiting_until.is_some()),
+        (Bit::FulfilledUntil, fulfilled_until.is_some()),
+        (Bit::SourcingOpen, *sourcing_open),
+        (Bit::HolderOwed, *holder_owed),
+        (Bit::Regions, !regions.is_empty()),
+        (Bit::Tags, !tags.is_empty()),
+        (Bit::Priority, *priority != 0),
+        (Bit::Variant, variant.is_some()),
+        (Bit::ReofferThreshold, reoffer_threshold.to_bits() != 0),
+        (Bit::Round, *round != 0),
+        (Bit::Rfqs, !rfqs.is_empty()),
+        (Bit::Refusals, !refusals.is_empty()),
+        (Bit::Closed, closed.is_some()),
+        (Bit::Unmet, *unmet != Gpus::ZERO),
+    ] {
+        flags.set(bit, on);
     }
-    w.time(spec.earliest_start);
-    w.time(spec.latest_start);
-    w.uint(u64::from(spec.hours));
-    w.uint(u64::from(names.workloads.place(&spec.workload)));
-    if !spec.tags.is_empty() {
-        w.uint(spec.tags.len() as u64);
-        for tag in &spec.tags {
-            w.uint(u64::from(names.tags.place(tag)));
-        }
+    w.uint(flags.0);
+
+    w.name(&mut names.skus, sku);
+    w.uint(u64::from(gpus.get()));
+    if !regions.is_empty() {
+        w.names(&mut names.regions, regions);
     }
-    w.uint(spec.max_price_per_gpu_hour.units());
-    if let Some(price) = spec.offer_price_per_gpu_hour {
-        w.price(price);
+    w.time(*earliest_start);
+    w.time(*latest_start);
+    w.uint(u64::from(*hours));
+    w.name(&mut names.workloads, workload);
+    if !tags.is_empty() {
+        w.names(&mut names.tags, tags);
     }
-    if spec.priority != 0 {
-        w.uint(u64::from(spec.priority));
+    w.uint(max_price_per_gpu_hour.units());
+    if let Some(price) = offer_price_per_gpu_hour {
+        w.price(*price);
     }
-    if let Some(launch) = &spec.launch {
+    if *priority != 0 {
+        w.uint(u64::from(*priority));
+    }
+    if let Some(launch) = launch {
         w.text(launch);
     }
-    w.time(spec.decide_by);
+    w.time(*decide_by);
 
-    if let Some(holder) = &need.holder {
-        w.uint(u64::from(names.providers.place(holder)));
+    if let Some(holder) = holder {
+        w.name(&mut names.providers, holder);
     }
-    if let Some(variant) = need.variant {
-        w.uint(match variant {
-            Variant::FirstOffer => 0,
-            Variant::LastLook => 1,
-            Variant::Negotiate => 2,
-        });
+    if let Some(variant) = variant {
+        w.uint(variant_code(*variant));
     }
-    if let Some(place) = need.first_refusal {
-        w.uint(u64::from(place));
+    if let Some(place) = first_refusal {
+        w.uint(u64::from(*place));
     }
-    if let Some(price) = need.holder_offer_price {
-        w.price(price);
+    if let Some(price) = holder_offer_price {
+        w.price(*price);
     }
-    if need.reoffer_threshold.to_bits() != 0 {
-        w.uint(need.reoffer_threshold.to_bits().swap_bytes());
+    if reoffer_threshold.to_bits() != 0 {
+        w.uint(reoffer_threshold.to_bits().swap_bytes());
     }
-    w.uint(need.offers.len() as u64);
-    for o in &need.offers {
-        w.uint(u64::from(o.seq));
-        let kind = match o.kind {
-            OfferKind::First => 0,
-            OfferKind::Reoffer => 1,
-            OfferKind::Match => 2,
-        };
-        let status = match o.status {
-            OfferStatus::Open => 0,
-            OfferStatus::Accepted(_) => 1,
-            OfferStatus::Declined => 2,
-            OfferStatus::Lapsed => 3,
-        };
-        w.uint(kind + 3 * status);
-        w.uint(u64::from(names.providers.place(&o.provider)));
-        w.uint(u64::from(o.gpus.get()));
-        w.price(o.price);
-        w.time(o.deadline);
-        w.option(o.against.as_ref(), |w, p| {
-            w.uint(u64::from(names.providers.place(p)));
-        });
-        if let OfferStatus::Accepted(gpus) = o.status {
+    w.uint(offers.len() as u64);
+    for offer in offers {
+        let HolderOffer {
+            seq,
+            kind,
+            provider,
+            gpus,
+            price,
+            deadline,
+            against,
+            status,
+        } = offer;
+        w.uint(u64::from(*seq));
+        w.uint(kind_code(*kind) + 3 * offer_status_code(*status));
+        w.name(&mut names.providers, provider);
+        w.uint(u64::from(gpus.get()));
+        w.price(*price);
+        w.time(*deadline);
+        w.option(against.as_ref(), |w, p| w.name(&mut names.providers, p));
+        if let OfferStatus::Accepted(gpus) = status {
             w.uint(u64::from(gpus.get()));
         }
     }
-    if need.round != 0 {
-        w.uint(u64::from(need.round));
+    if *round != 0 {
+        w.uint(u64::from(*round));
     }
-    if !need.rfqs.is_empty() {
-        w.uint(need.rfqs.len() as u64);
+    if !rfqs.is_empty() {
+        w.uint(rfqs.len() as u64);
     }
-    for r in &need.rfqs {
-        w.uint(u64::from(names.providers.place(&r.provider)));
-        w.uint(u64::from(r.gpus.get()));
-        w.time(r.deadline);
-        match r.status {
+    for rfq in rfqs {
+        let Rfq {
+            provider,
+            gpus,
+            deadline,
+            status,
+        } = rfq;
+        w.name(&mut names.providers, provider);
+        w.uint(u64::from(gpus.get()));
+        w.time(*deadline);
+        match status {
             RfqStatus::Open => w.uint(0),
             RfqStatus::Quoted { gpus, price } => {
                 w.uint(1);
                 w.uint(u64::from(gpus.get()));
-                w.price(price);
+                w.price(*price);
             }
             RfqStatus::Declined => w.uint(2),
         }
     }
-    w.uint(need.awards.len() as u64);
-    for a in &need.awards {
-        w.uint(u64::from(a.seq));
-        w.uint(u64::from(names.providers.place(&a.provider)));
-        w.uint(u64::from(a.gpus.get()));
-        w.price(a.price);
-        w.time(a.decided_at);
-        let status = match a.status {
-            AwardStatus::PendingApproval => 0,
-            AwardStatus::Made => 1,
-            AwardStatus::Confirmed => 2,
-            AwardStatus::Rejected => 3,
-            AwardStatus::Failed => 4,
-        };
-        let confirm_by = u64::from(a.confirm_by.is_some());
-        let reservation = u64::from(a.reservation.is_some());
-        w.uint(status + 5 * confirm_by + 10 * reservation);
-        if let Some(by) = a.confirm_by {
-            w.time(by);
+    w.uint(awards.len() as u64);
+    for award in awards {
+        let Award {
+            seq,
+            provider,
+            gpus,
+            price,
+            decided_at,
+            status,
+            confirm_by,
+            reservation,
+            counted_at,
+        } = award;
+        w.uint(u64::from(*seq));
+        w.name(&mut names.providers, provider);
+        w.uint(u64::from(gpus.get()));
+        w.price(*price);
+        w.time(*decided_at);
+        // The status, and which of the two optional fields follow, in one number.
+        let confirm = u64::from(confirm_by.is_some());
+        let reserved = u64::from(reservation.is_some());
+        w.uint(award_status_code(*status) + 5 * confirm + 10 * reserved);
+        if let Some(by) = confirm_by {
+            w.time(*by);
         }
-        if let Some(reservation) = &a.reservation {
+        if let Some(reservation) = reservation {
             w.text(reservation);
         }
-        w.uint(a.counted_at);
+        w.uint(*counted_at);
     }
-    if !need.refusals.is_empty() {
-        w.uint(need.refusals.len() as u64);
+    if !refusals.is_empty() {
+        w.uint(refusals.len() as u64);
     }
-    for r in &need.refusals {
-        w.uint(u64::from(r.gpus.get()));
-        w.option(r.price, Writer::price);
+    for refusal in refusals {
+        let Refusal { gpus, price } = refusal;
+        w.uint(u64::from(gpus.get()));
+        w.option(*price, Writer::price);
     }
-    for at in [need.revive_at, need.waiting_until, need.fulfilled_until]
+    for at in [revive_at, waiting_until, fulfilled_until]
         .into_iter()
         .flatten()
     {
-        w.time(at);
+        w.time(*at);
     }
-    if let Some(closed) = need.closed {
-        w.uint(match closed {
-            Closed::Completed => 0,
-            Closed::Expired => 1,
-            Closed::Cancelled => 2,
-        });
+    if let Some(closed) = closed {
+        w.uint(closed_code(*closed));
     }
-    if need.unmet != Gpus::ZERO {
-        w.uint(u64::from(need.unmet.get()));
+    if *unmet != Gpus::ZERO {
+        w.uint(u64::from(unmet.get()));
     }
-    // `scheduled` is not written: it is the need's next deadline, worked out again.
     Frozen(w.bytes.into_boxed_slice())
 }
 
 /// The need `frozen` packs, numbered `number`, with the names it uses shared from
 /// `names`.
-pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> NeedState {
-    let mut r = Reader {
-        bytes: &frozen.0,
-        base: Timestamp::from_unix_seconds(0),
-        price_base: Price::default(),
-    };
-    let id = NeedId::parse(&r.text()).expect("an id it was given");
-    let submitted_at = Timestamp::from_unix_seconds(r.int());
+pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> Result<NeedState, Corrupt> {
+    let mut r = Reader::new(&frozen.0);
+    let id = NeedId::parse(r.text_slice()?).map_err(|_| r.corrupt("an id that does not parse"))?;
+    let submitted_at = Timestamp::from_unix_seconds(r.int()?);
     r.base = submitted_at;
-    let present = r.uint();
-    let has = |bit: u32| present & (1 << bit) != 0;
-    let sku = names.skus.get(r.place()).clone();
-    let gpus = r.gpus();
-    let regions: BTreeSet<_> = (0..r.count_if(has(10)))
-        .map(|_| names.regions.get(r.place()).clone())
-        .collect();
-    let earliest_start = r.time();
-    let latest_start = r.time();
-    let hours = r.u32();
-    let workload = names.workloads.get(r.place()).clone();
-    let tags: BTreeSet<_> = (0..r.count_if(has(11)))
-        .map(|_| names.tags.get(r.place()).clone())
-        .collect();
-    let max_price_per_gpu_hour = Price::from_ten_thousandths(r.uint());
+    let flags = Flags(r.uint()?);
+    if flags.0 >> Bit::COUNT != 0 {
+        return Err(r.corrupt("a flag no field has"));
+    }
+    let has = |bit| flags.has(bit);
+
+    let sku = r.name(&names.skus)?;
+    let gpus = r.gpus()?;
+    let regions = r.names(&names.regions, has(Bit::Regions))?;
+    let earliest_start = r.time()?;
+    let latest_start = r.time()?;
+    let hours = r.u32()?;
+    let workload = r.name(&names.workloads)?;
+    let tags = r.names(&names.tags, has(Bit::Tags))?;
+    let max_price_per_gpu_hour = Price::from_ten_thousandths(r.uint()?);
     r.price_base = max_price_per_gpu_hour;
-    let offer_price_per_gpu_hour = has(0).then(|| r.price());
-    let priority = u8::try_from(r.count_if(has(12))).expect("a priority packed from a u8");
-    let launch = has(1).then(|| r.text());
-    let decide_by = r.time();
+    let offer_price_per_gpu_hour = r.when(has(Bit::OfferPrice), Reader::price)?;
+    let priority = u8::try_from(r.count_if(has(Bit::Priority))?)
+        .map_err(|_| r.corrupt("a priority above 255"))?;
+    let launch = r.when(has(Bit::Launch), Reader::text)?;
+    let decide_by = r.time()?;
     let spec = NeedSpec {
         id,
         sku,
@@ -288,95 +445,111 @@ pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> NeedState {
         launch,
         decide_by,
     };
-    let holder = has(2).then(|| names.providers.get(r.place()).clone());
-    let variant = has(13).then(|| match r.uint() {
-        0 => Variant::FirstOffer,
-        1 => Variant::LastLook,
-        _ => Variant::Negotiate,
-    });
-    let first_refusal = has(3).then(|| r.u32());
-    let holder_offer_price = has(4).then(|| r.price());
-    let reoffer_threshold = f64::from_bits(r.count_if(has(14)).swap_bytes());
-    let offers = list(&mut r, |r| {
-        let seq = r.u32();
-        let kind_and_status = r.uint();
-        HolderOffer {
+
+    let holder = r.when(has(Bit::Holder), |r| r.name(&names.providers))?;
+    let variant = r.when(has(Bit::Variant), |r| {
+        let code = r.uint()?;
+        variant_of(r, code)
+    })?;
+    let first_refusal = r.when(has(Bit::FirstRefusal), Reader::u32)?;
+    let holder_offer_price = r.when(has(Bit::HolderOfferPrice), Reader::price)?;
+    let reoffer_threshold = f64::from_bits(r.count_if(has(Bit::ReofferThreshold))?.swap_bytes());
+    let count = r.count()?;
+    let offers = r.items(count, |r| {
+        let seq = r.u32()?;
+        let code = r.uint()?;
+        let kind = kind_of(r, code % 3)?;
+        let provider = r.name(&names.providers)?;
+        let gpus = r.gpus()?;
+        let price = r.price()?;
+        let deadline = r.time()?;
+        let against = r.option(|r| r.name(&names.providers))?;
+        let status = offer_status_of(r, code / 3)?;
+        Ok(HolderOffer {
             seq,
-            kind: match kind_and_status % 3 {
-                0 => OfferKind::First,
-                1 => OfferKind::Reoffer,
-                _ => OfferKind::Match,
-            },
-            provider: names.providers.get(r.place()).clone(),
-            gpus: r.gpus(),
-            price: r.price(),
-            deadline: r.time(),
-            against: r.option(|r| names.providers.get(r.place()).clone()),
-            status: match kind_and_status / 3 {
-                0 => OfferStatus::Open,
-                1 => OfferStatus::Accepted(r.gpus()),
-                2 => OfferStatus::Declined,
-                _ => OfferStatus::Lapsed,
-            },
-        }
-    });
-    let round = u32::try_from(r.count_if(has(15))).expect("packed from a u32");
-    let rfqs: ThinVec<Rfq> = (0..r.count_if(has(16)))
-        .map(|_| Rfq {
-            provider: names.providers.get(r.place()).clone(),
-            gpus: r.gpus(),
-            deadline: r.time(),
-            status: match r.uint() {
+            kind,
+            provider,
+            gpus,
+            price,
+            deadline,
+            against,
+            status,
+        })
+    })?;
+    let round =
+        u32::try_from(r.count_if(has(Bit::Round))?).map_err(|_| r.corrupt("a round above 2^32"))?;
+    let count = if has(Bit::Rfqs) { r.count()? } else { 0 };
+    let rfqs: ThinVec<Rfq> = r
+        .items(count, |r| {
+            let provider = r.name(&names.providers)?;
+            let gpus = r.gpus()?;
+            let deadline = r.time()?;
+            let status = match r.uint()? {
                 0 => RfqStatus::Open,
                 1 => RfqStatus::Quoted {
-                    gpus: r.gpus(),
-                    price: r.price(),
+                    gpus: r.gpus()?,
+                    price: r.price()?,
                 },
-                _ => RfqStatus::Declined,
-            },
-        })
-        .collect();
-    let awards = list(&mut r, |r| {
-        let seq = r.u32();
-        let provider = names.providers.get(r.place()).clone();
-        let gpus = r.gpus();
-        let price = r.price();
-        let decided_at = r.time();
-        let packed = r.uint();
-        Award {
+                2 => RfqStatus::Declined,
+                _ => return Err(r.corrupt("an unknown request status code")),
+            };
+            Ok(Rfq {
+                provider,
+                gpus,
+                deadline,
+                status,
+            })
+        })?
+        .into();
+    let count = r.count()?;
+    let awards = r.items(count, |r| {
+        let seq = r.u32()?;
+        let provider = r.name(&names.providers)?;
+        let gpus = r.gpus()?;
+        let price = r.price()?;
+        let decided_at = r.time()?;
+        let code = r.uint()?;
+        let status = award_status_of(r, code % 5)?;
+        if code / 5 > 3 {
+            return Err(r.corrupt("an unknown award code"));
+        }
+        let confirm_by = r.when(code / 5 % 2 == 1, Reader::time)?;
+        let reservation = r.when(code / 10 == 1, |r| r.text().map(String::into_boxed_str))?;
+        Ok(Award {
             seq,
             provider,
             gpus,
             price,
             decided_at,
-            status: match packed % 5 {
-                0 => AwardStatus::PendingApproval,
-                1 => AwardStatus::Made,
-                2 => AwardStatus::Confirmed,
-                3 => AwardStatus::Rejected,
-                _ => AwardStatus::Failed,
-            },
-            confirm_by: (packed / 5 % 2 == 1).then(|| r.time()),
-            reservation: (packed / 10 == 1).then(|| r.text().into_boxed_str()),
-            counted_at: r.uint(),
-        }
-    });
-    let refusals: ThinVec<Refusal> = (0..r.count_if(has(17)))
-        .map(|_| Refusal {
-            gpus: r.gpus(),
-            price: r.option(Reader::price),
+            status,
+            confirm_by,
+            reservation,
+            counted_at: r.uint()?,
         })
-        .collect();
-    let revive_at = has(5).then(|| r.time());
-    let waiting_until = has(6).then(|| r.time());
-    let fulfilled_until = has(7).then(|| r.time());
-    let closed = has(18).then(|| match r.uint() {
-        0 => Closed::Completed,
-        1 => Closed::Expired,
-        _ => Closed::Cancelled,
-    });
-    let unmet = Gpus(u32::try_from(r.count_if(has(19))).expect("packed from a u32"));
-    debug_assert_eq!(r.bytes.len(), 0, "a packed need is read to its end");
+    })?;
+    let count = if has(Bit::Refusals) { r.count()? } else { 0 };
+    let refusals: ThinVec<Refusal> = r
+        .items(count, |r| {
+            Ok(Refusal {
+                gpus: r.gpus()?,
+                price: r.option(Reader::price)?,
+            })
+        })?
+        .into();
+    let revive_at = r.when(has(Bit::ReviveAt), Reader::time)?;
+    let waiting_until = r.when(has(Bit::WaitingUntil), Reader::time)?;
+    let fulfilled_until = r.when(has(Bit::FulfilledUntil), Reader::time)?;
+    let closed = r.when(has(Bit::Closed), |r| {
+        let code = r.uint()?;
+        closed_of(r, code)
+    })?;
+    let unmet = Gpus(
+        u32::try_from(r.count_if(has(Bit::Unmet))?)
+            .map_err(|_| r.corrupt("unmet GPUs above 2^32"))?,
+    );
+    if !r.bytes.is_empty() {
+        return Err(r.corrupt("bytes after the need's last field"));
+    }
     let mut need = NeedState {
         spec,
         submitted_at,
@@ -388,10 +561,10 @@ pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> NeedState {
         offers,
         round,
         rfqs,
-        sourcing_open: has(8),
+        sourcing_open: has(Bit::SourcingOpen),
         awards,
         refusals,
-        holder_owed: has(9),
+        holder_owed: has(Bit::HolderOwed),
         revive_at,
         waiting_until,
         fulfilled_until,
@@ -401,17 +574,7 @@ pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> NeedState {
         number,
     };
     need.scheduled = need.next_deadline();
-    need
-}
-
-/// A list read into room for exactly its items (most hold one).
-fn list<T>(r: &mut Reader<'_>, mut item: impl FnMut(&mut Reader<'_>) -> T) -> Vec<T> {
-    let len = r.uint() as usize;
-    let mut items = Vec::with_capacity(len);
-    for _ in 0..len {
-        items.push(item(r));
-    }
-    items
+    Ok(need)
 }
 
 struct Writer {
@@ -451,6 +614,20 @@ impl Writer {
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
+    /// A name as its place in `table`.
+    fn name<T: Clone + Eq + std::hash::Hash>(&mut self, table: &mut Table<T>, name: &T) {
+        let place = table.place(name);
+        self.uint(u64::from(place));
+    }
+
+    /// A set of names: how many, then each one's place.
+    fn names<T: Clone + Eq + std::hash::Hash>(&mut self, table: &mut Table<T>, set: &BTreeSet<T>) {
+        self.uint(set.len() as u64);
+        for name in set {
+            self.name(table, name);
+        }
+    }
+
     fn option<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Writer, T)) {
         match value {
             None => self.uint(0),
@@ -464,80 +641,164 @@ impl Writer {
 
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// How many bytes there were: where an error is, is told from the start.
+    len: usize,
     base: Timestamp,
     price_base: Price,
 }
 
-impl Reader<'_> {
-    fn byte(&mut self) -> u8 {
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader {
+            bytes,
+            len: bytes.len(),
+            base: Timestamp::from_unix_seconds(0),
+            price_base: Price::default(),
+        }
+    }
+
+    fn corrupt(&self, what: &'static str) -> Corrupt {
+        Corrupt {
+            what,
+            at: self.len - self.bytes.len(),
+        }
+    }
+
+    fn byte(&mut self) -> Read<u8> {
         let (&first, rest) = self
             .bytes
             .split_first()
-            .expect("a packed need is read as it was written");
+            .ok_or_else(|| self.corrupt("the bytes end inside a field"))?;
         self.bytes = rest;
-        first
+        Ok(first)
     }
 
-    fn uint(&mut self) -> u64 {
+    fn uint(&mut self) -> Read<u64> {
         let mut value = 0u64;
-        let mut shift = 0;
-        loop {
-            let byte = self.byte();
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return value;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(self.corrupt("a number above 2^64"));
             }
-            shift += 7;
+            value |= bits << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
         }
+        Err(self.corrupt("a number longer than ten bytes"))
     }
 
-    fn int(&mut self) -> i64 {
-        let zigzag = self.uint();
-        (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64)
+    fn int(&mut self) -> Read<i64> {
+        let zigzag = self.uint()?;
+        Ok((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
     }
 
-    /// A number written only where `written` (its bit of the need's first number)
-    /// says so; zero where not.
-    fn count_if(&mut self, written: bool) -> u64 {
+    /// A number written only where `written` (its bit of the need's flags) says so;
+    /// zero where not.
+    fn count_if(&mut self, written: bool) -> Read<u64> {
         if written {
             self.uint()
         } else {
-            0
+            Ok(0)
         }
     }
 
-    fn u32(&mut self) -> u32 {
-        u32::try_from(self.uint()).expect("packed from a u32")
+    /// How many items a list holds: no more than bytes are left, since each takes one
+    /// at least.
+    fn count(&mut self) -> Read<usize> {
+        let count = self.uint()?;
+        usize::try_from(count)
+            .ok()
+            .filter(|&count| count <= self.bytes.len())
+            .ok_or_else(|| self.corrupt("a list longer than the bytes left"))
     }
 
-    fn place(&mut self) -> u32 {
-        self.u32()
+    fn items<T>(
+        &mut self,
+        count: usize,
+        mut item: impl FnMut(&mut Self) -> Read<T>,
+    ) -> Read<Vec<T>> {
+        let mut items = Vec::with_capacity(count);
+        for _ in 0..count {
+            items.push(item(self)?);
+        }
+        Ok(items)
     }
 
-    fn gpus(&mut self) -> Gpus {
-        Gpus(self.u32())
+    fn u32(&mut self) -> Read<u32> {
+        let value = self.uint()?;
+        u32::try_from(value).map_err(|_| self.corrupt("a number above 2^32"))
     }
 
-    fn price(&mut self) -> Price {
-        let difference = self.int() as u64;
-        Price::from_ten_thousandths(self.price_base.units().wrapping_add(difference))
+    fn gpus(&mut self) -> Read<Gpus> {
+        self.u32().map(Gpus)
     }
 
-    fn time(&mut self) -> Timestamp {
-        Timestamp::from_unix_seconds(self.base.unix_seconds().wrapping_add(self.int()))
+    fn price(&mut self) -> Read<Price> {
+        let difference = self.int()? as u64;
+        Ok(Price::from_ten_thousandths(
+            self.price_base.units().wrapping_add(difference),
+        ))
     }
 
-    fn text(&mut self) -> String {
-        let len = self.uint() as usize;
+    fn time(&mut self) -> Read<Timestamp> {
+        let seconds = self.int()?;
+        Ok(Timestamp::from_unix_seconds(
+            self.base.unix_seconds().wrapping_add(seconds),
+        ))
+    }
+
+    fn text_slice(&mut self) -> Read<&'a str> {
+        let len = self.count()?;
         let (text, rest) = self.bytes.split_at(len);
+        let text = std::str::from_utf8(text).map_err(|_| self.corrupt("text that is not UTF-8"))?;
         self.bytes = rest;
-        std::str::from_utf8(text)
-            .expect("packed from a str")
-            .to_owned()
+        Ok(text)
     }
 
-    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> T) -> Option<T> {
-        (self.uint() != 0).then(|| read(self))
+    fn text(&mut self) -> Read<String> {
+        self.text_slice().map(str::to_owned)
+    }
+
+    /// The name at the place read, from `table`.
+    fn name<T: Clone + Eq + std::hash::Hash>(&mut self, table: &Table<T>) -> Read<T> {
+        let place = self.u32()?;
+        table
+            .lookup(place)
+            .cloned()
+            .ok_or_else(|| self.corrupt("a name the tables do not hold"))
+    }
+
+    /// A set of names, where `written`.
+    fn names<T: Clone + Ord + std::hash::Hash>(
+        &mut self,
+        table: &Table<T>,
+        written: bool,
+    ) -> Read<BTreeSet<T>> {
+        let count = if written { self.count()? } else { 0 };
+        (0..count).map(|_| self.name(table)).collect()
+    }
+
+    /// A value written only where `written` says so.
+    fn when<T>(
+        &mut self,
+        written: bool,
+        read: impl FnOnce(&mut Self) -> Read<T>,
+    ) -> Read<Option<T>> {
+        if written {
+            read(self).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Read<T>) -> Read<Option<T>> {
+        match self.uint()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            _ => Err(self.corrupt("an option marked neither 0 nor 1")),
+        }
     }
 }
 
@@ -671,7 +932,7 @@ mod tests {
         let need = busy_need();
         let mut names = Names::default();
         let packed = freeze(&need, &mut names);
-        assert_eq!(thaw(&packed, need.number, &names), need);
+        assert_eq!(thaw(&packed, need.number, &names).unwrap(), need);
     }
 
     /// Each optional field, list and number at its default alone, so that no two
@@ -708,7 +969,11 @@ mod tests {
             need.scheduled = need.next_deadline();
             let mut names = Names::default();
             let packed = freeze(&need, &mut names);
-            assert_eq!(thaw(&packed, need.number, &names), need, "clearer {place}");
+            assert_eq!(
+                thaw(&packed, need.number, &names).unwrap(),
+                need,
+                "clearer {place}"
+            );
         }
     }
 
@@ -737,7 +1002,7 @@ mod tests {
         need.scheduled = need.next_deadline();
         let mut names = Names::default();
         let packed = freeze(&need, &mut names);
-        assert_eq!(thaw(&packed, need.number, &names), need);
+        assert_eq!(thaw(&packed, need.number, &names).unwrap(), need);
         // The far-off start times and the largest numbers take most of it.
         assert!(packed.len() < 64, "{} bytes", packed.len());
     }
@@ -748,8 +1013,64 @@ mod tests {
         let mut names = Names::default();
         let kept = names.skus.shared(&Sku::parse("H100").unwrap());
         let packed = freeze(&need, &mut names);
-        let back = thaw(&packed, need.number, &names);
+        let back = thaw(&packed, need.number, &names).unwrap();
         assert!(back.spec.sku.shares_text_with(&kept));
         assert_eq!(packed.id(), "n-busy");
+    }
+
+    /// A packing cut short anywhere, or with any one byte changed, reads as an error
+    /// or as some other need: never a panic, never an endless read.
+    #[test]
+    fn a_damaged_packing_is_an_error_not_a_panic() {
+        let need = busy_need();
+        let mut names = Names::default();
+        let packed = freeze(&need, &mut names);
+        for len in 0..packed.len() {
+            let cut = Frozen(packed.0[..len].into());
+            assert!(thaw(&cut, 0, &names).is_err(), "cut to {len} bytes");
+        }
+        let mut errors = 0;
+        for place in 0..packed.len() {
+            for byte in [0x00, 0x03, 0x7f, 0x80, 0xff] {
+                let mut bytes = packed.0.to_vec();
+                bytes[place] = byte;
+                errors += usize::from(thaw(&Frozen(bytes.into()), 0, &names).is_err());
+            }
+        }
+        assert!(errors > 0);
+    }
+
+    #[test]
+    fn an_unknown_code_is_an_error() {
+        let r = Reader::new(&[]);
+        assert!(variant_of(&r, 3).is_err());
+        assert!(kind_of(&r, 3).is_err());
+        assert!(award_status_of(&r, 5).is_err());
+        assert!(closed_of(&r, 3).is_err());
+        for variant in [Variant::FirstOffer, Variant::LastLook, Variant::Negotiate] {
+            assert_eq!(variant_of(&r, variant_code(variant)), Ok(variant));
+        }
+        // A flag no field has.
+        let mut need = busy_need();
+        need.variant = None;
+        need.scheduled = need.next_deadline();
+        let mut names = Names::default();
+        let packed = freeze(&need, &mut names);
+        let mut r = Reader::new(&packed.0);
+        r.text_slice().unwrap();
+        r.int().unwrap();
+        let at = packed.len() - r.bytes.len();
+        let flags = r.uint().unwrap();
+        let mut bytes = packed.0[..at].to_vec();
+        let mut w = Writer {
+            bytes: Vec::new(),
+            base: need.submitted_at,
+            price_base: Price::default(),
+        };
+        w.uint(flags | 1 << Bit::COUNT);
+        bytes.extend(w.bytes);
+        bytes.extend_from_slice(r.bytes);
+        let refused = thaw(&Frozen(bytes.into()), 0, &names).unwrap_err();
+        assert_eq!(refused.what, "a flag no field has");
     }
 }

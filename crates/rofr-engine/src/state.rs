@@ -386,8 +386,9 @@ impl<T: Clone + Eq + std::hash::Hash> Table<T> {
     }
 
     /// The name kept at `place`.
-    pub(crate) fn get(&self, place: u32) -> &T {
-        &self.list[place as usize]
+    /// The name at `place`, where there is one.
+    pub(crate) fn lookup(&self, place: u32) -> Option<&T> {
+        self.list.get(place as usize)
     }
 }
 
@@ -454,7 +455,7 @@ impl State {
     pub(crate) fn unpack_at(&self, n: usize) -> Cow<'_, NeedState> {
         match &self.needs[n] {
             Slot::Live(need) => Cow::Borrowed(need),
-            Slot::Frozen(frozen) => Cow::Owned(frozen::thaw(frozen, n as u32, &self.names)),
+            Slot::Frozen(frozen) => Cow::Owned(thawed(frozen, n, &self.names)),
         }
     }
 
@@ -564,8 +565,8 @@ impl State {
                 if need.at_rest() && !due_soon {
                     let packed = frozen::freeze(need, &mut self.names);
                     debug_assert_eq!(
-                        frozen::thaw(&packed, number, &self.names),
-                        **need,
+                        frozen::thaw(&packed, number, &self.names).as_ref(),
+                        Ok(&**need),
                         "a need unpacks as it was packed"
                     );
                     self.packed_tally.add(need);
@@ -651,11 +652,19 @@ impl State {
     }
 }
 
+/// The need `frozen` packs, numbered `n`. Only this process packed it, so bytes
+/// that do not read back are a bug in it: the panic refuses the command at hand,
+/// and the broker reloads its engine from the log.
+fn thawed(frozen: &Frozen, n: usize, names: &Names) -> NeedState {
+    frozen::thaw(frozen, n as u32, names)
+        .unwrap_or_else(|e| panic!("need number {n} does not unpack: {e}"))
+}
+
 /// The need in `slot`, numbered `n`, unpacked in place if it was packed (and taken
 /// out of the packed needs' `tally`).
 fn live<'a>(slot: &'a mut Slot, n: usize, names: &Names, tally: &mut Tally) -> &'a mut NeedState {
     if let Slot::Frozen(frozen) = slot {
-        let need = frozen::thaw(frozen, n as u32, names);
+        let need = thawed(frozen, n, names);
         tally.remove(&need);
         *slot = Slot::Live(Box::new(need));
     }
