@@ -225,6 +225,35 @@ struct Envelope<'a> {
     error: Body<'a>,
 }
 
+/// What a route for one kind of party may answer besides its own: no token, or
+/// another party's. (Documentation only: `ApiError` makes the answers.)
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refused {
+    #[response(status = 401, description = "No valid bearer token")]
+    Unauthorized(Envelope<'static>),
+    #[response(status = 403, description = "Not this party's operation")]
+    Forbidden(Envelope<'static>),
+}
+
+/// What a command on a need may answer besides its own and [`Refused`].
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum CommandRefused {
+    #[response(
+        status = 404,
+        description = "No such need, or not addressed to this provider"
+    )]
+    NotFound(Envelope<'static>),
+    #[response(
+        status = 409,
+        description = "Conflicts with the need's state, or lapsed"
+    )]
+    Conflict(Envelope<'static>),
+    #[response(status = 422, description = "A field is invalid")]
+    Invalid(Envelope<'static>),
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 struct Body<'a> {
     /// `unauthorized`, `forbidden`, `not_found`, `malformed_json`, `invalid_field`,
@@ -470,7 +499,19 @@ async fn run(
 
 // ----- buyer -------------------------------------------------------------------------
 
-#[utoipa::path(post, path = "/v1/needs", tag = "buyer", request_body = NeedSpec, params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key repeat no effect")), responses((status = 201, body = CommandAnswer), (status = 400, body = Envelope, description = "Malformed JSON"), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs",
+    tag = "buyer",
+    request_body = NeedSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key repeat no effect")),
+    responses(
+        (status = 201, body = CommandAnswer),
+        (status = 400, body = Envelope, description = "Malformed JSON"),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn submit_need(
     State(broker): State<Broker>,
     caller: Caller,
@@ -517,7 +558,17 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/needs", tag = "buyer", params(ListQuery), responses((status = 200, body = NeedsPage), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/needs",
+    tag = "buyer",
+    params(ListQuery),
+    responses(
+        (status = 200, body = NeedsPage),
+        (status = 422, body = Envelope),
+        Refused
+    )
+)]
 async fn list_needs(
     State(broker): State<Broker>,
     caller: Caller,
@@ -563,7 +614,17 @@ async fn list_needs(
     Ok(Json(NeedsPage { needs, next }))
 }
 
-#[utoipa::path(get, path = "/v1/needs/{id}", tag = "buyer", params(("id" = String, Path)), responses((status = 200, body = views::NeedView), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/needs/{id}",
+    tag = "buyer",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = views::NeedView),
+        (status = 404, body = Envelope),
+        Refused
+    )
+)]
 async fn show_need(
     State(broker): State<Broker>,
     caller: Caller,
@@ -588,7 +649,17 @@ async fn show_need(
         })
 }
 
-#[utoipa::path(get, path = "/v1/needs/{id}/events", tag = "auditor", params(("id" = String, Path)), responses((status = 200, body = NeedEvents), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/needs/{id}/events",
+    tag = "auditor",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = NeedEvents),
+        (status = 404, body = Envelope),
+        Refused
+    )
+)]
 async fn need_events(
     State(broker): State<Broker>,
     caller: Caller,
@@ -624,7 +695,18 @@ struct Reason {
     reason: String,
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/cancel", tag = "buyer", request_body = Reason, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/cancel",
+    tag = "buyer",
+    request_body = Reason,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn cancel_need(
     State(broker): State<Broker>,
     caller: Caller,
@@ -647,7 +729,17 @@ async fn cancel_need(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/approve", tag = "buyer", params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/awards/{award}/approve",
+    tag = "buyer",
+    params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn approve(
     State(broker): State<Broker>,
     caller: Caller,
@@ -669,7 +761,18 @@ async fn approve(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/reject", tag = "buyer", request_body = Reason, params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/awards/{award}/reject",
+    tag = "buyer",
+    request_body = Reason,
+    params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn reject(
     State(broker): State<Broker>,
     caller: Caller,
@@ -706,7 +809,18 @@ struct AcceptBody {
     price: Option<Price>,
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/accept", tag = "provider", request_body = AcceptBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/accept",
+    tag = "provider",
+    request_body = AcceptBody,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn accept(
     State(broker): State<Broker>,
     caller: Caller,
@@ -735,7 +849,18 @@ struct DeclineBody {
     reason: DeclineReason,
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/decline", tag = "provider", request_body = DeclineBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/decline",
+    tag = "provider",
+    request_body = DeclineBody,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn decline(
     State(broker): State<Broker>,
     caller: Caller,
@@ -763,7 +888,18 @@ struct QuoteBody {
     price: Price,
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/quote", tag = "provider", request_body = QuoteBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/quote",
+    tag = "provider",
+    request_body = QuoteBody,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn quote(
     State(broker): State<Broker>,
     caller: Caller,
@@ -791,7 +927,18 @@ struct MatchBody {
     gpus: Option<Gpus>,
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/match", tag = "provider", request_body = MatchBody, params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/match",
+    tag = "provider",
+    request_body = MatchBody,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn match_offer(
     State(broker): State<Broker>,
     caller: Caller,
@@ -818,7 +965,18 @@ struct ConfirmBody {
     reservation: String,
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/confirm", tag = "provider", request_body = ConfirmBody, params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/awards/{award}/confirm",
+    tag = "provider",
+    request_body = ConfirmBody,
+    params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn confirm(
     State(broker): State<Broker>,
     caller: Caller,
@@ -839,7 +997,18 @@ async fn confirm(
     run(&broker, &caller, &headers, &path, &body, command).await
 }
 
-#[utoipa::path(post, path = "/v1/needs/{id}/awards/{award}/fail", tag = "provider", request_body = Reason, params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)), responses((status = 200, body = CommandAnswer), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 404, body = Envelope, description = "No such need, or not addressed to this provider"), (status = 409, body = Envelope, description = "Conflicts with the need's state, or lapsed"), (status = 422, body = Envelope, description = "A field is invalid")))]
+#[utoipa::path(
+    post,
+    path = "/v1/needs/{id}/awards/{award}/fail",
+    tag = "provider",
+    request_body = Reason,
+    params(("id" = String, Path), ("award" = u32, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = CommandAnswer),
+        Refused,
+        CommandRefused
+    )
+)]
 async fn fail(
     State(broker): State<Broker>,
     caller: Caller,
@@ -870,7 +1039,17 @@ struct OfferQuery {
 }
 
 /// Open offers: a provider's own, or every provider's for the buyer and auditors.
-#[utoipa::path(get, path = "/v1/offers", tag = "provider", params(OfferQuery), responses((status = 200, body = OfferList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/offers",
+    tag = "provider",
+    params(OfferQuery),
+    responses(
+        (status = 200, body = OfferList),
+        (status = 401, body = Envelope, description = "No valid bearer token"),
+        (status = 422, body = Envelope)
+    )
+)]
 async fn my_offers(
     State(broker): State<Broker>,
     caller: Caller,
@@ -887,7 +1066,15 @@ async fn my_offers(
     Ok(Json(OfferList { offers, next }))
 }
 
-#[utoipa::path(get, path = "/v1/rfqs", tag = "provider", responses((status = 200, body = RfqList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation")))]
+#[utoipa::path(
+    get,
+    path = "/v1/rfqs",
+    tag = "provider",
+    responses(
+        (status = 200, body = RfqList),
+        Refused
+    )
+)]
 async fn my_rfqs(State(broker): State<Broker>, caller: Caller) -> Result<Json<RfqList>, ApiError> {
     let provider = caller.provider("list its requests for quotes")?;
     let rfqs = broker
@@ -912,7 +1099,17 @@ struct AwardQuery {
 ///
 /// A page ends at `limit` awards (with every award of its last need) or after 20,000
 /// needs read, so it may be short, even empty, and still have a `next`.
-#[utoipa::path(get, path = "/v1/awards", tag = "provider", params(AwardQuery), responses((status = 200, body = AwardList), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/awards",
+    tag = "provider",
+    params(AwardQuery),
+    responses(
+        (status = 200, body = AwardList),
+        (status = 422, body = Envelope),
+        Refused
+    )
+)]
 async fn my_awards(
     State(broker): State<Broker>,
     caller: Caller,
@@ -980,7 +1177,18 @@ pub struct WebhookAnswer {
     pub secret: String,
 }
 
-#[utoipa::path(put, path = "/v1/webhook", tag = "provider", request_body = WebhookBody, responses((status = 200, body = WebhookAnswer), (status = 401, body = Envelope), (status = 403, body = Envelope), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    put,
+    path = "/v1/webhook",
+    tag = "provider",
+    request_body = WebhookBody,
+    responses(
+        (status = 200, body = WebhookAnswer),
+        (status = 401, body = Envelope),
+        (status = 403, body = Envelope),
+        (status = 422, body = Envelope)
+    )
+)]
 async fn set_webhook(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1017,7 +1225,18 @@ pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
 }
 
-#[utoipa::path(get, path = "/v1/webhook/deliveries", tag = "buyer", params(DeliveryQuery), responses((status = 200, body = DeliveryList), (status = 401, body = Envelope), (status = 403, body = Envelope), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/webhook/deliveries",
+    tag = "buyer",
+    params(DeliveryQuery),
+    responses(
+        (status = 200, body = DeliveryList),
+        (status = 401, body = Envelope),
+        (status = 403, body = Envelope),
+        (status = 422, body = Envelope)
+    )
+)]
 async fn deliveries(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1054,7 +1273,16 @@ async fn deliveries(
 
 // ----- dashboard support -------------------------------------------------------------
 
-#[utoipa::path(get, path = "/v1/summary", tag = "buyer", responses((status = 200, body = views::Summary), (status = 401, body = Envelope), (status = 403, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/summary",
+    tag = "buyer",
+    responses(
+        (status = 200, body = views::Summary),
+        (status = 401, body = Envelope),
+        (status = 403, body = Envelope)
+    )
+)]
 async fn summary(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1071,7 +1299,14 @@ pub struct Whoami {
     pub provider: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Whoami), (status = 401, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    responses(
+        (status = 200, body = Whoami),
+        (status = 401, body = Envelope)
+    )
+)]
 async fn whoami(caller: Caller) -> Json<Whoami> {
     Json(match caller.0 {
         Party::Buyer => Whoami {
@@ -1095,12 +1330,29 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-#[utoipa::path(get, path = "/v1/ledger/key", tag = "auditor", responses((status = 200, body = String, description = "The verifier key: `<name>+<key ID>+<base64 key>`"), (status = 401, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/key",
+    tag = "auditor",
+    responses(
+        (status = 200, body = String, description = "The verifier key: `<name>+<key ID>+<base64 key>`"),
+        (status = 401, body = Envelope)
+    )
+)]
 async fn ledger_key(State(broker): State<Broker>, _caller: Caller) -> Response {
     text(format!("{}\n", broker.ledger(|l| l.verifier_key())))
 }
 
-#[utoipa::path(get, path = "/v1/ledger/checkpoint", tag = "auditor", responses((status = 200, body = String, description = "The latest checkpoint as a C2SP signed note"), (status = 401, body = Envelope), (status = 404, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/checkpoint",
+    tag = "auditor",
+    responses(
+        (status = 200, body = String, description = "The latest checkpoint as a C2SP signed note"),
+        (status = 401, body = Envelope),
+        (status = 404, body = Envelope)
+    )
+)]
 async fn latest_checkpoint(
     State(broker): State<Broker>,
     _caller: Caller,
@@ -1115,7 +1367,16 @@ async fn latest_checkpoint(
     }
 }
 
-#[utoipa::path(post, path = "/v1/ledger/checkpoint", tag = "auditor", responses((status = 200, body = String, description = "A checkpoint of every committed entry, signed now"), (status = 401, body = Envelope), (status = 403, body = Envelope)))]
+#[utoipa::path(
+    post,
+    path = "/v1/ledger/checkpoint",
+    tag = "auditor",
+    responses(
+        (status = 200, body = String, description = "A checkpoint of every committed entry, signed now"),
+        (status = 401, body = Envelope),
+        (status = 403, body = Envelope)
+    )
+)]
 async fn make_checkpoint(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1149,7 +1410,18 @@ fn b64(hashes: &[rofr_ledger::Hash]) -> Vec<String> {
         .collect()
 }
 
-#[utoipa::path(get, path = "/v1/ledger/inclusion", tag = "auditor", params(InclusionQuery), responses((status = 200, body = ProofAnswer), (status = 401, body = Envelope), (status = 404, body = Envelope), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/inclusion",
+    tag = "auditor",
+    params(InclusionQuery),
+    responses(
+        (status = 200, body = ProofAnswer),
+        (status = 401, body = Envelope),
+        (status = 404, body = Envelope),
+        (status = 422, body = Envelope)
+    )
+)]
 async fn inclusion_proof(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1201,7 +1473,17 @@ struct ConsistencyQuery {
     to: u64,
 }
 
-#[utoipa::path(get, path = "/v1/ledger/consistency", tag = "auditor", params(ConsistencyQuery), responses((status = 200, body = ProofAnswer), (status = 401, body = Envelope), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/consistency",
+    tag = "auditor",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, body = ProofAnswer),
+        (status = 401, body = Envelope),
+        (status = 422, body = Envelope)
+    )
+)]
 async fn consistency_proof(
     State(broker): State<Broker>,
     _caller: Caller,
@@ -1220,7 +1502,17 @@ async fn consistency_proof(
         })
 }
 
-#[utoipa::path(get, path = "/v1/ledger/evidence/{id}", tag = "auditor", params(("id" = String, Path)), responses((status = 200, description = "The evidence bundle (PRODUCT.md §7.1)"), (status = 401, body = Envelope), (status = 404, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/evidence/{id}",
+    tag = "auditor",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The evidence bundle (PRODUCT.md §7.1)"),
+        (status = 401, body = Envelope),
+        (status = 404, body = Envelope)
+    )
+)]
 async fn evidence(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1257,7 +1549,17 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/events", tag = "auditor", params(EventsQuery), responses((status = 200, body = EventPage), (status = 401, body = Envelope, description = "No valid bearer token"), (status = 403, body = Envelope, description = "Not this party's operation"), (status = 422, body = Envelope)))]
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "auditor",
+    params(EventsQuery),
+    responses(
+        (status = 200, body = EventPage),
+        (status = 422, body = Envelope),
+        Refused
+    )
+)]
 async fn events(
     State(broker): State<Broker>,
     caller: Caller,
@@ -1287,7 +1589,12 @@ async fn events(
 
 // ----- operations --------------------------------------------------------------------
 
-#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    security(()),
+    responses((status = 200, body = Health))
+)]
 async fn healthz(State(broker): State<Broker>) -> Json<Health> {
     // The broker's clock; the last event's time where that is later (a deal's test
     // clock may start before the log's last entry).
