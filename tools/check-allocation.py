@@ -3,7 +3,7 @@
 
     python3 tools/check-allocation.py INSTANCE.json SOLUTION.json
 
-Builds the program of PRODUCT.md section 7.2 from the instance alone (integer units of
+Builds the program of docs/allocation.md from the instance alone (integer units of
 each need per allowed pool, pool sizes, caps, shortfall priced by its penalty), solves
 it with HiGHS (the `highspy` package), and compares: exit 0 when the solution's cost is
 not above HiGHS's optimum (for a solution marked `optimal`) or not below it (any other

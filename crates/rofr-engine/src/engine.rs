@@ -1,4 +1,4 @@
-//! The first-refusal state machine (PRODUCT.md §4): decides which events a command
+//! The first-refusal state machine (docs/lifecycle.md): decides which events a command
 //! produces. Every check happens before the first event is emitted, so a rejected
 //! command changes nothing; every event is applied to the state the moment it is
 //! emitted, so later decisions in the same command see it.

@@ -1,4 +1,4 @@
-//! Events: the only record of what happened (PRODUCT.md §7.1). State is a fold of them.
+//! Events: the only record of what happened (docs/events.md). State is a fold of them.
 
 use std::collections::BTreeSet;
 

@@ -1,4 +1,4 @@
-//! The invariants of PRODUCT.md §5 that can be judged from events alone: I1 (first
+//! The invariants of ARCHITECTURE.md that can be judged from events alone: I1 (first
 //! refusal), I2 (no over-award) and I3 (restrictions and caps). Tests run these after
 //! every step; the ledger's verifier reuses the I1 rule.
 

@@ -1,4 +1,4 @@
-//! A need: compute the buyer wants placed (PRODUCT.md §4).
+//! A need: compute the buyer wants placed (docs/lifecycle.md).
 
 use std::collections::BTreeSet;
 

@@ -1,4 +1,4 @@
-//! One scenario per mechanic of PRODUCT.md §4. Each is data: a deal, then steps that
+//! One scenario per mechanic of docs/lifecycle.md. Each is data: a deal, then steps that
 //! run commands, advance time, and state exactly which events must follow.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Evidence bundles (PRODUCT.md §7.1): every entry of one need with its inclusion proof
+//! Evidence bundles (docs/evidence.md): every entry of one need with its inclusion proof
 //! against a signed checkpoint, and their offline verification — the signature, every
 //! proof, and the first-refusal story told in plain words.
 

@@ -4,7 +4,7 @@
 //!
 //! Pure: no IO, no clock. The broker feeds it the log's bytes; `rofr verify` feeds it a
 //! bundle and a key. An auditor can check everything here with their own tools, because
-//! the formats are the RFC's and C2SP's to the byte (PRODUCT.md §7.1).
+//! the formats are the RFC's and C2SP's to the byte (docs/ledger.md).
 
 pub mod evidence;
 pub mod note;

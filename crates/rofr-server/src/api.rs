@@ -1508,7 +1508,7 @@ async fn consistency_proof(
     tag = "auditor",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "The evidence bundle (PRODUCT.md §7.1)"),
+        (status = 200, description = "The evidence bundle (docs/evidence.md)"),
         (status = 401, body = Envelope),
         (status = 404, body = Envelope)
     )

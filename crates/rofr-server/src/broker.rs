@@ -1731,7 +1731,7 @@ fn command_body(first: u64, events: &[NewEvent]) -> String {
 pub struct IndexedEvent {
     /// Position in the log, from 0: the ledger's leaf index.
     pub index: u64,
-    /// The event: `type`, its fields, `need` and `at` (PRODUCT.md §7.1).
+    /// The event: `type`, its fields, `need` and `at` (docs/events.md).
     #[schema(value_type = Object)]
     pub event: Box<RawValue>,
 }

@@ -230,7 +230,7 @@ fn progress(show: bool, total: u64, message: &'static str) -> indicatif::Progres
 }
 
 /// A plausible need: sku, size, workload and price drawn from the mix a frontier lab
-/// buys (PRODUCT.md §8 prices), a week's notice and a fortnight to decide.
+/// buys (public 2025 list prices), a week's notice and a fortnight to decide.
 fn generate_need(rng: &mut StdRng, i: usize, now: Timestamp) -> Value {
     let (sku, max_price) = match rng.random_range(0..10) {
         0..=4 => ("H100", 7.5),

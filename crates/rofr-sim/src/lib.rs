@@ -1,4 +1,4 @@
-//! The what-if simulator (PRODUCT.md §6): a scenario's demand rehearsed against its
+//! The what-if simulator (docs/scenario.md): a scenario's demand rehearsed against its
 //! providers' capacity under several sourcing strategies, each a one-line change of the
 //! scenario's deal run by the live broker's own `Engine` (and so its solver) with a
 //! simulated clock and in-process providers. There is no second model of the rules.

@@ -1,4 +1,4 @@
-//! Allocation (PRODUCT.md §7.2): the instance and solution formats that any LP/MIP
+//! Allocation (docs/allocation.md): the instance and solution formats that any LP/MIP
 //! solver can read, parsing with errors that name the JSON path, an independent
 //! feasibility and cost checker, a valid lower bound, and the two baselines an optimizer
 //! must beat — `ordered` (providers tried in a fixed preference order, as multi-cloud
@@ -60,8 +60,9 @@ pub struct Cap {
 
 /// A concentration limit in the general form the engine needs:
 /// `own + Σ w·x over the provider's pools ≤ max_share · (total + Σ w·x over all pools)`,
-/// where `w` is a placement's GPU-hours, or its spend when `spend` is set. A §7.2 cap is
-/// the case `own = base[provider]`, `total = Σ base`, counted in GPU-hours.
+/// where `w` is a placement's GPU-hours, or its spend when `spend` is set. A cap of
+/// docs/allocation.md is the case `own = base[provider]`, `total = Σ base`, counted in
+/// GPU-hours.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShareLimit {
     pub provider: String,
@@ -109,7 +110,7 @@ impl std::fmt::Debug for Reporter {
 pub struct Settings {
     /// The limits to keep, in place of the instance's own caps.
     pub limits: Vec<ShareLimit>,
-    /// Providers to favour where that costs nothing (commitments, PRODUCT.md §3).
+    /// Providers to favour where that costs nothing (a deal's commitments).
     pub preferred: BTreeSet<String>,
     pub time_limit: Option<std::time::Duration>,
     /// Stop after the relaxation and its rounding, without branch and bound: the answer
@@ -138,7 +139,7 @@ pub struct Solution {
     pub allocations: Vec<Allocation>,
     pub shortfall: Vec<Shortfall>,
     pub cost: f64,
-    /// `optimal`, `feasible` or `infeasible` (PRODUCT.md §7.2).
+    /// `optimal`, `feasible` or `infeasible` (docs/allocation.md).
     pub status: String,
     pub bound: f64,
 }
@@ -315,7 +316,7 @@ impl Instance {
 #[error("{0}")]
 pub struct Infeasible(pub String);
 
-/// Checks every constraint of §7.2 and returns the solution's cost.
+/// Checks every constraint of docs/allocation.md and returns the solution's cost.
 pub fn check(instance: &Instance, allocations: &[Allocation]) -> Result<f64, Infeasible> {
     check_within(instance, &instance.share_limits(), allocations)
 }

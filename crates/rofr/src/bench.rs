@@ -52,8 +52,8 @@ pub enum Command {
         /// Time limit per instance, in seconds.
         #[arg(long, default_value_t = 10.0)]
         time_limit: f64,
-        /// Also write each instance to DIR as `NEEDSxPOOLS-capsCAPS.json` (PRODUCT.md
-        /// §7.2), for other solvers such as `tools/check-allocation.py`.
+        /// Also write each instance to DIR as `NEEDSxPOOLS-capsCAPS.json` (the format
+        /// of docs/allocation.md), for other solvers such as `tools/check-allocation.py`.
         #[arg(long, value_name = "DIR")]
         write_instances: Option<std::path::PathBuf>,
     },

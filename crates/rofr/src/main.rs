@@ -52,7 +52,7 @@ enum Command {
     /// Run the broker: the HTTP API over a SQLite file or a PostgreSQL database (which
     /// several replicas may share).
     Serve(serve::Args),
-    /// Allocate an instance (PRODUCT.md §7.2) and write the solution.
+    /// Allocate an instance (docs/allocation.md) and write the solution.
     ///
     /// `exact` searches for the least-cost allocation and proves it (over each pool's
     /// room for each unit, on a minimum-cost flow; where caps bind, with the caps priced
@@ -138,7 +138,7 @@ enum Command {
     },
 }
 
-/// Exit codes shared by every command (PRODUCT.md §6).
+/// Exit codes shared by every command (docs/cli.md).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;

@@ -1,4 +1,4 @@
-//! The deal: providers and the clauses between buyer and providers (PRODUCT.md §3),
+//! The deal: providers and the clauses between buyer and providers (docs/deal.md),
 //! as typed values. `parse` is the only way to make one from text.
 
 mod parse;
