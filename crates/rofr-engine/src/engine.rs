@@ -1456,9 +1456,7 @@ impl Step<'_> {
                     .filter(|p| p.provider == plan.provider)
                     .map(weight)
                     .sum();
-                let bound = cap.max_share * (total + added);
-                // The solver's checker's tolerance.
-                if own + mine > bound * (1.0 + 1e-9) + 1e-6 {
+                if !rofr_solver::keeps_share(own + mine, cap.max_share, total + added) {
                     return None;
                 }
             }

@@ -139,7 +139,7 @@ pub fn cap_exceeded(
             continue;
         }
         let (total, own) = cap_usage(cap, state, provider, at);
-        if own > cap.max_share * total * (1.0 + 1e-9) + 1e-6 {
+        if !rofr_solver::keeps_share(own, cap.max_share, total) {
             return Some(format!(
                 "`{provider}` holds {:.2}% of usage under {}, above its {:.2}%",
                 own / total * 100.0,

@@ -58,6 +58,14 @@ pub struct Cap {
     pub max_share: f64,
 }
 
+/// Whether `own` usage keeps a share of at most `max_share` of `total`: the one cap rule
+/// the engine, its invariants and the solver all judge by. Usage is a sum of products
+/// in `f64`, so the bound is given a relative 1e-9 and an absolute 1e-6 (a millionth
+/// of a GPU-hour or dollar) against rounding.
+pub fn keeps_share(own: f64, max_share: f64, total: f64) -> bool {
+    own <= max_share * total * (1.0 + 1e-9) + 1e-6
+}
+
 /// A concentration limit in the general form the engine needs:
 /// `own + Σ w·x over the provider's pools ≤ max_share · (total + Σ w·x over all pools)`,
 /// where `w` is a placement's GPU-hours, or its spend when `spend` is set. A cap of
@@ -387,7 +395,7 @@ pub fn check_within(
     for (i, limit) in limits.iter().enumerate() {
         let own = limit.own + limit_own[i];
         let bound = limit.max_share * (limit.total + limit_total[i]);
-        if own > bound * (1.0 + 1e-9) + 1e-6 {
+        if !keeps_share(own, limit.max_share, limit.total + limit_total[i]) {
             let what = if limit.spend { "of spend" } else { "GPU-hours" };
             return Err(Infeasible(format!(
                 "provider `{}` holds {own:.1} {what}, above its cap of {bound:.1}",
@@ -561,7 +569,7 @@ impl Tally {
         limits
             .iter()
             .enumerate()
-            .all(|(i, limit)| self.own[i] <= limit.max_share * self.total[i] * (1.0 + 1e-9) + 1e-6)
+            .all(|(i, limit)| keeps_share(self.own[i], limit.max_share, self.total[i]))
     }
 
     pub(crate) fn place(

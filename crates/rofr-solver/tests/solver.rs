@@ -434,3 +434,16 @@ fn a_preferred_provider_is_favoured_by_gpu_hours_at_equal_cost() {
     );
     assert_eq!(gpu_hours_to_c0(&instance, &solved.allocations), 196.0);
 }
+
+/// The one cap rule: at the share exactly it holds, within rounding it holds, and a
+/// millionth of a GPU-hour beyond its tolerance it breaks.
+#[test]
+fn the_cap_rule_allows_rounding_and_nothing_more() {
+    use rofr_solver::keeps_share;
+    let total = 1_000_000.0;
+    assert!(keeps_share(400_000.0, 0.4, total));
+    assert!(keeps_share(400_000.0 + 1e-4, 0.4, total));
+    assert!(!keeps_share(400_000.0 + 0.4e-3 + 2e-6, 0.4, total));
+    assert!(keeps_share(0.0, 0.0, 0.0));
+    assert!(!keeps_share(1e-5, 0.0, 0.0));
+}
