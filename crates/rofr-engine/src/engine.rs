@@ -1375,7 +1375,7 @@ impl Step<'_> {
             ),
         };
         match solved {
-            Ok(solution) if solution.status != "infeasible" => {
+            Ok(solution) if solution.status != rofr_solver::Status::Infeasible => {
                 let index: std::collections::HashMap<&str, usize> = instance
                     .pools
                     .iter()

@@ -147,9 +147,35 @@ pub struct Solution {
     pub allocations: Vec<Allocation>,
     pub shortfall: Vec<Shortfall>,
     pub cost: f64,
-    /// `optimal`, `feasible` or `infeasible` (docs/allocation.md).
-    pub status: String,
+    pub status: Status,
     pub bound: f64,
+}
+
+/// What a solution is (docs/allocation.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Its cost equals the proven lower bound.
+    Optimal,
+    /// A bound is given and the gap is open.
+    Feasible,
+    Infeasible,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Optimal => "optimal",
+            Status::Feasible => "feasible",
+            Status::Infeasible => "infeasible",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// An invalid instance: the JSON path at fault and what is wrong.
@@ -522,7 +548,11 @@ fn fill(
         allocations,
         shortfall: shortfall(instance, &given),
         cost,
-        status: if proven { "optimal" } else { "feasible" }.to_owned(),
+        status: if proven {
+            Status::Optimal
+        } else {
+            Status::Feasible
+        },
         bound,
     })
 }
@@ -674,7 +704,7 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
         )?;
         if check_within(instance, &limits, &greedy.allocations).is_ok() {
             return Ok(Solution {
-                status: "optimal".into(),
+                status: Status::Optimal,
                 bound: greedy.cost,
                 ..greedy
             });
@@ -684,7 +714,7 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
     if settings.skip_search {
         return Ok(best);
     }
-    if best.status != "optimal" || settings.preferred.is_empty() {
+    if best.status != Status::Optimal || settings.preferred.is_empty() {
         return Ok(best);
     }
     let remaining = settings
@@ -806,7 +836,7 @@ fn least_cost(
         remaining(),
         SolutionStatus::Optimal,
     )?;
-    if proven.status == "infeasible" || proven.status == "optimal" {
+    if matches!(proven.status, Status::Infeasible | Status::Optimal) {
         return Ok(proven);
     }
     candidates.push(proven);
@@ -872,7 +902,11 @@ fn cheapest_against(candidates: Vec<Solution>, bound: f64) -> Solution {
         .min_by(|a, b| a.cost.total_cmp(&b.cost))
         .expect("at least one candidate");
     let met = best.cost - bound <= 1e-9 * best.cost.abs().max(1.0);
-    best.status = if met { "optimal" } else { "feasible" }.into();
+    best.status = if met {
+        Status::Optimal
+    } else {
+        Status::Feasible
+    };
     best.bound = if met { best.cost } else { bound };
     best
 }
@@ -927,7 +961,7 @@ fn infeasible() -> Solution {
         allocations: Vec::new(),
         shortfall: Vec::new(),
         cost: f64::INFINITY,
-        status: "infeasible".into(),
+        status: Status::Infeasible,
         bound: f64::INFINITY,
     }
 }
@@ -1110,7 +1144,7 @@ fn search(
             .filter_map(|s| fill(instance, limits, &BTreeSet::new(), s, BTreeMap::new()).ok())
             .min_by(|a, b| a.cost.total_cmp(&b.cost))
             .map(|mut s| {
-                s.status = "feasible".into();
+                s.status = Status::Feasible;
                 s
             })
     };
@@ -1129,7 +1163,11 @@ fn search(
         allocations,
         shortfall: shortfall(instance, &given_per_need(instance, &taken)),
         cost,
-        status: if optimal { "optimal" } else { "feasible" }.into(),
+        status: if optimal {
+            Status::Optimal
+        } else {
+            Status::Feasible
+        },
         bound: if optimal {
             cost
         } else {

@@ -17,7 +17,11 @@ fn the_product_example_costs_what_the_product_says_and_is_proven_optimal() {
     for strategy in [Baseline::Ordered, Baseline::CheapestFirst] {
         let solution = baseline(&instance, strategy).unwrap();
         assert_eq!(solution.cost, 179712.0);
-        assert_eq!(solution.status, "optimal", "the cost meets the lower bound");
+        assert_eq!(
+            solution.status,
+            rofr_solver::Status::Optimal,
+            "the cost meets the lower bound"
+        );
         assert_eq!(
             solution.allocations,
             vec![Allocation {
@@ -50,7 +54,7 @@ fn a_binding_cap_and_rounding_to_units_are_solved_exactly() {
         .sum();
     assert_eq!(cheap, 16);
     assert_eq!(solved.cost, 16.0 * 10.0 * 1.0 + 48.0 * 10.0 * 5.0);
-    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.status, rofr_solver::Status::Optimal);
 }
 
 #[test]
@@ -69,7 +73,7 @@ fn a_pool_shared_by_units_of_one_and_eight_is_rounded_to_the_optimum() {
     assert_eq!(rofr_solver::relaxation_bound(&instance), Some(24.0));
     let solved = exact(&instance, None).unwrap();
     assert_eq!(solved.cost, 32.0);
-    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.status, rofr_solver::Status::Optimal);
     assert_eq!(solved.bound, 32.0);
     let mut given: Vec<(String, String, u64)> = solved
         .allocations
@@ -111,7 +115,7 @@ fn a_limit_that_rounding_breaks_is_still_solved_to_a_proven_optimum() {
         ..Default::default()
     };
     let solved = rofr_solver::solve(&instance, &settings).unwrap();
-    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.status, rofr_solver::Status::Optimal);
     assert_eq!(solved.cost, 1160.0);
 }
 
@@ -191,7 +195,7 @@ fn the_checker_refuses_each_broken_constraint() {
         solution.allocations.iter().map(|a| a.gpus).sum::<u64>() < 64,
         "the baseline cuts back under the cap"
     );
-    assert_eq!(solution.status, "feasible");
+    assert_eq!(solution.status, rofr_solver::Status::Feasible);
 }
 
 fn instance_strategy() -> impl Strategy<Value = Instance> {
@@ -308,7 +312,7 @@ proptest! {
         let optimum = brute_force(&instance);
         let bound = instance.lower_bound();
         let solved = exact(&instance, None).unwrap();
-        prop_assert_eq!(solved.status.as_str(), "optimal");
+        prop_assert_eq!(solved.status, rofr_solver::Status::Optimal);
         prop_assert!((solved.cost - optimum).abs() < 1e-6, "exact {} but the optimum is {optimum}", solved.cost);
         prop_assert_eq!(check(&instance, &solved.allocations).unwrap(), solved.cost);
         prop_assert!(bound <= optimum + 1e-6, "bound {bound} above the optimum {optimum}");
@@ -319,7 +323,7 @@ proptest! {
             if let Ok(solution) = baseline(&instance, strategy) {
                 prop_assert_eq!(check(&instance, &solution.allocations).unwrap(), solution.cost);
                 prop_assert!(solution.cost + 1e-6 >= optimum, "{strategy:?} {} below the optimum {optimum}", solution.cost);
-                if solution.status == "optimal" {
+                if solution.status == rofr_solver::Status::Optimal {
                     prop_assert!((solution.cost - optimum).abs() < 1e-6, "claimed optimal but the optimum is {optimum}");
                 }
             }
@@ -382,9 +386,9 @@ proptest! {
         };
         let solved = rofr_solver::solve(&instance, &settings).unwrap();
         if optimum.is_infinite() {
-            prop_assert_eq!(solved.status.as_str(), "infeasible");
+            prop_assert_eq!(solved.status, rofr_solver::Status::Infeasible);
         } else {
-            prop_assert_eq!(solved.status.as_str(), "optimal");
+            prop_assert_eq!(solved.status, rofr_solver::Status::Optimal);
             prop_assert!((solved.cost - optimum).abs() < 1e-6, "solved {} but the optimum is {optimum}", solved.cost);
             let checked = rofr_solver::check_within(&instance, &limits, &solved.allocations).unwrap();
             prop_assert!((checked - solved.cost).abs() < 1e-6);
@@ -422,7 +426,7 @@ fn a_preferred_provider_is_favoured_by_gpu_hours_at_equal_cost() {
         ..Default::default()
     };
     let solved = rofr_solver::solve(&instance, &settings).unwrap();
-    assert_eq!(solved.status, "optimal");
+    assert_eq!(solved.status, rofr_solver::Status::Optimal);
     assert_eq!(solved.cost, 1736.0);
     assert_eq!(
         solved.allocations,

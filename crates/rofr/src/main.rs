@@ -208,9 +208,11 @@ fn searching(p: &rofr_solver::Progress) -> String {
 /// How a search ended, for standard error.
 fn outcome(s: &rofr_solver::Solution, took: std::time::Duration) -> String {
     let seconds = took.as_secs_f64();
-    match s.status.as_str() {
-        "optimal" => format!("optimal at {:.2}, proven in {seconds:.2} s", s.cost),
-        "feasible" => format!(
+    match s.status {
+        rofr_solver::Status::Optimal => {
+            format!("optimal at {:.2}, proven in {seconds:.2} s", s.cost)
+        }
+        rofr_solver::Status::Feasible => format!(
             "feasible at {:.2}, {:.4}% above the bound {:.2}, not proven optimal in {seconds:.2} s",
             s.cost,
             (s.cost - s.bound) / s.cost.abs().max(1.0) * 100.0,

@@ -121,7 +121,7 @@ fn an_answer_cut_short_by_the_time_limit_is_never_called_optimal_wrongly() {
     for seed in 1..=3u64 {
         let instance = rofr_server::bench::generate_instance(seed, 40, 16, 2);
         let optimum = rofr_solver::exact(&instance, None).unwrap();
-        assert_eq!(optimum.status, "optimal", "seed {seed}");
+        assert_eq!(optimum.status, rofr_solver::Status::Optimal, "seed {seed}");
         for micros in [100, 300, 1_000, 3_000, 10_000, 30_000] {
             let solved =
                 rofr_solver::exact(&instance, Some(Duration::from_micros(micros))).unwrap();
@@ -130,7 +130,7 @@ fn an_answer_cut_short_by_the_time_limit_is_never_called_optimal_wrongly() {
                 solved.bound <= optimum.cost + 1e-6,
                 "seed {seed}, {micros} µs"
             );
-            if solved.status == "optimal" {
+            if solved.status == rofr_solver::Status::Optimal {
                 assert!(
                     (solved.cost - optimum.cost).abs() <= 1e-9 * optimum.cost,
                     "seed {seed}, {micros} µs: optimal at {} against {}",
@@ -138,7 +138,11 @@ fn an_answer_cut_short_by_the_time_limit_is_never_called_optimal_wrongly() {
                     optimum.cost
                 );
             } else {
-                assert_eq!(solved.status, "feasible", "seed {seed}, {micros} µs");
+                assert_eq!(
+                    solved.status,
+                    rofr_solver::Status::Feasible,
+                    "seed {seed}, {micros} µs"
+                );
             }
         }
     }
