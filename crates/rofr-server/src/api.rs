@@ -431,10 +431,13 @@ fn need_id(id: &str) -> Result<NeedId, ApiError> {
     NeedId::parse(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.0))
 }
 
+/// The longest Idempotency-Key, in characters.
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 200;
+
 /// An Idempotency-Key is 1 to 200 visible ASCII characters, without spaces
 /// (`openapi::IDEMPOTENCY_KEY_PATTERN` says the same).
 pub(crate) fn idempotency_key_ok(key: &str) -> bool {
-    (1..=200).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+    (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn idempotency(

@@ -203,7 +203,7 @@ fn parameter_limits(doc: &mut Value) {
                 "Idempotency-Key" => json!({
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": 200,
+                    "maxLength": crate::api::MAX_IDEMPOTENCY_KEY,
                     "pattern": IDEMPOTENCY_KEY_PATTERN,
                 }),
                 "id" => json!({ "$ref": "#/components/schemas/NeedId" }),

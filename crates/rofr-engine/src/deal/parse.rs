@@ -510,8 +510,9 @@ impl Cx<'_> {
                     raw.span(),
                     "sourcing.retry_after".into(),
                     ValueError(format!(
-                        "`{}` is too short: an unplaced need is sourced again after each retry, so wait at least 1m",
-                        raw.get_ref()
+                        "`{}` is too short: an unplaced need is sourced again after each retry, so wait at least {}s",
+                        raw.get_ref(),
+                        MIN_RETRY_SECONDS
                     )),
                 );
             }
