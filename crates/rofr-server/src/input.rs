@@ -84,24 +84,23 @@ fn unparsed(rejection: &PathRejection) -> String {
         | ErrorKind::ParseError {
             value,
             expected_type,
-        } if expected_type.starts_with('u') => {
-            format!(
-                "`{value}` is not a number from 0 to {}",
-                max_of(expected_type)
-            )
-        }
+        } => match max_of(expected_type) {
+            Some(max) => format!("`{value}` is not a number from 0 to {max}"),
+            None => failed.body_text(),
+        },
         _ => failed.body_text(),
     }
 }
 
-/// The largest value of the integer type named `name`, as text.
-fn max_of(name: &str) -> String {
-    match name {
+/// The largest value of the unsigned integer type named `name`, as text.
+fn max_of(name: &str) -> Option<String> {
+    Some(match name {
         "u8" => u8::MAX.to_string(),
         "u16" => u16::MAX.to_string(),
         "u32" => u32::MAX.to_string(),
-        _ => u64::MAX.to_string(),
-    }
+        "u64" => u64::MAX.to_string(),
+        _ => return None,
+    })
 }
 
 /// Whether a content type is JSON: `application/json` or `application/<x>+json`,

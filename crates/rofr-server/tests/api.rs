@@ -940,6 +940,22 @@ async fn hostile_requests_get_their_4xx_in_the_envelope_and_write_nothing(backen
         assert_eq!(body["error"]["code"], code, "{body}");
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
+    // A path number that does not parse is named with its range.
+    let body: Value = raw(reqwest::Method::POST, "/v1/needs/n1/awards/first/approve")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        format!(
+            "nothing is at this path: `first` is not a number from 0 to {}",
+            u32::MAX
+        ),
+        "{body}"
+    );
     // A quote of $0 from a provider asked for one.
     app.post(&app.azure, "/v1/needs/n1/decline", r#"{"reason":"price"}"#)
         .await;
