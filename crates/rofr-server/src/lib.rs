@@ -1,17 +1,13 @@
-//! The broker service: the engine behind a durable, group-committing command loop, an
-//! HTTP API for buyers, providers and auditors, provider agents, and the demo.
+//! The broker service: the engine behind a durable, group-committing command loop, and
+//! an HTTP API for buyers, providers and auditors.
 //!
 //! Only this crate knows HTTP and the JSON shapes of the API; it never decides a rule
 //! itself (the engine does) and never writes SQL (the store does).
 
-pub mod agent;
 pub mod api;
-pub mod bench;
 pub mod broker;
-pub mod client;
 pub mod clock;
 pub mod dashboard;
-pub mod demo;
 mod input;
 pub mod ledger;
 pub mod metrics;

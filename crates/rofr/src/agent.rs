@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rofr_server::agent::{Agent, CapacityModel};
-use rofr_server::client::Client;
+use rofr_tools::agent::{Agent, CapacityModel};
+use rofr_tools::client::Client;
 
 use crate::exit;
 

@@ -1,7 +1,7 @@
 //! `rofr bench`: benchmark commands that print their figures.
 
 use anyhow::Context as _;
-use rofr_server::bench::{bench_broker, bench_ledger, BenchOptions};
+use rofr_tools::bench::{bench_broker, bench_ledger, BenchOptions};
 
 use crate::exit;
 
@@ -79,7 +79,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             for (needs, pools, caps) in [(100, 10, 0), (1000, 40, 8), (10_000, 100, 0)] {
                 if let Some(dir) = &write_instances {
                     let path = dir.join(format!("{needs}x{pools}-caps{caps}.json"));
-                    let instance = rofr_server::bench::generate_instance(42, needs, pools, caps);
+                    let instance = rofr_tools::bench::generate_instance(42, needs, pools, caps);
                     let text = serde_json::to_string_pretty(&instance)?;
                     std::fs::write(&path, text + "\n")
                         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -87,7 +87,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                 let limit = std::time::Duration::from_secs_f64(time_limit);
                 println!(
                     "{}",
-                    rofr_server::bench::bench_solve_row(needs, pools, caps, limit)
+                    rofr_tools::bench::bench_solve_row(needs, pools, caps, limit)
                 );
             }
             return Ok(exit::OK);

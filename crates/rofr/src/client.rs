@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rofr_server::client::Client;
+use rofr_tools::client::Client;
 use serde_json::{json, Value};
 
 use crate::exit;

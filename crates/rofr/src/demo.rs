@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rofr_server::demo::{run as run_demo, DemoOptions, DEAL_FILE};
+use rofr_tools::demo::{run as run_demo, DemoOptions, DEAL_FILE};
 
 use crate::exit;
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use rofr_ledger::{SigningKey, VerifierKey};
-use rofr_server::client::Client;
 use rofr_store::Location;
+use rofr_tools::client::Client;
 
 use crate::exit;
 

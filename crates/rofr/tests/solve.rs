@@ -69,7 +69,7 @@ fn an_independent_solver_finds_no_cheaper_allocation() {
     let dir = tempfile::tempdir().unwrap();
     let mut optimal = 0;
     for seed in 1..=6u64 {
-        let instance = rofr_server::bench::generate_instance(seed, 40, 16, 2);
+        let instance = rofr_tools::bench::generate_instance(seed, 40, 16, 2);
         let file = dir.path().join(format!("instance-{seed}.json"));
         std::fs::write(&file, serde_json::to_string(&instance).unwrap()).unwrap();
         for strategy in ["exact", "ordered", "cheapest-first"] {
@@ -119,7 +119,7 @@ fn an_independent_solver_finds_no_cheaper_allocation() {
 fn an_answer_cut_short_by_the_time_limit_is_never_called_optimal_wrongly() {
     use std::time::Duration;
     for seed in 1..=3u64 {
-        let instance = rofr_server::bench::generate_instance(seed, 40, 16, 2);
+        let instance = rofr_tools::bench::generate_instance(seed, 40, 16, 2);
         let optimum = rofr_solver::exact(&instance, None).unwrap();
         assert_eq!(optimum.status, rofr_solver::Status::Optimal, "seed {seed}");
         for micros in [100, 300, 1_000, 3_000, 10_000, 30_000] {

@@ -10,7 +10,7 @@ use rofr_engine::Command;
 use rofr_store::Store as _;
 use rofr_store::{Batch, Location, NewEvent, ScratchDatabase, SqliteStore};
 
-use crate::{Broker, Clock, Party};
+use rofr_server::{Broker, Clock, Party};
 
 pub const BENCH_DEAL: &str = r#"
 [deal]
@@ -173,7 +173,7 @@ impl Latencies {
 }
 
 /// The benchmark's need number `i`: 8 H100s for a day, starting tomorrow.
-pub(crate) fn spec(i: usize, now: Timestamp) -> NeedSpec {
+pub fn spec(i: usize, now: Timestamp) -> NeedSpec {
     NeedSpec {
         id: NeedId::parse(&format!("b{i:08}")).expect("valid"),
         sku: Sku::parse("H100").expect("valid"),
@@ -416,7 +416,7 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
                 .map_err(|e| e.to_string())?;
             addresses.push(listener.local_addr().map_err(|e| e.to_string())?);
             let mut stopped = stopped.clone();
-            servers.push(tokio::spawn(crate::serve(
+            servers.push(tokio::spawn(rofr_server::serve(
                 broker.clone(),
                 listener,
                 async move {
@@ -468,7 +468,7 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
         latencies.merge(&task.await.map_err(|e| e.to_string())?);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let load = |f: fn(&crate::broker::Counters) -> &std::sync::atomic::AtomicU64| {
+    let load = |f: fn(&rofr_server::broker::Counters) -> &std::sync::atomic::AtomicU64| {
         brokers
             .iter()
             .map(|b| f(b.counters()).load(std::sync::atomic::Ordering::Relaxed))
@@ -660,8 +660,8 @@ pub fn bench_ledger(entries: u64) -> Result<LedgerReport, String> {
     drop(store);
     let verifier = rofr_ledger::VerifierKey::parse(&key.verifier_key()).expect("own key");
     let started = Instant::now();
-    let audit =
-        crate::ledger::audit(&Location::Sqlite(path), &verifier).map_err(|e| e.to_string())?;
+    let audit = rofr_server::ledger::audit(&Location::Sqlite(path), &verifier)
+        .map_err(|e| e.to_string())?;
     let audit_seconds = started.elapsed().as_secs_f64();
     Ok(LedgerReport {
         entries,
@@ -827,7 +827,7 @@ mod tests {
         let token = Broker::create_token(&path, &Party::Buyer, "bench").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(crate::serve(broker, listener, std::future::pending()));
+        tokio::spawn(rofr_server::serve(broker, listener, std::future::pending()));
         let mut connection = Connection::open(address, &token).await.unwrap();
         let need = serde_json::to_vec(&spec(1, origin)).unwrap();
         connection.post("/v1/needs", &need).await.unwrap();

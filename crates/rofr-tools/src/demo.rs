@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::agent::{Agent, AgentStats, CapacityModel};
 use crate::client::Client;
-use crate::{Broker, Clock, Party};
+use rofr_server::{Broker, Clock, Party};
 
 pub const DEAL_FILE: &str = "examples/deals/stargate.toml";
 pub const DEAL: &str = include_str!("../../../examples/deals/stargate.toml");
@@ -125,7 +125,7 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server_stop = stopped.clone();
-    let server = tokio::spawn(crate::serve(broker.clone(), listener, async move {
+    let server = tokio::spawn(rofr_server::serve(broker.clone(), listener, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
 
