@@ -1,0 +1,440 @@
+//! The broker: the engine behind one writer thread that turns commands into durable
+//! events. Commands queue up; the writer takes every command waiting, runs them
+//! through the engine, writes all their events in one transaction (group commit), and
+//! only then answers. Between batches it sleeps until the next deadline, so deadlines
+//! fire on time, and a deadline that passed while the broker was down fires at start,
+//! as of its own time. Alone on its log, the broker writes each batch on a committer
+//! thread while the writer runs the next one through the engine; answers, and reads of
+//! the engine's state, wait until what they rest on is on disk.
+//!
+//! Several brokers (replicas) may share one PostgreSQL database. Each writes inside the
+//! store's exclusive transaction: it first folds in what the others committed (so its
+//! engine decides on the whole log), then appends after the last entry. A deadline is
+//! therefore fired by whichever replica reaches it first, and the others find it fired
+//! when they catch up. Replicas catch up when a commit notifies them, at the latest
+//! every second, and before answering a read that the engine serves.
+
+mod answer;
+mod commit;
+mod open;
+mod party;
+mod projection;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self};
+use std::sync::Weak;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rofr_engine::deal::Deal;
+use rofr_engine::types::ProviderId;
+use rofr_engine::{Command, Engine, Event, Rejection};
+use rofr_store::{Location, Store, StoreError, StoredEvent};
+use tokio::sync::{oneshot, watch};
+
+use crate::clock::Clock;
+#[allow(unused_imports)]
+pub use answer::{raw_json, IndexedEvent};
+use party::TokenCache;
+pub use party::{token_hash, token_id, Party, TOKEN_RECHECK};
+
+/// An `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// The answer to an accepted command: the JSON body and its status, exactly as first
+/// sent (a retry with the same key gets the same bytes back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("the Idempotency-Key `{0}` was already used for a different request")]
+    KeyReused(String),
+    // Not a `source`: the message already says it, and error chains would repeat it.
+    #[error("storage failed: {0}")]
+    Store(StoreError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the broker is shutting down")]
+    Stopped,
+    /// The command failed where it should not have (a defect): it was refused alone,
+    /// nothing of it was written, and the broker goes on.
+    #[error("the command failed inside the broker; nothing of it was written")]
+    Failed,
+}
+
+/// Called with each command right after the engine has applied it and before its
+/// events are staged: a test panics here to stand for a defect in the engine.
+pub type FaultHook = Arc<dyn Fn(&Command) + Send + Sync>;
+
+type ReplyTo = oneshot::Sender<Result<Reply, BrokerError>>;
+
+struct Job {
+    party: Party,
+    command: Command,
+    idempotency: Option<Idempotency>,
+    reply: ReplyTo,
+}
+
+/// What the writer thread is asked to do. Commands travel unboxed: they are nearly all
+/// of the traffic, and the small variants are rare.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Job(Job),
+    /// Fold in what other replicas committed, then answer.
+    Sync(oneshot::Sender<()>),
+    /// Another replica committed: fold it in.
+    Wake,
+    /// Write the needs projection up to every command acknowledged so far, then answer.
+    Flush(ReplyTo),
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub commands_accepted: AtomicU64,
+    pub commands_rejected: AtomicU64,
+    pub idempotent_replays: AtomicU64,
+    pub events_appended: AtomicU64,
+    /// Events other replicas appended, folded into this one's engine.
+    pub events_caught_up: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+struct Inner {
+    engine: RwLock<Engine>,
+    jobs: Mutex<Option<mpsc::SyncSender<Work>>>,
+    reader: Mutex<Box<dyn Store>>,
+    clock: Clock,
+    deal: Arc<Deal>,
+    deal_text: String,
+    counters: Counters,
+    /// Tokens found in the store, and how long they are trusted.
+    tokens: Mutex<TokenCache>,
+    ledger: Mutex<crate::ledger::Ledger>,
+    /// Providers with a webhook: their events get a delivery queued.
+    webhooks: RwLock<std::collections::BTreeSet<String>>,
+    location: Location,
+    /// Whether other replicas may append to the same log.
+    shared: bool,
+    /// The log's size as of the engine's state. Alone on its log, the engine runs up to
+    /// two batches ahead of the disk while the committer writes.
+    applied: AtomicU64,
+    /// (epoch, the log's size on disk). Answers drawn from the engine wait until what
+    /// they saw is on disk; the epoch changes when the engine is reloaded after a
+    /// failed commit, and a read made before that is made again.
+    durable: watch::Sender<(u64, u64)>,
+    /// Set by the committer when a commit failed; the writer then reloads the engine.
+    commit_failed: AtomicBool,
+    /// See [`Broker::inject_fault`].
+    fault: RwLock<Option<FaultHook>>,
+    /// See [`Broker::allow_private_webhooks`].
+    private_webhooks: AtomicBool,
+}
+
+/// A cheap handle to the running broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+const MAX_BATCH: usize = 4096;
+
+/// Work waiting for an idle committer is run in two batches from this much on.
+const SPLIT_AT: usize = 32;
+
+impl Broker {
+    pub fn deal(&self) -> &Arc<Deal> {
+        &self.inner.deal
+    }
+
+    pub fn deal_text(&self) -> &str {
+        &self.inner.deal_text
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// How many entries of the log the engine holds.
+    pub fn log_size(&self) -> u64 {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.inner.location
+    }
+
+    /// Whether other replicas share this broker's log.
+    pub fn shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    /// Brings the engine up to date with the log when other replicas share it, so that
+    /// a read made next sees every command acknowledged before this call (by any
+    /// replica). Alone on its log, the engine is always up to date.
+    pub async fn fresh(&self) -> Result<(), BrokerError> {
+        if !self.inner.shared {
+            return Ok(());
+        }
+        let (done, waited) = oneshot::channel();
+        self.send(Work::Sync(done))?;
+        waited.await.map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Waits until the needs projection holds every command acknowledged before this
+    /// call. The writer holds rows back for about a second; lists read the projection,
+    /// so they ask for it first. Replicas write their rows with every commit.
+    pub async fn projected(&self) -> Result<(), BrokerError> {
+        if self.inner.shared {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Work::Flush(reply))?;
+        answer.await.map_err(|_| BrokerError::Stopped)?.map(|_| ())
+    }
+
+    /// Runs `f` with read access to the engine's state. The state may hold a batch
+    /// that is still being written: what answers a party goes through
+    /// [`Broker::read_committed`].
+    pub fn read<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        let engine = self.inner.engine.read().expect("engine lock poisoned");
+        f(&engine)
+    }
+
+    /// Runs `f` on the engine's state and returns its answer once everything that state
+    /// holds is on disk (and, with replicas, once the engine has folded in every
+    /// command acknowledged before this call). A broker that crashes never has shown
+    /// anyone an event it then lost.
+    pub async fn read_committed<T>(&self, f: impl Fn(&Engine) -> T) -> Result<T, BrokerError> {
+        self.fresh().await?;
+        let mut durable = self.inner.durable.subscribe();
+        loop {
+            let (answer, seen, epoch) = {
+                let engine = self.inner.engine.read().expect("engine lock poisoned");
+                let seen = self.inner.applied.load(Ordering::Acquire);
+                (f(&engine), seen, durable.borrow().0)
+            };
+            let now = *durable
+                .wait_for(|&(e, on_disk)| e != epoch || on_disk >= seen)
+                .await
+                .map_err(|_| BrokerError::Stopped)?;
+            if now.0 == epoch {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// Runs `f` with the read connection to the store.
+    pub fn store<T>(&self, f: impl FnOnce(&dyn Store) -> T) -> T {
+        let store = self.inner.reader.lock().expect("store lock poisoned");
+        f(store.as_ref())
+    }
+
+    /// Queues a command and waits until its events are on disk.
+    pub async fn execute(
+        &self,
+        party: Party,
+        command: Command,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Reply, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Work::Job(Job {
+            party,
+            command,
+            idempotency,
+            reply,
+        }))?;
+        answer.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    fn send(&self, job: Work) -> Result<(), BrokerError> {
+        let sender = self
+            .inner
+            .jobs
+            .lock()
+            .expect("job lock poisoned")
+            .clone()
+            .ok_or(BrokerError::Stopped)?;
+        sender.send(job).map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Runs `hook` with every command just after the engine applied it. A panic there
+    /// is what a defect in the engine looks like to the writer, which must refuse that
+    /// command alone and go on; tests use this to check that it does.
+    pub fn inject_fault(&self, hook: Option<FaultHook>) {
+        *self.inner.fault.write().expect("fault lock") = hook;
+    }
+
+    /// Stops taking commands; the writer finishes what is queued and exits.
+    pub fn shutdown(&self) {
+        self.inner.jobs.lock().expect("job lock poisoned").take();
+    }
+
+    /// Runs `f` with the ledger: tree, key and latest checkpoint.
+    pub fn ledger<T>(&self, f: impl FnOnce(&mut crate::ledger::Ledger) -> T) -> T {
+        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
+        f(&mut ledger)
+    }
+
+    /// Runs `f` with the ledger and the read connection, which gives back the leaves
+    /// its tree let go of. (The ledger is always locked before the connection.)
+    pub fn ledger_with_log<T>(&self, f: impl FnOnce(&crate::ledger::Ledger, &dyn Store) -> T) -> T {
+        let ledger = self.inner.ledger.lock().expect("ledger lock");
+        let store = self.inner.reader.lock().expect("store lock poisoned");
+        f(&ledger, store.as_ref())
+    }
+
+    /// Changes when checkpoints are made without being asked for.
+    pub fn set_checkpoint_policy(&self, policy: crate::ledger::CheckpointPolicy) {
+        self.ledger(|l| l.policy = policy);
+    }
+
+    /// Signs a checkpoint of everything committed so far, stores it, and returns its
+    /// size and signed note.
+    pub fn checkpoint_now(&self) -> Result<(u64, String), BrokerError> {
+        let (size, note) = self.ledger(|l| l.checkpoint());
+        let mut store = self.inner.reader.lock().expect("store lock poisoned");
+        store.add_checkpoint(size, &note, &crate::ledger::now_text())?;
+        Ok((size, note))
+    }
+
+    /// The entries of one need, in log order, as of the moment of the call: the needs
+    /// projection is brought up to date first, so only the runs of entries its row
+    /// holds are read.
+    pub async fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>, BrokerError> {
+        self.projected().await?;
+        // With replicas the projection may trail what others appended; their store
+        // reads by an index instead.
+        let projected = !self.inner.shared;
+        Ok(self.store(|s| s.events_of(need, projected))?)
+    }
+
+    /// The evidence bundle of one need; `None` if the need has no entries.
+    /// The evidence bundle of a need, as `viewer` may see it: whole for the buyer and
+    /// the auditor (`None`); for a provider, the entries [`EventKind::shown_to`] lets
+    /// it see, and `None` where the need does not concern it.
+    pub async fn evidence(
+        &self,
+        need: &str,
+        viewer: Option<&ProviderId>,
+    ) -> Result<Option<rofr_ledger::evidence::Bundle>, BrokerError> {
+        let Some((holder, concerns)) = self
+            .read_committed(|e| {
+                e.state().need(need).map(|n| {
+                    let concerns = viewer.is_none_or(|v| n.concerns(v));
+                    (n.holder.clone(), concerns)
+                })
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !concerns {
+            return Ok(None);
+        }
+        let rows = self.events_of(need).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let total = rows.len();
+        let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(total);
+        for row in rows {
+            let shown = match viewer {
+                None => true,
+                Some(viewer) => Event::from_json(&row.data)
+                    .map_err(|e| BrokerError::Setup(format!("entry {}: {e}", row.index)))?
+                    .kind
+                    .shown_to(viewer, holder.as_ref()),
+            };
+            if shown {
+                entries.push((row.index, row.data));
+            }
+        }
+        let view = viewer.map(|viewer| rofr_ledger::evidence::View {
+            provider: viewer.to_string(),
+            withheld: (total - entries.len()) as u64,
+        });
+        // A provider other than the holder is not told who holds the right.
+        let holder = holder
+            .filter(|h| viewer.is_none_or(|v| v == h))
+            .map(|h| h.to_string());
+        let made = self.ledger(|l| {
+            let store = self.inner.reader.lock().expect("store lock poisoned");
+            l.evidence(holder, view, &entries, store.as_ref())
+        })?;
+        let Some((bundle, made_now)) = made else {
+            return Ok(None);
+        };
+        if made_now {
+            let (size, note) = self.ledger(|l| l.latest().cloned()).expect("just made");
+            let mut store = self.inner.reader.lock().expect("store lock poisoned");
+            store.add_checkpoint(size, &note, &crate::ledger::now_text())?;
+        }
+        Ok(Some(bundle))
+    }
+
+    /// Lets providers register webhooks at loopback, link-local and private
+    /// addresses, and deliveries reach them (tests, demos, a receiver inside one's own
+    /// network). Set before serving.
+    pub fn allow_private_webhooks(&self, allow: bool) {
+        self.inner.private_webhooks.store(allow, Ordering::Release);
+    }
+
+    pub fn private_webhooks_allowed(&self) -> bool {
+        self.inner.private_webhooks.load(Ordering::Acquire)
+    }
+
+    /// Registers (or replaces) a provider's webhook; returns the new signing secret.
+    /// The URL is checked by [`crate::webhook::check_url`].
+    pub fn set_webhook(&self, provider: &ProviderId, url: &str) -> Result<String, BrokerError> {
+        crate::webhook::check_url(url, self.private_webhooks_allowed())
+            .map_err(|message| Rejection::invalid("url", message))?;
+        let secret = crate::webhook::new_secret();
+        let now = Clock::System.now().to_string();
+        let mut store = self.inner.reader.lock().expect("store lock poisoned");
+        store.set_webhook(provider.as_str(), url, &secret, &now)?;
+        drop(store);
+        self.inner
+            .webhooks
+            .write()
+            .expect("webhook lock")
+            .insert(provider.to_string());
+        Ok(secret)
+    }
+}
+
+/// Tells the writer that another replica committed; false once the broker is gone.
+fn wake(inner: &Weak<Inner>) -> bool {
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    let sender = inner.jobs.lock().expect("job lock poisoned").clone();
+    match sender {
+        Some(sender) => !matches!(
+            sender.try_send(Work::Wake),
+            Err(mpsc::TrySendError::Disconnected(_))
+        ),
+        None => false,
+    }
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(error: StoreError) -> Self {
+        BrokerError::Store(error)
+    }
+}

@@ -1,0 +1,298 @@
+//! Opening a broker: adopting the deal, folding the log into a fresh engine and the
+//! ledger's tree, and starting the writer (and, alone on the log, the committer).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::mpsc::{self};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rofr_engine::deal::{parse_deal, Deal};
+use rofr_engine::types::Timestamp;
+use rofr_engine::{Engine, Event};
+use rofr_store::{Location, PostgresStore, SqliteStore, Store};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+
+use super::commit::Committer;
+use super::party::{TokenCache, TOKEN_RECHECK};
+use super::projection::{touch, Touches};
+use super::writer::Writer;
+use super::{wake, Broker, BrokerError, Counters, Inner, MAX_BATCH};
+
+impl Broker {
+    /// Opens the database, adopts `deal_text` (or the deal stored there), rebuilds the
+    /// engine from the event log, repairs the projection if it disagrees with the log,
+    /// and starts the writer. The ledger's signing key is read from `key` (by default
+    /// [`crate::ledger::key_path`]), and made there on the first start.
+    pub fn open(
+        location: &Location,
+        deal_file: Option<(&str, &str)>,
+        clock: Clock,
+        key: Option<&Path>,
+    ) -> Result<Broker, BrokerError> {
+        let mut store = location.open()?;
+        let (file, text) = match deal_file {
+            Some((file, text)) => {
+                let stored = store.init_meta("deal", text)?;
+                if stored != text {
+                    return Err(BrokerError::Setup(format!(
+                        "{location} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)"
+                    )));
+                }
+                let file = store.init_meta("deal_file", file)?;
+                (file, stored)
+            }
+            None => match store.meta("deal")? {
+                Some(stored) => {
+                    let file = store
+                        .meta("deal_file")?
+                        .unwrap_or_else(|| "deal.toml".into());
+                    (file, stored)
+                }
+                None => {
+                    return Err(BrokerError::Setup(format!(
+                        "{location} holds no deal yet: pass one with --deal"
+                    )))
+                }
+            },
+        };
+        let deal = parse_deal(&file, &text).map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            BrokerError::Setup(format!("the deal does not parse:\n{}", text.join("\n")))
+        })?;
+        let deal = Arc::new(deal);
+
+        // Most of the log is read without holding the write lock; what other replicas
+        // append meanwhile is folded in under it, below. The log streams through the
+        // engine and the ledger's tree an entry at a time: it is never all in memory.
+        let key = key.map_or_else(|| crate::ledger::key_path(location), Path::to_owned);
+        let mut ledger = crate::ledger::Ledger::open(&key, &deal.name, store.as_mut())?;
+        let Folded {
+            engine,
+            touches,
+            size: next_index,
+        } = fold_log(
+            store.as_ref(),
+            &deal,
+            None,
+            clock.now(),
+            None,
+            &mut |data| ledger.append_entry(data),
+        )?;
+        let reader = location.open()?;
+        let webhooks = reader
+            .webhooks()?
+            .into_iter()
+            .map(|(provider, _, _)| provider)
+            .collect();
+        let (sender, receiver) = mpsc::sync_channel(MAX_BATCH * 4);
+        let shared = location.shared();
+        let inner = Arc::new(Inner {
+            engine: RwLock::new(engine),
+            jobs: Mutex::new(Some(sender)),
+            reader: Mutex::new(reader),
+            clock,
+            deal,
+            deal_text: text,
+            counters: Counters::default(),
+            tokens: Mutex::new(TokenCache {
+                found: HashMap::new(),
+                recheck: TOKEN_RECHECK,
+            }),
+            webhooks: RwLock::new(webhooks),
+            ledger: Mutex::new(ledger),
+            location: location.clone(),
+            shared,
+            applied: AtomicU64::new(next_index),
+            durable: watch::Sender::new((0, next_index)),
+            commit_failed: AtomicBool::new(false),
+            fault: RwLock::new(None),
+            private_webhooks: AtomicBool::new(false),
+        });
+        let mut writer = Writer {
+            inner: inner.clone(),
+            store,
+            next_index,
+            dirty: Touches::default(),
+            last_flush: Instant::now(),
+            sweep: Vec::new(),
+            settling: Some(touches),
+            spare: Vec::new(),
+            committer: None,
+            returned: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            unsettled_keys: HashMap::new(),
+            poisoned: false,
+        };
+        writer.settle()?;
+        if !shared {
+            // Alone on its log, the broker writes each batch on a thread of its own
+            // while the writer runs the next one through the engine.
+            let committer = Committer {
+                inner: inner.clone(),
+                store: location.open()?,
+                in_flight: writer.in_flight.clone(),
+            };
+            let (to_committer, batches) = mpsc::sync_channel(1);
+            let (give_back, returned) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("rofr-committer".into())
+                .spawn(move || committer.run(batches, give_back))
+                .map_err(|e| {
+                    BrokerError::Setup(format!("cannot start the committer thread: {e}"))
+                })?;
+            writer.committer = Some(to_committer);
+            writer.returned = Some(returned);
+            if let Location::Sqlite(path) = location {
+                // Commits that copy the log into the database file themselves wait
+                // for it: a checkpoint of 10,000 pages set the tail of the latency.
+                let weak = Arc::downgrade(&inner);
+                SqliteStore::spawn_checkpointer(path, move || weak.strong_count() > 0)?;
+            }
+        }
+        if let Location::Postgres(url) = location {
+            let weak = Arc::downgrade(&inner);
+            PostgresStore::watch(url, Duration::from_secs(1), move || wake(&weak))?;
+        }
+        std::thread::Builder::new()
+            .name("rofr-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| BrokerError::Setup(format!("cannot start the writer thread: {e}")))?;
+        Ok(Broker { inner })
+    }
+}
+
+/// The log folded into a fresh engine, and where each need's events lie.
+pub(super) struct Folded {
+    pub(super) engine: Engine,
+    pub(super) touches: Touches,
+    pub(super) size: u64,
+}
+
+/// Streams the log (its first `limit` entries, if given) through a fresh engine,
+/// handing each entry's bytes to `leaf`: the log is never all in memory. The engine's
+/// clock starts at `clock`, or else at the first entry's time (`empty` for an empty
+/// log), and moves with the entries. A jump in the indexes or an entry that does not
+/// parse is an error naming the entry.
+///
+/// Two threads share the work: this one reads the log and hands each entry to `leaf`
+/// (the ledger hashes it), another parses the entries and folds them into the engine,
+/// a chunk at a time. At start this is most of the time to ready, and each half is
+/// about as long as the other.
+pub(super) fn fold_log(
+    store: &dyn Store,
+    deal: &Arc<Deal>,
+    clock: Option<Timestamp>,
+    empty: Timestamp,
+    limit: Option<u64>,
+    leaf: &mut dyn FnMut(&[u8]),
+) -> Result<Folded, BrokerError> {
+    // Entries a chunk holds; a few chunks are in flight at once.
+    const CHUNK: usize = 1024;
+    std::thread::scope(|scope| {
+        let (send, receive) = mpsc::sync_channel::<Chunk>(4);
+        let folder = std::thread::Builder::new()
+            .name("rofr-fold".into())
+            .spawn_scoped(scope, move || fold_chunks(&receive, deal, clock))
+            .map_err(|e| BrokerError::Setup(format!("cannot start a thread: {e}")))?;
+        let mut size = 0u64;
+        let mut jump: Option<BrokerError> = None;
+        let mut chunk = Chunk::default();
+        let mut folder_stopped = false;
+        store.scan_log(&mut |index, data, _| {
+            if limit.is_some_and(|limit| index >= limit) {
+                return false;
+            }
+            if index != size {
+                jump = Some(BrokerError::Setup(format!(
+                    "the log jumps from entry {} to entry {index}",
+                    size.saturating_sub(1)
+                )));
+                return false;
+            }
+            leaf(data);
+            chunk.push(index, data);
+            size += 1;
+            if chunk.ends.len() == CHUNK {
+                // The folder stops at an entry that does not parse.
+                if send.send(std::mem::take(&mut chunk)).is_err() {
+                    folder_stopped = true;
+                    return false;
+                }
+            }
+            true
+        })?;
+        if !folder_stopped && !chunk.ends.is_empty() {
+            // As above: an error from the folder is reported below.
+            let _ = send.send(chunk);
+        }
+        drop(send);
+        let (engine, touches) = folder
+            .join()
+            .map_err(|_| BrokerError::Setup("folding the log failed".into()))??;
+        // An entry that does not parse comes before any jump the reader saw.
+        if let Some(error) = jump {
+            return Err(error);
+        }
+        let engine = engine.unwrap_or_else(|| Engine::new(deal.clone(), clock.unwrap_or(empty)));
+        Ok(Folded {
+            engine,
+            touches,
+            size,
+        })
+    })
+}
+
+/// Entries of the log read together: their bytes end to end, and each one's index and
+/// where its bytes end.
+#[derive(Default)]
+pub(super) struct Chunk {
+    pub(super) bytes: Vec<u8>,
+    pub(super) ends: Vec<(u64, usize)>,
+}
+
+impl Chunk {
+    pub(super) fn push(&mut self, index: u64, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.ends.push((index, self.bytes.len()));
+    }
+}
+
+/// [`fold_log`]'s other half: parses the entries of each chunk and folds them into an
+/// engine (made at the first entry), noting where each need's events lie. Stops at an
+/// entry that does not parse.
+pub(super) fn fold_chunks(
+    chunks: &mpsc::Receiver<Chunk>,
+    deal: &Arc<Deal>,
+    clock: Option<Timestamp>,
+) -> Result<(Option<Engine>, Touches), BrokerError> {
+    let mut engine: Option<Engine> = None;
+    let mut touches = Touches::default();
+    let mut at = String::new();
+    for chunk in chunks {
+        let mut start = 0;
+        for &(index, end) in &chunk.ends {
+            let event = parse_entry(index, &chunk.bytes[start..end])?;
+            start = end;
+            at.clear();
+            event.at.push_to(&mut at);
+            touch(&mut touches, event.need.as_str(), &at, index);
+            engine
+                .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(event.at)))
+                .apply(&event);
+        }
+    }
+    Ok((engine, touches))
+}
+
+pub(super) fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {
+    parse_entry(row.index, &row.data)
+}
+
+pub(super) fn parse_entry(index: u64, data: &[u8]) -> Result<Event, BrokerError> {
+    Event::from_json(data)
+        .map_err(|e| BrokerError::Setup(format!("event {index} in the log does not parse: {e}")))
+}

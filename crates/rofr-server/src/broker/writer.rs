@@ -1,0 +1,619 @@
+//! The writer thread: the loop that takes queued commands, runs them through the
+//! engine and hands each batch to be committed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rofr_engine::types::ProviderId;
+use rofr_engine::{Command, Engine, Event, EventKind};
+use rofr_store::{Batch, IdempotentResponse, NewDelivery, NewEvent, Store};
+
+use super::answer::{command_body, raw_json, IndexedEvent};
+use super::commit::{checkpoint_if_due, finish, keep_spare, refuse, Pending, ToCommitter};
+use super::open::{fold_log, parse_stored};
+use super::projection::{
+    need_row, projection, projection_agrees, touch, Rows, Touches, FLUSH_EVERY, SWEEP_ROWS,
+};
+use super::{BrokerError, Inner, Job, Reply, ReplyTo, Work, MAX_BATCH, SPLIT_AT};
+
+pub(super) struct Writer {
+    pub(super) inner: Arc<Inner>,
+    pub(super) store: Box<dyn Store>,
+    pub(super) next_index: u64,
+    /// Needs whose projection rows are not yet written.
+    pub(super) dirty: Touches,
+    pub(super) last_flush: Instant,
+    /// While a sweep writes the rows held back: the ids it has still to write, last
+    /// first (those held back when it started, in reverse order of id). Rows touched
+    /// after it started wait for the next one.
+    pub(super) sweep: Vec<String>,
+    /// Where every need's events lie, while the projection is checked against the
+    /// log (at start, and after a failed commit).
+    pub(super) settling: Option<Touches>,
+    /// Entries of committed batches, kept with their buffers for the next ones: a batch
+    /// holds up to a thousand events, and freeing their bytes one by one was a good
+    /// part of the writer's time.
+    pub(super) spare: Vec<NewEvent>,
+    /// The committer thread, alone on the log; `None` with replicas, whose writer
+    /// commits inside the store's exclusive transaction itself.
+    pub(super) committer: Option<mpsc::SyncSender<ToCommitter>>,
+    /// Entries the committer has written, coming back for their buffers.
+    pub(super) returned: Option<mpsc::Receiver<Vec<NewEvent>>>,
+    /// Batches the committer holds (written by it, counted down by it).
+    pub(super) in_flight: Arc<AtomicUsize>,
+    /// Idempotent answers of batches not yet known to be on disk, with the log size
+    /// past their command's events: the store cannot answer for them yet.
+    pub(super) unsettled_keys: HashMap<(String, String), (u64, IdempotentResponse)>,
+    /// A command panicked in the engine, whose state may now hold part of it: the
+    /// engine is reloaded from the log once the batch before it is written.
+    pub(super) poisoned: bool,
+}
+
+impl Writer {
+    /// At start, under the write lock: folds in what other replicas appended since the
+    /// log was read, and rewrites the needs projection if it disagrees with the log.
+    pub(super) fn settle(&mut self) -> Result<(), BrokerError> {
+        self.store.begin_exclusive()?;
+        let inner = self.inner.clone();
+        let mut engine = inner.engine.write().expect("engine lock");
+        let settled = self.catch_up(&mut engine).and_then(|()| {
+            let touches = self.settling.take().unwrap_or_default();
+            if projection_agrees(self.store.as_ref(), &engine, &touches)? {
+                return Ok(self.store.abort()?);
+            }
+            let rows = projection(&engine, &touches);
+            tracing::warn!(
+                needs = rows.len(),
+                "the needs projection disagreed with the event log; rebuilt it from the log"
+            );
+            self.store.commit(&Batch {
+                needs: rows,
+                reset_projection: true,
+                ..Batch::default()
+            })?;
+            Ok(())
+        });
+        if settled.is_err() {
+            let _ = self.store.abort();
+        }
+        settled
+    }
+
+    /// Folds into the engine (and the ledger's tree) every event appended after the
+    /// ones it holds: by other replicas, when the log is shared.
+    pub(super) fn catch_up(&mut self, engine: &mut Engine) -> Result<(), BrokerError> {
+        loop {
+            let after = self.next_index.checked_sub(1);
+            let rows = self.store.events_after(after, 4096)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut hashes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if row.index != self.next_index {
+                    return Err(BrokerError::Setup(format!(
+                        "the log jumps from entry {} to entry {}",
+                        self.next_index.saturating_sub(1),
+                        row.index
+                    )));
+                }
+                engine.apply(&parse_stored(row)?);
+                if let Some(touches) = &mut self.settling {
+                    touch(touches, &row.need, &row.at, row.index);
+                }
+                if let Some(t) = self.dirty.get_mut(&row.need) {
+                    t.at.clone_from(&row.at);
+                    t.last = row.index;
+                }
+                hashes.push(rofr_ledger::leaf_hash(&row.data));
+                self.next_index += 1;
+            }
+            // What other replicas committed is on disk already.
+            self.inner.applied.store(self.next_index, Ordering::Release);
+            let size = self.next_index;
+            self.inner
+                .durable
+                .send_modify(|(_, on_disk)| *on_disk = (*on_disk).max(size));
+            self.inner
+                .ledger
+                .lock()
+                .expect("ledger lock")
+                .append(hashes);
+            self.inner
+                .counters
+                .events_caught_up
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn run(mut self, receiver: mpsc::Receiver<Work>) {
+        // Work received and not yet run, in order.
+        let mut backlog: VecDeque<Work> = VecDeque::new();
+        loop {
+            if backlog.is_empty() {
+                let wait = self
+                    .inner
+                    .engine
+                    .read()
+                    .expect("engine lock")
+                    .state()
+                    .next_deadline();
+                let mut wait = wait
+                    .map(|at| self.inner.clock.real_wait_until(at))
+                    .unwrap_or(Duration::from_secs(1));
+                if !self.dirty.is_empty() {
+                    // Rows held back are written within FLUSH_EVERY, even when idle,
+                    // and a sweep under way goes on at once.
+                    let until_due = FLUSH_EVERY.saturating_sub(self.last_flush.elapsed());
+                    wait = wait.min(if !self.sweep.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        until_due
+                    });
+                }
+                let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
+                match receiver.recv_timeout(wait) {
+                    Ok(item) => backlog.push_back(item),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // Stopping: the rows held back go with a last commit.
+                        let unrun = self.process(Vec::new(), Vec::new(), Rows::All);
+                        debug_assert!(unrun.is_empty(), "a batch without jobs runs none");
+                        return;
+                    }
+                }
+            }
+            while backlog.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(item) => backlog.push_back(item),
+                    Err(_) => break,
+                }
+            }
+            // Clients answered by one commit send their next commands together. Run
+            // whole, they would make the committer wait while the writer runs them,
+            // and the writer wait while the committer writes them: the two would take
+            // turns. An idle committer gets the first half as soon as it is run, and
+            // writes it while the writer runs the second.
+            let take = if backlog.len() >= SPLIT_AT && self.committer_idle() {
+                backlog.len().div_ceil(2)
+            } else {
+                backlog.len().min(MAX_BATCH)
+            };
+            let work: Vec<Work> = backlog.drain(..take).collect();
+            let mut jobs = Vec::with_capacity(work.len());
+            let mut synced = Vec::new();
+            let mut flushes = Vec::new();
+            for item in work {
+                match item {
+                    Work::Job(job) => jobs.push(job),
+                    Work::Sync(done) => synced.push(done),
+                    Work::Wake => {}
+                    Work::Flush(reply) => flushes.push(reply),
+                }
+            }
+            // The needs projection is swept every FLUSH_EVERY: a need's row changes
+            // with each of its commands, and writing it each time cost as much as
+            // appending the events. Replicas write their rows with every commit: a
+            // row held back could later overwrite a newer one written by another
+            // replica. A list query asks for the rows first (`Work::Flush`).
+            let rows = if self.inner.shared || !flushes.is_empty() {
+                Rows::All
+            } else if !self.sweep.is_empty() || self.last_flush.elapsed() >= FLUSH_EVERY {
+                Rows::Sweep
+            } else {
+                Rows::Held
+            };
+            let unrun = self.process(jobs, flushes, rows);
+            for job in unrun.into_iter().rev() {
+                backlog.push_front(Work::Job(job));
+            }
+            for done in synced {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Whether a committer thread has nothing to write.
+    pub(super) fn committer_idle(&self) -> bool {
+        self.committer.is_some() && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Runs one batch; returns the jobs it did not get to (those after a command
+    /// that panicked), to be run on the reloaded engine.
+    pub(super) fn process(
+        &mut self,
+        jobs: Vec<Job>,
+        flushes: Vec<ReplyTo>,
+        rows: Rows,
+    ) -> Vec<Job> {
+        if self.inner.commit_failed.load(Ordering::Acquire) {
+            self.recover();
+        }
+        if let Some(returned) = &self.returned {
+            while let Ok(entries) = returned.try_recv() {
+                keep_spare(&mut self.spare, entries);
+            }
+        }
+        let on_disk = self.inner.durable.borrow().1;
+        self.unsettled_keys.retain(|_, (end, _)| *end > on_disk);
+        let inner = self.inner.clone();
+        let mut engine = inner.engine.write().expect("engine lock");
+        let due = engine
+            .state()
+            .next_deadline()
+            .is_some_and(|at| at <= inner.clock.now().max(engine.clock()));
+        let writes = !jobs.is_empty()
+            || !flushes.is_empty()
+            || due
+            || (rows != Rows::Held && !self.dirty.is_empty());
+        // Alone on its log, the broker has folded in every entry already, and its
+        // commit is a transaction of its own.
+        let ready = if !inner.shared {
+            Ok(())
+        } else if writes {
+            self.store
+                .begin_exclusive()
+                .map_err(BrokerError::from)
+                .and_then(|()| self.catch_up(&mut engine))
+        } else {
+            self.catch_up(&mut engine)
+        };
+        if let Err(error) = ready {
+            let _ = self.store.abort();
+            tracing::error!(%error, "cannot read the log; commands refused until it can be read");
+            let replies = jobs.into_iter().map(|job| job.reply).chain(flushes);
+            refuse(replies, &error.to_string());
+            return Vec::new();
+        }
+        if !writes {
+            return Vec::new();
+        }
+        if inner.shared {
+            // Another replica may have registered a webhook.
+            if let Ok(hooks) = self.store.webhooks() {
+                *inner.webhooks.write().expect("webhook lock") =
+                    hooks.into_iter().map(|(provider, _, _)| provider).collect();
+            }
+        }
+        let now = inner.clock.now().max(engine.clock());
+        let mut batch = Batch::default();
+        let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
+        let mut unrun = Vec::new();
+
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.execute(Command::Tick { now })
+        }));
+        let Ok(ticked) = ticked else {
+            // A deadline failed: nothing of this batch is written, and the engine
+            // goes back to the log.
+            tracing::error!(now = %now, "a deadline failed inside the broker; the batch is refused and the engine reloaded");
+            if inner.shared {
+                let _ = self.store.abort();
+            }
+            drop(engine);
+            self.poisoned = true;
+            self.reload_if_poisoned();
+            let replies = jobs.into_iter().map(|job| job.reply).chain(flushes);
+            for reply in replies {
+                let _ = reply.send(Err(BrokerError::Failed));
+            }
+            return Vec::new();
+        };
+        let ticked = ticked.expect("the broker's clock never goes back");
+        self.append(&mut batch, &ticked);
+
+        let fault = inner.fault.read().expect("fault lock").clone();
+        // One buffer for every command's events.
+        let mut events = Vec::with_capacity(8);
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            // The party's key scopes idempotency keys; most commands carry none.
+            if let Some(idem) = &job.idempotency {
+                let party = job.party.key();
+                let key = (party.clone(), idem.key.clone());
+                let earlier = match self.unsettled_keys.get(&key) {
+                    Some((_, answer)) => Some(answer.clone()),
+                    None => match self.store.idempotent(&party, &idem.key) {
+                        Ok(found) => found,
+                        Err(error) => {
+                            answers.push((job.reply, Err(error.into())));
+                            continue;
+                        }
+                    },
+                };
+                if let Some(earlier) = earlier {
+                    let answer = if earlier.request_hash == idem.request_hash {
+                        inner
+                            .counters
+                            .idempotent_replays
+                            .fetch_add(1, Ordering::Relaxed);
+                        Ok(Reply {
+                            status: earlier.status,
+                            body: earlier.body,
+                            replayed: true,
+                        })
+                    } else {
+                        Err(BrokerError::KeyReused(idem.key.clone()))
+                    };
+                    answers.push((job.reply, answer));
+                    continue;
+                }
+            }
+            let status = if matches!(job.command, Command::SubmitNeed { .. }) {
+                201
+            } else {
+                200
+            };
+            events.clear();
+            let need = job.command.need().cloned();
+            let probe = fault.as_ref().map(|_| job.command.clone());
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let result = engine.execute_into(job.command, &mut events);
+                if let (Some(hook), Some(command)) = (&fault, &probe) {
+                    hook(command);
+                }
+                result
+            }));
+            let Ok(applied) = applied else {
+                // The engine may hold part of the command: refuse it alone, write the
+                // batch so far, and run the rest after reloading from the log.
+                tracing::error!(
+                    need.id = need.as_ref().map(|n| n.as_str()),
+                    party = %job.party.key(),
+                    "a command failed inside the broker; refused, nothing of it written"
+                );
+                answers.push((job.reply, Err(BrokerError::Failed)));
+                self.poisoned = true;
+                unrun.extend(jobs.by_ref());
+                break;
+            };
+            match applied {
+                Ok(()) => {
+                    inner
+                        .counters
+                        .commands_accepted
+                        .fetch_add(1, Ordering::Relaxed);
+                    let first = self.next_index + batch.events.len() as u64;
+                    let start = batch.events.len();
+                    self.append(&mut batch, &events);
+                    let body = command_body(first, &batch.events[start..]);
+                    if let Some(idem) = job.idempotency {
+                        let party = job.party.key();
+                        let answer = IdempotentResponse {
+                            party: party.clone(),
+                            key: idem.key.clone(),
+                            request_hash: idem.request_hash,
+                            status,
+                            body: body.clone(),
+                        };
+                        let end = self.next_index + batch.events.len() as u64;
+                        self.unsettled_keys
+                            .insert((party, idem.key), (end, answer.clone()));
+                        batch.idempotency.push(answer);
+                    }
+                    answers.push((
+                        job.reply,
+                        Ok(Reply {
+                            status,
+                            body,
+                            replayed: false,
+                        }),
+                    ));
+                }
+                Err(rejection) => {
+                    inner
+                        .counters
+                        .commands_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                    answers.push((job.reply, Err(rejection.into())));
+                }
+            }
+        }
+
+        // A flush is answered once its rows are on disk.
+        answers.extend(flushes.into_iter().map(|reply| {
+            let done = Reply {
+                status: 200,
+                body: String::new(),
+                replayed: false,
+            };
+            (reply, Ok(done))
+        }));
+        for (offset, event) in batch.events.iter().enumerate() {
+            touch(
+                &mut self.dirty,
+                &event.need,
+                &event.at,
+                self.next_index + offset as u64,
+            );
+        }
+        match rows {
+            Rows::Held => {}
+            Rows::All => {
+                batch.needs = projection(&engine, &self.dirty);
+                self.dirty.clear();
+                self.sweep.clear();
+                self.last_flush = Instant::now();
+            }
+            Rows::Sweep => {
+                if self.sweep.is_empty() {
+                    self.sweep = self.dirty.keys().cloned().collect();
+                    self.sweep.sort_unstable_by(|a, b| b.cmp(a));
+                }
+                let state = engine.state();
+                let start = self.sweep.len().saturating_sub(SWEEP_ROWS);
+                for id in self.sweep.drain(start..).rev() {
+                    // Written already where a list query wrote every row since.
+                    let Some(touch) = self.dirty.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(need) = state.need(id.as_str()) {
+                        batch.needs.push(need_row(&need, &touch));
+                    }
+                }
+                if self.sweep.is_empty() {
+                    self.last_flush = Instant::now();
+                }
+            }
+        }
+        let first = self.next_index;
+        self.next_index += batch.events.len() as u64;
+        inner.applied.store(self.next_index, Ordering::Release);
+        // Answers, rejections included, leave only once everything the engine held
+        // when it gave them is on disk.
+        let pending = Pending {
+            first,
+            batch,
+            answers,
+        };
+        if let Some(committer) = &self.committer {
+            drop(engine);
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            if committer.send(ToCommitter::Batch(pending)).is_err() {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                tracing::error!(
+                    "the committer thread is gone; the batch's commands see the broker as stopped"
+                );
+            }
+            self.reload_if_poisoned();
+            return unrun;
+        }
+        if pending.batch.is_empty() {
+            if let Err(error) = self.store.abort() {
+                tracing::error!(%error, "ending an empty transaction failed");
+            }
+        }
+        match finish(&inner, self.store.as_mut(), pending) {
+            Ok(entries) => {
+                drop(engine);
+                keep_spare(&mut self.spare, entries);
+                checkpoint_if_due(&inner, self.store.as_mut());
+                self.reload_if_poisoned();
+            }
+            Err(_) => {
+                self.poisoned = false;
+                self.reload(&mut engine);
+                drop(engine);
+                if let Err(error) = self.settle() {
+                    tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
+                }
+            }
+        }
+        unrun
+    }
+
+    /// After a command or deadline panicked: the engine goes back to the log (once
+    /// the batch before the failure is written), before any read or command sees it.
+    pub(super) fn reload_if_poisoned(&mut self) {
+        if std::mem::take(&mut self.poisoned) {
+            self.recover();
+        }
+    }
+
+    /// After the committer refused a batch: waits until it has dealt with every batch
+    /// sent so far, then brings the engine back to what the log holds.
+    pub(super) fn recover(&mut self) {
+        let (done, finished) = mpsc::channel();
+        if let Some(committer) = &self.committer {
+            if committer.send(ToCommitter::Resume(done)).is_ok() {
+                let _ = finished.recv();
+            }
+        }
+        self.inner.commit_failed.store(false, Ordering::Release);
+        let inner = self.inner.clone();
+        let mut engine = inner.engine.write().expect("engine lock");
+        self.reload(&mut engine);
+        drop(engine);
+        if let Err(error) = self.settle() {
+            tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
+        }
+    }
+
+    /// Nothing of a failed batch is on disk and nobody was told it succeeded: the
+    /// engine returns to the entries on disk, and the projection is checked against
+    /// the log as at start (by [`Writer::settle`], which the caller runs next).
+    pub(super) fn reload(&mut self, engine: &mut Engine) {
+        // The entries on disk that the engine (and the ledger's tree) had folded in;
+        // with replicas, later ones are caught up as usual.
+        let known = self.inner.durable.borrow().1;
+        let folded = loop {
+            let clock = engine.clock();
+            let deal = &self.inner.deal;
+            match fold_log(
+                self.store.as_ref(),
+                deal,
+                Some(clock),
+                clock,
+                Some(known),
+                &mut |_| {},
+            ) {
+                Ok(folded) if folded.size == known => break folded,
+                Ok(_) => tracing::error!("the log is shorter than before; waiting"),
+                Err(error) => tracing::error!(%error, "cannot read the log; waiting"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        *engine = folded.engine;
+        self.next_index = folded.size;
+        self.dirty.clear();
+        self.unsettled_keys.clear();
+        self.settling = Some(folded.touches);
+        self.inner.applied.store(self.next_index, Ordering::Release);
+        let size = self.next_index;
+        self.inner
+            .durable
+            .send_modify(|(epoch, on_disk)| (*epoch, *on_disk) = (*epoch + 1, size));
+    }
+
+    pub(super) fn append(&mut self, batch: &mut Batch, events: &[Event]) {
+        let webhooks = self.inner.webhooks.read().expect("webhook lock");
+        for event in events {
+            let mut entry = self.spare.pop().unwrap_or_else(|| NewEvent {
+                need: String::new(),
+                kind: String::new(),
+                at: String::new(),
+                data: Vec::new(),
+                leaf_hash: [0; 32],
+            });
+            entry.need.clear();
+            entry.need.push_str(event.need.as_str());
+            entry.kind.clear();
+            entry.kind.push_str(event.kind.type_name());
+            entry.at.clear();
+            event.at.push_to(&mut entry.at);
+            entry.data.clear();
+            event.write_json(&mut entry.data);
+            entry.leaf_hash = rofr_ledger::leaf_hash(&entry.data);
+            if let Some(provider) = addressee(event).filter(|p| webhooks.contains(p.as_str())) {
+                let index = self.next_index + batch.events.len() as u64;
+                let body = serde_json::to_string(&IndexedEvent {
+                    index,
+                    event: raw_json(&entry.data),
+                })
+                .expect("deliveries serialize");
+                batch.deliveries.push(NewDelivery {
+                    provider: provider.to_string(),
+                    event_offset: batch.events.len(),
+                    body,
+                    due_ms: crate::webhook::unix_ms(),
+                });
+            }
+            batch.events.push(entry);
+        }
+    }
+}
+
+/// The provider an event asks to act: offers, match offers, requests for quotes and
+/// awards are announced to it by webhook.
+pub(super) fn addressee(event: &Event) -> Option<&ProviderId> {
+    match &event.kind {
+        EventKind::OfferSent { provider, .. }
+        | EventKind::MatchOffered { provider, .. }
+        | EventKind::RfqSent { provider, .. }
+        | EventKind::AwardMade { provider, .. } => Some(provider),
+        _ => None,
+    }
+}
