@@ -17,7 +17,9 @@ use rofr_engine::Command;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{raw_json, Broker, BrokerError, Idempotency, IndexedEvent, Party, Reply};
+use crate::broker::{
+    raw_json, Answer, Broker, BrokerError, Idempotency, IndexedEvent, Outcome, Party,
+};
 use crate::input::{Params as Query, Segments as Path};
 use crate::views;
 
@@ -471,15 +473,22 @@ fn idempotency(
     }))
 }
 
-fn reply(reply: Reply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+/// The status an accepted command is answered with.
+fn status_of(outcome: Outcome) -> StatusCode {
+    match outcome {
+        Outcome::Created => StatusCode::CREATED,
+        Outcome::Applied => StatusCode::OK,
+    }
+}
+
+fn reply(answer: Answer) -> Response {
     let mut response = (
-        status,
+        status_of(answer.outcome),
         [(header::CONTENT_TYPE, "application/json")],
-        reply.body,
+        answer.body,
     )
         .into_response();
-    if reply.replayed {
+    if answer.replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", "true".parse().expect("valid header"));
@@ -1627,4 +1636,17 @@ async fn metrics(State(broker): State<Broker>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replayed answer is answered with the status the store kept for it.
+    #[test]
+    fn each_outcome_keeps_the_status_it_is_answered_with() {
+        for outcome in [Outcome::Created, Outcome::Applied] {
+            assert_eq!(status_of(outcome).as_u16(), outcome.stored());
+        }
+    }
 }

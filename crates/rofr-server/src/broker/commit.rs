@@ -2,12 +2,12 @@
 //! publishing the log's new size and releasing its answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use rofr_store::{Batch, NewEvent, Store, StoreError};
 
-use super::{BrokerError, Inner, Reply, ReplyTo};
+use super::{Answer, BrokerError, Inner, ReplyTo};
 
 /// How many committed entries the writer keeps for their buffers: about one batch.
 pub(super) const SPARE_ENTRIES: usize = 1_024;
@@ -17,32 +17,103 @@ pub(super) struct Pending {
     /// The log index of its first event.
     pub(super) first: u64,
     pub(super) batch: Batch,
-    pub(super) answers: Vec<(ReplyTo, Result<Reply, BrokerError>)>,
+    pub(super) answers: Vec<(ReplyTo, Result<Answer, BrokerError>)>,
 }
 
 /// What the writer hands the committer thread.
-pub(super) enum ToCommitter {
+enum ToCommitter {
     Batch(Pending),
     /// After a failed commit: every batch sent before this has been refused; the
     /// committer writes the batches that follow.
     Resume(mpsc::Sender<()>),
 }
 
+/// How a batch reaches the disk: the one thing the two commit modes do differently.
+pub(super) enum Mode {
+    /// Alone on its log (SQLite), the broker writes each batch on a committer thread
+    /// while the writer runs the next one through the engine.
+    Alone(Committing),
+    /// Replicas share the log (PostgreSQL): the writer writes each batch itself,
+    /// inside the store's exclusive transaction, once it has folded in what the
+    /// others appended.
+    Shared,
+}
+
+/// The writer's end of the committer thread.
+pub(super) struct Committing {
+    to: mpsc::SyncSender<ToCommitter>,
+    /// Entries the committer has written, coming back for their buffers.
+    returned: mpsc::Receiver<Vec<NewEvent>>,
+    /// Batches the committer holds (counted up here, down by it).
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Committing {
+    /// Starts the committer thread, which writes on `store`, a connection of its own.
+    pub(super) fn start(inner: &Arc<Inner>, store: Box<dyn Store>) -> Result<Self, BrokerError> {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let committer = Committer {
+            inner: inner.clone(),
+            store,
+            in_flight: in_flight.clone(),
+        };
+        let (to, batches) = mpsc::sync_channel(1);
+        let (give_back, returned) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("rofr-committer".into())
+            .spawn(move || committer.run(batches, give_back))
+            .map_err(|e| BrokerError::Setup(format!("cannot start the committer thread: {e}")))?;
+        Ok(Committing {
+            to,
+            returned,
+            in_flight,
+        })
+    }
+
+    /// Whether the committer has nothing to write.
+    pub(super) fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Takes back the entries of written batches, for their buffers.
+    pub(super) fn take_back(&self, spare: &mut Vec<NewEvent>) {
+        while let Ok(entries) = self.returned.try_recv() {
+            keep_spare(spare, entries);
+        }
+    }
+
+    /// Hands a batch to the committer; its answers leave once it is written.
+    pub(super) fn send(&self, pending: Pending) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.to.send(ToCommitter::Batch(pending)).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(
+                "the committer thread is gone; the batch's commands see the broker as stopped"
+            );
+        }
+    }
+
+    /// After a failed commit: waits until the committer has dealt with every batch
+    /// sent so far, and lets it write the ones that follow.
+    pub(super) fn resume(&self) {
+        let (done, finished) = mpsc::channel();
+        if self.to.send(ToCommitter::Resume(done)).is_ok() {
+            let _ = finished.recv();
+        }
+    }
+}
+
 /// The thread that writes each batch, on a connection of its own, while the writer
 /// runs the next one through the engine (a broker alone on its log).
-pub(super) struct Committer {
-    pub(super) inner: Arc<Inner>,
-    pub(super) store: Box<dyn Store>,
+struct Committer {
+    inner: Arc<Inner>,
+    store: Box<dyn Store>,
     /// Batches sent to this thread and not yet written (or refused).
-    pub(super) in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Committer {
-    pub(super) fn run(
-        mut self,
-        batches: mpsc::Receiver<ToCommitter>,
-        give_back: mpsc::Sender<Vec<NewEvent>>,
-    ) {
+    fn run(mut self, batches: mpsc::Receiver<ToCommitter>, give_back: mpsc::Sender<Vec<NewEvent>>) {
         // Once a commit fails, the batches after it were built on the failed one's
         // state: they are refused until the writer has reloaded the engine.
         let mut failure: Option<String> = None;

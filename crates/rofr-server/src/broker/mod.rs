@@ -45,13 +45,59 @@ pub struct Idempotency {
     pub request_hash: String,
 }
 
-/// The answer to an accepted command: the JSON body and its status, exactly as first
-/// sent (a retry with the same key gets the same bytes back).
+/// What an accepted command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It submitted a need.
+    Created,
+    /// It acted on a need already there.
+    Applied,
+}
+
+impl Outcome {
+    fn of(command: &Command) -> Outcome {
+        match command {
+            Command::SubmitNeed { .. } => Outcome::Created,
+            _ => Outcome::Applied,
+        }
+    }
+
+    /// How an idempotent answer keeps its outcome: as the HTTP status it was first
+    /// answered with (the store's format), which the API derives from the outcome.
+    pub(crate) fn stored(self) -> u16 {
+        match self {
+            Outcome::Created => 201,
+            Outcome::Applied => 200,
+        }
+    }
+
+    fn from_stored(status: u16) -> Outcome {
+        if status == Outcome::Created.stored() {
+            Outcome::Created
+        } else {
+            Outcome::Applied
+        }
+    }
+}
+
+/// The answer to an accepted command: what it did and its need's new events as JSON,
+/// exactly as first given (a retry with the same key gets the same bytes back).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
+pub struct Answer {
+    pub outcome: Outcome,
     pub body: String,
     pub replayed: bool,
+}
+
+impl Answer {
+    /// What a flush is answered with once the rows it waited for are on disk.
+    fn flushed() -> Answer {
+        Answer {
+            outcome: Outcome::Applied,
+            body: String::new(),
+            replayed: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +123,7 @@ pub enum BrokerError {
 /// events are staged: a test panics here to stand for a defect in the engine.
 pub type FaultHook = Arc<dyn Fn(&Command) + Send + Sync>;
 
-type ReplyTo = oneshot::Sender<Result<Reply, BrokerError>>;
+type ReplyTo = oneshot::Sender<Result<Answer, BrokerError>>;
 
 struct Job {
     party: Party,
@@ -251,7 +297,7 @@ impl Broker {
         party: Party,
         command: Command,
         idempotency: Option<Idempotency>,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<Answer, BrokerError> {
         let (reply, answer) = oneshot::channel();
         self.send(Work::Job(Job {
             party,

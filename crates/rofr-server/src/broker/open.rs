@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{self};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 
-use super::commit::Committer;
+use super::commit::{Committing, Mode};
 use super::party::{TokenCache, TOKEN_RECHECK};
 use super::projection::{touch, Touches};
 use super::writer::Writer;
@@ -112,6 +112,13 @@ impl Broker {
             fault: RwLock::new(None),
             private_webhooks: AtomicBool::new(false),
         });
+        // Alone on its log, the broker writes each batch on a thread of its own while
+        // the writer runs the next one through the engine.
+        let mode = if shared {
+            Mode::Shared
+        } else {
+            Mode::Alone(Committing::start(&inner, location.open()?)?)
+        };
         let mut writer = Writer {
             inner: inner.clone(),
             store,
@@ -121,31 +128,12 @@ impl Broker {
             sweep: Vec::new(),
             settling: Some(touches),
             spare: Vec::new(),
-            committer: None,
-            returned: None,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            mode,
             unsettled_keys: HashMap::new(),
             poisoned: false,
         };
         writer.settle()?;
         if !shared {
-            // Alone on its log, the broker writes each batch on a thread of its own
-            // while the writer runs the next one through the engine.
-            let committer = Committer {
-                inner: inner.clone(),
-                store: location.open()?,
-                in_flight: writer.in_flight.clone(),
-            };
-            let (to_committer, batches) = mpsc::sync_channel(1);
-            let (give_back, returned) = mpsc::channel();
-            std::thread::Builder::new()
-                .name("rofr-committer".into())
-                .spawn(move || committer.run(batches, give_back))
-                .map_err(|e| {
-                    BrokerError::Setup(format!("cannot start the committer thread: {e}"))
-                })?;
-            writer.committer = Some(to_committer);
-            writer.returned = Some(returned);
             if let Location::Sqlite(path) = location {
                 // Commits that copy the log into the database file themselves wait
                 // for it: a checkpoint of 10,000 pages set the tail of the latency.

@@ -2,22 +2,25 @@
 //! engine and hands each batch to be committed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use rofr_engine::types::ProviderId;
-use rofr_engine::{Command, Engine, Event, EventKind};
+use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{Batch, IdempotentResponse, NewDelivery, NewEvent, Store};
 
 use super::answer::{command_body, raw_json, IndexedEvent};
-use super::commit::{checkpoint_if_due, finish, keep_spare, refuse, Pending, ToCommitter};
+use super::commit::{checkpoint_if_due, finish, keep_spare, refuse, Mode, Pending};
 use super::open::{fold_log, parse_stored};
 use super::projection::{
     need_row, projection, projection_agrees, touch, Rows, Touches, FLUSH_EVERY, SWEEP_ROWS,
 };
-use super::{BrokerError, Inner, Job, Reply, ReplyTo, Work, MAX_BATCH, SPLIT_AT};
+use super::{
+    Answer, BrokerError, FaultHook, Idempotency, Inner, Job, Outcome, Party, ReplyTo, Work,
+    MAX_BATCH, SPLIT_AT,
+};
 
 pub(super) struct Writer {
     pub(super) inner: Arc<Inner>,
@@ -37,13 +40,8 @@ pub(super) struct Writer {
     /// holds up to a thousand events, and freeing their bytes one by one was a good
     /// part of the writer's time.
     pub(super) spare: Vec<NewEvent>,
-    /// The committer thread, alone on the log; `None` with replicas, whose writer
-    /// commits inside the store's exclusive transaction itself.
-    pub(super) committer: Option<mpsc::SyncSender<ToCommitter>>,
-    /// Entries the committer has written, coming back for their buffers.
-    pub(super) returned: Option<mpsc::Receiver<Vec<NewEvent>>>,
-    /// Batches the committer holds (written by it, counted down by it).
-    pub(super) in_flight: Arc<AtomicUsize>,
+    /// How each batch reaches the disk.
+    pub(super) mode: Mode,
     /// Idempotent answers of batches not yet known to be on disk, with the log size
     /// past their command's events: the store cannot answer for them yet.
     pub(super) unsettled_keys: HashMap<(String, String), (u64, IdempotentResponse)>,
@@ -199,7 +197,7 @@ impl Writer {
             // appending the events. Replicas write their rows with every commit: a
             // row held back could later overwrite a newer one written by another
             // replica. A list query asks for the rows first (`Work::Flush`).
-            let rows = if self.inner.shared || !flushes.is_empty() {
+            let rows = if matches!(self.mode, Mode::Shared) || !flushes.is_empty() {
                 Rows::All
             } else if !self.sweep.is_empty() || self.last_flush.elapsed() >= FLUSH_EVERY {
                 Rows::Sweep
@@ -217,28 +215,20 @@ impl Writer {
     }
 
     /// Whether a committer thread has nothing to write.
-    pub(super) fn committer_idle(&self) -> bool {
-        self.committer.is_some() && self.in_flight.load(Ordering::Acquire) == 0
+    fn committer_idle(&self) -> bool {
+        matches!(&self.mode, Mode::Alone(committing) if committing.idle())
     }
 
-    /// Runs one batch; returns the jobs it did not get to (those after a command
-    /// that panicked), to be run on the reloaded engine.
+    /// Runs one batch, in five steps: begin, tick, decide each command, stage the
+    /// projection's rows, hand off to be committed. Returns the jobs it did not get to
+    /// (those after a command that panicked), to be run on the reloaded engine.
     pub(super) fn process(
         &mut self,
         jobs: Vec<Job>,
         flushes: Vec<ReplyTo>,
         rows: Rows,
     ) -> Vec<Job> {
-        if self.inner.commit_failed.load(Ordering::Acquire) {
-            self.recover();
-        }
-        if let Some(returned) = &self.returned {
-            while let Ok(entries) = returned.try_recv() {
-                keep_spare(&mut self.spare, entries);
-            }
-        }
-        let on_disk = self.inner.durable.borrow().1;
-        self.unsettled_keys.retain(|_, (end, _)| *end > on_disk);
+        self.tidy();
         let inner = self.inner.clone();
         let mut engine = inner.engine.write().expect("engine lock");
         let due = engine
@@ -249,20 +239,9 @@ impl Writer {
             || !flushes.is_empty()
             || due
             || (rows != Rows::Held && !self.dirty.is_empty());
-        // Alone on its log, the broker has folded in every entry already, and its
-        // commit is a transaction of its own.
-        let ready = if !inner.shared {
-            Ok(())
-        } else if writes {
-            self.store
-                .begin_exclusive()
-                .map_err(BrokerError::from)
-                .and_then(|()| self.catch_up(&mut engine))
-        } else {
-            self.catch_up(&mut engine)
-        };
-        if let Err(error) = ready {
-            let _ = self.store.abort();
+        // 1. Begin: the log is ready to take the batch.
+        if let Err(error) = self.begin(&mut engine, writes) {
+            self.abandon();
             tracing::error!(%error, "cannot read the log; commands refused until it can be read");
             let replies = jobs.into_iter().map(|job| job.reply).chain(flushes);
             refuse(replies, &error.to_string());
@@ -271,28 +250,10 @@ impl Writer {
         if !writes {
             return Vec::new();
         }
-        if inner.shared {
-            // Another replica may have registered a webhook.
-            if let Ok(hooks) = self.store.webhooks() {
-                *inner.webhooks.write().expect("webhook lock") =
-                    hooks.into_iter().map(|(provider, _, _)| provider).collect();
-            }
-        }
-        let now = inner.clock.now().max(engine.clock());
+        // 2. Tick: the deadlines due fire first.
         let mut batch = Batch::default();
-        let mut answers: Vec<(ReplyTo, Result<Reply, BrokerError>)> = Vec::new();
-        let mut unrun = Vec::new();
-
-        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine.execute(Command::Tick { now })
-        }));
-        let Ok(ticked) = ticked else {
-            // A deadline failed: nothing of this batch is written, and the engine
-            // goes back to the log.
-            tracing::error!(now = %now, "a deadline failed inside the broker; the batch is refused and the engine reloaded");
-            if inner.shared {
-                let _ = self.store.abort();
-            }
+        if self.tick(&mut engine, &mut batch).is_err() {
+            self.abandon();
             drop(engine);
             self.poisoned = true;
             self.reload_if_poisoned();
@@ -301,139 +262,211 @@ impl Writer {
                 let _ = reply.send(Err(BrokerError::Failed));
             }
             return Vec::new();
+        }
+        // 3. Decide: each command is answered from an earlier answer, or run.
+        let mut answers = Vec::with_capacity(jobs.len() + flushes.len());
+        let unrun = self.decide(&mut engine, jobs, &mut batch, &mut answers);
+        // A flush is answered once its rows are on disk.
+        answers.extend(
+            flushes
+                .into_iter()
+                .map(|reply| (reply, Ok(Answer::flushed()))),
+        );
+        // 4. Stage the projection's rows.
+        self.stage_rows(&engine, &mut batch, rows);
+        // 5. Hand off. Answers, rejections included, leave only once everything the
+        // engine held when it gave them is on disk.
+        let first = self.next_index;
+        self.next_index += batch.events.len() as u64;
+        inner.applied.store(self.next_index, Ordering::Release);
+        let pending = Pending {
+            first,
+            batch,
+            answers,
+        };
+        self.hand_off(engine, pending);
+        unrun
+    }
+
+    /// Before a batch: recovers from a failed commit, takes back the buffers of
+    /// written entries, and forgets the idempotent answers now on disk.
+    fn tidy(&mut self) {
+        if self.inner.commit_failed.load(Ordering::Acquire) {
+            self.recover();
+        }
+        if let Mode::Alone(committing) = &self.mode {
+            committing.take_back(&mut self.spare);
+        }
+        let on_disk = self.inner.durable.borrow().1;
+        self.unsettled_keys.retain(|_, (end, _)| *end > on_disk);
+    }
+
+    /// Step 1. Alone on its log, the broker has folded in every entry already, and its
+    /// commit is a transaction of its own. Sharing it, the writer takes the store's
+    /// write lock (when it will write), folds in what other replicas appended, and
+    /// learns of webhooks they registered.
+    fn begin(&mut self, engine: &mut Engine, writes: bool) -> Result<(), BrokerError> {
+        if let Mode::Alone(_) = self.mode {
+            return Ok(());
+        }
+        if !writes {
+            return self.catch_up(engine);
+        }
+        self.store.begin_exclusive()?;
+        self.catch_up(engine)?;
+        if let Ok(hooks) = self.store.webhooks() {
+            *self.inner.webhooks.write().expect("webhook lock") =
+                hooks.into_iter().map(|(provider, _, _)| provider).collect();
+        }
+        Ok(())
+    }
+
+    /// Gives up the batch begun: a shared log's write lock is let go.
+    fn abandon(&mut self) {
+        if let Mode::Shared = self.mode {
+            let _ = self.store.abort();
+        }
+    }
+
+    /// Step 2. Fires the deadlines due and stages their events. A deadline that
+    /// panics is an error: nothing of the batch is written.
+    fn tick(&mut self, engine: &mut Engine, batch: &mut Batch) -> Result<(), ()> {
+        let now = self.inner.clock.now().max(engine.clock());
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.execute(Command::Tick { now })
+        }));
+        let Ok(ticked) = ticked else {
+            tracing::error!(now = %now, "a deadline failed inside the broker; the batch is refused and the engine reloaded");
+            return Err(());
         };
         let ticked = ticked.expect("the broker's clock never goes back");
-        self.append(&mut batch, &ticked);
+        self.append(batch, &ticked);
+        Ok(())
+    }
 
-        let fault = inner.fault.read().expect("fault lock").clone();
+    /// Step 3. Answers each job in turn: from an earlier answer to its idempotency
+    /// key, or by running its command. Stops at a command that panics, and returns
+    /// the jobs after it.
+    fn decide(
+        &mut self,
+        engine: &mut Engine,
+        jobs: Vec<Job>,
+        batch: &mut Batch,
+        answers: &mut Vec<(ReplyTo, Result<Answer, BrokerError>)>,
+    ) -> Vec<Job> {
+        let fault = self.inner.fault.read().expect("fault lock").clone();
         // One buffer for every command's events.
         let mut events = Vec::with_capacity(8);
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
-            // The party's key scopes idempotency keys; most commands carry none.
-            if let Some(idem) = &job.idempotency {
-                let party = job.party.key();
-                let key = (party.clone(), idem.key.clone());
-                let earlier = match self.unsettled_keys.get(&key) {
-                    Some((_, answer)) => Some(answer.clone()),
-                    None => match self.store.idempotent(&party, &idem.key) {
-                        Ok(found) => found,
-                        Err(error) => {
-                            answers.push((job.reply, Err(error.into())));
-                            continue;
-                        }
-                    },
-                };
-                if let Some(earlier) = earlier {
-                    let answer = if earlier.request_hash == idem.request_hash {
-                        inner
-                            .counters
-                            .idempotent_replays
-                            .fetch_add(1, Ordering::Relaxed);
-                        Ok(Reply {
-                            status: earlier.status,
-                            body: earlier.body,
-                            replayed: true,
-                        })
-                    } else {
-                        Err(BrokerError::KeyReused(idem.key.clone()))
-                    };
-                    answers.push((job.reply, answer));
-                    continue;
-                }
+            if let Some(answer) = self.earlier_answer(&job) {
+                answers.push((job.reply, answer));
+                continue;
             }
-            let status = if matches!(job.command, Command::SubmitNeed { .. }) {
-                201
-            } else {
-                200
-            };
             events.clear();
-            let need = job.command.need().cloned();
-            let probe = fault.as_ref().map(|_| job.command.clone());
-            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let result = engine.execute_into(job.command, &mut events);
-                if let (Some(hook), Some(command)) = (&fault, &probe) {
-                    hook(command);
-                }
-                result
-            }));
-            let Ok(applied) = applied else {
+            let Job {
+                party,
+                command,
+                idempotency,
+                reply,
+            } = job;
+            let outcome = Outcome::of(&command);
+            let Some(applied) = run_command(engine, command, &party, &fault, &mut events) else {
                 // The engine may hold part of the command: refuse it alone, write the
                 // batch so far, and run the rest after reloading from the log.
-                tracing::error!(
-                    need.id = need.as_ref().map(|n| n.as_str()),
-                    party = %job.party.key(),
-                    "a command failed inside the broker; refused, nothing of it written"
-                );
-                answers.push((job.reply, Err(BrokerError::Failed)));
+                answers.push((reply, Err(BrokerError::Failed)));
                 self.poisoned = true;
-                unrun.extend(jobs.by_ref());
-                break;
+                return jobs.collect();
             };
-            match applied {
+            let counters = &self.inner.counters;
+            let answer = match applied {
                 Ok(()) => {
-                    inner
-                        .counters
-                        .commands_accepted
-                        .fetch_add(1, Ordering::Relaxed);
-                    let first = self.next_index + batch.events.len() as u64;
-                    let start = batch.events.len();
-                    self.append(&mut batch, &events);
-                    let body = command_body(first, &batch.events[start..]);
-                    if let Some(idem) = job.idempotency {
-                        let party = job.party.key();
-                        let answer = IdempotentResponse {
-                            party: party.clone(),
-                            key: idem.key.clone(),
-                            request_hash: idem.request_hash,
-                            status,
-                            body: body.clone(),
-                        };
-                        let end = self.next_index + batch.events.len() as u64;
-                        self.unsettled_keys
-                            .insert((party, idem.key), (end, answer.clone()));
-                        batch.idempotency.push(answer);
-                    }
-                    answers.push((
-                        job.reply,
-                        Ok(Reply {
-                            status,
-                            body,
-                            replayed: false,
-                        }),
-                    ));
+                    counters.commands_accepted.fetch_add(1, Ordering::Relaxed);
+                    Ok(self.stage_command(batch, &events, outcome, &party, idempotency))
                 }
                 Err(rejection) => {
-                    inner
-                        .counters
-                        .commands_rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    answers.push((job.reply, Err(rejection.into())));
+                    counters.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                    Err(rejection.into())
                 }
-            }
-        }
-
-        // A flush is answered once its rows are on disk.
-        answers.extend(flushes.into_iter().map(|reply| {
-            let done = Reply {
-                status: 200,
-                body: String::new(),
-                replayed: false,
             };
-            (reply, Ok(done))
-        }));
+            answers.push((reply, answer));
+        }
+        Vec::new()
+    }
+
+    /// The answer a job's idempotency key already has, if any: the same bytes for the
+    /// same request, a refusal for another. The party's key scopes idempotency keys;
+    /// most commands carry none.
+    fn earlier_answer(&mut self, job: &Job) -> Option<Result<Answer, BrokerError>> {
+        let idem = job.idempotency.as_ref()?;
+        let party = job.party.key();
+        let key = (party, idem.key.clone());
+        let earlier = match self.unsettled_keys.get(&key) {
+            Some((_, answer)) => answer.clone(),
+            None => match self.store.idempotent(&key.0, &idem.key) {
+                Ok(found) => found?,
+                Err(error) => return Some(Err(error.into())),
+            },
+        };
+        if earlier.request_hash != idem.request_hash {
+            return Some(Err(BrokerError::KeyReused(idem.key.clone())));
+        }
+        self.inner
+            .counters
+            .idempotent_replays
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Ok(Answer {
+            outcome: Outcome::from_stored(earlier.status),
+            body: earlier.body,
+            replayed: true,
+        }))
+    }
+
+    /// Stages an accepted command's events, and its answer under its idempotency key.
+    fn stage_command(
+        &mut self,
+        batch: &mut Batch,
+        events: &[Event],
+        outcome: Outcome,
+        party: &Party,
+        idempotency: Option<Idempotency>,
+    ) -> Answer {
+        let first = self.next_index + batch.events.len() as u64;
+        let start = batch.events.len();
+        self.append(batch, events);
+        let body = command_body(first, &batch.events[start..]);
+        if let Some(idem) = idempotency {
+            let party = party.key();
+            let answer = IdempotentResponse {
+                party: party.clone(),
+                key: idem.key.clone(),
+                request_hash: idem.request_hash,
+                status: outcome.stored(),
+                body: body.clone(),
+            };
+            let end = self.next_index + batch.events.len() as u64;
+            self.unsettled_keys
+                .insert((party, idem.key), (end, answer.clone()));
+            batch.idempotency.push(answer);
+        }
+        Answer {
+            outcome,
+            body,
+            replayed: false,
+        }
+    }
+
+    /// Step 4. Notes which needs the batch touched, and stages the rows `rows` asks
+    /// for: none, the sweep's next few, or every one held back.
+    fn stage_rows(&mut self, engine: &Engine, batch: &mut Batch, rows: Rows) {
         for (offset, event) in batch.events.iter().enumerate() {
-            touch(
-                &mut self.dirty,
-                &event.need,
-                &event.at,
-                self.next_index + offset as u64,
-            );
+            let index = self.next_index + offset as u64;
+            touch(&mut self.dirty, &event.need, &event.at, index);
         }
         match rows {
             Rows::Held => {}
             Rows::All => {
-                batch.needs = projection(&engine, &self.dirty);
+                batch.needs = projection(engine, &self.dirty);
                 self.dirty.clear();
                 self.sweep.clear();
                 self.last_flush = Instant::now();
@@ -459,33 +492,24 @@ impl Writer {
                 }
             }
         }
-        let first = self.next_index;
-        self.next_index += batch.events.len() as u64;
-        inner.applied.store(self.next_index, Ordering::Release);
-        // Answers, rejections included, leave only once everything the engine held
-        // when it gave them is on disk.
-        let pending = Pending {
-            first,
-            batch,
-            answers,
-        };
-        if let Some(committer) = &self.committer {
+    }
+
+    /// Step 5. Alone on its log, the batch goes to the committer and the writer moves
+    /// on; sharing it, the writer commits it here, inside the write lock.
+    fn hand_off(&mut self, engine: RwLockWriteGuard<'_, Engine>, pending: Pending) {
+        if let Mode::Alone(committing) = &self.mode {
             drop(engine);
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            if committer.send(ToCommitter::Batch(pending)).is_err() {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                tracing::error!(
-                    "the committer thread is gone; the batch's commands see the broker as stopped"
-                );
-            }
+            committing.send(pending);
             self.reload_if_poisoned();
-            return unrun;
+            return;
         }
+        let mut engine = engine;
         if pending.batch.is_empty() {
             if let Err(error) = self.store.abort() {
                 tracing::error!(%error, "ending an empty transaction failed");
             }
         }
+        let inner = self.inner.clone();
         match finish(&inner, self.store.as_mut(), pending) {
             Ok(entries) => {
                 drop(engine);
@@ -502,7 +526,6 @@ impl Writer {
                 }
             }
         }
-        unrun
     }
 
     /// After a command or deadline panicked: the engine goes back to the log (once
@@ -516,11 +539,8 @@ impl Writer {
     /// After the committer refused a batch: waits until it has dealt with every batch
     /// sent so far, then brings the engine back to what the log holds.
     pub(super) fn recover(&mut self) {
-        let (done, finished) = mpsc::channel();
-        if let Some(committer) = &self.committer {
-            if committer.send(ToCommitter::Resume(done)).is_ok() {
-                let _ = finished.recv();
-            }
+        if let Mode::Alone(committing) = &self.mode {
+            committing.resume();
         }
         self.inner.commit_failed.store(false, Ordering::Release);
         let inner = self.inner.clone();
@@ -616,4 +636,32 @@ pub(super) fn addressee(event: &Event) -> Option<&ProviderId> {
         | EventKind::AwardMade { provider, .. } => Some(provider),
         _ => None,
     }
+}
+
+/// Runs one command through the engine into `events`; `None` where it panicked, which
+/// is logged here. The fault hook, where a test set one, runs right after the engine.
+fn run_command(
+    engine: &mut Engine,
+    command: Command,
+    party: &Party,
+    fault: &Option<FaultHook>,
+    events: &mut Vec<Event>,
+) -> Option<Result<(), Rejection>> {
+    let need = command.need().cloned();
+    let probe = fault.as_ref().map(|_| command.clone());
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let result = engine.execute_into(command, events);
+        if let (Some(hook), Some(command)) = (fault, &probe) {
+            hook(command);
+        }
+        result
+    }));
+    if applied.is_err() {
+        tracing::error!(
+            need.id = need.as_ref().map(|n| n.as_str()),
+            party = %party.key(),
+            "a command failed inside the broker; refused, nothing of it written"
+        );
+    }
+    applied.ok()
 }
