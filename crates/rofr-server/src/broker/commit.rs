@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rofr_store::{Batch, NewEvent, Store, StoreError};
 
+use super::fail::{reached, FailPoint};
 use super::{Answer, BrokerError, Inner, ReplyTo};
 
 /// How many committed entries the writer keeps for their buffers: about one batch.
@@ -120,6 +121,7 @@ impl Committer {
         for message in batches {
             match message {
                 ToCommitter::Batch(pending) => {
+                    reached(FailPoint::InCommitter);
                     let _done = Landed(&self.in_flight);
                     if let Some(error) = &failure {
                         refuse(pending.answers.into_iter().map(|(reply, _)| reply), error);
@@ -177,12 +179,14 @@ pub(super) fn finish(
 ) -> Result<Vec<NewEvent>, StoreError> {
     let events = &pending.batch.events;
     if !pending.batch.is_empty() {
+        reached(FailPoint::BeforeCommit);
         if let Err(error) = store.commit(&pending.batch) {
             tracing::error!(%error, "commit failed; the batch is refused and the engine reloaded from the log");
             let replies = pending.answers.into_iter().map(|(reply, _)| reply);
             refuse(replies, &error.to_string());
             return Err(error);
         }
+        reached(FailPoint::BeforeLedgerAppend);
         inner
             .ledger
             .lock()
@@ -193,6 +197,7 @@ pub(super) fn finish(
             .counters
             .events_appended
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        reached(FailPoint::AfterCommit);
     }
     let size = pending.first + events.len() as u64;
     inner
@@ -211,6 +216,7 @@ pub(super) fn checkpoint_if_due(inner: &Inner, store: &mut dyn Store) {
         return;
     }
     let (size, note) = ledger.checkpoint();
+    reached(FailPoint::SigningCheckpoint);
     if let Err(error) = store.add_checkpoint(size, &note, &crate::ledger::now_text()) {
         tracing::error!(%error, size, "storing a checkpoint failed");
     }

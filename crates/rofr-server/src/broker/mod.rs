@@ -16,6 +16,9 @@
 
 mod answer;
 mod commit;
+#[cfg(test)]
+mod crash_tests;
+mod fail;
 mod open;
 mod party;
 mod projection;

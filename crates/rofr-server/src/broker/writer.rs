@@ -13,6 +13,7 @@ use rofr_store::{Batch, IdempotentResponse, NewDelivery, NewEvent, Store};
 
 use super::answer::{command_body, raw_json, IndexedEvent};
 use super::commit::{checkpoint_if_due, finish, keep_spare, refuse, Mode, Pending};
+use super::fail::{reached, FailPoint};
 use super::open::{fold_log, parse_stored};
 use super::projection::{
     need_row, projection, projection_agrees, touch, Rows, Touches, FLUSH_EVERY, SWEEP_ROWS,
@@ -608,6 +609,7 @@ impl Writer {
             event.write_json(&mut entry.data);
             entry.leaf_hash = rofr_ledger::leaf_hash(&entry.data);
             if let Some(provider) = addressee(event).filter(|p| webhooks.contains(p.as_str())) {
+                reached(FailPoint::QueueingWebhook);
                 let index = self.next_index + batch.events.len() as u64;
                 let body = serde_json::to_string(&IndexedEvent {
                     index,
