@@ -18,32 +18,40 @@ pub struct Plan {
     pub price: Price,
 }
 
-/// Places up to `wanted` GPUs on the cheapest quotes first (ties by provider id).
-/// `allowance(provider, price, planned)` says how many more GPUs the caps let that
-/// provider take, given what is already planned in this round.
-pub fn cheapest_first(
+/// Places up to `wanted` more GPUs on `quotes`, cheapest first, after `plans`: the one
+/// greedy rule of the engine. Quotes of one price are taken in the order of
+/// `tie(index, quote)`, which each caller names. `room(quote, plans)` says how many
+/// GPUs the caps (and anything else) let that quote take, given the plans so far. A
+/// quote's GPUs join the last plan where it is the same provider's, else make a new
+/// one. Returns how many of the wanted GPUs are left unplaced.
+pub fn cheapest_first<K: Ord>(
     wanted: Gpus,
     quotes: &[QuoteOffer],
-    mut allowance: impl FnMut(&ProviderId, Price, &[Plan]) -> Gpus,
-) -> Vec<Plan> {
-    let mut ordered: Vec<&QuoteOffer> = quotes.iter().collect();
-    ordered.sort_by(|a, b| (a.price, &a.provider).cmp(&(b.price, &b.provider)));
-    let mut plans: Vec<Plan> = Vec::new();
+    tie: impl Fn(usize, &QuoteOffer) -> K,
+    plans: &mut Vec<Plan>,
+    mut room: impl FnMut(&QuoteOffer, &[Plan]) -> Gpus,
+) -> Gpus {
+    let mut ordered: Vec<(usize, &QuoteOffer)> = quotes.iter().enumerate().collect();
+    ordered.sort_by_cached_key(|&(i, quote)| (quote.price, tie(i, quote)));
     let mut left = wanted;
-    for quote in ordered {
+    for (_, quote) in ordered {
         if left == Gpus::ZERO {
             break;
         }
-        let cap_room = allowance(&quote.provider, quote.price, &plans);
-        let take = Gpus(quote.gpus.get().min(left.get()).min(cap_room.get()));
-        if take > Gpus::ZERO {
-            plans.push(Plan {
+        let room = room(quote, plans);
+        let take = Gpus(quote.gpus.get().min(left.get()).min(room.get()));
+        if take == Gpus::ZERO {
+            continue;
+        }
+        left = left.saturating_sub(take);
+        match plans.last_mut() {
+            Some(last) if last.provider == quote.provider => last.gpus += take,
+            _ => plans.push(Plan {
                 provider: quote.provider.clone(),
                 gpus: take,
                 price: quote.price,
-            });
-            left = left.saturating_sub(take);
+            }),
         }
     }
-    plans
+    left
 }

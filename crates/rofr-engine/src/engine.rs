@@ -1308,6 +1308,8 @@ impl Step<'_> {
                 if self.cap_room(need.spec.hours, &rfq.provider, price, &[]) == Gpus::ZERO {
                     continue;
                 }
+                // Any id unique in the instance will do: the answer comes back by
+                // the pools' indexes (`Solution::placements`), as `origin` has them.
                 let pool = format!("{n}/{}", rfq.provider);
                 instance.pools.push(Pool {
                     id: pool.clone(),
@@ -1376,17 +1378,11 @@ impl Step<'_> {
         };
         match solved {
             Ok(solution) if solution.status != rofr_solver::Status::Infeasible => {
-                let index: std::collections::HashMap<&str, usize> = instance
-                    .pools
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.id.as_str(), i))
-                    .collect();
-                for allocation in &solution.allocations {
-                    let (n, provider, price) = &origin[index[allocation.pool.as_str()]];
+                for (pool, gpus) in solution.placements(&instance) {
+                    let (n, provider, price) = &origin[pool];
                     plans[*n].push(Plan {
                         provider: provider.clone(),
-                        gpus: Gpus(allocation.gpus as u32),
+                        gpus: Gpus(gpus as u32),
                         price: *price,
                     });
                 }
@@ -1396,9 +1392,16 @@ impl Step<'_> {
             _ => {
                 for (n, id) in ids.iter().enumerate() {
                     let need = self.need(id);
-                    plans[n] = cheapest_first(need.free(), &offers[n], |p, price, planned| {
-                        self.cap_room(need.spec.hours, p, price, planned)
-                    });
+                    let hours = need.spec.hours;
+                    // Ties go to the provider first by id.
+                    let by_id = |_: usize, q: &QuoteOffer| q.provider.clone();
+                    cheapest_first(
+                        need.free(),
+                        &offers[n],
+                        by_id,
+                        &mut plans[n],
+                        |q, planned| self.cap_room(hours, &q.provider, q.price, planned),
+                    );
                 }
             }
         }
@@ -1413,35 +1416,25 @@ impl Step<'_> {
     fn cheapest_within_caps(&self, id: &NeedId) -> Option<Vec<Plan>> {
         let need = self.need(id);
         let hours = need.spec.hours;
-        let mut quotes: Vec<(Price, bool, usize, &ProviderId, Gpus)> = need
+        let quotes: Vec<QuoteOffer> = need
             .rfqs
             .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r.status {
-                RfqStatus::Quoted { gpus, price } => {
-                    Some((price, !self.committed(&r.provider), i, &r.provider, gpus))
-                }
+            .filter_map(|r| match r.status {
+                RfqStatus::Quoted { gpus, price } => Some(QuoteOffer {
+                    provider: r.provider.clone(),
+                    gpus,
+                    price,
+                }),
                 _ => None,
             })
-            .filter(|&(price, _, _, provider, _)| {
-                self.cap_room(hours, provider, price, &[]) > Gpus::ZERO
-            })
+            .filter(|q| self.cap_room(hours, &q.provider, q.price, &[]) > Gpus::ZERO)
             .collect();
-        quotes.sort_by_key(|&(price, later, i, _, _)| (price, later, i));
-        let mut left = need.free();
+        // Ties go to committed providers first, then in the order the RFQs went out.
+        let committed_first = |i: usize, q: &QuoteOffer| (!self.committed(&q.provider), i);
         let mut plans = Vec::new();
-        for (price, _, _, provider, gpus) in quotes {
-            let take = Gpus(gpus.get().min(left.get()));
-            if take == Gpus::ZERO {
-                break;
-            }
-            left = left.saturating_sub(take);
-            plans.push(Plan {
-                provider: provider.clone(),
-                gpus: take,
-                price,
-            });
-        }
+        cheapest_first(need.free(), &quotes, committed_first, &mut plans, |_, _| {
+            Gpus(u32::MAX)
+        });
         let hours = f64::from(need.spec.hours);
         for plan in &plans {
             for cap in self.caps_binding(&plan.provider) {
@@ -1486,52 +1479,35 @@ impl Step<'_> {
                 ordered.push(Plan { gpus, ..plan });
             }
         }
-        let mut left = wanted.saturating_sub(ordered.iter().map(|p| p.gpus).sum());
+        let left = wanted.saturating_sub(ordered.iter().map(|p| p.gpus).sum());
         if left == Gpus::ZERO {
             return ordered;
         }
-        let mut quotes: Vec<(Price, ProviderId, Gpus)> = self
+        let quotes: Vec<QuoteOffer> = self
             .need(id)
             .rfqs
             .iter()
             .filter_map(|r| match r.status {
-                RfqStatus::Quoted { gpus, price } => Some((price, r.provider.clone(), gpus)),
+                RfqStatus::Quoted { gpus, price } => Some(QuoteOffer {
+                    provider: r.provider.clone(),
+                    gpus,
+                    price,
+                }),
                 _ => None,
             })
             .collect();
-        quotes.sort();
-        for (price, provider, quoted) in quotes {
-            if left == Gpus::ZERO {
-                break;
-            }
-            let planned: Gpus = ordered
+        // Ties go to the provider first by id. A quote has room for what its plans
+        // have not taken yet, as far as the caps let it.
+        let by_id = |_: usize, q: &QuoteOffer| q.provider.clone();
+        cheapest_first(left, &quotes, by_id, &mut ordered, |q, planned| {
+            let taken: Gpus = planned
                 .iter()
-                .filter(|p| p.provider == provider)
+                .filter(|p| p.provider == q.provider)
                 .map(|p| p.gpus)
                 .sum();
-            let room = self.cap_room(hours, &provider, price, &ordered);
-            let more = Gpus(
-                quoted
-                    .saturating_sub(planned)
-                    .get()
-                    .min(room.get())
-                    .min(left.get()),
-            );
-            if more == Gpus::ZERO {
-                continue;
-            }
-            left = left.saturating_sub(more);
-            // Added to the provider's last plan where that is the last one made, else
-            // made as a further award after the others.
-            match ordered.last_mut() {
-                Some(last) if last.provider == provider => last.gpus += more,
-                _ => ordered.push(Plan {
-                    provider,
-                    gpus: more,
-                    price,
-                }),
-            }
-        }
+            let room = self.cap_room(hours, &q.provider, q.price, planned);
+            Gpus(q.gpus.saturating_sub(taken).get().min(room.get()))
+        });
         ordered
     }
 

@@ -151,6 +151,25 @@ pub struct Solution {
     pub bound: f64,
 }
 
+impl Solution {
+    /// Each allocation as the index of its pool in `instance.pools`, with its GPUs, in
+    /// the order of the allocations: how a caller that built the instance maps the
+    /// answer back to its own values without reading ids. An allocation naming no pool
+    /// of `instance` is left out ([`check`] refuses such a solution).
+    pub fn placements(&self, instance: &Instance) -> Vec<(usize, u64)> {
+        let index: HashMap<&str, usize> = instance
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| (pool.id.as_str(), i))
+            .collect();
+        self.allocations
+            .iter()
+            .filter_map(|a| Some((*index.get(a.pool.as_str())?, a.gpus)))
+            .collect()
+    }
+}
+
 /// What a solution is (docs/allocation.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

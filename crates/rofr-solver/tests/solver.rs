@@ -55,6 +55,10 @@ fn a_binding_cap_and_rounding_to_units_are_solved_exactly() {
     assert_eq!(cheap, 16);
     assert_eq!(solved.cost, 16.0 * 10.0 * 1.0 + 48.0 * 10.0 * 5.0);
     assert_eq!(solved.status, rofr_solver::Status::Optimal);
+    // By the pools' indexes: cheap is pool 0, dear pool 1.
+    let mut placed = solved.placements(&instance);
+    placed.sort_unstable();
+    assert_eq!(placed, [(0, 16), (1, 48)]);
 }
 
 #[test]
