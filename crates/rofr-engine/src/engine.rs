@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use crate::allocate::{cheapest_first, Plan, QuoteOffer};
+use crate::cap::{Amount, Share};
 use crate::command::{Command, Rejection};
 use crate::deal::{
     Allocation, CapBasis, ConcentrationCap, Deal, FirstRefusal, Redelivery, Variant,
@@ -178,7 +179,7 @@ struct Step<'a> {
     out: Vec<Event>,
     /// Everyone's usage under the deal's first caps (by place) as of `now`, kept until
     /// the next event: a round asks for it once per provider. Deals rarely have more.
-    cap_totals: [Cell<Option<f64>>; CACHED_CAPS],
+    cap_totals: [Cell<Option<Amount>>; CACHED_CAPS],
     /// The need last found and its number: a step asks about one need many times. It
     /// keeps its own copy of the id, so that no other id can ever pass for it.
     found: RefCell<Option<(NeedId, usize)>>,
@@ -225,7 +226,7 @@ impl Step<'_> {
 
     /// Total and `provider`'s own usage under `cap` now, bases included: what
     /// `invariants::cap_usage` gives, with the total worked out once between events.
-    fn cap_usage(&self, cap: &ConcentrationCap, provider: &ProviderId) -> (f64, f64) {
+    fn cap_usage(&self, cap: &ConcentrationCap, provider: &ProviderId) -> (Amount, Amount) {
         let from = cap_window_start(cap, self.now);
         let place = self
             .deal
@@ -1076,31 +1077,20 @@ impl Step<'_> {
         let mut room = u32::MAX;
         for cap in self.caps_binding(provider) {
             let (mut total, mut own) = self.cap_usage(cap, provider);
-            let per_gpu = |p: Price| match cap.basis {
-                CapBasis::GpuHours => f64::from(hours),
-                CapBasis::Spend => f64::from(hours) * p.dollars(),
-            };
             for plan in planned {
-                let amount = per_gpu(plan.price) * f64::from(plan.gpus.get());
+                let amount = per_gpu(cap, hours, plan.price).times(plan.gpus.get());
                 total += amount;
                 if &plan.provider == provider {
                     own += amount;
                 }
             }
-            let s = cap.max_share;
-            let weight = per_gpu(price);
-            if weight <= 0.0 {
-                continue;
-            }
-            let headroom = (s * total - own) / (weight * (1.0 - s));
-            let gpus = if headroom <= 0.0 {
-                0
-            } else {
-                // Forgive float noise below a millionth of a GPU; the invariant check
-                // allows the same tolerance.
-                (headroom + 1e-6).floor().min(f64::from(u32::MAX)) as u32
-            };
-            room = room.min(gpus);
+            let share = Share::of(cap.max_share);
+            room = room.min(crate::cap::room(
+                own,
+                share,
+                total,
+                per_gpu(cap, hours, price),
+            ));
         }
         Gpus(room)
     }
@@ -1346,8 +1336,8 @@ impl Step<'_> {
                     provider: provider.to_string(),
                     max_share: cap.max_share,
                     spend: cap.basis == CapBasis::Spend,
-                    own,
-                    total,
+                    own: own.as_f64(),
+                    total: total.as_f64(),
                 });
             }
         }
@@ -1435,21 +1425,17 @@ impl Step<'_> {
         cheapest_first(need.free(), &quotes, committed_first, &mut plans, |_, _| {
             Gpus(u32::MAX)
         });
-        let hours = f64::from(need.spec.hours);
         for plan in &plans {
             for cap in self.caps_binding(&plan.provider) {
-                let weight = |plan: &Plan| match cap.basis {
-                    CapBasis::GpuHours => hours * f64::from(plan.gpus.get()),
-                    CapBasis::Spend => hours * plan.price.dollars() * f64::from(plan.gpus.get()),
-                };
-                let added: f64 = plans.iter().map(weight).sum();
+                let weight = |p: &Plan| per_gpu(cap, hours, p.price).times(p.gpus.get());
+                let added: Amount = plans.iter().map(weight).sum();
                 let (total, own) = self.cap_usage(cap, &plan.provider);
-                let mine: f64 = plans
+                let mine: Amount = plans
                     .iter()
                     .filter(|p| p.provider == plan.provider)
                     .map(weight)
                     .sum();
-                if !rofr_solver::keeps_share(own + mine, cap.max_share, total + added) {
+                if !crate::cap::keeps(own + mine, Share::of(cap.max_share), total + added) {
                     return None;
                 }
             }
@@ -1696,4 +1682,10 @@ impl Step<'_> {
         }
         self.next_step(id);
     }
+}
+
+/// What one GPU of an award for `hours` at `price` counts for under `cap`.
+fn per_gpu(cap: &ConcentrationCap, hours: u32, price: Price) -> Amount {
+    let spend = (cap.basis == CapBasis::Spend).then_some(price);
+    Amount::per_gpu(hours, spend)
 }

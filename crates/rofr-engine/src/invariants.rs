@@ -2,6 +2,7 @@
 //! refusal), I2 (no over-award) and I3 (restrictions and caps). Tests run these after
 //! every step; the ledger's verifier reuses the I1 rule.
 
+use crate::cap::{Amount, Share};
 use crate::deal::{CapBasis, Deal};
 use crate::event::{Event, EventKind};
 use crate::state::{Refusal, State};
@@ -139,10 +140,10 @@ pub fn cap_exceeded(
             continue;
         }
         let (total, own) = cap_usage(cap, state, provider, at);
-        if !rofr_solver::keeps_share(own, cap.max_share, total) {
+        if !crate::cap::keeps(own, Share::of(cap.max_share), total) {
             return Some(format!(
                 "`{provider}` holds {:.2}% of usage under {}, above its {:.2}%",
-                own / total * 100.0,
+                own.as_f64() / total.as_f64() * 100.0,
                 cap.clause,
                 cap.max_share * 100.0
             ));
@@ -157,7 +158,7 @@ pub fn cap_usage(
     state: &State,
     provider: &ProviderId,
     at: Timestamp,
-) -> (f64, f64) {
+) -> (Amount, Amount) {
     let from = cap_window_start(cap, at);
     (
         cap_total(cap, &state.usage, from),
@@ -175,8 +176,8 @@ pub fn cap_total(
     cap: &crate::deal::ConcentrationCap,
     usage: &crate::usage::UsageLog,
     from: Option<Timestamp>,
-) -> f64 {
-    let base: f64 = cap.base.values().sum();
+) -> Amount {
+    let base: Amount = cap.base.values().copied().map(Amount::from_f64).sum();
     base + cap_amount(cap, usage.since_all(from))
 }
 
@@ -186,14 +187,18 @@ pub fn cap_own(
     usage: &crate::usage::UsageLog,
     from: Option<Timestamp>,
     provider: &ProviderId,
-) -> f64 {
-    let base = cap.base.get(provider).copied().unwrap_or(0.0);
+) -> Amount {
+    let base = cap
+        .base
+        .get(provider)
+        .copied()
+        .map_or(Amount::default(), Amount::from_f64);
     base + cap_amount(cap, usage.since_own(from, provider))
 }
 
-fn cap_amount(cap: &crate::deal::ConcentrationCap, usage: crate::usage::Usage) -> f64 {
+fn cap_amount(cap: &crate::deal::ConcentrationCap, usage: crate::usage::Usage) -> Amount {
     match cap.basis {
-        CapBasis::GpuHours => usage.gpu_hours as f64,
-        CapBasis::Spend => usage.spend(),
+        CapBasis::GpuHours => Amount::gpu_hours(usage.gpu_hours),
+        CapBasis::Spend => Amount(usage.spend_units),
     }
 }

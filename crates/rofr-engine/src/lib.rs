@@ -6,6 +6,7 @@
 
 pub mod agenda;
 pub mod allocate;
+pub mod cap;
 pub mod command;
 pub mod deal;
 pub mod diagnostic;

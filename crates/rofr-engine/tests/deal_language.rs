@@ -319,3 +319,19 @@ fn a_retry_of_seconds_is_refused() {
         .iter()
         .all(|d| d.key.as_deref() != Some("sourcing.retry_after")));
 }
+
+#[test]
+fn a_base_beyond_what_a_cap_counts_is_refused() {
+    let cap = |base: &str| {
+        format!("[[concentration_cap]]\nmax_share = 0.5\nbase = {{ azure = {base} }}\n")
+    };
+    check(
+        &cap("1e16"),
+        "invalid-value",
+        (3, 18),
+        Some("concentration_cap[0].base.azure"),
+    );
+    assert!(findings(&cap("1e15"))
+        .iter()
+        .all(|d| d.key.as_deref() != Some("concentration_cap[0].base.azure")));
+}

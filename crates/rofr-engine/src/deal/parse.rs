@@ -15,6 +15,11 @@ use crate::diagnostic::{Diagnostic, SourceMap};
 use crate::duration::WeekdayName;
 use crate::types::ValueError;
 
+/// The most base usage a cap counts for one provider, in GPU-hours or dollars: far
+/// above any real usage, and small enough that a cap is judged in exact integers
+/// ([`crate::cap`]) without overflow.
+pub const MAX_BASE: f64 = 1e15;
+
 /// The shortest `sourcing.retry_after`, in seconds.
 const MIN_RETRY_SECONDS: i64 = 60;
 
@@ -735,6 +740,13 @@ impl Cx<'_> {
             let Some(value) = self.non_negative(amount, base_key.clone(), "base usage") else {
                 continue;
             };
+            if value > MAX_BASE {
+                let error = ValueError(format!(
+                    "{value} is more base usage than a cap counts: use at most {MAX_BASE:e}"
+                ));
+                self.fail(amount.span(), base_key, error);
+                continue;
+            }
             match ProviderId::parse(provider) {
                 Ok(id) => {
                     base.insert(id, value);
