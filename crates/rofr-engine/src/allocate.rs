@@ -1,6 +1,8 @@
 //! The greedy allocation the engine falls back on should the exact solver ever fail:
 //! cheapest conforming quotes first, each as far as caps allow.
 
+use std::cmp::Ordering;
+
 use crate::types::{Gpus, Price, ProviderId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,21 +20,29 @@ pub struct Plan {
     pub price: Price,
 }
 
+/// A quote and its place among the quotes given.
+pub type Ranked<'a> = (usize, &'a QuoteOffer);
+
+/// Quotes of one price from the provider first by id.
+pub fn by_provider(a: Ranked<'_>, b: Ranked<'_>) -> Ordering {
+    a.1.provider.cmp(&b.1.provider)
+}
+
 /// Places up to `wanted` more GPUs on `quotes`, cheapest first, after `plans`: the one
-/// greedy rule of the engine. Quotes of one price are taken in the order of
-/// `tie(index, quote)`, which each caller names. `room(quote, plans)` says how many
+/// greedy rule of the engine. Quotes of one price are taken in the order
+/// `tie` gives, which each caller names. `room(quote, plans)` says how many
 /// GPUs the caps (and anything else) let that quote take, given the plans so far. A
 /// quote's GPUs join the last plan where it is the same provider's, else make a new
 /// one. Returns how many of the wanted GPUs are left unplaced.
-pub fn cheapest_first<K: Ord>(
+pub fn cheapest_first(
     wanted: Gpus,
     quotes: &[QuoteOffer],
-    tie: impl Fn(usize, &QuoteOffer) -> K,
+    tie: impl Fn(Ranked<'_>, Ranked<'_>) -> Ordering,
     plans: &mut Vec<Plan>,
     mut room: impl FnMut(&QuoteOffer, &[Plan]) -> Gpus,
 ) -> Gpus {
-    let mut ordered: Vec<(usize, &QuoteOffer)> = quotes.iter().enumerate().collect();
-    ordered.sort_by_cached_key(|&(i, quote)| (quote.price, tie(i, quote)));
+    let mut ordered: Vec<Ranked<'_>> = quotes.iter().enumerate().collect();
+    ordered.sort_by(|&a, &b| a.1.price.cmp(&b.1.price).then_with(|| tie(a, b)));
     let mut left = wanted;
     for (_, quote) in ordered {
         if left == Gpus::ZERO {

@@ -23,7 +23,13 @@ impl Amount {
 
     /// A base from the deal, in GPU-hours or dollars, to the nearest ten-thousandth.
     pub fn from_f64(value: f64) -> Amount {
-        Amount((value * Self::SCALE as f64).round() as i128)
+        let scaled = (value * Self::SCALE as f64).round();
+        // Through i64 where it fits: the processor converts that, not a library routine.
+        if scaled.abs() < 9e18 {
+            Amount(i128::from(scaled as i64))
+        } else {
+            Amount(scaled as i128)
+        }
     }
 
     /// What one GPU for `hours` adds: GPU-hours, or its spend at `price`.
@@ -36,11 +42,15 @@ impl Amount {
 
     /// In GPU-hours or dollars, for the solver and for reports.
     pub fn as_f64(self) -> f64 {
-        self.0 as f64 / Self::SCALE as f64
+        let value = match i64::try_from(self.0) {
+            Ok(small) => small as f64,
+            Err(_) => self.0 as f64,
+        };
+        value / Self::SCALE as f64
     }
 
     pub fn times(self, gpus: u32) -> Amount {
-        Amount(self.0.saturating_mul(i128::from(gpus)))
+        Amount(mul(self.0, i128::from(gpus)))
     }
 }
 
@@ -76,9 +86,19 @@ impl Share {
     }
 }
 
+/// `a · b`, saturating. Usage fits 64 bits in practice, and a product of two 64-bit
+/// numbers is one instruction where a checked 128-bit one is a library call: the rule
+/// is judged for every quote of every round.
+fn mul(a: i128, b: i128) -> i128 {
+    match (i64::try_from(a), i64::try_from(b)) {
+        (Ok(a), Ok(b)) => i128::from(a) * i128::from(b),
+        _ => a.saturating_mul(b),
+    }
+}
+
 /// Whether `own` keeps a share of at most `share` of `total`.
 pub fn keeps(own: Amount, share: Share, total: Amount) -> bool {
-    own.0.saturating_mul(Share::WHOLE) <= share.0.saturating_mul(total.0)
+    mul(own.0, Share::WHOLE) <= mul(share.0, total.0)
 }
 
 /// How many more GPUs, each adding `per_gpu` to `own` and to `total`, keep the share:
@@ -89,18 +109,20 @@ pub fn room(own: Amount, share: Share, total: Amount, per_gpu: Amount) -> u32 {
         return u32::MAX;
     }
     // g·w·(1 − s) ≤ s·total − own, in billionths.
-    let slack = share
-        .0
-        .saturating_mul(total.0)
-        .saturating_sub(own.0.saturating_mul(Share::WHOLE));
+    let slack = mul(share.0, total.0).saturating_sub(mul(own.0, Share::WHOLE));
     if slack < 0 {
         return 0;
     }
-    let per = per_gpu.0.saturating_mul(Share::WHOLE - share.0);
+    let per = mul(per_gpu.0, Share::WHOLE - share.0);
     if per == 0 {
         return u32::MAX;
     }
-    u32::try_from(slack / per).unwrap_or(u32::MAX)
+    // As above: a 64-bit division where the numbers fit.
+    let gpus = match (u64::try_from(slack), u64::try_from(per)) {
+        (Ok(slack), Ok(per)) => u128::from(slack / per),
+        _ => (slack / per) as u128,
+    };
+    u32::try_from(gpus).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

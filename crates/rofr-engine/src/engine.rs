@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-use crate::allocate::{cheapest_first, Plan, QuoteOffer};
+use crate::allocate::{by_provider, cheapest_first, Plan, QuoteOffer, Ranked};
 use crate::cap::{Amount, Share};
 use crate::command::{Command, Rejection};
 use crate::deal::{
@@ -1383,12 +1383,10 @@ impl Step<'_> {
                 for (n, id) in ids.iter().enumerate() {
                     let need = self.need(id);
                     let hours = need.spec.hours;
-                    // Ties go to the provider first by id.
-                    let by_id = |_: usize, q: &QuoteOffer| q.provider.clone();
                     cheapest_first(
                         need.free(),
                         &offers[n],
-                        by_id,
+                        by_provider,
                         &mut plans[n],
                         |q, planned| self.cap_room(hours, &q.provider, q.price, planned),
                     );
@@ -1420,7 +1418,10 @@ impl Step<'_> {
             .filter(|q| self.cap_room(hours, &q.provider, q.price, &[]) > Gpus::ZERO)
             .collect();
         // Ties go to committed providers first, then in the order the RFQs went out.
-        let committed_first = |i: usize, q: &QuoteOffer| (!self.committed(&q.provider), i);
+        let committed_first = |(i, a): Ranked<'_>, (j, b): Ranked<'_>| {
+            let later = |q: &QuoteOffer| !self.committed(&q.provider);
+            (later(a), i).cmp(&(later(b), j))
+        };
         let mut plans = Vec::new();
         cheapest_first(need.free(), &quotes, committed_first, &mut plans, |_, _| {
             Gpus(u32::MAX)
@@ -1482,10 +1483,9 @@ impl Step<'_> {
                 _ => None,
             })
             .collect();
-        // Ties go to the provider first by id. A quote has room for what its plans
-        // have not taken yet, as far as the caps let it.
-        let by_id = |_: usize, q: &QuoteOffer| q.provider.clone();
-        cheapest_first(left, &quotes, by_id, &mut ordered, |q, planned| {
+        // A quote has room for what its plans have not taken yet, as far as the caps
+        // let it.
+        cheapest_first(left, &quotes, by_provider, &mut ordered, |q, planned| {
             let taken: Gpus = planned
                 .iter()
                 .filter(|p| p.provider == q.provider)
