@@ -3,14 +3,24 @@
 //!
 //! Only this crate knows HTTP and the JSON shapes of the API; it never decides a rule
 //! itself (the engine does) and never writes SQL (the store does).
+//!
+//! What it offers:
+//!
+//! - [`Broker`]: open a database with a deal, execute commands as a [`Party`], read the
+//!   engine's state once it is on disk, evidence, tokens and webhooks.
+//! - [`serve`]: the HTTP API (and its OpenAPI document) and webhook deliveries.
+//! - [`ledger`]: the signing key's place, checkpoint policy and the offline audit.
+//! - [`views`]: what each party may see of the state.
+//! - [`webhook`]: how a receiver checks a delivery's signature.
+//! - [`Clock`]: wall-clock or scaled model time.
 
-pub mod api;
+mod api;
 pub mod broker;
-pub mod clock;
-pub mod dashboard;
+mod clock;
+mod dashboard;
 mod input;
 pub mod ledger;
-pub mod metrics;
+mod metrics;
 mod openapi;
 pub mod views;
 pub mod webhook;

@@ -373,10 +373,10 @@ impl Broker {
         Ok(self.store(|s| s.events_of(need, projected))?)
     }
 
-    /// The evidence bundle of one need; `None` if the need has no entries.
     /// The evidence bundle of a need, as `viewer` may see it: whole for the buyer and
-    /// the auditor (`None`); for a provider, the entries [`EventKind::shown_to`] lets
-    /// it see, and `None` where the need does not concern it.
+    /// the auditor (`None`); for a provider, the entries
+    /// [`rofr_engine::EventKind::shown_to`] lets it see, and `None` where the need does
+    /// not concern it or has no entries.
     pub async fn evidence(
         &self,
         need: &str,

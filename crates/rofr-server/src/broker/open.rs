@@ -34,31 +34,7 @@ impl Broker {
         key: Option<&Path>,
     ) -> Result<Broker, BrokerError> {
         let mut store = location.open()?;
-        let (file, text) = match deal_file {
-            Some((file, text)) => {
-                let stored = store.init_meta("deal", text)?;
-                if stored != text {
-                    return Err(BrokerError::Setup(format!(
-                        "{location} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)"
-                    )));
-                }
-                let file = store.init_meta("deal_file", file)?;
-                (file, stored)
-            }
-            None => match store.meta("deal")? {
-                Some(stored) => {
-                    let file = store
-                        .meta("deal_file")?
-                        .unwrap_or_else(|| "deal.toml".into());
-                    (file, stored)
-                }
-                None => {
-                    return Err(BrokerError::Setup(format!(
-                        "{location} holds no deal yet: pass one with --deal"
-                    )))
-                }
-            },
-        };
+        let (file, text) = adopt_deal(store.as_mut(), location, deal_file)?;
         let deal = parse_deal(&file, &text).map_err(|errors| {
             let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             BrokerError::Setup(format!("the deal does not parse:\n{}", text.join("\n")))
@@ -151,6 +127,34 @@ impl Broker {
             .map_err(|e| BrokerError::Setup(format!("cannot start the writer thread: {e}")))?;
         Ok(Broker { inner })
     }
+}
+
+/// The deal file's name and text the log belongs to: `deal_file` on a new log (kept
+/// there), else the one the log holds. A log belongs to one deal.
+fn adopt_deal(
+    store: &mut dyn Store,
+    location: &Location,
+    deal_file: Option<(&str, &str)>,
+) -> Result<(String, String), BrokerError> {
+    let Some((file, text)) = deal_file else {
+        let Some(stored) = store.meta("deal")? else {
+            return Err(BrokerError::Setup(format!(
+                "{location} holds no deal yet: pass one with --deal"
+            )));
+        };
+        let file = store
+            .meta("deal_file")?
+            .unwrap_or_else(|| "deal.toml".into());
+        return Ok((file, stored));
+    };
+    let stored = store.init_meta("deal", text)?;
+    if stored != text {
+        return Err(BrokerError::Setup(format!(
+            "{location} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)"
+        )));
+    }
+    let file = store.init_meta("deal_file", file)?;
+    Ok((file, stored))
 }
 
 /// The log folded into a fresh engine, and where each need's events lie.

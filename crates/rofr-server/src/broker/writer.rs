@@ -128,33 +128,14 @@ impl Writer {
         }
     }
 
+    /// The writer's loop: waits for work (or the next deadline), takes what is
+    /// queued, and runs it as batches until the broker stops.
     pub(super) fn run(mut self, receiver: mpsc::Receiver<Work>) {
         // Work received and not yet run, in order.
         let mut backlog: VecDeque<Work> = VecDeque::new();
         loop {
             if backlog.is_empty() {
-                let wait = self
-                    .inner
-                    .engine
-                    .read()
-                    .expect("engine lock")
-                    .state()
-                    .next_deadline();
-                let mut wait = wait
-                    .map(|at| self.inner.clock.real_wait_until(at))
-                    .unwrap_or(Duration::from_secs(1));
-                if !self.dirty.is_empty() {
-                    // Rows held back are written within FLUSH_EVERY, even when idle,
-                    // and a sweep under way goes on at once.
-                    let until_due = FLUSH_EVERY.saturating_sub(self.last_flush.elapsed());
-                    wait = wait.min(if !self.sweep.is_empty() {
-                        Duration::ZERO
-                    } else {
-                        until_due
-                    });
-                }
-                let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
-                match receiver.recv_timeout(wait) {
+                match receiver.recv_timeout(self.idle_wait()) {
                     Ok(item) => backlog.push_back(item),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
@@ -171,40 +152,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Clients answered by one commit send their next commands together. Run
-            // whole, they would make the committer wait while the writer runs them,
-            // and the writer wait while the committer writes them: the two would take
-            // turns. An idle committer gets the first half as soon as it is run, and
-            // writes it while the writer runs the second.
-            let take = if backlog.len() >= SPLIT_AT && self.committer_idle() {
-                backlog.len().div_ceil(2)
-            } else {
-                backlog.len().min(MAX_BATCH)
-            };
-            let work: Vec<Work> = backlog.drain(..take).collect();
-            let mut jobs = Vec::with_capacity(work.len());
-            let mut synced = Vec::new();
-            let mut flushes = Vec::new();
-            for item in work {
-                match item {
-                    Work::Job(job) => jobs.push(job),
-                    Work::Sync(done) => synced.push(done),
-                    Work::Wake => {}
-                    Work::Flush(reply) => flushes.push(reply),
-                }
-            }
-            // The needs projection is swept every FLUSH_EVERY: a need's row changes
-            // with each of its commands, and writing it each time cost as much as
-            // appending the events. Replicas write their rows with every commit: a
-            // row held back could later overwrite a newer one written by another
-            // replica. A list query asks for the rows first (`Work::Flush`).
-            let rows = if matches!(self.mode, Mode::Shared) || !flushes.is_empty() {
-                Rows::All
-            } else if !self.sweep.is_empty() || self.last_flush.elapsed() >= FLUSH_EVERY {
-                Rows::Sweep
-            } else {
-                Rows::Held
-            };
+            let take = self.batch_size(backlog.len());
+            let (jobs, synced, flushes) = sort_work(backlog.drain(..take));
+            let rows = self.rows_due(!flushes.is_empty());
             let unrun = self.process(jobs, flushes, rows);
             for job in unrun.into_iter().rev() {
                 backlog.push_front(Work::Job(job));
@@ -212,6 +162,54 @@ impl Writer {
             for done in synced {
                 let _ = done.send(());
             }
+        }
+    }
+
+    /// How long the idle writer waits for work: until the next deadline, or until rows
+    /// held back are due (a sweep under way goes on at once); 1 ms to 1 s.
+    fn idle_wait(&self) -> Duration {
+        let engine = self.inner.engine.read().expect("engine lock");
+        let next = engine.state().next_deadline();
+        drop(engine);
+        let mut wait = next
+            .map(|at| self.inner.clock.real_wait_until(at))
+            .unwrap_or(Duration::from_secs(1));
+        if !self.dirty.is_empty() {
+            let until_due = FLUSH_EVERY.saturating_sub(self.last_flush.elapsed());
+            wait = wait.min(if self.sweep.is_empty() {
+                until_due
+            } else {
+                Duration::ZERO
+            });
+        }
+        wait.clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    /// How much of a backlog of `waiting` items the next batch takes. Clients answered
+    /// by one commit send their next commands together. Run whole, they would make the
+    /// committer wait while the writer runs them, and the writer wait while the
+    /// committer writes them: the two would take turns. An idle committer gets the
+    /// first half as soon as it is run, and writes it while the writer runs the second.
+    fn batch_size(&self, waiting: usize) -> usize {
+        if waiting >= SPLIT_AT && self.committer_idle() {
+            waiting.div_ceil(2)
+        } else {
+            waiting.min(MAX_BATCH)
+        }
+    }
+
+    /// Which projection rows the next batch writes. The needs projection is swept
+    /// every FLUSH_EVERY: a need's row changes with each of its commands, and writing
+    /// it each time cost as much as appending the events. Replicas write their rows
+    /// with every commit: a row held back could later overwrite a newer one written by
+    /// another replica. A list query asks for the rows first (`Work::Flush`).
+    fn rows_due(&self, flushing: bool) -> Rows {
+        if matches!(self.mode, Mode::Shared) || flushing {
+            Rows::All
+        } else if !self.sweep.is_empty() || self.last_flush.elapsed() >= FLUSH_EVERY {
+            Rows::Sweep
+        } else {
+            Rows::Held
         }
     }
 
@@ -666,4 +664,26 @@ fn run_command(
         );
     }
     applied.ok()
+}
+
+/// A batch's work by kind: commands, syncs and flushes, each in the order queued.
+fn sort_work(
+    work: impl Iterator<Item = Work>,
+) -> (
+    Vec<Job>,
+    Vec<tokio::sync::oneshot::Sender<()>>,
+    Vec<ReplyTo>,
+) {
+    let mut jobs = Vec::with_capacity(work.size_hint().0);
+    let mut synced = Vec::new();
+    let mut flushes = Vec::new();
+    for item in work {
+        match item {
+            Work::Job(job) => jobs.push(job),
+            Work::Sync(done) => synced.push(done),
+            Work::Wake => {}
+            Work::Flush(reply) => flushes.push(reply),
+        }
+    }
+    (jobs, synced, flushes)
 }
