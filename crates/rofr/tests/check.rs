@@ -91,3 +91,82 @@ fn a_usage_mistake_exits_with_two() {
     let output = rofr(&["check"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn an_amendment_lists_what_it_changes_from_the_version_in_force() {
+    let args = [
+        "check",
+        "examples/deals/stargate-2025-10.toml",
+        "--against",
+        "examples/deals/stargate.toml",
+        "--today",
+        "2026-01-01",
+    ];
+    let output = rofr(&args);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("examples/deals/stargate.toml:45:1: first_refusal[\"azure-rofr\"]: removed"),
+        "a removal points where the old version wrote it: {text}"
+    );
+    assert!(text.contains("2 changes"), "{text}");
+
+    let json = rofr(&[&args[..], &["--json"]].concat());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["against"], "examples/deals/stargate.toml");
+    let keys: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["deal.description", "first_refusal[\"azure-rofr\"]"]);
+    assert!(report["changes"][1]["now"].is_null());
+
+    // Against itself, nothing changes.
+    let same = rofr(&[
+        "check",
+        args[1],
+        "--against",
+        args[1],
+        "--today",
+        "2026-01-01",
+    ]);
+    assert!(
+        stdout(&same).contains("no changes against"),
+        "{}",
+        stdout(&same)
+    );
+}
+
+#[test]
+fn an_amendment_that_renames_the_deal_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("renamed.toml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/deals/stargate.toml"
+    ))
+    .unwrap()
+    .replace("name = \"stargate\"", "name = \"other\"");
+    std::fs::write(&renamed, text).unwrap();
+    let renamed = renamed.display().to_string();
+    let output = rofr(&[
+        "check",
+        &renamed,
+        "--against",
+        "examples/deals/stargate.toml",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("error[renamed-deal]"), "{text}");
+    assert!(
+        text.contains(&format!("{renamed}:8:8 (key `deal.name`)")),
+        "{text}"
+    );
+
+    let missing = rofr(&["check", &renamed, "--against", "no-such.toml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&missing.stderr);
+    assert!(error.contains("no-such.toml"), "{error}");
+}

@@ -1,6 +1,7 @@
 //! The deal: providers and the clauses between buyer and providers (docs/deal.md),
 //! as typed values. `parse` is the only way to make one from text.
 
+mod changes;
 mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +12,7 @@ use crate::diagnostic::{ClauseRef, Location};
 use crate::duration::{Calendar, DealDuration};
 use crate::types::{Gpus, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
 
+pub use changes::{changes, Change, Source};
 pub use parse::parse_deal;
 
 #[derive(Debug, Clone, PartialEq)]
