@@ -18,7 +18,9 @@ mod answer;
 mod commit;
 #[cfg(test)]
 mod crash_tests;
+mod evidence;
 mod fail;
+mod hooks;
 mod open;
 mod party;
 mod projection;
@@ -30,9 +32,8 @@ use std::sync::Weak;
 use std::sync::{Arc, Mutex, RwLock};
 
 use rofr_engine::deal::Deal;
-use rofr_engine::types::ProviderId;
-use rofr_engine::{Command, Engine, Event, Rejection};
-use rofr_store::{Location, Store, StoreError, StoredEvent};
+use rofr_engine::{Command, Engine, Rejection};
+use rofr_store::{Location, Store, StoreError};
 use tokio::sync::{oneshot, watch};
 
 use crate::clock::Clock;
@@ -332,138 +333,6 @@ impl Broker {
     /// Stops taking commands; the writer finishes what is queued and exits.
     pub fn shutdown(&self) {
         self.inner.jobs.lock().expect("job lock poisoned").take();
-    }
-
-    /// Runs `f` with the ledger: tree, key and latest checkpoint.
-    pub fn ledger<T>(&self, f: impl FnOnce(&mut crate::ledger::Ledger) -> T) -> T {
-        let mut ledger = self.inner.ledger.lock().expect("ledger lock");
-        f(&mut ledger)
-    }
-
-    /// Runs `f` with the ledger and the read connection, which gives back the leaves
-    /// its tree let go of. (The ledger is always locked before the connection.)
-    pub fn ledger_with_log<T>(&self, f: impl FnOnce(&crate::ledger::Ledger, &dyn Store) -> T) -> T {
-        let ledger = self.inner.ledger.lock().expect("ledger lock");
-        let store = self.inner.reader.lock().expect("store lock poisoned");
-        f(&ledger, store.as_ref())
-    }
-
-    /// Changes when checkpoints are made without being asked for.
-    pub fn set_checkpoint_policy(&self, policy: crate::ledger::CheckpointPolicy) {
-        self.ledger(|l| l.policy = policy);
-    }
-
-    /// Signs a checkpoint of everything committed so far, stores it, and returns its
-    /// size and signed note.
-    pub fn checkpoint_now(&self) -> Result<(u64, String), BrokerError> {
-        let (size, note) = self.ledger(|l| l.checkpoint());
-        let mut store = self.inner.reader.lock().expect("store lock poisoned");
-        store.add_checkpoint(size, &note, &crate::ledger::now_text())?;
-        Ok((size, note))
-    }
-
-    /// The entries of one need, in log order, as of the moment of the call: the needs
-    /// projection is brought up to date first, so only the runs of entries its row
-    /// holds are read.
-    pub async fn events_of(&self, need: &str) -> Result<Vec<StoredEvent>, BrokerError> {
-        self.projected().await?;
-        // With replicas the projection may trail what others appended; their store
-        // reads by an index instead.
-        let projected = !self.inner.shared;
-        Ok(self.store(|s| s.events_of(need, projected))?)
-    }
-
-    /// The evidence bundle of a need, as `viewer` may see it: whole for the buyer and
-    /// the auditor (`None`); for a provider, the entries
-    /// [`rofr_engine::EventKind::shown_to`] lets it see, and `None` where the need does
-    /// not concern it or has no entries.
-    pub async fn evidence(
-        &self,
-        need: &str,
-        viewer: Option<&ProviderId>,
-    ) -> Result<Option<rofr_ledger::evidence::Bundle>, BrokerError> {
-        let Some((holder, concerns)) = self
-            .read_committed(|e| {
-                e.state().need(need).map(|n| {
-                    let concerns = viewer.is_none_or(|v| n.concerns(v));
-                    (n.holder.clone(), concerns)
-                })
-            })
-            .await?
-        else {
-            return Ok(None);
-        };
-        if !concerns {
-            return Ok(None);
-        }
-        let rows = self.events_of(need).await?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let total = rows.len();
-        let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(total);
-        for row in rows {
-            let shown = match viewer {
-                None => true,
-                Some(viewer) => Event::from_json(&row.data)
-                    .map_err(|e| BrokerError::Setup(format!("entry {}: {e}", row.index)))?
-                    .kind
-                    .shown_to(viewer, holder.as_ref()),
-            };
-            if shown {
-                entries.push((row.index, row.data));
-            }
-        }
-        let view = viewer.map(|viewer| rofr_ledger::evidence::View {
-            provider: viewer.to_string(),
-            withheld: (total - entries.len()) as u64,
-        });
-        // A provider other than the holder is not told who holds the right.
-        let holder = holder
-            .filter(|h| viewer.is_none_or(|v| v == h))
-            .map(|h| h.to_string());
-        let made = self.ledger(|l| {
-            let store = self.inner.reader.lock().expect("store lock poisoned");
-            l.evidence(holder, view, &entries, store.as_ref())
-        })?;
-        let Some((bundle, made_now)) = made else {
-            return Ok(None);
-        };
-        if made_now {
-            let (size, note) = self.ledger(|l| l.latest().cloned()).expect("just made");
-            let mut store = self.inner.reader.lock().expect("store lock poisoned");
-            store.add_checkpoint(size, &note, &crate::ledger::now_text())?;
-        }
-        Ok(Some(bundle))
-    }
-
-    /// Lets providers register webhooks at loopback, link-local and private
-    /// addresses, and deliveries reach them (tests, demos, a receiver inside one's own
-    /// network). Set before serving.
-    pub fn allow_private_webhooks(&self, allow: bool) {
-        self.inner.private_webhooks.store(allow, Ordering::Release);
-    }
-
-    pub fn private_webhooks_allowed(&self) -> bool {
-        self.inner.private_webhooks.load(Ordering::Acquire)
-    }
-
-    /// Registers (or replaces) a provider's webhook; returns the new signing secret.
-    /// The URL is checked by [`crate::webhook::check_url`].
-    pub fn set_webhook(&self, provider: &ProviderId, url: &str) -> Result<String, BrokerError> {
-        crate::webhook::check_url(url, self.private_webhooks_allowed())
-            .map_err(|message| Rejection::invalid("url", message))?;
-        let secret = crate::webhook::new_secret();
-        let now = Clock::System.now().to_string();
-        let mut store = self.inner.reader.lock().expect("store lock poisoned");
-        store.set_webhook(provider.as_str(), url, &secret, &now)?;
-        drop(store);
-        self.inner
-            .webhooks
-            .write()
-            .expect("webhook lock")
-            .insert(provider.to_string());
-        Ok(secret)
     }
 }
 
