@@ -27,6 +27,8 @@ const BATCH_LIMIT: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Engine {
     deal: Arc<Deal>,
+    /// The version of the deal in force: 1 until an entry says otherwise.
+    deal_version: u32,
     state: State,
     clock: Timestamp,
 }
@@ -35,9 +37,29 @@ impl Engine {
     pub fn new(deal: Arc<Deal>, start: Timestamp) -> Engine {
         Engine {
             deal,
+            deal_version: 1,
             state: State::default(),
             clock: start,
         }
+    }
+
+    /// Folds in the entry that adopts the deal: new needs name its version.
+    pub fn adopt(&mut self, entry: &crate::log::DealAdopted) {
+        self.deal_version = entry.version;
+        self.clock = self.clock.max(entry.at);
+    }
+
+    /// Folds in any entry of the log.
+    pub fn apply_entry(&mut self, entry: &crate::log::Entry) {
+        match entry {
+            crate::log::Entry::Event(event) => self.apply(event),
+            crate::log::Entry::Deal(deal) => self.adopt(deal),
+        }
+    }
+
+    /// The version of the deal in force.
+    pub fn deal_version(&self) -> u32 {
+        self.deal_version
     }
 
     /// Folds in an event another engine decided (a replica sharing the log), moving
@@ -89,6 +111,7 @@ impl Engine {
         let before = out.len();
         let mut step = Step {
             deal: &self.deal,
+            deal_version: self.deal_version,
             state: &mut self.state,
             now: self.clock,
             out: std::mem::take(out),
@@ -121,6 +144,7 @@ impl Engine {
             let emitted = out.len();
             let mut step = Step {
                 deal: &self.deal,
+                deal_version: self.deal_version,
                 state: &mut self.state,
                 now: due,
                 out: std::mem::take(out),
@@ -174,6 +198,8 @@ const CACHED_CAPS: usize = 4;
 
 struct Step<'a> {
     deal: &'a Deal,
+    /// The version of the deal in force, which new needs name.
+    deal_version: u32,
     state: &'a mut State,
     now: Timestamp,
     out: Vec<Event>,
@@ -442,6 +468,7 @@ impl Step<'_> {
                     .filter(|_| variant.is_some())
                     .map(|i| self.deal.first_refusals[i].reoffer_threshold),
                 holder_exempt,
+                deal_version: Some(self.deal_version),
             })),
         );
         self.next_step(&id);

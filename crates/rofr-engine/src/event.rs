@@ -84,6 +84,10 @@ pub struct NeedSubmitted {
     /// Why a need that matches a first-refusal scope skips the holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_exempt: Option<String>,
+    /// The version of the deal that governs the need (its `deal_adopted` entry).
+    /// Absent in logs written before deals were entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deal_version: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ pub mod event;
 pub mod frozen;
 pub mod invariants;
 pub mod lint;
+pub mod log;
 pub mod need;
 pub mod state;
 pub mod tally;

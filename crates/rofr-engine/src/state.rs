@@ -697,6 +697,7 @@ fn new_need(event: &Event, names: &mut Names, number: u32) -> NeedState {
         offer_price_per_gpu_hour,
         reoffer_threshold,
         holder_exempt: _,
+        deal_version: _,
     } = &**submitted;
     NeedState {
         spec: NeedSpec {

@@ -258,7 +258,7 @@ async function ledgerPage() {
   if (me.party !== "provider") {
     children.push(el("button", { onclick: async () => { await api("/v1/ledger/checkpoint", { method: "POST" }); ledgerPage(); } }, "Sign a checkpoint now"));
     const page = await api("/v1/events?limit=50");
-    children.push(el("h2", {}, "First entries"), table([["#", e => e.index], ["At", e => e.event.at], ["Type", e => e.event.type], ["Need", e => e.event.need]], page.events));
+    children.push(el("h2", {}, "First entries"), table([["#", e => e.index], ["At", e => e.event.at], ["Type", e => e.event.type], ["Need", e => e.event.need ?? `deal ${e.event.deal} v${e.event.version}`]], page.events));
   }
   main.replaceChildren(...children);
 }

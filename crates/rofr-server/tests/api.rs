@@ -153,7 +153,7 @@ async fn a_submitted_need_is_offered_to_the_holder_first(backend: Backend) {
     assert_eq!(status, 201, "{body}");
     assert_eq!(types(&body), ["need_submitted", "offer_sent"]);
     assert_eq!(body["events"][1]["event"]["provider"], "azure");
-    assert_eq!(body["events"][0]["index"], 0);
+    assert_eq!(body["events"][0]["index"], 1, "entry 0 adopts the deal");
     let (_, offers) = app.get(&app.azure, "/v1/offers").await;
     assert_eq!(offers["offers"][0]["need"], "n1");
     assert_eq!(offers["offers"][0]["gpus"], 64);
@@ -244,7 +244,7 @@ async fn parties_are_held_to_their_roles(backend: Backend) {
     );
     let (status, _) = app.get(&app.azure, "/v1/summary").await;
     assert_eq!(status, 403);
-    assert_eq!(app.event_count().await, 0);
+    assert_eq!(app.event_count().await, 1, "the deal's entry alone");
 }
 
 async fn bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(backend: Backend) {
@@ -429,10 +429,10 @@ async fn a_retry_with_the_same_idempotency_key_repeats_no_effect(backend: Backen
     assert_eq!(again.status().as_u16(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.text().await.unwrap(), first_body);
-    assert_eq!(app.event_count().await, 2, "one need, one offer");
+    assert_eq!(app.event_count().await, 3, "the deal, one need, one offer");
     let other = send("k-1", need("n2", 8).to_string()).await.unwrap();
     assert_eq!(other.status().as_u16(), 422);
-    assert_eq!(app.event_count().await, 2);
+    assert_eq!(app.event_count().await, 3);
 }
 
 async fn pages_are_bounded_and_follow_on(backend: Backend) {
@@ -655,7 +655,7 @@ async fn offers_reach_the_providers_webhook_signed_and_retried_until_accepted(ba
     rofr_server::webhook::verify(&secret, timestamp, body.as_bytes(), signature, now, 300).unwrap();
     let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["event"]["type"], "offer_sent");
-    assert_eq!(body["index"], 1);
+    assert_eq!(body["index"], 2, "after the deal's entry and the need's");
     // Another provider's token sees nothing of it.
     let (status, _) = app.get(&app.oracle, "/v1/webhook/deliveries").await;
     assert_eq!(status, 403);
@@ -710,14 +710,14 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
             .await
             .unwrap();
         let checkpoint = rofr_ledger::Checkpoint::parse(key.open(&note).unwrap()).unwrap();
-        if checkpoint.size == 4 || started.elapsed() > std::time::Duration::from_secs(5) {
+        if checkpoint.size == 5 || started.elapsed() > std::time::Duration::from_secs(5) {
             break checkpoint;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert_eq!(
-        checkpoint.size, 4,
-        "made after the fourth entry, per the policy"
+        checkpoint.size, 5,
+        "made after the deal's entry and four events, per the policy"
     );
 
     // The log's bytes must be read as they are: re-serializing parsed JSON would
@@ -743,7 +743,7 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
     let page: Page = serde_json::from_str(&text).unwrap();
     let event = page.events[1].event.get().to_owned();
     let (status, proof) = app
-        .get(&app.auditor, "/v1/ledger/inclusion?index=1&size=4")
+        .get(&app.auditor, "/v1/ledger/inclusion?index=1&size=5")
         .await;
     assert_eq!(status, 200);
     let proof: Vec<[u8; 32]> = proof["proof"]
@@ -754,7 +754,7 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
         .collect();
     let leaf = rofr_ledger::leaf_hash(event.as_bytes());
     assert!(
-        rofr_ledger::verify_inclusion(1, 4, &leaf, &proof, &checkpoint.root),
+        rofr_ledger::verify_inclusion(1, 5, &leaf, &proof, &checkpoint.root),
         "the served bytes are the leaf"
     );
 
@@ -772,7 +772,7 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
     let (status, consistency) = app
         .get(
             &app.auditor,
-            &format!("/v1/ledger/consistency?from=4&to={}", later.size),
+            &format!("/v1/ledger/consistency?from=5&to={}", later.size),
         )
         .await;
     assert_eq!(status, 200);
@@ -783,7 +783,7 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
         .map(|p| b64.decode(p.as_str().unwrap()).unwrap().try_into().unwrap())
         .collect();
     assert!(rofr_ledger::verify_consistency(
-        4,
+        5,
         later.size,
         &checkpoint.root,
         &later.root,
@@ -791,18 +791,18 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
     ));
 
     let (status, _) = app
-        .get(&app.auditor, "/v1/ledger/inclusion?index=9&size=4")
+        .get(&app.auditor, "/v1/ledger/inclusion?index=9&size=5")
         .await;
     assert_eq!(status, 422);
     // The holder may prove its own offer and the need it holds the right over;
     // another provider neither.
     for (token, index, status) in [
+        (&app.azure, 2, 200),
         (&app.azure, 1, 200),
-        (&app.azure, 0, 200),
-        (&app.oracle, 0, 404),
         (&app.oracle, 1, 404),
+        (&app.oracle, 2, 404),
     ] {
-        let path = format!("/v1/ledger/inclusion?index={index}&size=4");
+        let path = format!("/v1/ledger/inclusion?index={index}&size=5");
         assert_eq!(app.get(token, &path).await.0, status, "{path}");
     }
     let (status, _) = app.post(&app.azure, "/v1/ledger/checkpoint", "").await;

@@ -379,3 +379,72 @@ async fn proofs_read_forgotten_leaves_back_from_the_log() {
     );
     broker.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_begins_with_its_deal_and_is_reopened_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    log_of_three_needs(dir.path()).await;
+    let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
+    let (need, kind, data): (String, String, Vec<u8>) = db
+        .query_row(
+            "SELECT need, kind, data FROM events WHERE idx = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((need.as_str(), kind.as_str()), ("", "deal_adopted"));
+    let entry: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!(entry["version"], 1);
+    assert_eq!(entry["file"], "deal.toml");
+    assert_eq!(entry["text"], DEAL, "the file's bytes, exactly");
+    use sha2::Digest;
+    assert_eq!(entry["sha256"], hex::encode(sha2::Sha256::digest(DEAL)));
+    let submitted: Vec<u8> = db
+        .query_row(
+            "SELECT data FROM events WHERE kind = 'need_submitted' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let submitted: serde_json::Value = serde_json::from_slice(&submitted).unwrap();
+    assert_eq!(
+        submitted["deal_version"], 1,
+        "a need names its deal's version"
+    );
+
+    // The deal kept beside the log does not count: a broker opened without a deal
+    // file (a replica) takes it from the log.
+    db.execute(
+        "UPDATE meta SET value = 'not a deal' WHERE key = 'deal'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let broker = Broker::open(
+        &Location::Sqlite(dir.path().join("rofr.db")),
+        None,
+        Clock::scaled(origin(), 1.0),
+        Some(&dir.path().join("ledger-key")),
+    )
+    .unwrap();
+    assert_eq!(broker.deal_text(), DEAL);
+    assert_eq!(broker.read(|e| e.deal_version()), 1);
+    broker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_entry_changed_by_one_byte_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = log_of_three_needs(dir.path()).await;
+    // `first_offer` becomes `first_offeR` inside the entry's text, leaving its hash.
+    tamper(
+        dir.path(),
+        &["UPDATE events SET data = CAST(REPLACE(CAST(data AS TEXT), 'first_offer', 'first_offeR') AS BLOB) WHERE idx = 0".into()],
+    );
+    let error = refusal(dir.path());
+    assert!(
+        error.starts_with("entry 0 of the log adopts a deal whose text does not match its SHA-256"),
+        "{error}"
+    );
+    assert_eq!(count(dir.path()), entries as i64, "nothing was written");
+}

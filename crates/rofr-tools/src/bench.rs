@@ -508,6 +508,8 @@ pub async fn bench_broker(options: BenchOptions) -> Result<BenchReport, String> 
         let batch = Batch {
             events: stored
                 .into_iter()
+                // The deal's entry, written as the log began, is no command's event.
+                .filter(|e| !e.need.is_empty())
                 .map(|e| NewEvent {
                     leaf_hash: rofr_ledger::leaf_hash(&e.data),
                     need: e.need,

@@ -307,9 +307,14 @@ pub async fn summarize(auditor: &Client, broker: &Broker) -> Result<Summary, Str
         .all_pages("/v1/needs", "needs")
         .await
         .map_err(|e| e.to_string())?;
+    // Every entry but the deal's.
+    let count = events
+        .iter()
+        .filter(|e| e["event"]["type"] != "deal_adopted")
+        .count();
     let mut summary = Summary {
         needs: rows.len(),
-        events: events.len(),
+        events: count,
         ..Summary::default()
     };
     for row in &rows {

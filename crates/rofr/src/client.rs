@@ -205,6 +205,9 @@ fn print_events(answer: &Value, json: bool) {
             "price_per_gpu_hour",
             "reason",
             "deadline",
+            // The deal's entry.
+            "deal",
+            "version",
         ] {
             if let Some(value) = e.get(field) {
                 line.push_str(&format!(

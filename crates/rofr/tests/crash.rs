@@ -144,10 +144,7 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
     }
 
     let entries = all_events(&client, &url, &auditor).await;
-    let events: Vec<Event> = entries
-        .iter()
-        .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
-        .collect();
+    let events: Vec<Event> = common::events_in(&entries);
     let indexes: Vec<u64> = entries
         .iter()
         .map(|e| e["index"].as_u64().unwrap())
@@ -201,10 +198,7 @@ async fn a_killed_broker_loses_nothing_it_acknowledged_and_fires_overdue_deadlin
         .await;
         let after = all_events(&client, &url, &auditor).await;
         if before.len() == after.len() {
-            let events: Vec<Event> = after
-                .iter()
-                .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
-                .collect();
+            let events: Vec<Event> = common::events_in(&after);
             break (events, page["needs"].as_array().unwrap().clone());
         }
         assert!(

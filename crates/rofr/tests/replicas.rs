@@ -303,22 +303,22 @@ async fn three_replicas_lose_nothing_award_nothing_twice_and_keep_one_gapless_le
 
     // One gapless log, in which no need was submitted twice and no quantity is awarded
     // twice (I2), nor any other invariant broken.
-    let entries: Vec<(u64, Event)> =
-        common::all_events(&replicas.http, &replicas.urls[0], &auditor)
-            .await
-            .into_iter()
-            .map(|e| {
-                let index = e["index"].as_u64().unwrap();
-                (index, serde_json::from_value(e["event"].clone()).unwrap())
-            })
-            .collect();
-    let indexes: Vec<u64> = entries.iter().map(|(i, _)| *i).collect();
+    let entries = common::all_events(&replicas.http, &replicas.urls[0], &auditor).await;
+    let indexes: Vec<u64> = entries
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(
         indexes,
         (0..entries.len() as u64).collect::<Vec<_>>(),
         "the ledger has a gap"
     );
-    let events: Vec<Event> = entries.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(
+        entries[0]["event"]["type"], "deal_adopted",
+        "the log begins with its deal, once, though three replicas started it"
+    );
+    let events: Vec<Event> = common::events_in(&entries);
+    assert_eq!(events.len(), entries.len() - 1);
     let submitted = events
         .iter()
         .filter(|e| matches!(e.kind, EventKind::NeedSubmitted(_)))

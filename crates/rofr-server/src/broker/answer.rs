@@ -38,7 +38,8 @@ pub(super) fn command_body(first: u64, events: &[NewEvent]) -> String {
 pub struct IndexedEvent {
     /// Position in the log, from 0: the ledger's leaf index.
     pub index: u64,
-    /// The event: `type`, its fields, `need` and `at` (docs/events.md).
+    /// The entry as stored: an event (`type`, its fields, `need` and `at`), or, at index
+    /// 0 of a new log, the deal's entry (`type` `deal_adopted`; docs/events.md).
     #[schema(value_type = Object)]
     pub event: Box<RawValue>,
 }

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rofr_engine::deal::{parse_deal, Deal};
+use rofr_engine::log::{DealAdopted, Entry};
 use rofr_engine::types::Timestamp;
-use rofr_engine::{Engine, Event};
-use rofr_store::{Location, PostgresStore, SqliteStore, Store};
+use rofr_engine::Engine;
+use rofr_store::{Batch, Location, NewEvent, PostgresStore, SqliteStore, Store};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -34,7 +35,10 @@ impl Broker {
         key: Option<&Path>,
     ) -> Result<Broker, BrokerError> {
         let mut store = location.open()?;
-        let (file, text) = adopt_deal(store.as_mut(), location, deal_file)?;
+        let (file, text) = match deal_in_log(store.as_ref())? {
+            Some(adopted) => same_deal(location, adopted, deal_file)?,
+            None => adopt_deal(store.as_mut(), location, deal_file)?,
+        };
         let deal = parse_deal(&file, &text).map_err(|errors| {
             let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             BrokerError::Setup(format!("the deal does not parse:\n{}", text.join("\n")))
@@ -108,6 +112,17 @@ impl Broker {
             unsettled_keys: HashMap::new(),
             poisoned: false,
         };
+        if next_index == 0 {
+            // A new log begins with the deal it belongs to; settling folds it in.
+            let entry = DealAdopted::new(
+                &inner.deal.name,
+                1,
+                &file,
+                &inner.deal_text,
+                inner.clock.now(),
+            );
+            start_log(writer.store.as_mut(), &entry)?;
+        }
         writer.settle()?;
         if !shared {
             if let Location::Sqlite(path) = location {
@@ -127,6 +142,24 @@ impl Broker {
             .map_err(|e| BrokerError::Setup(format!("cannot start the writer thread: {e}")))?;
         Ok(Broker { inner })
     }
+}
+
+/// The deal the log adopts, where `deal_file`, if given, is that deal.
+fn same_deal(
+    location: &Location,
+    adopted: (String, String),
+    deal_file: Option<(&str, &str)>,
+) -> Result<(String, String), BrokerError> {
+    match deal_file {
+        Some((_, text)) if text != adopted.1 => Err(another_deal(location)),
+        _ => Ok(adopted),
+    }
+}
+
+fn another_deal(location: &Location) -> BrokerError {
+    BrokerError::Setup(format!(
+        "{location} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)"
+    ))
 }
 
 /// The deal file's name and text the log belongs to: `deal_file` on a new log (kept
@@ -149,9 +182,7 @@ fn adopt_deal(
     };
     let stored = store.init_meta("deal", text)?;
     if stored != text {
-        return Err(BrokerError::Setup(format!(
-            "{location} already holds the log of another deal; a log belongs to one deal (start with a new database, or pass the same deal file)"
-        )));
+        return Err(another_deal(location));
     }
     let file = store.init_meta("deal_file", file)?;
     Ok((file, stored))
@@ -267,24 +298,76 @@ pub(super) fn fold_chunks(
     for chunk in chunks {
         let mut start = 0;
         for &(index, end) in &chunk.ends {
-            let event = parse_entry(index, &chunk.bytes[start..end])?;
+            let entry = parse_entry(index, &chunk.bytes[start..end])?;
             start = end;
-            at.clear();
-            event.at.push_to(&mut at);
-            touch(&mut touches, event.need.as_str(), &at, index);
+            if let Entry::Event(event) = &entry {
+                at.clear();
+                event.at.push_to(&mut at);
+                touch(&mut touches, event.need.as_str(), &at, index);
+            }
             engine
-                .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(event.at)))
-                .apply(&event);
+                .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(entry.at())))
+                .apply_entry(&entry);
         }
     }
     Ok((engine, touches))
 }
 
-pub(super) fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Event, BrokerError> {
+pub(super) fn parse_stored(row: &rofr_store::StoredEvent) -> Result<Entry, BrokerError> {
     parse_entry(row.index, &row.data)
 }
 
-pub(super) fn parse_entry(index: u64, data: &[u8]) -> Result<Event, BrokerError> {
-    Event::from_json(data)
+pub(super) fn parse_entry(index: u64, data: &[u8]) -> Result<Entry, BrokerError> {
+    Entry::from_json(data)
         .map_err(|e| BrokerError::Setup(format!("event {index} in the log does not parse: {e}")))
+}
+
+/// The deal the log's first entry adopts, if it is a deal entry, as (file, text). An
+/// entry whose text does not match its hash is an error.
+fn deal_in_log(store: &dyn Store) -> Result<Option<(String, String)>, BrokerError> {
+    let Some(first) = store.events_after(None, 1)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let Entry::Deal(adopted) = parse_stored(&first)? else {
+        // A log written before deals were entries: the deal is beside it.
+        return Ok(None);
+    };
+    if !adopted.is_intact() {
+        return Err(BrokerError::Setup(format!(
+            "entry 0 of the log adopts a deal whose text does not match its SHA-256 {}",
+            adopted.sha256
+        )));
+    }
+    Ok(Some((adopted.file, adopted.text)))
+}
+
+/// Starts a new log with the entry adopting its deal, inside the write lock (another
+/// replica may be starting the same log). Does nothing on a log with entries.
+fn start_log(store: &mut dyn Store, entry: &DealAdopted) -> Result<(), BrokerError> {
+    store.begin_exclusive()?;
+    let started = store
+        .events_after(None, 1)
+        .map_err(BrokerError::from)
+        .and_then(|entries| {
+            if !entries.is_empty() {
+                return Ok(store.abort()?);
+            }
+            let data = entry.to_json();
+            let batch = Batch {
+                events: vec![NewEvent {
+                    need: String::new(),
+                    kind: "deal_adopted".into(),
+                    at: entry.at.to_string(),
+                    leaf_hash: rofr_ledger::leaf_hash(&data),
+                    data,
+                }],
+                ..Batch::default()
+            };
+            store.commit(&batch)?;
+            Ok(())
+        });
+    if started.is_err() {
+        let _ = store.abort();
+    }
+    started
 }

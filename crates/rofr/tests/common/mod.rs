@@ -109,6 +109,16 @@ pub fn need_json(id: &str) -> serde_json::Value {
 }
 
 /// Every entry of the log, paged through `/v1/events`: `{"index", "event"}` each.
+/// The events among a log's entries (as `/v1/events` lists them): every entry but the
+/// one adopting the deal, which a new log begins with.
+pub fn events_in(entries: &[serde_json::Value]) -> Vec<rofr_engine::Event> {
+    entries
+        .iter()
+        .filter(|e| e["event"]["type"] != "deal_adopted")
+        .map(|e| serde_json::from_value(e["event"].clone()).unwrap())
+        .collect()
+}
+
 pub async fn all_events(
     client: &reqwest::Client,
     url: &str,
