@@ -8,8 +8,10 @@ it uses Python's hashlib, base64 and json, and Ed25519 from the `cryptography` p
     python3 tools/verify-evidence.py BUNDLE.json 'name+keyid+base64key'
 
 Exit status 0 when the checkpoint's signature and every entry's inclusion proof
-verify, 1 otherwise. It checks the cryptography only; the first-refusal story is
-`rofr verify`'s to tell.
+verify, each deal entry's text matches its SHA-256, and the need names a deal version
+the bundle holds (where it holds deal entries); 1 otherwise. It checks the
+cryptography and the deal's bytes only; the first-refusal story is `rofr verify`'s to
+tell.
 """
 
 import base64
@@ -89,13 +91,29 @@ def main():
     bundle = json.load(open(sys.argv[1]))
     key = parse_verifier_key(sys.argv[2])
     origin, size, root = parse_checkpoint(open_note(bundle["checkpoint"], key))
+    deals = {}
+    versions = []
     for entry in bundle["entries"]:
         data = base64.b64decode(entry["data"])
         proof = [base64.b64decode(p) for p in entry["proof"]]
         if not verify_inclusion(entry["index"], size, leaf_hash(data), proof, root):
             print(f"entry {entry['index']}: inclusion proof fails")
             return 1
+        value = json.loads(data)
+        if value.get("type") == "deal_adopted":
+            if hashlib.sha256(value["text"].encode()).hexdigest() != value["sha256"]:
+                print(f"entry {entry['index']}: the deal's text does not match its SHA-256")
+                return 1
+            deals[value["version"]] = value
+        elif value.get("type") == "need_submitted" and "deal_version" in value:
+            versions.append((entry["index"], value["deal_version"]))
+    for index, version in versions:
+        if deals and version not in deals:
+            print(f"entry {index}: names deal version {version}, which the bundle lacks")
+            return 1
     print(f"ok: {len(bundle['entries'])} entries proved against {origin} at size {size}")
+    for version, deal in sorted(deals.items()):
+        print(f"deal {deal['deal']} version {version}: {deal['file']}, SHA-256 {deal['sha256']}")
     return 0
 
 

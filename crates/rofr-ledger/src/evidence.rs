@@ -5,6 +5,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rofr_engine::invariants::refusals_cover;
+use rofr_engine::log::{DealAdopted, Entry as LogEntry};
 use rofr_engine::state::State;
 use rofr_engine::types::{Gpus, Price};
 use rofr_engine::{Event, EventKind};
@@ -132,6 +133,7 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
     )];
 
     let mut events: Vec<(u64, Event)> = Vec::new();
+    let mut deals: Vec<(u64, DealAdopted)> = Vec::new();
     let mut last_index: Option<u64> = None;
     for entry in &bundle.entries {
         let at = Some(entry.index);
@@ -160,13 +162,15 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
                 "its inclusion proof does not lead to the checkpoint's root: the entry was altered, or is not in the log",
             ));
         }
-        let event =
-            Event::from_json(&data).map_err(|e| fail(at, format!("not a rofr event: {e}")))?;
-        events.push((entry.index, event));
+        match LogEntry::from_json(&data) {
+            Ok(LogEntry::Event(event)) => events.push((entry.index, event)),
+            Ok(LogEntry::Deal(deal)) => deals.push((entry.index, deal)),
+            Err(e) => return Err(fail(at, format!("not a rofr event: {e}"))),
+        }
     }
     lines.push(format!(
         "All {} entries are in the log at the indexes given.",
-        events.len()
+        bundle.entries.len()
     ));
     // Every entry is of one need, the first one's.
     if let Some((_, first)) = events.first() {
@@ -201,6 +205,7 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         }
         None => return Err(fail(None, "the bundle holds no entries")),
     };
+    governing_terms(&deals, &events, &mut lines)?;
     story(&need, &bundle.holder, &events, &mut lines)?;
     if let Some(view) = &bundle.shown_to {
         lines.push(format!(
@@ -213,6 +218,108 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         checkpoint,
         lines,
     })
+}
+
+/// Checks the deal entries a bundle holds against the need's submission, and says
+/// which terms governed the need: the deal's version and hash, and the first-refusal
+/// clause the submission names, whose threshold the story then judges I1 by.
+fn governing_terms(
+    deals: &[(u64, DealAdopted)],
+    events: &[(u64, Event)],
+    lines: &mut Vec<String>,
+) -> Result<(), Failure> {
+    for (index, deal) in deals {
+        if !deal.is_intact() {
+            return Err(fail(
+                Some(*index),
+                "the deal's text does not match its SHA-256: the entry was altered",
+            ));
+        }
+    }
+    let Some((at, EventKind::NeedSubmitted(submitted))) =
+        events.first().map(|(index, e)| (*index, &e.kind))
+    else {
+        return Ok(());
+    };
+    let Some(version) = submitted.deal_version else {
+        return Ok(());
+    };
+    let Some((index, deal)) = deals.iter().find(|(_, d)| d.version == version) else {
+        lines.push(format!(
+            "The need names deal version {version}; the bundle holds no entry of it, so its terms are those the submission copied."
+        ));
+        return Ok(());
+    };
+    let parsed = rofr_engine::deal::parse_deal(&deal.file, &deal.text).map_err(|errors| {
+        let first = errors
+            .first()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        fail(
+            Some(*index),
+            format!("the deal's text does not parse: {first}"),
+        )
+    })?;
+    lines.push(format!(
+        "Governed by deal \"{}\" version {version} (#{index}, {} with SHA-256 {}).",
+        deal.deal, deal.file, deal.sha256
+    ));
+    let Some(clause) = submitted.first_refusal else {
+        return Ok(());
+    };
+    let Some(right) = parsed.first_refusals.get(clause) else {
+        return Err(fail(
+            Some(at),
+            format!("the submission names first_refusal[{clause}], which the deal lacks"),
+        ));
+    };
+    let agrees = submitted.holder.as_ref() == Some(&right.holder)
+        && submitted.variant == Some(right.variant)
+        && submitted.reoffer_threshold == Some(right.reoffer_threshold);
+    if !agrees {
+        return Err(fail(
+            Some(at),
+            format!(
+                "the submission's holder, variant or threshold differ from {}",
+                right.clause
+            ),
+        ));
+    }
+    let mut terms = vec![
+        format!("{} holds a {} right", right.holder, right.variant.as_str()),
+        format!("window {}", right.window),
+        format!(
+            "partial acceptance {}",
+            if right.partial {
+                "allowed"
+            } else {
+                "not allowed"
+            }
+        ),
+        format!("re-offer threshold {}%", right.reoffer_threshold * 100.0),
+    ];
+    if let Some(window) = right.third_party_window {
+        terms.push(format!("third-party window {window}"));
+    }
+    if !right.offer_prices.is_empty() {
+        let prices: Vec<String> = right
+            .offer_prices
+            .iter()
+            .map(|(sku, price)| format!("{sku} {}", dollars(*price)))
+            .collect();
+        terms.push(format!("offer prices {}", prices.join(", ")));
+    }
+    let until = right
+        .term
+        .until
+        .map_or("open-ended".to_owned(), |u| format!("until {u}"));
+    terms.push(format!("term from {} {until}", right.term.from));
+    lines.push(format!(
+        "{}: {}. First refusal is judged under these terms.",
+        right.clause,
+        terms.join("; ")
+    ));
+    Ok(())
 }
 
 /// The entries of a provider's bundle that is not the holder's: each must be of one

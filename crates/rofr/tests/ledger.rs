@@ -326,6 +326,13 @@ fn entries_of(bundle: &Path) -> Vec<(String, Option<String>, String)> {
 fn a_providers_evidence_shows_only_what_is_its_own_and_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let (_, whole, key) = story(dir.path());
+    // The need's entries; the deal's entry is no need's.
+    let of_need = |entries: &[(String, Option<String>, String)]| {
+        entries
+            .iter()
+            .filter(|(kind, _, _)| kind != "deal_adopted")
+            .count()
+    };
     let all = entries_of(&whole);
     let bundle = |name: &str| dir.path().join(format!("bundle-{name}.json"));
 
@@ -347,7 +354,12 @@ fn a_providers_evidence_shows_only_what_is_its_own_and_still_verifies() {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(bundle(name)).unwrap()).unwrap();
         let withheld = json["shown_to"]["withheld"].as_u64().unwrap();
-        assert_eq!(withheld as usize, all.len() - shown.len(), "{name}");
+        assert_eq!(withheld as usize, of_need(&all) - of_need(&shown), "{name}");
+        assert_eq!(
+            shown.iter().any(|(kind, _, _)| kind == "deal_adopted"),
+            holder,
+            "{name}: the holder, a party to the deal, is shown its terms; a rival is not"
+        );
         assert_eq!(json["shown_to"]["provider"], name);
         if !holder {
             assert!(
@@ -388,41 +400,49 @@ fn a_providers_evidence_shows_only_what_is_its_own_and_still_verifies() {
     assert_eq!(verify(&forged, &key).status.code(), Some(3));
 }
 
-/// The independent verifier in `tools/` (Python, written from the RFC and C2SP specs)
-/// accepts the bundle as written, and refuses it changed.
-#[test]
-fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
+/// Whether python3 with `cryptography` is here to run the independent verifier.
+fn has_python() -> bool {
     let python = Command::new("python3")
         .args(["-c", "import cryptography"])
         .status();
     if !python.is_ok_and(|s| s.success()) {
         common::skip("python3 with the `cryptography` package is not installed");
-        return;
+        return false;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (_, bundle, key) = story(dir.path());
+    true
+}
+
+/// Runs the independent verifier on `bundle`.
+fn python_verify(bundle: &Path, key: &str) -> Output {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tools/verify-evidence.py"
     );
-    let accepted = Command::new("python3")
+    Command::new("python3")
         .arg(script)
-        .arg(&bundle)
-        .arg(&key)
+        .arg(bundle)
+        .arg(key)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The independent verifier in `tools/` (Python, written from the RFC and C2SP specs)
+/// accepts the bundle as written, and refuses it changed.
+#[test]
+fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
+    if !has_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bundle, key) = story(dir.path());
+    let accepted = python_verify(&bundle, &key);
     assert!(accepted.status.success(), "{}", stdout(&accepted));
     assert!(
         stdout(&accepted).starts_with("ok: "),
         "{}",
         stdout(&accepted)
     );
-    let partial = Command::new("python3")
-        .arg(script)
-        .arg(dir.path().join("bundle-oracle.json"))
-        .arg(&key)
-        .output()
-        .unwrap();
+    let partial = python_verify(&dir.path().join("bundle-oracle.json"), &key);
     assert!(partial.status.success(), "{}", stdout(&partial));
 
     let mut json: serde_json::Value =
@@ -434,11 +454,81 @@ fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
     json["entries"][1]["proof"][0] = serde_json::Value::String(B64.encode(hash));
     let changed = dir.path().join("changed.json");
     std::fs::write(&changed, json.to_string()).unwrap();
-    let refused = Command::new("python3")
-        .arg(script)
-        .arg(&changed)
-        .arg(&key)
-        .output()
-        .unwrap();
+    let refused = python_verify(&changed, &key);
     assert!(!refused.status.success(), "{}", stdout(&refused));
+}
+
+/// A whole bundle carries the deal's entry: `rofr verify` names the version, its hash
+/// and the clause first refusal was judged under, and the independent verifier checks
+/// the deal's bytes. A one-byte change to the deal's entry fails, naming the entry.
+#[test]
+fn evidence_names_the_terms_that_governed_the_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bundle, key) = story(dir.path());
+    let verified = verify(&bundle, &key);
+    let text = stdout(&verified);
+    assert_eq!(verified.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Governed by deal \"stargate\" version 1 (#0, "),
+        "{text}"
+    );
+    assert!(
+        text.contains("first_refusal[0] \"azure-rofr\" at ")
+            && text.contains("azure holds a first_offer right; window 3d; partial acceptance allowed; re-offer threshold 5%; third-party window 45d; offer prices "),
+        "{text}"
+    );
+    assert!(
+        text.contains("First refusal is judged under these terms."),
+        "{text}"
+    );
+
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    assert_eq!(json["entries"][0]["index"], 0);
+    let mut changed = json.clone();
+    let mut data = B64
+        .decode(changed["entries"][0]["data"].as_str().unwrap())
+        .unwrap();
+    let at = data.windows(3).position(|w| w == b"72h").unwrap();
+    data[at + 1] = b'3';
+    changed["entries"][0]["data"] = serde_json::Value::String(B64.encode(&data));
+    let forged = dir.path().join("forged-deal.json");
+    std::fs::write(&forged, changed.to_string()).unwrap();
+    let refused = verify(&forged, &key);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(
+        stdout(&refused).contains("entry 0:"),
+        "{}",
+        stdout(&refused)
+    );
+
+    // Without the deal's entry the story still verifies, and says what it rests on.
+    let mut without = json.clone();
+    without["entries"].as_array_mut().unwrap().remove(0);
+    let bare = dir.path().join("without-deal.json");
+    std::fs::write(&bare, without.to_string()).unwrap();
+    let verified = verify(&bare, &key);
+    assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
+    assert!(
+        stdout(&verified).contains("the bundle holds no entry of it"),
+        "{}",
+        stdout(&verified)
+    );
+
+    if !has_python() {
+        return;
+    }
+    let accepted = python_verify(&bundle, &key);
+    assert!(accepted.status.success(), "{}", stdout(&accepted));
+    assert!(
+        stdout(&accepted).contains("deal stargate version 1: "),
+        "{}",
+        stdout(&accepted)
+    );
+    let refused = python_verify(&forged, &key);
+    assert!(!refused.status.success());
+    assert!(
+        stdout(&refused).starts_with("entry 0:"),
+        "{}",
+        stdout(&refused)
+    );
 }

@@ -92,6 +92,16 @@ impl Broker {
             provider: viewer.to_string(),
             withheld: (total - entries.len()) as u64,
         });
+        // The deal's entry goes first, to the parties of the contract: the buyer, the
+        // auditor and the holder. Other providers are not shown its terms.
+        let party_to_deal = viewer.is_none_or(|v| holder.as_ref() == Some(v));
+        if party_to_deal {
+            if let Some(deal) = self.store(|s| s.events_after(None, 1))?.pop() {
+                if deal.need.is_empty() && entries.first().is_none_or(|(i, _)| *i > deal.index) {
+                    entries.insert(0, (deal.index, deal.data));
+                }
+            }
+        }
         // A provider other than the holder is not told who holds the right.
         let holder = holder
             .filter(|h| viewer.is_none_or(|v| v == h))
