@@ -110,3 +110,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any file's text, hostile bytes included (quotes, backslashes, control and
+        /// astral characters), reads back from the entry as itself, and no change to
+        /// one of its characters keeps the hash.
+        #[test]
+        fn any_deal_text_reads_back_and_any_change_breaks_its_hash(
+            text in "\\PC{0,40}|[\\x00-\\x1f\"\\\\\u{7f}\u{2028}\u{1F600}a]{0,40}",
+            version in 1u32..=u32::MAX,
+            seconds in 0i64..=253_402_300_799,
+            at in any::<prop::sample::Index>(),
+        ) {
+            let when = Timestamp::from_unix_seconds_const(seconds);
+            let entry = DealAdopted::new("d", version, "d.toml", &text, when);
+            let bytes = entry.to_json();
+            prop_assert_eq!(Entry::from_json(&bytes).unwrap(), Entry::Deal(entry.clone()));
+            prop_assert!(entry.is_intact());
+            let chars: Vec<char> = text.chars().collect();
+            if !chars.is_empty() {
+                let i = at.index(chars.len());
+                let mut changed: Vec<char> = chars.clone();
+                changed[i] = if chars[i] == 'x' { 'y' } else { 'x' };
+                let forged = DealAdopted { text: changed.into_iter().collect(), ..entry };
+                prop_assert!(!forged.is_intact());
+            }
+        }
+    }
+}
