@@ -68,6 +68,8 @@ try {
   await page.goto(`${url}/ui/#/need/${offered}`);
   await page.waitForSelector("table tbody tr");
   check((await page.$$("table tbody tr")).length === events.length, "the timeline shows every event of the need");
+  const governed = await page.textContent("#deal-version");
+  check(governed.includes(`deal version ${events[0].event.deal_version}`), `the need names the deal version that governs it (${governed})`);
   await page.screenshot({ path: `${shots}/need.png`, fullPage: true });
 
   await page.click("text=Ledger");

@@ -122,9 +122,12 @@ async function needTimeline(id) {
     api("/v1/ledger/checkpoint").catch(() => null),
   ]);
   const signed = checkpoint ? Number(String(checkpoint).split("\n")[1]) : 0;
+  const submitted = events.events.find(e => e.event.type === "need_submitted");
+  const version = submitted && submitted.event.deal_version;
   main.replaceChildren(
     el("h1", {}, "Need " + need.id),
     el("p", {}, `${need.gpus} ${need.sku} for ${need.hours} h · ${need.status} · holder ${need.holder || "none"} · awarded ${need.awarded}`),
+    el("p", { id: "deal-version" }, version == null ? "Governed by the deal kept beside the log" : `Governed by deal version ${version} (ledger entry #0)`),
     table([
       ["Ledger #", e => e.index], ["At", e => e.event.at], ["Event", e => e.event.type],
       ["Provider", e => e.event.provider || ""], ["GPUs", e => e.event.gpus == null ? "" : e.event.gpus],
