@@ -72,6 +72,13 @@ try {
   check(governed.includes(`deal version ${events[0].event.deal_version}`), `the need names the deal version that governs it (${governed})`);
   await page.screenshot({ path: `${shots}/need.png`, fullPage: true });
 
+  await page.click('a[href="#/deal"]');
+  await page.waitForSelector("#deal-versions tbody tr");
+  const deal = (await api(buyer, "/v1/deal")).body;
+  const versions = await page.textContent("#deal-versions tbody");
+  check(deal.versions.every(v => versions.includes(v.sha256)), "the deal page shows each version's hash");
+  await page.screenshot({ path: `${shots}/deal.png`, fullPage: true });
+
   await page.click("text=Ledger");
   await page.waitForSelector("#verifier-key");
   const key = await (await fetch(url + "/v1/ledger/key", { headers: { authorization: "Bearer " + buyer } })).text();

@@ -77,7 +77,7 @@ function signIn(message) {
     } }, el("input", { id: "token", type: "password", placeholder: "rofr_…", autocomplete: "off" }), " ", el("button", { type: "submit" }, "Sign in")));
 }
 
-const buyerPages = [["overview", "Overview"], ["offers", "Offers"], ["providers", "Providers"], ["needs", "Needs"], ["ledger", "Ledger"]];
+const buyerPages = [["overview", "Overview"], ["offers", "Offers"], ["providers", "Providers"], ["needs", "Needs"], ["deal", "Deal"], ["ledger", "Ledger"]];
 const providerPages = [["my-offers", "My offers"], ["my-rfqs", "Requests for quotes"], ["my-awards", "My awards"], ["ledger", "Ledger"]];
 
 function navigation() {
@@ -254,6 +254,15 @@ async function providersPage() {
       ["Remaining", c => c.min_gpu_hours == null ? "–" : fmt(Math.max(0, c.min_gpu_hours - c.awarded_gpu_hours))]], s.commitments));
 }
 
+async function dealPage() {
+  const deal = await api("/v1/deal");
+  main.replaceChildren(el("h1", {}, "Deal " + deal.name),
+    el("p", {}, "Each version of the contract, as the ledger holds it: the file's bytes and their SHA-256."),
+    el("div", { id: "deal-versions" }, table([["Version", v => v.version], ["File", v => v.file],
+      ["Adopted", v => v.adopted_at || "before deals were entries"], ["Ledger #", v => v.index == null ? "–" : v.index],
+      ["SHA-256", v => el("code", {}, v.sha256)]], deal.versions)));
+}
+
 async function ledgerPage() {
   const [key, checkpoint] = await Promise.all([api("/v1/ledger/key"), api("/v1/ledger/checkpoint").catch(() => "no checkpoint yet")]);
   const children = [el("h1", {}, "Ledger"), el("h2", {}, "Verifier key"), el("pre", { id: "verifier-key" }, key),
@@ -277,6 +286,7 @@ async function route() {
       case "providers": return await providersPage();
       case "needs": return await needsPage(arg);
       case "need": return await needTimeline(decodeURIComponent(arg));
+      case "deal": return await dealPage();
       case "ledger": return await ledgerPage();
       case "my-offers": return await offersPage(true, arg && decodeURIComponent(arg));
       case "my-rfqs": return await myRfqs();

@@ -47,6 +47,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/needs/{id}/awards/{award}/fail", post(fail))
         .route("/v1/offers", get(my_offers))
         .route("/v1/summary", get(summary))
+        .route("/v1/deal", get(deal))
         .route("/v1/whoami", get(whoami))
         .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
         .route("/ui/", get(crate::dashboard::index))
@@ -156,7 +157,7 @@ pub struct Health {
     paths(
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
         accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
-        set_webhook, deliveries, summary, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
+        set_webhook, deliveries, summary, deal, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
         consistency_proof, evidence
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
@@ -1301,6 +1302,26 @@ async fn summary(
 ) -> Result<Json<views::Summary>, ApiError> {
     caller.reader("read the summary")?;
     Ok(Json(broker.read_committed(views::summary).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/deal",
+    tag = "buyer",
+    responses(
+        (status = 200, body = crate::broker::DealVersions),
+        (status = 401, body = Envelope),
+        (status = 403, body = Envelope)
+    )
+)]
+/// The deal's versions: the one a log began with, its file's hash and the ledger
+/// entry that holds it. For the buyer and the auditor.
+async fn deal(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Json<crate::broker::DealVersions>, ApiError> {
+    caller.reader("read the deal")?;
+    Ok(Json(broker.deal_versions()?))
 }
 
 /// Who a token speaks for.

@@ -1059,6 +1059,27 @@ async fn webhooks_may_not_reach_inside_the_brokers_network_or_carry_credentials(
     assert_eq!(response.status().as_u16(), 422);
 }
 
+/// The deal's versions name the entry that holds each and its file's hash; the
+/// buyer and the auditor may read them, a provider may not.
+async fn the_deal_names_its_versions_and_their_entries(backend: Backend) {
+    use sha2::Digest;
+    let app = spawn_app(backend).await;
+    let (status, deal) = app.get(&app.buyer, "/v1/deal").await;
+    assert_eq!(status, 200, "{deal}");
+    assert_eq!(deal["name"], "api-test");
+    let versions = deal["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{deal}");
+    assert_eq!(versions[0]["version"], 1);
+    assert_eq!(versions[0]["index"], 0, "entry 0 holds it");
+    assert_eq!(
+        versions[0]["sha256"],
+        hex::encode(sha2::Sha256::digest(DEAL))
+    );
+    assert!(versions[0]["adopted_at"].is_string(), "{deal}");
+    assert_eq!(app.get(&app.auditor, "/v1/deal").await.0, 200);
+    assert_eq!(app.get(&app.azure, "/v1/deal").await.0, 403);
+}
+
 /// Each test, once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1100,4 +1121,5 @@ on_both_backends!(
     hostile_requests_get_their_4xx_in_the_envelope_and_write_nothing,
     health_shows_the_brokers_clock,
     webhooks_may_not_reach_inside_the_brokers_network_or_carry_credentials,
+    the_deal_names_its_versions_and_their_entries,
 );

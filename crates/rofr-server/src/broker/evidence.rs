@@ -7,7 +7,66 @@ use rofr_store::{Store, StoredEvent};
 
 use super::{Broker, BrokerError};
 
+/// The versions of the deal a log belongs to (`GET /v1/deal`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DealVersions {
+    /// The deal's `[deal] name`.
+    pub name: String,
+    /// Oldest first.
+    pub versions: Vec<DealVersion>,
+}
+
+/// One version of the deal.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DealVersion {
+    pub version: u32,
+    /// The file's name as it was given.
+    pub file: String,
+    /// SHA-256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+    /// When it was adopted: its entry's time; null for a deal kept beside a log begun
+    /// before deals were entries.
+    pub adopted_at: Option<String>,
+    /// The ledger entry that holds it; null as above.
+    pub index: Option<u64>,
+}
+
 impl Broker {
+    /// The deal's versions, from the log's entry 0 (or, for a log begun before deals
+    /// were entries, the deal kept beside it).
+    pub fn deal_versions(&self) -> Result<DealVersions, BrokerError> {
+        let first = self.store(|s| s.events_after(None, 1))?.pop();
+        let adopted = first.filter(|row| row.need.is_empty()).and_then(|row| {
+            match rofr_engine::log::Entry::from_json(&row.data) {
+                Ok(rofr_engine::log::Entry::Deal(deal)) => Some((row.index, deal)),
+                _ => None,
+            }
+        });
+        let version = match adopted {
+            Some((index, deal)) => DealVersion {
+                version: deal.version,
+                file: deal.file,
+                sha256: deal.sha256,
+                adopted_at: Some(deal.at.to_string()),
+                index: Some(index),
+            },
+            None => {
+                use sha2::Digest;
+                DealVersion {
+                    version: 1,
+                    file: self.deal().file.clone(),
+                    sha256: hex::encode(sha2::Sha256::digest(self.deal_text())),
+                    adopted_at: None,
+                    index: None,
+                }
+            }
+        };
+        Ok(DealVersions {
+            name: self.deal().name.clone(),
+            versions: vec![version],
+        })
+    }
+
     /// Runs `f` with the ledger: tree, key and latest checkpoint.
     pub fn ledger<T>(&self, f: impl FnOnce(&mut crate::ledger::Ledger) -> T) -> T {
         let mut ledger = self.inner.ledger.lock().expect("ledger lock");

@@ -39,6 +39,7 @@ use tokio::sync::{oneshot, watch};
 use crate::clock::Clock;
 #[allow(unused_imports)]
 pub use answer::{raw_json, IndexedEvent};
+pub use evidence::{DealVersion, DealVersions};
 use party::TokenCache;
 pub use party::{token_hash, token_id, Party, TOKEN_RECHECK};
 
