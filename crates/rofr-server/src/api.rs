@@ -1465,18 +1465,27 @@ async fn inclusion_proof(
         let rows = broker
             .store(|s| s.events_after(query.index.checked_sub(1), 1))
             .map_err(BrokerError::from)?;
-        let event = rows
+        let entry = rows
             .first()
             .filter(|r| r.index == query.index)
-            .and_then(|r| rofr_engine::Event::from_json(&r.data).ok());
-        let shown = event.is_some_and(|event| {
-            let holder = broker.read(|e| {
-                e.state()
-                    .need(event.need.as_str())
-                    .and_then(|n| n.holder.clone())
-            });
-            event.kind.shown_to(provider, holder.as_ref())
-        });
+            .and_then(|r| rofr_engine::log::Entry::from_json(&r.data).ok());
+        let shown = match entry {
+            Some(rofr_engine::log::Entry::Event(event)) => {
+                let holder = broker.read(|e| {
+                    e.state()
+                        .need(event.need.as_str())
+                        .and_then(|n| n.holder.clone())
+                });
+                event.kind.shown_to(provider, holder.as_ref())
+            }
+            // The deal's entry, to a party of the contract: a holder of a right in it.
+            Some(rofr_engine::log::Entry::Deal(_)) => broker
+                .deal()
+                .first_refusals
+                .iter()
+                .any(|r| &r.holder == provider),
+            None => false,
+        };
         if !shown {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -794,11 +794,13 @@ async fn checkpoints_follow_the_policy_and_proofs_check_against_them(backend: Ba
         .get(&app.auditor, "/v1/ledger/inclusion?index=9&size=5")
         .await;
     assert_eq!(status, 422);
-    // The holder may prove its own offer and the need it holds the right over;
-    // another provider neither.
+    // The holder may prove its own offer, the need it holds the right over and the
+    // deal's entry; another provider none of them.
     for (token, index, status) in [
         (&app.azure, 2, 200),
         (&app.azure, 1, 200),
+        (&app.azure, 0, 200),
+        (&app.oracle, 0, 404),
         (&app.oracle, 1, 404),
         (&app.oracle, 2, 404),
     ] {
