@@ -48,7 +48,8 @@ impl DealAdopted {
     }
 }
 
-fn sha256(text: &str) -> String {
+/// SHA-256 of a deal file's text, in lowercase hex: what a deal entry records.
+pub fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 

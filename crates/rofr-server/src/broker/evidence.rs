@@ -35,31 +35,21 @@ impl Broker {
     /// The deal's versions, from the log's entry 0 (or, for a log begun before deals
     /// were entries, the deal kept beside it).
     pub fn deal_versions(&self) -> Result<DealVersions, BrokerError> {
-        let first = self.store(|s| s.events_after(None, 1))?.pop();
-        let adopted = first.filter(|row| row.need.is_empty()).and_then(|row| {
-            match rofr_engine::log::Entry::from_json(&row.data) {
-                Ok(rofr_engine::log::Entry::Deal(deal)) => Some((row.index, deal)),
-                _ => None,
-            }
-        });
-        let version = match adopted {
-            Some((index, deal)) => DealVersion {
-                version: deal.version,
-                file: deal.file,
-                sha256: deal.sha256,
-                adopted_at: Some(deal.at.to_string()),
-                index: Some(index),
+        let version = match self.inner.deal_entry.get() {
+            Some(entry) => DealVersion {
+                version: entry.adopted.version,
+                file: entry.adopted.file.clone(),
+                sha256: entry.adopted.sha256.clone(),
+                adopted_at: Some(entry.adopted.at.to_string()),
+                index: Some(entry.index),
             },
-            None => {
-                use sha2::Digest;
-                DealVersion {
-                    version: 1,
-                    file: self.deal().file.clone(),
-                    sha256: hex::encode(sha2::Sha256::digest(self.deal_text())),
-                    adopted_at: None,
-                    index: None,
-                }
-            }
+            None => DealVersion {
+                version: 1,
+                file: self.deal().file.clone(),
+                sha256: rofr_engine::log::sha256(self.deal_text()),
+                adopted_at: None,
+                index: None,
+            },
         };
         Ok(DealVersions {
             name: self.deal().name.clone(),
@@ -154,12 +144,8 @@ impl Broker {
         // The deal's entry goes first, to the parties of the contract: the buyer, the
         // auditor and the holder. Other providers are not shown its terms.
         let party_to_deal = viewer.is_none_or(|v| holder.as_ref() == Some(v));
-        if party_to_deal {
-            if let Some(deal) = self.store(|s| s.events_after(None, 1))?.pop() {
-                if deal.need.is_empty() && entries.first().is_none_or(|(i, _)| *i > deal.index) {
-                    entries.insert(0, (deal.index, deal.data));
-                }
-            }
+        if let Some(deal) = self.inner.deal_entry.get().filter(|_| party_to_deal) {
+            entries.insert(0, (deal.index, deal.data.clone()));
         }
         // A provider other than the holder is not told who holds the right.
         let holder = holder

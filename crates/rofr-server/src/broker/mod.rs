@@ -191,6 +191,17 @@ struct Inner {
     fault: RwLock<Option<FaultHook>>,
     /// See [`Broker::allow_private_webhooks`].
     private_webhooks: AtomicBool,
+    /// The log's entry adopting the deal, read once at start; unset for a log begun
+    /// before deals were entries.
+    deal_entry: std::sync::OnceLock<DealEntry>,
+}
+
+/// The entry adopting the deal: where it is, its bytes exactly as stored, and what
+/// they say.
+struct DealEntry {
+    index: u64,
+    data: Vec<u8>,
+    adopted: rofr_engine::log::DealAdopted,
 }
 
 /// A cheap handle to the running broker.

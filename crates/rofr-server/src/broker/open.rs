@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{self};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rofr_engine::deal::{parse_deal, Deal};
@@ -21,7 +21,7 @@ use super::commit::{Committing, Mode};
 use super::party::{TokenCache, TOKEN_RECHECK};
 use super::projection::{touch, Touches};
 use super::writer::Writer;
-use super::{wake, Broker, BrokerError, Counters, Inner, MAX_BATCH};
+use super::{wake, Broker, BrokerError, Counters, DealEntry, Inner, MAX_BATCH};
 
 impl Broker {
     /// Opens the database, adopts `deal_text` (or the deal stored there), rebuilds the
@@ -91,6 +91,7 @@ impl Broker {
             commit_failed: AtomicBool::new(false),
             fault: RwLock::new(None),
             private_webhooks: AtomicBool::new(false),
+            deal_entry: OnceLock::new(),
         });
         // Alone on its log, the broker writes each batch on a thread of its own while
         // the writer runs the next one through the engine.
@@ -124,6 +125,10 @@ impl Broker {
             start_log(writer.store.as_mut(), &entry)?;
         }
         writer.settle()?;
+        // Entry 0 is on disk now, whoever wrote it: kept for evidence and `/v1/deal`.
+        if let Some(entry) = deal_entry(writer.store.as_ref())? {
+            let _ = inner.deal_entry.set(entry);
+        }
         if !shared {
             if let Location::Sqlite(path) = location {
                 // Commits that copy the log into the database file themselves wait
@@ -325,6 +330,12 @@ pub(super) fn parse_entry(index: u64, data: &[u8]) -> Result<Entry, BrokerError>
 /// The deal the log's first entry adopts, if it is a deal entry, as (file, text). An
 /// entry whose text does not match its hash is an error.
 fn deal_in_log(store: &dyn Store) -> Result<Option<(String, String)>, BrokerError> {
+    Ok(deal_entry(store)?.map(|entry| (entry.adopted.file, entry.adopted.text)))
+}
+
+/// The log's entry 0 where it adopts the deal; `None` for an empty log, or one begun
+/// before deals were entries. An entry whose text does not match its hash is an error.
+fn deal_entry(store: &dyn Store) -> Result<Option<DealEntry>, BrokerError> {
     let Some(first) = store.events_after(None, 1)?.into_iter().next() else {
         return Ok(None);
     };
@@ -338,7 +349,11 @@ fn deal_in_log(store: &dyn Store) -> Result<Option<(String, String)>, BrokerErro
             adopted.sha256
         )));
     }
-    Ok(Some((adopted.file, adopted.text)))
+    Ok(Some(DealEntry {
+        index: first.index,
+        data: first.data,
+        adopted,
+    }))
 }
 
 /// Starts a new log with the entry adopting its deal, inside the write lock (another

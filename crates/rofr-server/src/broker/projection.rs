@@ -29,7 +29,12 @@ pub(super) fn in_id_order(touches: &Touches) -> Vec<(&String, &Touch)> {
     sorted
 }
 
+/// Notes that entry `index`, at `at`, belongs to `need`. An entry of no need (the
+/// deal's, whose need is empty) touches nothing.
 pub(super) fn touch(touches: &mut Touches, need: &str, at: &str, index: u64) {
+    if need.is_empty() {
+        return;
+    }
     // Looked up by `&str` first: most events touch a need already in the map, and
     // `entry` would copy its id every time.
     if let Some(t) = touches.get_mut(need) {

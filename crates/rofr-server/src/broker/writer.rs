@@ -100,9 +100,7 @@ impl Writer {
                     )));
                 }
                 engine.apply_entry(&parse_stored(row)?);
-                if row.need.is_empty() {
-                    // A deal entry belongs to no need.
-                } else if let Some(touches) = &mut self.settling {
+                if let Some(touches) = &mut self.settling {
                     touch(touches, &row.need, &row.at, row.index);
                 }
                 if let Some(t) = self.dirty.get_mut(&row.need) {
