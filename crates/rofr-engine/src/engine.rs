@@ -15,6 +15,7 @@ use crate::deal::{
 };
 use crate::event::{DeclineReason, Event, EventKind, NeedSubmitted};
 use crate::invariants::{cap_own, cap_total, cap_window_start, refusals_cover};
+use crate::log::{DealAdopted, DealAmended, Entry, OpenNeeds};
 use crate::need::NeedSpec;
 use crate::state::{AwardStatus, HolderOffer, NeedState, OfferKind, OfferStatus, RfqStatus, State};
 use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
@@ -22,13 +23,23 @@ use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
 /// The most needs allocated together in one sourcing decision.
 const BATCH_LIMIT: usize = 64;
 
-/// The engine: a deal, the state folded from every event so far, and the time the last
-/// `Tick` brought. Commands are judged as of that time.
+/// A version of the deal, and when it governs from.
+#[derive(Debug, Clone)]
+struct Version {
+    deal: Arc<Deal>,
+    effective: Timestamp,
+    open_needs: OpenNeeds,
+}
+
+/// The engine: every version of the deal, the state folded from every entry so far,
+/// and the time the last `Tick` brought. Commands are judged as of that time.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    deal: Arc<Deal>,
-    /// The version of the deal in force: 1 until an entry says otherwise.
-    deal_version: u32,
+    /// The deal as adopted, then each amendment, by version number less one.
+    versions: Vec<Version>,
+    /// How many versions have come into force: the last of them governs new needs,
+    /// and the rest wait for their effective time.
+    in_force: usize,
     state: State,
     clock: Timestamp,
 }
@@ -36,35 +47,151 @@ pub struct Engine {
 impl Engine {
     pub fn new(deal: Arc<Deal>, start: Timestamp) -> Engine {
         Engine {
-            deal,
-            deal_version: 1,
+            versions: vec![Version {
+                deal,
+                effective: start,
+                open_needs: OpenNeeds::Keep,
+            }],
+            in_force: 1,
             state: State::default(),
             clock: start,
         }
     }
 
-    /// Folds in the entry that adopts the deal: new needs name its version.
-    pub fn adopt(&mut self, entry: &crate::log::DealAdopted) {
-        self.deal_version = entry.version;
+    /// Folds in the entry that adopts the deal (version 1, the deal the engine was
+    /// made with).
+    pub fn adopt(&mut self, entry: &DealAdopted) {
         self.clock = self.clock.max(entry.at);
     }
 
-    /// Folds in any entry of the log.
-    pub fn apply_entry(&mut self, entry: &crate::log::Entry) {
-        match entry {
-            crate::log::Entry::Event(event) => self.apply(event),
-            crate::log::Entry::Deal(deal) => self.adopt(deal),
+    /// Takes in an amendment: version `entry.version` of the deal, which is `deal`,
+    /// governs new needs from `entry.effective`. It must follow the last version, be
+    /// the same deal, and take effect no earlier than now; otherwise nothing changes.
+    /// An amendment effective now comes into force at once, and the events that gives
+    /// (open needs moving to it) are returned: they follow the amendment in the log.
+    pub fn amend(&mut self, deal: Arc<Deal>, entry: &DealAmended) -> Result<Vec<Event>, Rejection> {
+        self.register(deal, entry)?;
+        let mut out = Vec::new();
+        if entry.effective <= self.clock {
+            self.take_effect(entry.effective, &mut out);
         }
+        Ok(out)
     }
 
-    /// The version of the deal in force.
+    /// Checks an amendment and adds its version, waiting for its effective time.
+    fn register(&mut self, deal: Arc<Deal>, entry: &DealAmended) -> Result<(), Rejection> {
+        let next = self.versions.len() as u64 + 1;
+        if next > u64::from(crate::log::MAX_VERSIONS) {
+            return Err(Rejection::invalid(
+                "version",
+                format!("a deal has at most {} versions", crate::log::MAX_VERSIONS),
+            ));
+        }
+        if u64::from(entry.version) != next {
+            return Err(Rejection::invalid(
+                "version",
+                format!(
+                    "version {} does not follow version {}",
+                    entry.version,
+                    next - 1
+                ),
+            ));
+        }
+        let name = &self.versions[0].deal.name;
+        if &deal.name != name {
+            return Err(Rejection::invalid(
+                "deal",
+                format!("the amendment is of deal `{}`, not of `{name}`", deal.name),
+            ));
+        }
+        let last = self.versions.last().expect("the adopted version").effective;
+        if entry.effective < self.clock || entry.effective < last || entry.effective < entry.at {
+            return Err(Rejection::invalid(
+                "effective",
+                format!(
+                    "effective {} is before the last entry's time {}",
+                    entry.effective,
+                    self.clock.max(last).max(entry.at)
+                ),
+            ));
+        }
+        self.versions.push(Version {
+            deal,
+            effective: entry.effective,
+            open_needs: entry.open_needs,
+        });
+        self.clock = self.clock.max(entry.at);
+        Ok(())
+    }
+
+    /// Folds in any entry of the log. An amendment whose text is not a deal, or that
+    /// [`Engine::amend`] refuses, is an error (the log was not written by a broker).
+    pub fn apply_entry(&mut self, entry: &Entry) -> Result<(), String> {
+        match entry {
+            Entry::Event(event) => self.apply(event),
+            Entry::Deal(deal) => self.adopt(deal),
+            Entry::Amended(amended) => {
+                let deal = crate::deal::parse_deal(&amended.file, &amended.text).map_err(|d| {
+                    let first = d.first().map(ToString::to_string).unwrap_or_default();
+                    format!(
+                        "the amendment to version {} is not a deal: {first}",
+                        amended.version
+                    )
+                })?;
+                self.register(Arc::new(deal), amended).map_err(|r| {
+                    format!(
+                        "the amendment to version {}: {}",
+                        amended.version, r.message
+                    )
+                })?;
+                // Effective at once: the events it gave follow it in the log.
+                self.catch_up(self.clock);
+            }
+        }
+        Ok(())
+    }
+
+    /// The version of the deal in force: the one new needs name.
     pub fn deal_version(&self) -> u32 {
-        self.deal_version
+        self.in_force as u32
+    }
+
+    /// Version `version` of the deal, if there is one.
+    pub fn deal_of(&self, version: u32) -> Option<&Deal> {
+        let index = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.versions.get(index).map(|v| &*v.deal)
+    }
+
+    /// How many versions the deal has, in force or waiting.
+    pub fn versions(&self) -> u32 {
+        self.versions.len() as u32
+    }
+
+    /// The versions waiting for their effective time, with it.
+    pub fn pending(&self) -> impl Iterator<Item = (u32, Timestamp)> + '_ {
+        self.versions[self.in_force..]
+            .iter()
+            .zip(self.in_force as u32 + 1..)
+            .map(|(v, number)| (number, v.effective))
+    }
+
+    /// Brings into force every waiting version whose effective time is at or before
+    /// `at`, without any events: what a replica folding entries does.
+    fn catch_up(&mut self, at: Timestamp) {
+        while self
+            .versions
+            .get(self.in_force)
+            .is_some_and(|v| v.effective <= at)
+        {
+            self.in_force += 1;
+        }
     }
 
     /// Folds in an event another engine decided (a replica sharing the log), moving
     /// the clock to its time if that is later.
     pub fn apply(&mut self, event: &Event) {
+        // An event at or after a waiting version's effective time was decided under it.
+        self.catch_up(event.at);
         self.state.apply(event);
         self.clock = self.clock.max(event.at);
     }
@@ -74,8 +201,9 @@ impl Engine {
         self.state.keep_unpacked();
     }
 
+    /// The version of the deal in force.
     pub fn deal(&self) -> &Deal {
-        &self.deal
+        &self.versions[self.in_force - 1].deal
     }
 
     pub fn state(&self) -> &State {
@@ -109,9 +237,10 @@ impl Engine {
             Some((id.clone(), number))
         });
         let before = out.len();
+        let index = self.version_index(found.as_ref().map(|(_, n)| *n));
         let mut step = Step {
-            deal: &self.deal,
-            deal_version: self.deal_version,
+            deal: &self.versions[index].deal,
+            deal_version: self.in_force as u32,
             state: &mut self.state,
             now: self.clock,
             out: std::mem::take(out),
@@ -135,16 +264,31 @@ impl Engine {
                 message: format!("time cannot go back from {} to {now}", self.clock),
             });
         }
-        while let Some((due, number)) = self.state.agenda.first().copied() {
+        loop {
+            let next = self.state.agenda.first().copied();
+            // A version comes into force before the deadlines falling due with it.
+            if let Some(effective) = self
+                .versions
+                .get(self.in_force)
+                .map(|v| v.effective)
+                .filter(|&e| e <= now && next.is_none_or(|(due, _)| e <= due))
+            {
+                self.take_effect(effective, out);
+                continue;
+            }
+            let Some((due, number)) = next else {
+                break;
+            };
             if due > now {
                 break;
             }
             self.state.unpack_number(number as usize);
             let id = self.state.id_of(number);
             let emitted = out.len();
+            let index = self.version_index(Some(number as usize));
             let mut step = Step {
-                deal: &self.deal,
-                deal_version: self.deal_version,
+                deal: &self.versions[index].deal,
+                deal_version: self.in_force as u32,
                 state: &mut self.state,
                 now: due,
                 out: std::mem::take(out),
@@ -160,9 +304,13 @@ impl Engine {
                     .take_while(|(at, _)| *at == due)
                     .take(4 * BATCH_LIMIT)
                     // A packed need has no round open: passed by unread.
+                    // Needs under another version of the deal are allocated under
+                    // their own terms, each alone.
                     .filter(|&&(_, n)| {
                         let need = step.state.unpacked_number(n as usize);
-                        need.is_some_and(|need| step.quotes_alone_due(need))
+                        need.is_some_and(|need| {
+                            need.deal_version as usize == index + 1 && step.quotes_alone_due(need)
+                        })
                     })
                     .map(|&(_, n)| step.state.id_of(n))
                     .take(BATCH_LIMIT)
@@ -191,6 +339,64 @@ impl Engine {
         self.clock = now;
         Ok(())
     }
+
+    /// The place in `versions` of the version governing the need numbered `number`
+    /// (unpacked), or of the one in force where there is no such need.
+    fn version_index(&self, number: Option<usize>) -> usize {
+        let version = number
+            .and_then(|n| self.state.unpacked_number(n))
+            .map_or(self.in_force, |need| need.deal_version as usize);
+        version.clamp(1, self.versions.len()) - 1
+    }
+
+    /// Brings the next waiting version into force at its effective time. Under
+    /// [`OpenNeeds::Move`] every need still open moves to it there and then.
+    fn take_effect(&mut self, at: Timestamp, out: &mut Vec<Event>) {
+        self.in_force += 1;
+        let index = self.in_force - 1;
+        let version = self.in_force as u32;
+        if self.versions[index].open_needs != OpenNeeds::Move {
+            return;
+        }
+        let open: Vec<usize> = self
+            .state
+            .needs()
+            .filter(|n| {
+                n.closed.is_none()
+                    && n.fulfilled_until.is_none()
+                    && u32::from(n.deal_version) < version
+            })
+            .map(|n| n.number as usize)
+            .collect();
+        for number in open {
+            self.state.unpack_number(number);
+            let id = self.state.id_of(number as u32);
+            let mut step = Step {
+                deal: &self.versions[index].deal,
+                deal_version: version,
+                state: &mut self.state,
+                now: at,
+                out: std::mem::take(out),
+                cap_totals: Default::default(),
+                found: RefCell::new(Some((id.clone(), number))),
+            };
+            step.move_terms(&id);
+            *out = step.out;
+            self.state.settle();
+        }
+    }
+}
+
+/// What a version of the deal makes of a need: who holds the right over it, under
+/// which clause, and at what price the holder is offered it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Terms {
+    holder: Option<ProviderId>,
+    holder_exempt: Option<String>,
+    first_refusal: Option<usize>,
+    variant: Option<Variant>,
+    offer_price: Option<Price>,
+    reoffer_threshold: Option<f64>,
 }
 
 /// How many of a deal's caps a step remembers totals for.
@@ -295,7 +501,7 @@ impl Step<'_> {
     fn clause(&self, id: &NeedId) -> Option<&FirstRefusal> {
         let need = self.need(id);
         need.first_refusal
-            .map(|i| &self.deal.first_refusals[i as usize])
+            .and_then(|i| self.deal.first_refusals.get(usize::from(i)))
     }
 
     /// A need as a provider may address it: [`not_for`] where it is missing or does
@@ -415,35 +621,7 @@ impl Step<'_> {
                 ),
             ));
         }
-        let clause_index = self
-            .deal
-            .first_refusals
-            .iter()
-            .position(|c| c.term.covers(self.now) && c.scope.matches(&spec.profile()));
-        let mut holder = None;
-        let mut holder_exempt = None;
-        let mut offer_price = None;
-        if let Some(index) = clause_index {
-            let clause = &self.deal.first_refusals[index];
-            if let Some(r) = self.deal.restriction_forbidding(&clause.holder, &spec.tags) {
-                holder_exempt = Some(format!(
-                    "{} bars `{}` from this need",
-                    r.clause, clause.holder
-                ));
-            } else {
-                holder = Some(clause.holder.clone());
-                let listed = clause.offer_prices.get(&spec.sku).copied();
-                let price = spec
-                    .offer_price_per_gpu_hour
-                    .or(listed)
-                    .unwrap_or(spec.max_price_per_gpu_hour);
-                offer_price = Some(price.min(spec.max_price_per_gpu_hour));
-            }
-        }
-        let variant = holder
-            .as_ref()
-            .and(clause_index)
-            .map(|i| self.deal.first_refusals[i].variant);
+        let terms = self.terms(&spec, spec.offer_price_per_gpu_hour);
         let id = spec.id.clone();
         self.emit(
             &id,
@@ -460,19 +638,114 @@ impl Step<'_> {
                 decide_by: spec.decide_by,
                 priority: spec.priority,
                 launch: spec.launch,
-                holder,
-                variant,
-                first_refusal: clause_index.filter(|_| variant.is_some()),
-                offer_price_per_gpu_hour: offer_price,
-                reoffer_threshold: clause_index
-                    .filter(|_| variant.is_some())
-                    .map(|i| self.deal.first_refusals[i].reoffer_threshold),
-                holder_exempt,
+                holder: terms.holder,
+                variant: terms.variant,
+                first_refusal: terms.first_refusal,
+                offer_price_per_gpu_hour: terms.offer_price,
+                reoffer_threshold: terms.reoffer_threshold,
+                holder_exempt: terms.holder_exempt,
                 deal_version: Some(self.deal_version),
             })),
         );
         self.next_step(&id);
         Ok(())
+    }
+
+    /// What the step's version of the deal makes of `spec` now. `offer_price` is the
+    /// price the buyer asked the holder be offered, if it asked.
+    fn terms(&self, spec: &NeedSpec, offer_price: Option<Price>) -> Terms {
+        let clause_index = self
+            .deal
+            .first_refusals
+            .iter()
+            .position(|c| c.term.covers(self.now) && c.scope.matches(&spec.profile()));
+        let Some(index) = clause_index else {
+            return Terms::default();
+        };
+        let clause = &self.deal.first_refusals[index];
+        if let Some(r) = self.deal.restriction_forbidding(&clause.holder, &spec.tags) {
+            return Terms {
+                holder_exempt: Some(format!(
+                    "{} bars `{}` from this need",
+                    r.clause, clause.holder
+                )),
+                ..Terms::default()
+            };
+        }
+        let listed = clause.offer_prices.get(&spec.sku).copied();
+        let price = offer_price
+            .or(listed)
+            .unwrap_or(spec.max_price_per_gpu_hour);
+        Terms {
+            holder: Some(clause.holder.clone()),
+            holder_exempt: None,
+            first_refusal: Some(index),
+            variant: Some(clause.variant),
+            offer_price: Some(price.min(spec.max_price_per_gpu_hour)),
+            reoffer_threshold: Some(clause.reoffer_threshold),
+        }
+    }
+
+    /// Moves an open need to the step's version of the deal, which has just come into
+    /// force. Where it takes the right from the holder (or gives it to another), the
+    /// open offers to the holder are withdrawn; the need then carries on under its new
+    /// terms.
+    fn move_terms(&mut self, id: &NeedId) {
+        let need = self.need(id);
+        let kept_price = need.holder_offer_price;
+        let old_holder = need.holder.clone();
+        let spec = need.spec.clone();
+        let fresh = self.terms(&spec, None);
+        let terms = if fresh.holder.is_some() && fresh.holder == old_holder {
+            // The same holder keeps the price it was offered at, which the buyer may
+            // have set.
+            Terms {
+                offer_price: kept_price.or(fresh.offer_price),
+                ..fresh
+            }
+        } else {
+            fresh
+        };
+        let version = self.deal_version;
+        let mut held_back = Vec::new();
+        if terms.holder != old_holder || terms.variant != need.variant {
+            let open: Vec<HolderOffer> = need.open_offers().cloned().collect();
+            for offer in open {
+                self.emit(
+                    id,
+                    EventKind::OfferWithdrawn {
+                        provider: offer.provider.clone(),
+                        gpus: offer.gpus,
+                        price_per_gpu_hour: offer.price,
+                        offer: offer.seq,
+                        version,
+                    },
+                );
+                held_back.extend(offer.against.map(|p| (p, offer.gpus, offer.price)));
+            }
+        }
+        let free_of_any_right = terms.holder.is_none();
+        self.emit(
+            id,
+            EventKind::TermsChanged {
+                version,
+                holder: terms.holder,
+                variant: terms.variant,
+                first_refusal: terms.first_refusal,
+                offer_price_per_gpu_hour: terms.offer_price,
+                reoffer_threshold: terms.reoffer_threshold,
+                holder_exempt: terms.holder_exempt,
+            },
+        );
+        // A third-party award a withdrawn offer was holding back goes ahead where no
+        // right covers the need now; under another holder's right, what it held is
+        // offered to that holder first.
+        if free_of_any_right {
+            for (third_party, gpus, price) in held_back {
+                self.award(id, &third_party, gpus, price);
+            }
+        }
+        self.next_step(id);
     }
 
     /// A need's sku, and each of its regions, must be one that a provider of the
@@ -1172,6 +1445,18 @@ impl Step<'_> {
         }
     }
 
+    /// Whether the step's version of the deal lets `provider` be awarded the need:
+    /// it is one of the deal's providers and no restriction bars it. Requests for
+    /// quotes go to no one else, but a need that moved to another version may hold
+    /// quotes its new terms bar.
+    fn may_award(&self, need: &NeedState, provider: &ProviderId) -> bool {
+        self.deal.provider(provider).is_some()
+            && self
+                .deal
+                .restriction_forbidding(provider, &need.spec.tags)
+                .is_none()
+    }
+
     fn eligible_providers(&self, id: &NeedId) -> Vec<ProviderId> {
         let need = self.need(id);
         let spec = &need.spec;
@@ -1322,7 +1607,9 @@ impl Step<'_> {
                     continue;
                 };
                 // A provider already at its cap can take nothing.
-                if self.cap_room(need.spec.hours, &rfq.provider, price, &[]) == Gpus::ZERO {
+                if self.cap_room(need.spec.hours, &rfq.provider, price, &[]) == Gpus::ZERO
+                    || !self.may_award(&need, &rfq.provider)
+                {
                     continue;
                 }
                 // Any id unique in the instance will do: the answer comes back by
@@ -1443,6 +1730,7 @@ impl Step<'_> {
                 _ => None,
             })
             .filter(|q| self.cap_room(hours, &q.provider, q.price, &[]) > Gpus::ZERO)
+            .filter(|q| self.may_award(&need, &q.provider))
             .collect();
         // Ties go to committed providers first, then in the order the RFQs went out.
         let committed_first = |(i, a): Ranked<'_>, (j, b): Ranked<'_>| {
@@ -1497,8 +1785,8 @@ impl Step<'_> {
         if left == Gpus::ZERO {
             return ordered;
         }
-        let quotes: Vec<QuoteOffer> = self
-            .need(id)
+        let need = self.need(id);
+        let quotes: Vec<QuoteOffer> = need
             .rfqs
             .iter()
             .filter_map(|r| match r.status {
@@ -1509,6 +1797,7 @@ impl Step<'_> {
                 }),
                 _ => None,
             })
+            .filter(|q| self.may_award(&need, &q.provider))
             .collect();
         // A quote has room for what its plans have not taken yet, as far as the caps
         // let it.

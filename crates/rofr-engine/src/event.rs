@@ -133,6 +133,32 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         revives_at: Option<Timestamp>,
     },
+    /// An amendment ended the right an open offer was made under: the offer no
+    /// longer stands, and what it held is free again.
+    OfferWithdrawn {
+        provider: ProviderId,
+        gpus: Gpus,
+        price_per_gpu_hour: Price,
+        offer: u32,
+        /// The version whose terms withdrew it.
+        version: u32,
+    },
+    /// The need moved to another version of the deal at its effective time: these are
+    /// its terms under it, as `need_submitted` records them.
+    TermsChanged {
+        version: u32,
+        holder: Option<ProviderId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<Variant>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_refusal: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offer_price_per_gpu_hour: Option<Price>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reoffer_threshold: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder_exempt: Option<String>,
+    },
     /// Quantity a cap that binds the holder keeps from it; it is not offered.
     HolderCapped {
         provider: ProviderId,
@@ -253,6 +279,7 @@ impl EventKind {
             | EventKind::OfferAccepted { provider, .. }
             | EventKind::OfferDeclined { provider, .. }
             | EventKind::OfferLapsed { provider, .. }
+            | EventKind::OfferWithdrawn { provider, .. }
             | EventKind::HolderCapped { provider, .. }
             | EventKind::RfqSent { provider, .. }
             | EventKind::RfqDeclined { provider, .. }
@@ -268,6 +295,7 @@ impl EventKind {
             | EventKind::AwardFailed { provider, .. }
             | EventKind::RightRevived { provider, .. } => Some(provider),
             EventKind::NeedSubmitted(_)
+            | EventKind::TermsChanged { .. }
             | EventKind::SourcingClosed { .. }
             | EventKind::NeedWaiting { .. }
             | EventKind::NeedFulfilled { .. }
@@ -295,6 +323,7 @@ impl EventKind {
         matches!(
             self,
             EventKind::NeedSubmitted(_)
+                | EventKind::TermsChanged { .. }
                 | EventKind::NeedWaiting { .. }
                 | EventKind::NeedFulfilled { .. }
                 | EventKind::NeedCompleted {}
@@ -315,6 +344,8 @@ impl EventKind {
             EventKind::OfferAccepted { .. } => "offer_accepted",
             EventKind::OfferDeclined { .. } => "offer_declined",
             EventKind::OfferLapsed { .. } => "offer_lapsed",
+            EventKind::OfferWithdrawn { .. } => "offer_withdrawn",
+            EventKind::TermsChanged { .. } => "terms_changed",
             EventKind::HolderCapped { .. } => "holder_capped",
             EventKind::RfqSent { .. } => "rfq_sent",
             EventKind::RfqDeclined { .. } => "rfq_declined",

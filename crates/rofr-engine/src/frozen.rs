@@ -95,11 +95,12 @@ enum Bit {
     Refusals,
     Closed,
     Unmet,
+    DealVersion,
 }
 
 impl Bit {
     /// One past the last bit.
-    const COUNT: u32 = Bit::Unmet as u32 + 1;
+    const COUNT: u32 = Bit::DealVersion as u32 + 1;
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -164,6 +165,7 @@ fn offer_status_code(status: OfferStatus) -> u64 {
         OfferStatus::Accepted(_) => 1,
         OfferStatus::Declined => 2,
         OfferStatus::Lapsed => 3,
+        OfferStatus::Withdrawn => 4,
     }
 }
 
@@ -173,6 +175,7 @@ fn offer_status_of(r: &mut Reader<'_>, code: u64) -> Read<OfferStatus> {
         1 => Ok(OfferStatus::Accepted(r.gpus()?)),
         2 => Ok(OfferStatus::Declined),
         3 => Ok(OfferStatus::Lapsed),
+        4 => Ok(OfferStatus::Withdrawn),
         _ => Err(r.corrupt("an unknown offer status code")),
     }
 }
@@ -195,6 +198,7 @@ pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
         reoffer_threshold,
         offers,
         round,
+        deal_version,
         rfqs,
         sourcing_open,
         awards,
@@ -251,6 +255,7 @@ pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
         (Bit::Variant, variant.is_some()),
         (Bit::ReofferThreshold, reoffer_threshold.to_bits() != 0),
         (Bit::Round, *round != 0),
+        (Bit::DealVersion, *deal_version != 1),
         (Bit::Rfqs, !rfqs.is_empty()),
         (Bit::Refusals, !refusals.is_empty()),
         (Bit::Closed, closed.is_some()),
@@ -324,6 +329,9 @@ pub fn freeze(need: &NeedState, names: &mut Names) -> Frozen {
     }
     if *round != 0 {
         w.uint(u64::from(*round));
+    }
+    if *deal_version != 1 {
+        w.uint(u64::from(*deal_version));
     }
     if !rfqs.is_empty() {
         w.uint(rfqs.len() as u64);
@@ -451,7 +459,10 @@ pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> Result<NeedState, Co
         let code = r.uint()?;
         variant_of(r, code)
     })?;
-    let first_refusal = r.when(has(Bit::FirstRefusal), Reader::u32)?;
+    let first_refusal = match r.when(has(Bit::FirstRefusal), Reader::u32)? {
+        Some(place) => Some(u16::try_from(place).map_err(|_| r.corrupt("a clause above 2^16"))?),
+        None => None,
+    };
     let holder_offer_price = r.when(has(Bit::HolderOfferPrice), Reader::price)?;
     let reoffer_threshold = f64::from_bits(r.count_if(has(Bit::ReofferThreshold))?.swap_bytes());
     let count = r.count()?;
@@ -478,6 +489,10 @@ pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> Result<NeedState, Co
     })?;
     let round =
         u32::try_from(r.count_if(has(Bit::Round))?).map_err(|_| r.corrupt("a round above 2^32"))?;
+    let deal_version = match r.when(has(Bit::DealVersion), Reader::u32)? {
+        Some(v) => u16::try_from(v).map_err(|_| r.corrupt("a deal version above 2^16"))?,
+        None => 1,
+    };
     let count = if has(Bit::Rfqs) { r.count()? } else { 0 };
     let rfqs: ThinVec<Rfq> = r
         .items(count, |r| {
@@ -560,6 +575,7 @@ pub fn thaw(frozen: &Frozen, number: u32, names: &Names) -> Result<NeedState, Co
         reoffer_threshold,
         offers,
         round,
+        deal_version,
         rfqs,
         sourcing_open: has(Bit::SourcingOpen),
         awards,
@@ -871,8 +887,10 @@ mod tests {
                 offer(2, OfferKind::Reoffer, OfferStatus::Declined, Some("alt")),
                 offer(3, OfferKind::Match, OfferStatus::Lapsed, Some("alt")),
                 offer(4, OfferKind::First, OfferStatus::Open, None),
+                offer(5, OfferKind::Reoffer, OfferStatus::Withdrawn, Some("alt")),
             ],
             round: 2,
+            deal_version: 3,
             rfqs: [
                 RfqStatus::Open,
                 RfqStatus::Quoted {
@@ -939,7 +957,7 @@ mod tests {
     /// share a presence bit unnoticed.
     #[test]
     fn each_field_at_its_default_alone_unpacks_as_it_was_packed() {
-        let clearers: [fn(&mut NeedState); 22] = [
+        let clearers: [fn(&mut NeedState); 23] = [
             |n| n.spec.regions.clear(),
             |n| n.spec.tags.clear(),
             |n| n.spec.offer_price_per_gpu_hour = None,
@@ -952,6 +970,7 @@ mod tests {
             |n| n.reoffer_threshold = 0.0,
             |n| n.offers.clear(),
             |n| n.round = 0,
+            |n| n.deal_version = 1,
             |n| n.rfqs.clear(),
             |n| n.awards.clear(),
             |n| n.refusals.clear(),

@@ -45,6 +45,13 @@ pub struct Violation {
 /// Replays `events` and checks I1–I3 at every award. `index` in a violation counts
 /// events from 0.
 pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
+    check_under(&[deal], events)
+}
+
+/// [`check_events`] for a deal with versions (`versions[0]` is version 1): each
+/// award is judged under the version governing its need, which names the holder
+/// whose refusals must cover it, the restrictions and the caps.
+pub fn check_under(versions: &[&Deal], events: &[Event]) -> Result<(), Violation> {
     let mut state = State::default();
     for (index, event) in events.iter().enumerate() {
         // An award made after approval was checked when it was requested.
@@ -69,6 +76,21 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
         let Some(need) = state.need(event.need.as_str()) else {
             return fail("I4", "event for a need never submitted".into());
         };
+        let Some(deal) = usize::from(need.deal_version)
+            .checked_sub(1)
+            .and_then(|i| versions.get(i))
+        else {
+            return fail(
+                "I1",
+                format!(
+                    "the need names deal version {}, which the log lacks",
+                    need.deal_version
+                ),
+            );
+        };
+        if let Some(detail) = holder_disagrees(deal, &need, event) {
+            return fail("I1", detail);
+        }
         let (provider, gpus, price) = match &event.kind {
             EventKind::AwardMade {
                 provider,
@@ -122,6 +144,33 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// Where a need's terms were set (its submission, or its move to another version),
+/// whether the holder they name differs from the one its version's clause gives.
+fn holder_disagrees(deal: &Deal, need: &crate::state::NeedState, event: &Event) -> Option<String> {
+    let set = matches!(
+        event.kind,
+        EventKind::NeedSubmitted(_) | EventKind::TermsChanged { .. }
+    );
+    let place = need.first_refusal?;
+    if !set {
+        return None;
+    }
+    let Some(clause) = deal.first_refusals.get(usize::from(place)) else {
+        return Some(format!(
+            "the need names first_refusal[{place}], which version {} lacks",
+            need.deal_version
+        ));
+    };
+    (need.holder.as_ref() != Some(&clause.holder)).then(|| {
+        format!(
+            "the need names holder {:?}, but first_refusal[{place}] of version {} gives `{}`",
+            need.holder.as_ref().map(|h| h.as_str()),
+            need.deal_version,
+            clause.holder
+        )
+    })
 }
 
 /// Whether `provider`'s usage breaks a cap at `at`, judged on the usage in `state`.

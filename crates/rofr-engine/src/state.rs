@@ -30,6 +30,8 @@ pub enum OfferStatus {
     Accepted(Gpus),
     Declined,
     Lapsed,
+    /// An amendment ended the right it was made under.
+    Withdrawn,
 }
 
 /// An offer to the holder. Re-offers and matches carry the third-party award that
@@ -161,11 +163,15 @@ pub struct NeedState {
     pub holder: Option<ProviderId>,
     pub variant: Option<Variant>,
     /// The deal's clause giving the holder its right, by place (a deal has few).
-    pub first_refusal: Option<u32>,
+    pub first_refusal: Option<u16>,
     pub holder_offer_price: Option<Price>,
     pub reoffer_threshold: f64,
     pub offers: Vec<HolderOffer>,
     pub round: u32,
+    /// The version of the deal that governs it: the one in force when it was
+    /// submitted, or the one it moved to. A deal has at most
+    /// [`crate::log::MAX_VERSIONS`] versions.
+    pub deal_version: u16,
     /// Lists that most needs never fill are thin (a pointer, where a `Vec` takes
     /// three words): with both, the state fits the allocator's 384-byte class rather
     /// than its 448-byte one.
@@ -697,7 +703,7 @@ fn new_need(event: &Event, names: &mut Names, number: u32) -> NeedState {
         offer_price_per_gpu_hour,
         reoffer_threshold,
         holder_exempt: _,
-        deal_version: _,
+        deal_version,
     } = &**submitted;
     NeedState {
         spec: NeedSpec {
@@ -719,11 +725,12 @@ fn new_need(event: &Event, names: &mut Names, number: u32) -> NeedState {
         submitted_at: event.at,
         holder: holder.as_ref().map(|h| names.providers.shared(h)),
         variant: *variant,
-        first_refusal: first_refusal.map(|i| u32::try_from(i).expect("a deal has few clauses")),
+        first_refusal: first_refusal.map(clause_number),
         holder_offer_price: *offer_price_per_gpu_hour,
         reoffer_threshold: reoffer_threshold.unwrap_or(0.0),
         offers: Vec::new(),
         round: 0,
+        deal_version: deal_version.map_or(1, version_number),
         // Most needs never go past the holder: no room until a round asks someone.
         rfqs: ThinVec::new(),
         sourcing_open: false,
@@ -738,6 +745,18 @@ fn new_need(event: &Event, names: &mut Names, number: u32) -> NeedState {
         scheduled: None,
         number,
     }
+}
+
+/// A clause's place as a need's state keeps it; a deal has at most
+/// [`crate::deal::MAX_FIRST_REFUSALS`], which a foreign log's is held to.
+fn clause_number(place: usize) -> u16 {
+    u16::try_from(place).unwrap_or(u16::MAX)
+}
+
+/// A version number as a need's state keeps it; the engine writes none above
+/// [`crate::log::MAX_VERSIONS`], which a foreign log's is held to.
+fn version_number(version: u32) -> u16 {
+    u16::try_from(version).unwrap_or(u16::MAX)
 }
 
 fn offer_mut(need: &mut NeedState, seq: u32) -> Option<&mut HolderOffer> {
@@ -829,6 +848,45 @@ fn apply_to_need(need: &mut NeedState, usage: &mut UsageLog, event: &Event, numb
     let at = event.at;
     match &event.kind {
         EventKind::NeedSubmitted(_) => {}
+        EventKind::OfferWithdrawn { offer, .. } => {
+            if let Some(o) = offer_mut(need, *offer) {
+                o.status = OfferStatus::Withdrawn;
+            }
+        }
+        EventKind::TermsChanged {
+            version,
+            holder,
+            variant,
+            first_refusal,
+            offer_price_per_gpu_hour,
+            reoffer_threshold,
+            holder_exempt: _,
+        } => {
+            need.deal_version = version_number(*version);
+            if need.holder != *holder || need.variant != *variant {
+                // A right that is new to the need starts afresh: whatever was refused
+                // was refused under other terms. What was placed before the right was
+                // this holder's was never its to refuse: it counts as refused at any
+                // price, so that only what is placed from now on leans on the new
+                // holder's refusals.
+                need.holder = holder.clone();
+                need.variant = *variant;
+                need.refusals = need
+                    .awards
+                    .iter()
+                    .filter(|a| a.status.is_live() && Some(&a.provider) != holder.as_ref())
+                    .map(|a| Refusal {
+                        gpus: a.gpus,
+                        price: None,
+                    })
+                    .collect();
+                need.revive_at = None;
+                need.holder_owed = holder.is_some() && *variant != Some(Variant::LastLook);
+            }
+            need.first_refusal = first_refusal.map(clause_number);
+            need.holder_offer_price = *offer_price_per_gpu_hour;
+            need.reoffer_threshold = reoffer_threshold.unwrap_or(0.0);
+        }
         EventKind::OfferSent {
             provider,
             gpus,

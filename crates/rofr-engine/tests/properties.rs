@@ -61,6 +61,12 @@ fn deal_shape() -> impl Strategy<Value = DealShape> {
 }
 
 fn build_deal(shape: &DealShape) -> Arc<Deal> {
+    let text = deal_text(shape, Some("holder"));
+    Arc::new(parse_deal("random.toml", &text).unwrap_or_else(|e| panic!("{e:?}\n{text}")))
+}
+
+/// The deal `shape` describes, its right held by `holder`, or with no right at all.
+fn deal_text(shape: &DealShape, holder: Option<&str>) -> String {
     let mut text = format!(
         r#"
 [deal]
@@ -81,7 +87,7 @@ id = "alpha"
 id = "beta"
 
 [[first_refusal]]
-holder = "holder"
+holder = "{}"
 variant = "{}"
 window = "{}"
 partial = {}
@@ -89,12 +95,22 @@ reoffer_threshold = {}
 term = {{ from = 2025-01-01 }}
 offer_prices = {{ H100 = 6.0 }}
 "#,
-        shape.variant, shape.window, shape.partial, shape.threshold
+        holder.unwrap_or("holder"),
+        shape.variant,
+        shape.window,
+        shape.partial,
+        shape.threshold
     );
     if let Some(tpw) = shape.third_party_window {
         text.push_str(&format!("third_party_window = \"{tpw}\"\n"));
     }
     text.push_str("\n[first_refusal.scope]\nworkloads = [\"training\"]\n");
+    if holder.is_none() {
+        let clause = text.find("[[first_refusal]]").expect("the clause");
+        let after = text.find("\n[first_refusal.scope]").expect("its scope");
+        let scope_end = after + "\n[first_refusal.scope]\nworkloads = [\"training\"]\n".len();
+        text.replace_range(clause..scope_end, "");
+    }
     if let Some((share, binds_holder, windowed)) = shape.cap {
         text.push_str(&format!(
             "\n[[concentration_cap]]\nmax_share = {share}\nbinds_holder = {binds_holder}\nbase = {{ holder = 20000, alpha = 5000, beta = 5000 }}\n"
@@ -121,7 +137,7 @@ offer_prices = {{ H100 = 6.0 }}
             "\n[[approval]]\nnon_holder = {non_holder}\nmin_value = 20000\n"
         ));
     }
-    Arc::new(parse_deal("random.toml", &text).unwrap_or_else(|e| panic!("{e:?}\n{text}")))
+    text
 }
 
 #[derive(Debug, Clone)]
@@ -497,9 +513,21 @@ fn run_ops(
     let mut twin = Engine::new(deal.clone(), start());
     twin.keep_unpacked();
     let mut log: Vec<Event> = Vec::new();
+    drive(&mut engine, &mut twin, &mut log, ops)?;
+    finish(&mut engine, &mut twin, &mut log)?;
+    Ok((engine, log))
+}
+
+/// Runs the operations on the engine and its twin, adding what they emit to `log`.
+fn drive(
+    engine: &mut Engine,
+    twin: &mut Engine,
+    log: &mut Vec<Event>,
+    ops: &[(Op, Option<usize>)],
+) -> Result<(), TestCaseError> {
     for (op, aim) in ops {
         let command = aim
-            .and_then(|aim| aimed(op, &engine, aim))
+            .and_then(|aim| aimed(op, engine, aim))
             .unwrap_or_else(|| to_command(op, engine.clock()));
         let before = engine.state().clone();
         let answer = engine.execute(command.clone());
@@ -517,7 +545,7 @@ fn run_ops(
             ),
         }
         prop_assert_eq!(
-            &State::from_events(&log),
+            &State::from_events(log.iter()),
             engine.state(),
             "replay differs after a step"
         );
@@ -528,6 +556,15 @@ fn run_ops(
             "the running figures differ from a count over every need"
         );
     }
+    Ok(())
+}
+
+/// Lets every outstanding deadline fire, 400 days on.
+fn finish(
+    engine: &mut Engine,
+    twin: &mut Engine,
+    log: &mut Vec<Event>,
+) -> Result<(), TestCaseError> {
     let later = engine.clock().plus_seconds(3600 * 24 * 400);
     let last = engine.execute(Command::Tick { now: later }).unwrap();
     prop_assert_eq!(
@@ -538,7 +575,7 @@ fn run_ops(
     prop_assert_eq!(engine.state(), twin.state());
     prop_assert_eq!(engine.state().figures(), twin.state().figures());
     log.extend(last);
-    Ok((engine, log))
+    Ok(())
 }
 
 /// Guards the property test against testing little: the generator must reach every
@@ -612,5 +649,259 @@ proptest! {
             prop_assert_eq!(&Event::from_json(&bytes).unwrap(), event, "JSON round trip");
         }
         prop_assert!(engine.state().agenda.is_empty(), "deadlines left after 400 days: {:?}", engine.state().agenda);
+    }
+}
+
+/// Three ways an amendment may change the right: end it, give it to another
+/// provider, or keep its holder under other terms.
+fn amended_holder() -> impl Strategy<Value = Option<&'static str>> {
+    prop::sample::select(vec![None, Some("beta"), Some("holder")])
+}
+
+/// An amendment to a random deal: the new version's shape and holder, whether open
+/// needs move to it, and how many hours after it is written it takes effect.
+#[derive(Debug, Clone)]
+struct Amendment {
+    second: DealShape,
+    holder: Option<&'static str>,
+    moves: bool,
+    after_hours: i64,
+}
+
+fn amendment() -> impl Strategy<Value = Amendment> {
+    (
+        deal_shape(),
+        amended_holder(),
+        any::<bool>(),
+        prop_oneof![0i64..1, 1i64..300],
+    )
+        .prop_map(|(second, holder, moves, after_hours)| Amendment {
+            second,
+            holder,
+            moves,
+            after_hours,
+        })
+}
+
+/// Runs `before`, writes the amendment, runs `after` and lets every deadline fire,
+/// then checks the log: replaying its entries (the amendment among them) rebuilds the
+/// same state and version in force; I1–I3 hold at every award under the version
+/// governing its need; needs name the version in force when they were submitted;
+/// under `keep` no need changes version, while under `move` every need open at the
+/// effective time moves, and none is offered to a holder the new version does not
+/// give the right. Gives the log and the effective time.
+fn run_amended(
+    first: &DealShape,
+    amendment: &Amendment,
+    before: &[(Op, Option<usize>)],
+    after: &[(Op, Option<usize>)],
+) -> Result<(Vec<Event>, rofr_engine::types::Timestamp), TestCaseError> {
+    use rofr_engine::invariants::check_under;
+    use rofr_engine::log::{DealAmended, Entry, OpenNeeds};
+    let v1 = build_deal(first);
+    let Amendment {
+        second,
+        holder,
+        moves,
+        after_hours,
+    } = amendment;
+    let text = deal_text(second, *holder);
+    let v2 = Arc::new(parse_deal("random-2.toml", &text).unwrap());
+    let rule = if *moves {
+        OpenNeeds::Move
+    } else {
+        OpenNeeds::Keep
+    };
+    let mut engine = Engine::new(v1.clone(), start());
+    let mut twin = Engine::new(v1.clone(), start());
+    twin.keep_unpacked();
+    let mut log = Vec::new();
+    drive(&mut engine, &mut twin, &mut log, before)?;
+    let at = engine.clock();
+    let effective = at.plus_seconds(after_hours * 3600);
+    let entry = DealAmended::new("random", 2, "random-2.toml", &text, effective, rule, at);
+    let amended_at = log.len();
+    let moved = engine.amend(v2.clone(), &entry).unwrap();
+    prop_assert_eq!(&moved, &twin.amend(v2.clone(), &entry).unwrap());
+    log.extend(moved);
+    drive(&mut engine, &mut twin, &mut log, after)?;
+    finish(&mut engine, &mut twin, &mut log)?;
+    prop_assert_eq!(
+        engine.deal_version(),
+        2,
+        "the amendment is in force 400 days on"
+    );
+
+    let mut entries: Vec<Entry> = log[..amended_at]
+        .iter()
+        .cloned()
+        .map(Entry::Event)
+        .collect();
+    entries.push(Entry::from_json(&entry.to_json()).unwrap());
+    prop_assert_eq!(
+        entries.last(),
+        Some(&Entry::Amended(entry.clone())),
+        "the entry reads back"
+    );
+    entries.extend(log[amended_at..].iter().cloned().map(Entry::Event));
+    let mut replayed = Engine::new(v1.clone(), start());
+    for entry in &entries {
+        replayed.apply_entry(entry).unwrap();
+    }
+    prop_assert_eq!(
+        replayed.state(),
+        engine.state(),
+        "replaying the entries differs"
+    );
+    // The log does not record the last tick: brought to the same time, the replica
+    // decides nothing the log lacks, and has the same version in force.
+    let caught_up = replayed
+        .execute(Command::Tick {
+            now: engine.clock(),
+        })
+        .unwrap();
+    prop_assert_eq!(caught_up, vec![], "a replica caught up decides again");
+    prop_assert_eq!(replayed.deal_version(), engine.deal_version());
+
+    if let Err(violation) = check_under(&[&v1, &v2], &log) {
+        return Err(TestCaseError::fail(format!(
+            "{violation}\n{:#?}",
+            log.iter().map(describe).collect::<Vec<_>>()
+        )));
+    }
+    if let Err(message) = check_time(&log) {
+        return Err(TestCaseError::fail(message));
+    }
+    let mut version_of = std::collections::HashMap::new();
+    for (i, event) in log.iter().enumerate() {
+        match &event.kind {
+            EventKind::NeedSubmitted(submitted) => {
+                // Before the amendment was written, or before it took effect.
+                let expected = if i >= amended_at && event.at >= effective {
+                    2
+                } else {
+                    1
+                };
+                prop_assert_eq!(
+                    submitted.deal_version,
+                    Some(expected),
+                    "{} submitted at {}",
+                    event.need,
+                    event.at
+                );
+                version_of.insert(event.need.clone(), expected);
+            }
+            EventKind::TermsChanged { version, .. } => {
+                prop_assert!(*moves, "a need moved under `keep`");
+                prop_assert_eq!(*version, 2);
+                prop_assert_eq!(event.at, effective, "moved at the effective time");
+                prop_assert_eq!(
+                    version_of.insert(event.need.clone(), 2),
+                    Some(1),
+                    "moved once, from version 1"
+                );
+            }
+            EventKind::OfferSent { provider, .. }
+                if event.at > effective && version_of[&event.need] == 2 =>
+            {
+                prop_assert_eq!(
+                    Some(provider.as_str()),
+                    *holder,
+                    "offered to a provider version 2 gives no right"
+                );
+            }
+            _ => {}
+        }
+    }
+    if *moves {
+        for need in engine.state().needs() {
+            let was_open_then = log
+                .iter()
+                .any(|e| e.need == need.spec.id && e.at >= effective)
+                && need.submitted_at < effective;
+            if was_open_then && need.deal_version == 1 {
+                // Not moved: it was closed or fulfilled before the effective time.
+                let settled = log.iter().any(|e| {
+                    e.need == need.spec.id
+                        && e.at <= effective
+                        && matches!(
+                            e.kind,
+                            EventKind::NeedFulfilled { .. }
+                                | EventKind::NeedExpired { .. }
+                                | EventKind::NeedCancelled { .. }
+                        )
+                });
+                prop_assert!(
+                    settled,
+                    "need {} stayed on version 1 under `move`",
+                    need.spec.id
+                );
+            }
+        }
+    }
+    Ok((log, effective))
+}
+
+/// Guards the amendment property against testing little: withdrawals, moves, and
+/// offers made under the old terms after the new came into force all happen.
+#[test]
+fn random_amendments_withdraw_move_and_keep() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut seen = std::collections::BTreeSet::new();
+    let ops = || prop::collection::vec((op(), prop::option::weighted(0.8, any::<usize>())), 1..40);
+    for _ in 0..300 {
+        let first = deal_shape().new_tree(&mut runner).unwrap().current();
+        let amendment = amendment().new_tree(&mut runner).unwrap().current();
+        let before = ops().new_tree(&mut runner).unwrap().current();
+        let after = ops().new_tree(&mut runner).unwrap().current();
+        let (log, effective) = run_amended(&first, &amendment, &before, &after).unwrap();
+        seen.extend(log.iter().map(|e| e.kind.type_name()));
+        let moved = |need: &rofr_engine::types::NeedId| {
+            log.iter()
+                .any(|e| e.need == *need && matches!(e.kind, EventKind::TermsChanged { .. }))
+        };
+        if log.iter().any(|e| {
+            e.at > effective && moved(&e.need) && matches!(e.kind, EventKind::AwardMade { .. })
+        }) {
+            seen.insert("award after a move");
+        }
+        if !amendment.moves {
+            let late_offer = log.iter().any(|e| {
+                matches!(e.kind, EventKind::OfferSent { .. })
+                    && log.iter().any(|s| {
+                        s.need == e.need
+                            && matches!(&s.kind, EventKind::NeedSubmitted(n) if n.deal_version == Some(1))
+                    })
+                    && amendment.holder.is_none()
+                    && e.at > effective
+            });
+            if late_offer {
+                seen.insert("old terms kept after the right ended");
+            }
+        }
+    }
+    for kind in [
+        "terms_changed",
+        "offer_withdrawn",
+        "award after a move",
+        "old terms kept after the right ended",
+    ] {
+        assert!(seen.contains(kind), "never generated: {kind}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_log_with_an_amendment_replays_to_the_same_state_and_keeps_i1_under_each_version(
+        first in deal_shape(),
+        amendment in amendment(),
+        before in prop::collection::vec((op(), prop::option::weighted(0.8, any::<usize>())), 1..40),
+        after in prop::collection::vec((op(), prop::option::weighted(0.8, any::<usize>())), 0..40),
+    ) {
+        run_amended(&first, &amendment, &before, &after)?;
     }
 }

@@ -5,7 +5,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rofr_engine::invariants::refusals_cover;
-use rofr_engine::log::{DealAdopted, Entry as LogEntry};
+use rofr_engine::log::Entry as LogEntry;
 use rofr_engine::state::State;
 use rofr_engine::types::{Gpus, Price};
 use rofr_engine::{Event, EventKind};
@@ -133,7 +133,7 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
     )];
 
     let mut events: Vec<(u64, Event)> = Vec::new();
-    let mut deals: Vec<(u64, DealAdopted)> = Vec::new();
+    let mut deals: Vec<(u64, LogEntry)> = Vec::new();
     let mut last_index: Option<u64> = None;
     for entry in &bundle.entries {
         let at = Some(entry.index);
@@ -164,7 +164,9 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         }
         match LogEntry::from_json(&data) {
             Ok(LogEntry::Event(event)) => events.push((entry.index, event)),
-            Ok(LogEntry::Deal(deal)) => deals.push((entry.index, deal)),
+            Ok(deal @ (LogEntry::Deal(_) | LogEntry::Amended(_))) => {
+                deals.push((entry.index, deal));
+            }
             Err(e) => return Err(fail(at, format!("not a rofr event: {e}"))),
         }
     }
@@ -220,11 +222,12 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
     })
 }
 
-/// Checks the deal entries a bundle holds against the need's submission, and says
-/// which terms governed the need: the deal's version and hash, and the first-refusal
-/// clause the submission names, whose threshold the story then judges I1 by.
+/// Checks the deal entries a bundle holds against the need's submission (and any
+/// move to another version), and says which terms governed the need: each version's
+/// number and hash, and the first-refusal clause it gives, whose threshold the story
+/// then judges I1 by.
 fn governing_terms(
-    deals: &[(u64, DealAdopted)],
+    deals: &[(u64, LogEntry)],
     events: &[(u64, Event)],
     lines: &mut Vec<String>,
 ) -> Result<(), Failure> {
@@ -236,55 +239,113 @@ fn governing_terms(
             ));
         }
     }
-    let Some((at, EventKind::NeedSubmitted(submitted))) =
-        events.first().map(|(index, e)| (*index, &e.kind))
-    else {
-        return Ok(());
-    };
-    let Some(version) = submitted.deal_version else {
-        return Ok(());
-    };
-    let Some((index, deal)) = deals.iter().find(|(_, d)| d.version == version) else {
-        lines.push(format!(
-            "The need names deal version {version}; the bundle holds no entry of it, so its terms are those the submission copied."
-        ));
-        return Ok(());
-    };
-    let parsed = rofr_engine::deal::parse_deal(&deal.file, &deal.text).map_err(|errors| {
-        let first = errors
-            .first()
-            .map(|e| e.message.clone())
-            .unwrap_or_default();
-        fail(
-            Some(*index),
-            format!("the deal's text does not parse: {first}"),
-        )
-    })?;
-    lines.push(format!(
-        "Governed by deal \"{}\" version {version} (#{index}, {} with SHA-256 {}).",
-        deal.deal, deal.file, deal.sha256
-    ));
-    let Some(clause) = submitted.first_refusal else {
-        return Ok(());
-    };
-    let Some(right) = parsed.first_refusals.get(clause) else {
-        return Err(fail(
-            Some(at),
-            format!("the submission names first_refusal[{clause}], which the deal lacks"),
-        ));
-    };
-    let agrees = submitted.holder.as_ref() == Some(&right.holder)
-        && submitted.variant == Some(right.variant)
-        && submitted.reoffer_threshold == Some(right.reoffer_threshold);
-    if !agrees {
-        return Err(fail(
-            Some(at),
-            format!(
-                "the submission's holder, variant or threshold differ from {}",
-                right.clause
+    for (at, event) in events {
+        let (version, holder, variant, clause, threshold) = match &event.kind {
+            EventKind::NeedSubmitted(s) => match s.deal_version {
+                Some(v) => (
+                    v,
+                    &s.holder,
+                    s.variant,
+                    s.first_refusal,
+                    s.reoffer_threshold,
+                ),
+                None => continue,
+            },
+            EventKind::TermsChanged {
+                version,
+                holder,
+                variant,
+                first_refusal,
+                reoffer_threshold,
+                ..
+            } => (
+                *version,
+                holder,
+                *variant,
+                *first_refusal,
+                *reoffer_threshold,
             ),
+            _ => continue,
+        };
+        let found = deals.iter().find_map(|(index, d)| {
+            d.version()
+                .filter(|v| v.version == version)
+                .map(|v| (*index, v))
+        });
+        let Some((index, deal)) = found else {
+            lines.push(format!(
+                "The need names deal version {version}; the bundle holds no entry of it, so its terms are those the entry #{at} copied."
+            ));
+            continue;
+        };
+        let parsed = rofr_engine::deal::parse_deal(deal.file, deal.text).map_err(|errors| {
+            let first = errors
+                .first()
+                .map(|e| e.message.clone())
+                .unwrap_or_default();
+            fail(
+                Some(index),
+                format!("the deal's text does not parse: {first}"),
+            )
+        })?;
+        let since = match deal.open_needs {
+            Some(rule) => format!(
+                ", an amendment effective {} (open needs {})",
+                deal.effective,
+                rule.as_str()
+            ),
+            None => String::new(),
+        };
+        let how = if matches!(event.kind, EventKind::TermsChanged { .. }) {
+            format!("From #{at} governed")
+        } else {
+            "Governed".to_owned()
+        };
+        lines.push(format!(
+            "{how} by deal \"{}\" version {version} (#{index}, {} with SHA-256 {}{since}).",
+            deal.deal, deal.file, deal.sha256
+        ));
+        let Some(clause) = clause else {
+            if holder.is_some() {
+                return Err(fail(
+                    Some(*at),
+                    "names a holder but no first-refusal clause",
+                ));
+            }
+            lines.push(format!(
+                "Version {version} gives no first-refusal right over the need."
+            ));
+            continue;
+        };
+        let Some(right) = parsed.first_refusals.get(clause) else {
+            return Err(fail(
+                Some(*at),
+                format!("names first_refusal[{clause}], which version {version} lacks"),
+            ));
+        };
+        let agrees = holder.as_ref() == Some(&right.holder)
+            && variant == Some(right.variant)
+            && threshold == Some(right.reoffer_threshold);
+        if !agrees {
+            return Err(fail(
+                Some(*at),
+                format!(
+                    "its holder, variant or threshold differ from {} of version {version}",
+                    right.clause
+                ),
+            ));
+        }
+        lines.push(format!(
+            "{}: {}. First refusal is judged under these terms.",
+            right.clause,
+            clause_terms(right).join("; ")
         ));
     }
+    Ok(())
+}
+
+/// A first-refusal clause's terms, in words.
+fn clause_terms(right: &rofr_engine::deal::FirstRefusal) -> Vec<String> {
     let mut terms = vec![
         format!("{} holds a {} right", right.holder, right.variant.as_str()),
         format!("window {}", right.window),
@@ -314,12 +375,7 @@ fn governing_terms(
         .until
         .map_or("open-ended".to_owned(), |u| format!("until {u}"));
     terms.push(format!("term from {} {until}", right.term.from));
-    lines.push(format!(
-        "{}: {}. First refusal is judged under these terms.",
-        right.clause,
-        terms.join("; ")
-    ));
-    Ok(())
+    terms
 }
 
 /// The entries of a provider's bundle that is not the holder's: each must be of one

@@ -1478,12 +1478,14 @@ async fn inclusion_proof(
                 });
                 event.kind.shown_to(provider, holder.as_ref())
             }
-            // The deal's entry, to a party of the contract: a holder of a right in it.
-            Some(rofr_engine::log::Entry::Deal(_)) => broker
-                .deal()
-                .first_refusals
-                .iter()
-                .any(|r| &r.holder == provider),
+            // The deal's entries, to a party of the contract: a holder of a right in
+            // any of its versions.
+            Some(rofr_engine::log::Entry::Deal(_) | rofr_engine::log::Entry::Amended(_)) => broker
+                .read(|e| {
+                    (1..=e.versions())
+                        .filter_map(|v| e.deal_of(v))
+                        .any(|d| d.first_refusals.iter().any(|r| &r.holder == provider))
+                }),
             None => false,
         };
         if !shown {

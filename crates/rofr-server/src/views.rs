@@ -92,6 +92,7 @@ fn offer_view(need: &NeedState, o: &rofr_engine::state::HolderOffer) -> OfferVie
             OfferStatus::Accepted(_) => "accepted",
             OfferStatus::Declined => "declined",
             OfferStatus::Lapsed => "lapsed",
+            OfferStatus::Withdrawn => "withdrawn",
         },
         sku: need.spec.sku.to_string(),
         hours: need.spec.hours,

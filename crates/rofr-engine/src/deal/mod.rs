@@ -13,7 +13,7 @@ use crate::duration::{Calendar, DealDuration};
 use crate::types::{Gpus, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
 
 pub use changes::{changes, Change, Source};
-pub use parse::parse_deal;
+pub use parse::{parse_deal, MAX_FIRST_REFUSALS};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deal {

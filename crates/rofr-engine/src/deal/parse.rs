@@ -20,6 +20,10 @@ use crate::types::ValueError;
 /// ([`crate::cap`]) without overflow.
 pub const MAX_BASE: f64 = 1e15;
 
+/// The most first-refusal clauses a deal may have: a need's state names its clause
+/// in 16 bits.
+pub const MAX_FIRST_REFUSALS: usize = u16::MAX as usize;
+
 /// The shortest `sourcing.retry_after`, in seconds.
 const MIN_RETRY_SECONDS: i64 = 60;
 
@@ -408,6 +412,16 @@ impl Cx<'_> {
             .map(|s| self.sourcing(s.get_ref()))
             .unwrap_or_default();
         let providers = self.providers(&raw.provider);
+        if raw.first_refusal.len() > MAX_FIRST_REFUSALS {
+            self.fail(
+                raw.deal.span(),
+                "first_refusal".into(),
+                ValueError(format!(
+                    "{} first_refusal clauses: a deal has at most {MAX_FIRST_REFUSALS}",
+                    raw.first_refusal.len()
+                )),
+            );
+        }
         let first_refusals = raw
             .first_refusal
             .iter()

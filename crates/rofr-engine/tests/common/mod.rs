@@ -99,6 +99,13 @@ pub fn describe(event: &Event) -> String {
             let holder = &submitted.holder;
             format!("holder={}", holder.as_ref().map_or("-", |h| h.as_str()))
         }
+        EventKind::TermsChanged {
+            version, holder, ..
+        } => format!(
+            "v{version} holder={}",
+            holder.as_ref().map_or("-", |h| h.as_str())
+        ),
+        EventKind::OfferWithdrawn { provider, gpus, .. } => format!("{provider} {gpus}"),
         EventKind::OfferSent {
             provider,
             gpus,

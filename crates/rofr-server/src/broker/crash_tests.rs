@@ -210,7 +210,7 @@ fn replay(broker: &Broker, log: &[Vec<u8>]) -> Engine {
     let start = entries.first().map_or(origin(), Entry::at);
     let mut engine = Engine::new(broker.deal().clone(), start);
     for entry in &entries {
-        engine.apply_entry(entry);
+        engine.apply_entry(entry).expect("a broker's log folds");
     }
     engine
 }

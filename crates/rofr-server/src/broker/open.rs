@@ -312,7 +312,8 @@ pub(super) fn fold_chunks(
             }
             engine
                 .get_or_insert_with(|| Engine::new(deal.clone(), clock.unwrap_or(entry.at())))
-                .apply_entry(&entry);
+                .apply_entry(&entry)
+                .map_err(|e| BrokerError::Setup(format!("log entry {index}: {e}")))?;
         }
     }
     Ok((engine, touches))

@@ -99,7 +99,9 @@ impl Writer {
                         row.index
                     )));
                 }
-                engine.apply_entry(&parse_stored(row)?);
+                engine
+                    .apply_entry(&parse_stored(row)?)
+                    .map_err(|e| BrokerError::Setup(format!("log entry {}: {e}", row.index)))?;
                 if let Some(touches) = &mut self.settling {
                     touch(touches, &row.need, &row.at, row.index);
                 }
