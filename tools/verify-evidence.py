@@ -8,7 +8,8 @@ it uses Python's hashlib, base64 and json, and Ed25519 from the `cryptography` p
     python3 tools/verify-evidence.py BUNDLE.json 'name+keyid+base64key'
 
 Exit status 0 when the checkpoint's signature and every entry's inclusion proof
-verify, each deal entry's text matches its SHA-256, and the need names a deal version
+verify, each deal entry's text (adoption or amendment) matches its SHA-256, and every
+version the need names (at its submission, and at each move to another version) is one
 the bundle holds (where it holds deal entries); 1 otherwise. It checks the
 cryptography and the deal's bytes only; the first-refusal story is `rofr verify`'s to
 tell.
@@ -100,20 +101,25 @@ def main():
             print(f"entry {entry['index']}: inclusion proof fails")
             return 1
         value = json.loads(data)
-        if value.get("type") == "deal_adopted":
+        if value.get("type") in ("deal_adopted", "deal_amended"):
             if hashlib.sha256(value["text"].encode()).hexdigest() != value["sha256"]:
                 print(f"entry {entry['index']}: the deal's text does not match its SHA-256")
                 return 1
             deals[value["version"]] = value
         elif value.get("type") == "need_submitted" and "deal_version" in value:
             versions.append((entry["index"], value["deal_version"]))
+        elif value.get("type") == "terms_changed":
+            versions.append((entry["index"], value["version"]))
     for index, version in versions:
         if deals and version not in deals:
             print(f"entry {index}: names deal version {version}, which the bundle lacks")
             return 1
     print(f"ok: {len(bundle['entries'])} entries proved against {origin} at size {size}")
     for version, deal in sorted(deals.items()):
-        print(f"deal {deal['deal']} version {version}: {deal['file']}, SHA-256 {deal['sha256']}")
+        since = ""
+        if deal["type"] == "deal_amended":
+            since = f", effective {deal['effective']} (open needs {deal['open_needs']})"
+        print(f"deal {deal['deal']} version {version}: {deal['file']}, SHA-256 {deal['sha256']}{since}")
     return 0
 
 

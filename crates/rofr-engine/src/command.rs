@@ -77,13 +77,22 @@ pub enum Command {
         award: u32,
         reason: String,
     },
+    /// The buyer amends the deal: the file's bytes become its next version, in force
+    /// from `effective` (now or later). The engine writes it as a `deal_amended` entry.
+    AmendDeal {
+        file: String,
+        text: String,
+        effective: Timestamp,
+        #[serde(default)]
+        open_needs: crate::log::OpenNeeds,
+    },
 }
 
 impl Command {
-    /// The need the command is about; `None` for a tick.
+    /// The need the command is about; `None` for a tick or an amendment.
     pub fn need(&self) -> Option<&NeedId> {
         match self {
-            Command::Tick { .. } => None,
+            Command::Tick { .. } | Command::AmendDeal { .. } => None,
             Command::SubmitNeed { need } => Some(&need.id),
             Command::CancelNeed { need, .. }
             | Command::Accept { need, .. }

@@ -29,6 +29,8 @@ struct Version {
     deal: Arc<Deal>,
     effective: Timestamp,
     open_needs: OpenNeeds,
+    /// The entry that amended the deal to it; `None` for the adopted version.
+    entry: Option<Arc<DealAmended>>,
 }
 
 /// The engine: every version of the deal, the state folded from every entry so far,
@@ -51,6 +53,7 @@ impl Engine {
                 deal,
                 effective: start,
                 open_needs: OpenNeeds::Keep,
+                entry: None,
             }],
             in_force: 1,
             state: State::default(),
@@ -78,8 +81,44 @@ impl Engine {
         Ok(out)
     }
 
+    /// [`Command::AmendDeal`]: the file must be a deal with no errors as of now, and
+    /// becomes the next version; `out` takes the events of needs moving to it.
+    fn amend_with(
+        &mut self,
+        file: &str,
+        text: &str,
+        effective: Timestamp,
+        open_needs: OpenNeeds,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Rejection> {
+        let at_fault = |d: &crate::diagnostic::Diagnostic| {
+            Rejection::invalid("text", format!("{}: {}", d.location, d.message))
+        };
+        let deal = crate::deal::parse_deal(file, text)
+            .map_err(|found| at_fault(found.first().expect("a failed parse says why")))?;
+        let linted = crate::lint::lint(&deal, self.clock);
+        if let Some(error) = linted
+            .iter()
+            .find(|d| d.severity == crate::diagnostic::Severity::Error)
+        {
+            return Err(at_fault(error));
+        }
+        let version = u32::try_from(self.versions.len() + 1).unwrap_or(u32::MAX);
+        let entry = DealAmended::new(
+            &deal.name, version, file, text, effective, open_needs, self.clock,
+        );
+        out.extend(self.amend(Arc::new(deal), &entry)?);
+        Ok(())
+    }
+
     /// Checks an amendment and adds its version, waiting for its effective time.
     fn register(&mut self, deal: Arc<Deal>, entry: &DealAmended) -> Result<(), Rejection> {
+        if !entry.is_intact() {
+            return Err(Rejection::invalid(
+                "sha256",
+                format!("the text does not match its SHA-256 {}", entry.sha256),
+            ));
+        }
         let next = self.versions.len() as u64 + 1;
         if next > u64::from(crate::log::MAX_VERSIONS) {
             return Err(Rejection::invalid(
@@ -119,6 +158,7 @@ impl Engine {
             deal,
             effective: entry.effective,
             open_needs: entry.open_needs,
+            entry: Some(Arc::new(entry.clone())),
         });
         self.clock = self.clock.max(entry.at);
         Ok(())
@@ -160,6 +200,78 @@ impl Engine {
     pub fn deal_of(&self, version: u32) -> Option<&Deal> {
         let index = usize::try_from(version).ok()?.checked_sub(1)?;
         self.versions.get(index).map(|v| &*v.deal)
+    }
+
+    /// The entry that amended the deal to `version`, for every version but the first.
+    pub fn amendment(&self, version: u32) -> Option<&DealAmended> {
+        let index = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.versions.get(index)?.entry.as_deref()
+    }
+
+    /// When `version` governs new needs from: the adoption's time for the first.
+    pub fn effective(&self, version: u32) -> Option<Timestamp> {
+        let index = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.versions.get(index).map(|v| v.effective)
+    }
+
+    /// What amending the deal to `deal` from `effective` would do to the needs open
+    /// now, under the rule `open_needs`. Judged on the needs as they stand: offers that
+    /// lapse or are answered before the effective time are not withdrawn then.
+    pub fn impact(&self, deal: &Deal, effective: Timestamp, open_needs: OpenNeeds) -> Impact {
+        let mut impact = Impact::default();
+        for need in self.state.needs() {
+            if need.closed.is_some() || need.fulfilled_until.is_some() {
+                continue;
+            }
+            impact.open += 1;
+            let terms = terms_under(deal, effective, &need.spec, None);
+            if terms.holder == need.holder && terms.variant == need.variant {
+                continue;
+            }
+            impact.holder_changes += 1;
+            if open_needs == OpenNeeds::Move {
+                for offer in need.open_offers() {
+                    *impact
+                        .withdrawn
+                        .entry(offer.provider.to_string())
+                        .or_default() += 1;
+                }
+            }
+        }
+        impact.summary = match open_needs {
+            OpenNeeds::Keep => format!(
+                "{} open needs keep the terms they started under; {} of them would be governed otherwise under the new version",
+                impact.open, impact.holder_changes
+            ),
+            OpenNeeds::Move if impact.withdrawn.is_empty() => format!(
+                "{} open needs move to the new version at {effective}; {} of them change holder; no open offer is withdrawn",
+                impact.open, impact.holder_changes
+            ),
+            OpenNeeds::Move => {
+                let offers: Vec<String> = impact
+                    .withdrawn
+                    .iter()
+                    .map(|(p, n)| format!("{n} offers to {p} now open are withdrawn"))
+                    .collect();
+                format!(
+                    "{} open needs move to the new version at {effective}; {} of them change holder: {}",
+                    impact.open,
+                    impact.holder_changes,
+                    offers.join(", ")
+                )
+            }
+        };
+        impact
+    }
+
+    /// When the engine next has something to do on its own: a need's deadline, or a
+    /// version coming into force.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        let effective = self.versions.get(self.in_force).map(|v| v.effective);
+        match (self.state.next_deadline(), effective) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// How many versions the deal has, in force or waiting.
@@ -229,8 +341,15 @@ impl Engine {
         command: Command,
         out: &mut Vec<Event>,
     ) -> Result<(), Rejection> {
-        if let Command::Tick { now } = command {
-            return self.tick(now, out);
+        match command {
+            Command::Tick { now } => return self.tick(now, out),
+            Command::AmendDeal {
+                file,
+                text,
+                effective,
+                open_needs,
+            } => return self.amend_with(&file, &text, effective, open_needs, out),
+            _ => {}
         }
         let found = command.need().and_then(|id| {
             let number = self.state.unpack(id.as_str())?;
@@ -387,6 +506,55 @@ impl Engine {
     }
 }
 
+/// What `deal` makes of `spec` at `now`: [`Terms`].
+fn terms_under(deal: &Deal, now: Timestamp, spec: &NeedSpec, offer_price: Option<Price>) -> Terms {
+    let clause_index = deal
+        .first_refusals
+        .iter()
+        .position(|c| c.term.covers(now) && c.scope.matches(&spec.profile()));
+    let Some(index) = clause_index else {
+        return Terms::default();
+    };
+    let clause = &deal.first_refusals[index];
+    if let Some(r) = deal.restriction_forbidding(&clause.holder, &spec.tags) {
+        return Terms {
+            holder_exempt: Some(format!(
+                "{} bars `{}` from this need",
+                r.clause, clause.holder
+            )),
+            ..Terms::default()
+        };
+    }
+    let listed = clause.offer_prices.get(&spec.sku).copied();
+    let price = offer_price
+        .or(listed)
+        .unwrap_or(spec.max_price_per_gpu_hour);
+    Terms {
+        holder: Some(clause.holder.clone()),
+        holder_exempt: None,
+        first_refusal: Some(index),
+        variant: Some(clause.variant),
+        offer_price: Some(price.min(spec.max_price_per_gpu_hour)),
+        reoffer_threshold: Some(clause.reoffer_threshold),
+    }
+}
+
+/// What an amendment would do to the needs open now, were it in force
+/// ([`Engine::impact`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Impact {
+    /// Needs open now (not closed, not yet fulfilled).
+    pub open: u64,
+    /// Of those, how many the new version would give to another holder, or to none.
+    pub holder_changes: u64,
+    /// Offers to holders open now that would be withdrawn at the effective time
+    /// (under `move`), by provider.
+    pub withdrawn: std::collections::BTreeMap<String, u64>,
+    /// What becomes of the open needs, in a sentence.
+    pub summary: String,
+}
+
 /// What a version of the deal makes of a need: who holds the right over it, under
 /// which clause, and at what price the holder is offered it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -528,7 +696,9 @@ impl Step<'_> {
 
     fn command(&mut self, command: Command) -> Result<(), Rejection> {
         match command {
-            Command::Tick { .. } => unreachable!("ticks are handled by the engine"),
+            Command::Tick { .. } | Command::AmendDeal { .. } => {
+                unreachable!("ticks and amendments are handled by the engine")
+            }
             Command::SubmitNeed { need } => self.submit(need),
             Command::CancelNeed { need, reason } => self.cancel(&need, reason),
             Command::Accept {
@@ -654,36 +824,7 @@ impl Step<'_> {
     /// What the step's version of the deal makes of `spec` now. `offer_price` is the
     /// price the buyer asked the holder be offered, if it asked.
     fn terms(&self, spec: &NeedSpec, offer_price: Option<Price>) -> Terms {
-        let clause_index = self
-            .deal
-            .first_refusals
-            .iter()
-            .position(|c| c.term.covers(self.now) && c.scope.matches(&spec.profile()));
-        let Some(index) = clause_index else {
-            return Terms::default();
-        };
-        let clause = &self.deal.first_refusals[index];
-        if let Some(r) = self.deal.restriction_forbidding(&clause.holder, &spec.tags) {
-            return Terms {
-                holder_exempt: Some(format!(
-                    "{} bars `{}` from this need",
-                    r.clause, clause.holder
-                )),
-                ..Terms::default()
-            };
-        }
-        let listed = clause.offer_prices.get(&spec.sku).copied();
-        let price = offer_price
-            .or(listed)
-            .unwrap_or(spec.max_price_per_gpu_hour);
-        Terms {
-            holder: Some(clause.holder.clone()),
-            holder_exempt: None,
-            first_refusal: Some(index),
-            variant: Some(clause.variant),
-            offer_price: Some(price.min(spec.max_price_per_gpu_hour)),
-            reoffer_threshold: Some(clause.reoffer_threshold),
-        }
+        terms_under(self.deal, self.now, spec, offer_price)
     }
 
     /// Moves an open need to the step's version of the deal, which has just come into

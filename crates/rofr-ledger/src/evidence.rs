@@ -441,6 +441,8 @@ fn story(
 ) -> Result<(), Failure> {
     let mut state = State::default();
     let mut third_party_gpus = Gpus::ZERO;
+    // Where the need moved to another version, and to which.
+    let mut moved: Option<(u64, u32)> = None;
     for (index, event) in events {
         let at = Some(*index);
         state.apply(event);
@@ -449,12 +451,6 @@ fn story(
         let line = match &event.kind {
             EventKind::NeedSubmitted(submitted) => {
                 let rofr_engine::event::NeedSubmitted { sku, gpus, hours, holder: logged, variant, .. } = &**submitted;
-                if logged.as_ref().map(|h| h.to_string()) != *holder {
-                    return Err(fail(at, format!(
-                        "the bundle names holder {holder:?}, but the log says {:?}",
-                        logged.as_ref().map(|h| h.as_str())
-                    )));
-                }
                 let right = match (logged, variant) {
                     (Some(h), Some(v)) => format!(
                         "{h} holds a {} right (re-offer threshold {}%)",
@@ -515,11 +511,37 @@ fn story(
             EventKind::RightRevived { provider, gpus } => Some(format!("#{index} {when}: {provider}'s right revived for {gpus} GPUs.")),
             EventKind::NeedExpired { gpus } => Some(format!("#{index} {when}: the need expired with {gpus} GPUs unplaced.")),
             EventKind::NeedCancelled { .. } => Some(format!("#{index} {when}: the buyer cancelled the need.")),
+            EventKind::OfferWithdrawn { provider, gpus, version, .. } => Some(format!(
+                "#{index} {when}: the offer of {gpus} GPUs to {provider} was withdrawn: version {version} of the deal ended the right it was made under."
+            )),
+            EventKind::TermsChanged { version, holder: now, .. } => {
+                moved = Some((*index, *version));
+                Some(match now {
+                    Some(h) => format!("#{index} {when}: the need moved to version {version} of the deal; {h} holds the right over it from here."),
+                    None => format!("#{index} {when}: the need moved to version {version} of the deal, which gives no first-refusal right over it."),
+                })
+            }
             _ => None,
         };
         lines.extend(line);
     }
     let n = state.need(need).expect("the need the events are about");
+    // The bundle names the holder as the need stands now, after any move.
+    if n.holder.as_ref().map(|h| h.to_string()) != *holder {
+        return Err(fail(
+            None,
+            format!(
+                "the bundle names holder {holder:?}, but the log says {:?}",
+                n.holder.as_ref().map(|h| h.as_str())
+            ),
+        ));
+    }
+    if let (Some((index, version)), None) = (moved, &n.holder) {
+        lines.push(format!(
+            "The evidence shows: until #{index} the need was offered under the terms it was submitted under; from #{index} version {version} of the deal gave no holder a claim on it."
+        ));
+        return Ok(());
+    }
     lines.push(match &n.holder {
         Some(h) => format!(
             "The evidence shows: {h} was offered this need first, and every GPU awarded to another provider ({third_party_gpus} in all) was refused by {h} on terms at least as good, within the {}% threshold.",

@@ -48,6 +48,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/offers", get(my_offers))
         .route("/v1/summary", get(summary))
         .route("/v1/deal", get(deal))
+        .route("/v1/deal/amendments", post(amend_deal))
         .route("/v1/whoami", get(whoami))
         .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
         .route("/ui/", get(crate::dashboard::index))
@@ -157,7 +158,7 @@ pub struct Health {
     paths(
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
         accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
-        set_webhook, deliveries, summary, deal, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
+        set_webhook, deliveries, summary, deal, amend_deal, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
         consistency_proof, evidence
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
@@ -1322,6 +1323,104 @@ async fn deal(
 ) -> Result<Json<crate::broker::DealVersions>, ApiError> {
     caller.reader("read the deal")?;
     Ok(Json(broker.deal_versions()?))
+}
+
+/// A new version of the deal, as `POST /v1/deal/amendments` takes it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmendRequest {
+    /// The file's name, as errors and the ledger entry name it.
+    pub file: String,
+    /// The file's exact text: the ledger entry holds these bytes and their SHA-256.
+    pub text: String,
+    /// When the new version comes into force: now or later, never before the last
+    /// entry's time.
+    #[schema(value_type = String, example = "2025-10-28T00:00:00Z")]
+    pub effective: rofr_engine::types::Timestamp,
+    /// What becomes of the needs open at the effective time: `keep` (the default:
+    /// each runs on under the terms it started with) or `move` (each moves to the new
+    /// version; offers to a holder it no longer gives the right are withdrawn).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub open_needs: rofr_engine::log::OpenNeeds,
+    /// Check the amendment and say what it would do, writing nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deal/amendments",
+    tag = "buyer",
+    request_body = AmendRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key repeat no effect")),
+    responses(
+        (status = 200, body = crate::broker::AmendmentPlan, description = "A dry run: what the amendment would do"),
+        (status = 201, body = CommandAnswer, description = "The amendment's entry, then the events of needs that moved to it"),
+        (status = 400, body = Envelope, description = "Malformed JSON"),
+        Refused,
+        CommandRefused
+    )
+)]
+/// Amends the deal: the file becomes its next version, written as one ledger entry.
+/// It is refused whole, naming the file:line:column, where it does not parse, lints
+/// with errors, renames the deal or takes effect before the last entry. For the buyer.
+async fn amend_deal(
+    State(broker): State<Broker>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.buyer("amend the deal")?;
+    let request: AmendRequest = parse(&body)?;
+    if request.file.is_empty() || request.file.chars().count() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "file must name the deal file in 1 to 200 characters",
+        )
+        .field("file"));
+    }
+    let plan = broker
+        .plan_amendment(
+            &request.file,
+            &request.text,
+            request.effective,
+            request.open_needs,
+        )
+        .map_err(|refusal| match refusal {
+            crate::broker::Refusal::Text(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    format!("the amendment is refused:\n{}", lines.join("\n")),
+                )
+                .field("text")
+            }
+            crate::broker::Refusal::Effective(message) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                    .field("effective")
+            }
+        })?;
+    if request.dry_run {
+        return Ok(Json(plan).into_response());
+    }
+    let command = Command::AmendDeal {
+        file: request.file,
+        text: request.text,
+        effective: request.effective,
+        open_needs: request.open_needs,
+    };
+    run(
+        &broker,
+        &caller,
+        &headers,
+        "POST /v1/deal/amendments",
+        &body,
+        command,
+    )
+    .await
 }
 
 /// Who a token speaks for.

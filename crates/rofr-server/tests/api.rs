@@ -7,6 +7,8 @@ mod common;
 use common::{origin, DEAL};
 use rofr_store::{Location, ScratchDatabase};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use rofr_engine::types::ProviderId;
 use rofr_server::{Broker, Clock, Party};
 use serde_json::{json, Value};
@@ -1082,6 +1084,212 @@ async fn the_deal_names_its_versions_and_their_entries(backend: Backend) {
     assert_eq!(app.get(&app.azure, "/v1/deal").await.0, 403);
 }
 
+/// The test deal without its first-refusal clause: the right ends.
+fn without_the_right() -> String {
+    let clause = DEAL.find("[[first_refusal]]").unwrap();
+    DEAL[..clause].to_owned()
+}
+
+/// Polls a need's events until one of type `kind` is there.
+async fn events_until(app: &App, need: &str, kind: &str) -> Vec<Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = app
+            .get(&app.buyer, &format!("/v1/needs/{need}/events"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let events = body["events"].as_array().unwrap().clone();
+        if events.iter().any(|e| e["event"]["type"] == kind) {
+            return events;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no {kind} for {need}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An amendment is checked whole before it is written: bad text names its
+/// file:line:column, an effective time in the past names the field, a dry run says
+/// what becomes of the open needs, and none of them writes anything. Written, it is
+/// one entry; from its effective time new needs skip the ended right, an open need
+/// under `move` has its offer withdrawn, and each need's bundle carries and proves the
+/// versions that governed it, refusing one changed byte in an amendment.
+async fn an_amendment_ends_the_right_for_new_needs_and_moves_open_ones(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, _) = app.submit("n1", 8).await;
+    assert_eq!(status, 201);
+    let before = app.event_count().await;
+    let amend = |text: &str, effective: &str, dry_run: bool| {
+        json!({"file": "v2.toml", "text": text, "effective": effective,
+               "open_needs": "move", "dry_run": dry_run})
+        .to_string()
+    };
+    let later = "2030-01-01T00:00:00Z";
+    let (status, body) = app
+        .post(
+            &app.buyer,
+            "/v1/deal/amendments",
+            &amend("[deal\n", later, false),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (422, &json!("text")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("v2.toml:1:6"),
+        "{body}"
+    );
+    let renamed = DEAL.replace("api-test", "other");
+    let (status, body) = app
+        .post(
+            &app.buyer,
+            "/v1/deal/amendments",
+            &amend(&renamed, later, false),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("renamed-deal"),
+        "{body}"
+    );
+    let v2 = without_the_right();
+    let (status, body) = app
+        .post(
+            &app.buyer,
+            "/v1/deal/amendments",
+            &amend(&v2, "2025-01-01T00:00:00Z", false),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (422, &json!("effective")),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(&app.azure, "/v1/deal/amendments", &amend(&v2, later, false))
+        .await;
+    assert_eq!(status, 403, "only the buyer amends: {body}");
+    let (status, plan) = app
+        .post(&app.buyer, "/v1/deal/amendments", &amend(&v2, later, true))
+        .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["version"], 2);
+    assert_eq!(plan["impact"]["withdrawn"]["azure"], 1, "{plan}");
+    assert!(
+        plan["changes"].to_string().contains("first_refusal"),
+        "{plan}"
+    );
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "refusals and dry runs write nothing"
+    );
+
+    let now = app.broker.clock().now().to_string();
+    let (status, answer) = app
+        .post(&app.buyer, "/v1/deal/amendments", &amend(&v2, &now, false))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let entry = &answer["events"][0];
+    assert_eq!(entry["event"]["type"], "deal_amended", "{answer}");
+    assert_eq!(entry["event"]["version"], 2);
+    assert_eq!(entry["event"]["open_needs"], "move");
+    let amendment_index = entry["index"].as_u64().unwrap();
+
+    // The next command brings the version into force, if the answer did not.
+    let (status, body) = app.submit("n2", 8).await;
+    assert_eq!(status, 201, "{body}");
+    let submitted = &body["events"][0]["event"];
+    assert_eq!(
+        submitted["holder"],
+        Value::Null,
+        "a need after the effective time skips the holder"
+    );
+    assert_eq!(submitted["deal_version"], 2);
+    assert!(
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["event"]["type"] != "offer_sent"),
+        "{body}"
+    );
+    let n1 = events_until(&app, "n1", "terms_changed").await;
+    let kinds: Vec<&str> = n1
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap())
+        .collect();
+    let withdrawn = kinds
+        .iter()
+        .position(|k| *k == "offer_withdrawn")
+        .expect("withdrawn");
+    assert_eq!(kinds[withdrawn + 1], "terms_changed", "{kinds:?}");
+    assert!(
+        kinds[withdrawn + 2..].contains(&"rfq_sent"),
+        "then sourced: {kinds:?}"
+    );
+
+    let (_, deal) = app.get(&app.auditor, "/v1/deal").await;
+    let versions = deal["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{deal}");
+    assert_eq!(versions[1]["index"], amendment_index);
+    assert_eq!(versions[1]["in_force"], true);
+    assert_eq!(versions[0]["in_force"], false);
+    assert_eq!(versions[1]["open_needs"], "move");
+
+    let key = rofr_ledger::VerifierKey::parse(&app.broker.ledger(|l| l.verifier_key())).unwrap();
+    for (need, version_lines) in [("n1", 2), ("n2", 1)] {
+        let bundle = app.broker.evidence(need, None).await.unwrap().unwrap();
+        let json = serde_json::to_vec(&bundle).unwrap();
+        let report = rofr_ledger::evidence::verify(&json, &key).unwrap();
+        let text = report.lines.join("\n");
+        assert_eq!(
+            text.matches("by deal \"api-test\" version").count(),
+            version_lines,
+            "{need}: {text}"
+        );
+        assert!(text.contains("version 2 (#"), "{need}: {text}");
+        let indexes: Vec<u64> = bundle.entries.iter().map(|e| e.index).collect();
+        assert!(
+            indexes.contains(&0) && indexes.contains(&amendment_index),
+            "{indexes:?}"
+        );
+        assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+
+        let mut forged: Value = serde_json::from_slice(&json).unwrap();
+        let place = indexes.iter().position(|i| *i == amendment_index).unwrap();
+        let slot = &mut forged["entries"][place]["data"];
+        let mut data = B64.decode(slot.as_str().unwrap()).unwrap();
+        let at = data.windows(5).position(|w| w == b"azure").unwrap();
+        data[at] = b'b';
+        *slot = Value::String(B64.encode(&data));
+        let failure = rofr_ledger::evidence::verify(forged.to_string().as_bytes(), &key)
+            .expect_err("a changed byte in the amendment fails");
+        assert_eq!(failure.entry, Some(amendment_index), "{}", failure.reason);
+    }
+    // A provider other than a holder is not shown the terms.
+    let bundle = app
+        .broker
+        .evidence("n2", Some(&ProviderId::parse("oracle").unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bundle
+        .entries
+        .iter()
+        .all(|e| e.index != amendment_index && e.index != 0));
+}
+
 /// Each test, once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1124,4 +1332,5 @@ on_both_backends!(
     health_shows_the_brokers_clock,
     webhooks_may_not_reach_inside_the_brokers_network_or_carry_credentials,
     the_deal_names_its_versions_and_their_entries,
+    an_amendment_ends_the_right_for_new_needs_and_moves_open_ones,
 );

@@ -753,7 +753,7 @@ fn upsert_needs(c: &mut Client, rows: &[NeedRow]) -> Result<()> {
                             first_event, last_event)
          SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], $5::INTEGER[], $6::TEXT[],
                               $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[])
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded,
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded, holder = excluded.holder,
            updated_at = excluded.updated_at, next_deadline = excluded.next_deadline,
            last_event = excluded.last_event",
         &[

@@ -689,7 +689,7 @@ fn write_batch(tx: &Connection, batch: &Batch) -> Result<u64> {
                 "INSERT INTO needs (id, status, sku, gpus, awarded, holder, submitted_at, updated_at, next_deadline,
                                     first_event, last_event, runs)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10 || '-' || ?11 || ',')
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded,
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, awarded = excluded.awarded, holder = excluded.holder,
                    updated_at = excluded.updated_at, next_deadline = excluded.next_deadline,
                    last_event = excluded.last_event, runs = needs.runs || excluded.runs",
             )

@@ -112,17 +112,7 @@ fn compare(
     parse_deal(&old_file, &old_text).map_err(listed)?;
     // Both files parse as deals, so both are TOML.
     let changes = changes((&old_file, &old_text), (file, text)).map_err(listed)?;
-    if let Some(renamed) = changes.iter().find(|c| c.key == "deal.name") {
-        let message = format!(
-            "an amendment keeps the deal's name: {old_file} names it {}",
-            renamed.was.as_deref().unwrap_or("nothing")
-        );
-        findings.push(
-            Diagnostic::error("renamed-deal", renamed.location.clone(), message)
-                .key("deal.name")
-                .help("a log belongs to one deal: keep `[deal] name`, or start a new log"),
-        );
-    }
+    findings.extend(rofr_engine::deal::renamed(&old_file, &changes));
     Ok((old_file, changes))
 }
 

@@ -51,6 +51,32 @@ pub enum NeedCommand {
 }
 
 #[derive(clap::Subcommand)]
+pub enum DealCommand {
+    /// Make a deal file the deal's next version. Shows what changes from the version
+    /// in force and what becomes of the needs open now, then writes it as one ledger
+    /// entry (unless `--dry-run`).
+    Amend {
+        file: PathBuf,
+        /// When the new version comes into force (RFC 3339, e.g. 2025-10-28T00:00:00Z):
+        /// now or later.
+        #[arg(long)]
+        effective: String,
+        /// What becomes of the needs open at the effective time: `keep` the terms they
+        /// started under, or `move` to the new version.
+        #[arg(long, default_value = "keep", value_parser = ["keep", "move"])]
+        open_needs: String,
+        /// Show what the amendment would do; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Retries with the same key never amend twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List the deal's versions with their hashes and effective times.
+    Versions,
+}
+
+#[derive(clap::Subcommand)]
 pub enum OfferCommand {
     /// List the offers waiting for this provider's answer.
     List,
@@ -205,9 +231,12 @@ fn print_events(answer: &Value, json: bool) {
             "price_per_gpu_hour",
             "reason",
             "deadline",
-            // The deal's entry.
+            // The deal's entries.
             "deal",
             "version",
+            "effective",
+            "open_needs",
+            "holder",
         ] {
             if let Some(value) = e.get(field) {
                 line.push_str(&format!(
@@ -328,6 +357,105 @@ pub fn need(connection: Connection, command: NeedCommand) -> anyhow::Result<u8> 
         }
         Ok(exit::OK)
     })
+}
+
+pub fn deal(connection: Connection, command: DealCommand) -> anyhow::Result<u8> {
+    let client = client(&connection)?;
+    block_on(async {
+        match command {
+            DealCommand::Amend {
+                file,
+                effective,
+                open_needs,
+                dry_run,
+                idempotency_key,
+            } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read the deal file {}", file.display()))?;
+                let mut body = json!({
+                    "file": file.display().to_string(),
+                    "text": text,
+                    "effective": effective,
+                    "open_needs": open_needs,
+                    "dry_run": true,
+                });
+                let plan = call(&client, "/v1/deal/amendments", Some(body.clone()), None).await?;
+                if dry_run {
+                    if connection.json {
+                        println!("{plan}");
+                    } else {
+                        print_plan(&plan);
+                    }
+                    return Ok(exit::OK);
+                }
+                if !connection.json {
+                    print_plan(&plan);
+                }
+                body["dry_run"] = json!(false);
+                let answer = call(
+                    &client,
+                    "/v1/deal/amendments",
+                    Some(body),
+                    idempotency_key.as_deref(),
+                )
+                .await?;
+                print_events(&answer, connection.json);
+            }
+            DealCommand::Versions => {
+                let answer = call(&client, "/v1/deal", None, None).await?;
+                let rows = answer["versions"].as_array().cloned().unwrap_or_default();
+                print_table(
+                    &rows,
+                    &[
+                        "version",
+                        "file",
+                        "sha256",
+                        "effective",
+                        "open_needs",
+                        "in_force",
+                        "index",
+                    ],
+                    connection.json,
+                );
+            }
+        }
+        Ok(exit::OK)
+    })
+}
+
+/// What an amendment would do, as `POST /v1/deal/amendments` with `dry_run` says.
+fn print_plan(plan: &Value) {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!(
+        "version {} amends version {} ({}):",
+        plan["version"],
+        plan["against"],
+        text(&plan["against_file"])
+    );
+    let changes = plan["changes"].as_array().cloned().unwrap_or_default();
+    for change in &changes {
+        let location = &change["location"];
+        let what = match (change["was"].as_str(), change["now"].as_str()) {
+            (None, Some(now)) => format!("added: {now}"),
+            (Some(was), None) => format!("removed (was {was})"),
+            (Some(was), Some(now)) => format!("{was} → {now}"),
+            _ => continue,
+        };
+        println!(
+            "  {}:{}:{}: {}: {what}",
+            text(&location["file"]),
+            location["line"],
+            location["column"],
+            text(&change["key"])
+        );
+    }
+    if changes.is_empty() {
+        println!("  no changes");
+    }
+    for warning in plan["warnings"].as_array().into_iter().flatten() {
+        println!("  warning: {}", text(&warning["message"]));
+    }
+    println!("open needs: {}", text(&plan["impact"]["summary"]));
 }
 
 pub fn offer(connection: Connection, command: OfferCommand) -> anyhow::Result<u8> {

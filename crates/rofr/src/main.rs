@@ -115,6 +115,13 @@ enum Command {
         #[command(flatten)]
         args: client::QuoteArgs,
     },
+    /// Amend the deal, or list its versions (buyer; versions also for the auditor).
+    Deal {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        command: client::DealCommand,
+    },
     /// Approve, reject, confirm or fail awards.
     Award {
         #[command(flatten)]
@@ -297,6 +304,10 @@ fn main() -> ExitCode {
             command,
         } => client::award(connection, command),
         Command::Events { connection, args } => client::events(connection, args),
+        Command::Deal {
+            connection,
+            command,
+        } => client::deal(connection, command),
         Command::Webhook {
             connection,
             command,

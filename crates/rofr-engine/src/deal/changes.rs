@@ -45,6 +45,21 @@ pub fn changes(old: Source<'_>, new: Source<'_>) -> Result<Vec<Change>, Vec<Diag
     Ok(walk.changes)
 }
 
+/// The error where `changes` from `old_file` rename the deal: an amendment keeps the
+/// deal's name, for a log belongs to one deal.
+pub fn renamed(old_file: &str, changes: &[Change]) -> Option<Diagnostic> {
+    let renamed = changes.iter().find(|c| c.key == "deal.name")?;
+    let message = format!(
+        "an amendment keeps the deal's name: {old_file} names it {}",
+        renamed.was.as_deref().unwrap_or("nothing")
+    );
+    Some(
+        Diagnostic::error("renamed-deal", renamed.location.clone(), message)
+            .key("deal.name")
+            .help("a log belongs to one deal: keep `[deal] name`, or start a new log"),
+    )
+}
+
 fn parse<'i>((file, text): Source<'i>) -> Result<Spanned<DeTable<'i>>, Vec<Diagnostic>> {
     DeTable::parse(text).map_err(|error| {
         let at = error.span().map_or(0, |span| span.start);

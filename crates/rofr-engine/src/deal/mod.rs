@@ -12,7 +12,7 @@ use crate::diagnostic::{ClauseRef, Location};
 use crate::duration::{Calendar, DealDuration};
 use crate::types::{Gpus, Price, ProviderId, Region, Sku, Tag, Timestamp, Workload};
 
-pub use changes::{changes, Change, Source};
+pub use changes::{changes, renamed, Change, Source};
 pub use parse::{parse_deal, MAX_FIRST_REFUSALS};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -14,7 +14,7 @@ pub(super) fn command_body(first: u64, events: &[NewEvent]) -> String {
     let size: usize = events.iter().map(|e| e.data.len() + 32).sum();
     let mut body = String::with_capacity(size + 64);
     body.push_str("{\"need\":");
-    match events.first() {
+    match events.first().filter(|e| !e.need.is_empty()) {
         Some(event) => {
             body.push_str(&serde_json::to_string(&event.need).expect("strings serialize"))
         }

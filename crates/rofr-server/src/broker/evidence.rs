@@ -24,36 +24,61 @@ pub struct DealVersion {
     pub file: String,
     /// SHA-256 of the file's bytes, lowercase hex.
     pub sha256: String,
-    /// When it was adopted: its entry's time; null for a deal kept beside a log begun
-    /// before deals were entries.
+    /// When it was adopted or amended to: its entry's time; null for a deal kept
+    /// beside a log begun before deals were entries.
     pub adopted_at: Option<String>,
+    /// From when it governs new needs: the adoption's time for version 1.
+    pub effective: Option<String>,
+    /// For an amendment, what it does to the needs open at its effective time:
+    /// `keep` (they stay under the terms they started with) or `move`.
+    #[schema(value_type = Option<String>)]
+    pub open_needs: Option<rofr_engine::log::OpenNeeds>,
+    /// Whether it is the version new needs follow now.
+    pub in_force: bool,
     /// The ledger entry that holds it; null as above.
     pub index: Option<u64>,
 }
 
 impl Broker {
-    /// The deal's versions, from the log's entry 0 (or, for a log begun before deals
-    /// were entries, the deal kept beside it).
+    /// The deal's versions, from the log's deal entries (or, for a log begun before
+    /// deals were entries, the deal kept beside it).
     pub fn deal_versions(&self) -> Result<DealVersions, BrokerError> {
-        let version = match self.inner.deal_entry.get() {
-            Some(entry) => DealVersion {
-                version: entry.adopted.version,
-                file: entry.adopted.file.clone(),
-                sha256: entry.adopted.sha256.clone(),
-                adopted_at: Some(entry.adopted.at.to_string()),
-                index: Some(entry.index),
-            },
-            None => DealVersion {
-                version: 1,
-                file: self.deal().file.clone(),
-                sha256: rofr_engine::log::sha256(self.deal_text()),
-                adopted_at: None,
-                index: None,
-            },
-        };
+        let in_force = self.read(|e| e.deal_version());
+        let entries = self.inner.deal_entries.read().expect("deal entries lock");
+        let mut versions: Vec<DealVersion> = entries
+            .iter()
+            .map(|kept| {
+                let v = kept.version();
+                DealVersion {
+                    version: v.version,
+                    file: v.file.to_owned(),
+                    sha256: v.sha256.to_owned(),
+                    adopted_at: Some(kept.entry.at().to_string()),
+                    effective: Some(v.effective.to_string()),
+                    open_needs: v.open_needs,
+                    in_force: v.version == in_force,
+                    index: Some(kept.index),
+                }
+            })
+            .collect();
+        if entries.first().is_none_or(|e| e.index != 0) {
+            versions.insert(
+                0,
+                DealVersion {
+                    version: 1,
+                    file: self.deal().file.clone(),
+                    sha256: rofr_engine::log::sha256(self.deal_text()),
+                    adopted_at: None,
+                    effective: None,
+                    open_needs: None,
+                    in_force: in_force == 1,
+                    index: None,
+                },
+            );
+        }
         Ok(DealVersions {
             name: self.deal().name.clone(),
-            versions: vec![version],
+            versions,
         })
     }
 
@@ -105,11 +130,11 @@ impl Broker {
         need: &str,
         viewer: Option<&ProviderId>,
     ) -> Result<Option<rofr_ledger::evidence::Bundle>, BrokerError> {
-        let Some((holder, concerns)) = self
+        let Some((holder, concerns, version)) = self
             .read_committed(|e| {
                 e.state().need(need).map(|n| {
                     let concerns = viewer.is_none_or(|v| n.concerns(v));
-                    (n.holder.clone(), concerns)
+                    (n.holder.clone(), concerns, u32::from(n.deal_version))
                 })
             })
             .await?
@@ -141,11 +166,19 @@ impl Broker {
             provider: viewer.to_string(),
             withheld: (total - entries.len()) as u64,
         });
-        // The deal's entry goes first, to the parties of the contract: the buyer, the
-        // auditor and the holder. Other providers are not shown its terms.
+        // The deal's entries go first, to the parties of the contract: the buyer, the
+        // auditor and the holder. Other providers are not shown its terms. They are
+        // the adoption and each amendment up to the version governing the need.
         let party_to_deal = viewer.is_none_or(|v| holder.as_ref() == Some(v));
-        if let Some(deal) = self.inner.deal_entry.get().filter(|_| party_to_deal) {
-            entries.insert(0, (deal.index, deal.data.clone()));
+        if party_to_deal {
+            let deals = self.inner.deal_entries.read().expect("deal entries lock");
+            let governing = deals
+                .iter()
+                .filter(|d| d.version().version <= version)
+                .map(|d| (d.index, d.data.clone()));
+            entries.splice(0..0, governing);
+            // An amendment may lie between the need's own entries.
+            entries.sort_unstable_by_key(|(index, _)| *index);
         }
         // A provider other than the holder is not told who holds the right.
         let holder = holder

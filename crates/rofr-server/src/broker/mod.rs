@@ -14,6 +14,7 @@
 //! when they catch up. Replicas catch up when a commit notifies them, at the latest
 //! every second, and before answering a read that the engine serves.
 
+mod amend;
 mod answer;
 mod commit;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::clock::Clock;
 #[allow(unused_imports)]
+pub use amend::{AmendmentPlan, Refusal};
 pub use answer::{raw_json, IndexedEvent};
 pub use evidence::{DealVersion, DealVersions};
 use party::TokenCache;
@@ -62,7 +64,7 @@ pub enum Outcome {
 impl Outcome {
     fn of(command: &Command) -> Outcome {
         match command {
-            Command::SubmitNeed { .. } => Outcome::Created,
+            Command::SubmitNeed { .. } | Command::AmendDeal { .. } => Outcome::Created,
             _ => Outcome::Applied,
         }
     }
@@ -191,17 +193,51 @@ struct Inner {
     fault: RwLock<Option<FaultHook>>,
     /// See [`Broker::allow_private_webhooks`].
     private_webhooks: AtomicBool,
-    /// The log's entry adopting the deal, read once at start; unset for a log begun
-    /// before deals were entries.
-    deal_entry: std::sync::OnceLock<DealEntry>,
+    /// The log's deal entries, oldest first: the adoption (none for a log begun before
+    /// deals were entries), then each amendment. Read at start and kept as they are
+    /// written or folded in.
+    deal_entries: RwLock<Vec<DealEntry>>,
 }
 
-/// The entry adopting the deal: where it is, its bytes exactly as stored, and what
-/// they say.
+/// A deal entry: where it is, its bytes exactly as stored, and what they say.
 struct DealEntry {
     index: u64,
     data: Vec<u8>,
-    adopted: rofr_engine::log::DealAdopted,
+    entry: rofr_engine::log::Entry,
+}
+
+impl DealEntry {
+    /// `data` at `index`, where it is a deal entry.
+    fn of(index: u64, data: &[u8]) -> Option<DealEntry> {
+        // Deal entries are rare: most entries are passed by on their first bytes.
+        let deal = data.starts_with(b"{\"type\":\"deal_");
+        let entry = deal
+            .then(|| rofr_engine::log::Entry::from_json(data).ok())
+            .flatten()
+            .filter(|e| e.version().is_some())?;
+        Some(DealEntry {
+            index,
+            data: data.to_vec(),
+            entry,
+        })
+    }
+
+    fn version(&self) -> rofr_engine::log::Version<'_> {
+        self.entry.version().expect("only deal entries are kept")
+    }
+}
+
+impl Inner {
+    /// Keeps `data` at `index` if it is a deal entry not kept yet.
+    fn note_deal_entry(&self, index: u64, data: &[u8]) {
+        if let Some(entry) = DealEntry::of(index, data) {
+            let mut entries = self.deal_entries.write().expect("deal entries lock");
+            if !entries.iter().any(|e| e.index == index) {
+                let place = entries.partition_point(|e| e.index < index);
+                entries.insert(place, entry);
+            }
+        }
+    }
 }
 
 /// A cheap handle to the running broker.

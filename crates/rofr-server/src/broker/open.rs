@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{self};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rofr_engine::deal::{parse_deal, Deal};
@@ -50,6 +50,8 @@ impl Broker {
         // engine and the ledger's tree an entry at a time: it is never all in memory.
         let key = key.map_or_else(|| crate::ledger::key_path(location), Path::to_owned);
         let mut ledger = crate::ledger::Ledger::open(&key, &deal.name, store.as_mut())?;
+        let mut deal_entries = Vec::new();
+        let mut index = 0;
         let Folded {
             engine,
             touches,
@@ -60,7 +62,11 @@ impl Broker {
             None,
             clock.now(),
             None,
-            &mut |data| ledger.append_entry(data),
+            &mut |data| {
+                ledger.append_entry(data);
+                deal_entries.extend(DealEntry::of(index, data));
+                index += 1;
+            },
         )?;
         let reader = location.open()?;
         let webhooks = reader
@@ -91,7 +97,7 @@ impl Broker {
             commit_failed: AtomicBool::new(false),
             fault: RwLock::new(None),
             private_webhooks: AtomicBool::new(false),
-            deal_entry: OnceLock::new(),
+            deal_entries: RwLock::new(deal_entries),
         });
         // Alone on its log, the broker writes each batch on a thread of its own while
         // the writer runs the next one through the engine.
@@ -127,7 +133,7 @@ impl Broker {
         writer.settle()?;
         // Entry 0 is on disk now, whoever wrote it: kept for evidence and `/v1/deal`.
         if let Some(entry) = deal_entry(writer.store.as_ref())? {
-            let _ = inner.deal_entry.set(entry);
+            inner.note_deal_entry(entry.index, &entry.data);
         }
         if !shared {
             if let Location::Sqlite(path) = location {
@@ -331,7 +337,10 @@ pub(super) fn parse_entry(index: u64, data: &[u8]) -> Result<Entry, BrokerError>
 /// The deal the log's first entry adopts, if it is a deal entry, as (file, text). An
 /// entry whose text does not match its hash is an error.
 fn deal_in_log(store: &dyn Store) -> Result<Option<(String, String)>, BrokerError> {
-    Ok(deal_entry(store)?.map(|entry| (entry.adopted.file, entry.adopted.text)))
+    Ok(deal_entry(store)?.and_then(|kept| match kept.entry {
+        Entry::Deal(adopted) => Some((adopted.file, adopted.text)),
+        _ => None,
+    }))
 }
 
 /// The log's entry 0 where it adopts the deal; `None` for an empty log, or one begun
@@ -353,7 +362,7 @@ fn deal_entry(store: &dyn Store) -> Result<Option<DealEntry>, BrokerError> {
     Ok(Some(DealEntry {
         index: first.index,
         data: first.data,
-        adopted,
+        entry: Entry::Deal(adopted),
     }))
 }
 

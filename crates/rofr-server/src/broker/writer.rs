@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use rofr_engine::types::ProviderId;
+use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_engine::{Command, Engine, Event, EventKind, Rejection};
 use rofr_store::{Batch, IdempotentResponse, NewDelivery, NewEvent, Store};
 
@@ -102,6 +102,9 @@ impl Writer {
                 engine
                     .apply_entry(&parse_stored(row)?)
                     .map_err(|e| BrokerError::Setup(format!("log entry {}: {e}", row.index)))?;
+                if row.need.is_empty() {
+                    self.inner.note_deal_entry(row.index, &row.data);
+                }
                 if let Some(touches) = &mut self.settling {
                     touch(touches, &row.need, &row.at, row.index);
                 }
@@ -171,7 +174,7 @@ impl Writer {
     /// held back are due (a sweep under way goes on at once); 1 ms to 1 s.
     fn idle_wait(&self) -> Duration {
         let engine = self.inner.engine.read().expect("engine lock");
-        let next = engine.state().next_deadline();
+        let next = engine.next_due();
         drop(engine);
         let mut wait = next
             .map(|at| self.inner.clock.real_wait_until(at))
@@ -233,8 +236,7 @@ impl Writer {
         let inner = self.inner.clone();
         let mut engine = inner.engine.write().expect("engine lock");
         let due = engine
-            .state()
-            .next_deadline()
+            .next_due()
             .is_some_and(|at| at <= inner.clock.now().max(engine.clock()));
         let writes = !jobs.is_empty()
             || !flushes.is_empty()
@@ -372,6 +374,7 @@ impl Writer {
                 reply,
             } = job;
             let outcome = Outcome::of(&command);
+            let amends = matches!(command, Command::AmendDeal { .. });
             let Some(applied) = run_command(engine, command, &party, &fault, &mut events) else {
                 // The engine may hold part of the command: refuse it alone, write the
                 // batch so far, and run the rest after reloading from the log.
@@ -383,7 +386,12 @@ impl Writer {
             let answer = match applied {
                 Ok(()) => {
                     counters.commands_accepted.fetch_add(1, Ordering::Relaxed);
-                    Ok(self.stage_command(batch, &events, outcome, &party, idempotency))
+                    // An amendment's entry comes before the events it gave.
+                    let entry = amends
+                        .then(|| engine.amendment(engine.versions()))
+                        .flatten()
+                        .map(|entry| (entry.at, entry.to_json()));
+                    Ok(self.stage_command(batch, entry, &events, outcome, &party, idempotency))
                 }
                 Err(rejection) => {
                     counters.commands_rejected.fetch_add(1, Ordering::Relaxed);
@@ -423,10 +431,12 @@ impl Writer {
         }))
     }
 
-    /// Stages an accepted command's events, and its answer under its idempotency key.
+    /// Stages an accepted command's entries (an amendment's own, then the events), and
+    /// its answer under its idempotency key.
     fn stage_command(
         &mut self,
         batch: &mut Batch,
+        entry: Option<(Timestamp, Vec<u8>)>,
         events: &[Event],
         outcome: Outcome,
         party: &Party,
@@ -434,6 +444,18 @@ impl Writer {
     ) -> Answer {
         let first = self.next_index + batch.events.len() as u64;
         let start = batch.events.len();
+        if let Some((at, data)) = entry {
+            // A deal entry belongs to no need. Kept now for evidence; a batch that
+            // fails to commit is forgotten when the engine is reloaded.
+            self.inner.note_deal_entry(first, &data);
+            batch.events.push(NewEvent {
+                need: String::new(),
+                kind: "deal_amended".into(),
+                at: at.to_string(),
+                leaf_hash: rofr_ledger::leaf_hash(&data),
+                data,
+            });
+        }
         self.append(batch, events);
         let body = command_body(first, &batch.events[start..]);
         if let Some(idem) = idempotency {
@@ -579,6 +601,11 @@ impl Writer {
         };
         *engine = folded.engine;
         self.next_index = folded.size;
+        self.inner
+            .deal_entries
+            .write()
+            .expect("deal entries lock")
+            .retain(|e| e.index < folded.size);
         self.dirty.clear();
         self.unsettled_keys.clear();
         self.settling = Some(folded.touches);
