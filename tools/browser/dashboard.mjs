@@ -77,6 +77,7 @@ try {
   const deal = (await api(buyer, "/v1/deal")).body;
   const versions = await page.textContent("#deal-versions tbody");
   check(deal.versions.every(v => versions.includes(v.sha256)), "the deal page shows each version's hash");
+  check(deal.versions.every(v => v.effective == null || versions.includes(v.effective)), "the deal page shows each version's effective time");
   await page.screenshot({ path: `${shots}/deal.png`, fullPage: true });
 
   await page.click("text=Ledger");

@@ -124,10 +124,15 @@ async function needTimeline(id) {
   const signed = checkpoint ? Number(String(checkpoint).split("\n")[1]) : 0;
   const submitted = events.events.find(e => e.event.type === "need_submitted");
   const version = submitted && submitted.event.deal_version;
+  const moves = events.events.filter(e => e.event.type === "terms_changed");
+  const governed = version == null ? "Governed by the deal kept beside the log"
+    : moves.length === 0 ? `Governed by deal version ${version}`
+    : `Governed by deal version ${moves[moves.length - 1].event.version} (submitted under version ${version}; moved at ` +
+      moves.map(m => "#" + m.index).join(", ") + ")";
   main.replaceChildren(
     el("h1", {}, "Need " + need.id),
     el("p", {}, `${need.gpus} ${need.sku} for ${need.hours} h · ${need.status} · holder ${need.holder || "none"} · awarded ${need.awarded}`),
-    el("p", { id: "deal-version" }, version == null ? "Governed by the deal kept beside the log" : `Governed by deal version ${version} (ledger entry #0)`),
+    el("p", { id: "deal-version" }, governed),
     table([
       ["Ledger #", e => e.index], ["At", e => e.event.at], ["Event", e => e.event.type],
       ["Provider", e => e.event.provider || ""], ["GPUs", e => e.event.gpus == null ? "" : e.event.gpus],
@@ -257,9 +262,11 @@ async function providersPage() {
 async function dealPage() {
   const deal = await api("/v1/deal");
   main.replaceChildren(el("h1", {}, "Deal " + deal.name),
-    el("p", {}, "Each version of the contract, as the ledger holds it: the file's bytes and their SHA-256."),
+    el("p", {}, "Each version of the contract, as the ledger holds it: the file's bytes and their SHA-256, from when it governs new needs, and what an amendment does to the needs open then (keep their terms, or move to the new ones)."),
     el("div", { id: "deal-versions" }, table([["Version", v => v.version], ["File", v => v.file],
-      ["Adopted", v => v.adopted_at || "before deals were entries"], ["Ledger #", v => v.index == null ? "–" : v.index],
+      ["Adopted", v => v.adopted_at || "before deals were entries"],
+      ["Effective", v => v.effective || "–"], ["Open needs", v => v.open_needs || "–"],
+      ["In force", v => v.in_force ? "yes" : "no"], ["Ledger #", v => v.index == null ? "–" : v.index],
       ["SHA-256", v => el("code", {}, v.sha256)]], deal.versions)));
 }
 
