@@ -78,11 +78,13 @@ pub enum Command {
         reason: String,
     },
     /// The buyer amends the deal: the file's bytes become its next version, in force
-    /// from `effective` (now or later). The engine writes it as a `deal_amended` entry.
+    /// from `effective` (now or later; `None` for the moment the engine decides it).
+    /// The engine writes it as a `deal_amended` entry.
     AmendDeal {
         file: String,
         text: String,
-        effective: Timestamp,
+        #[serde(default)]
+        effective: Option<Timestamp>,
         #[serde(default)]
         open_needs: crate::log::OpenNeeds,
     },

@@ -87,10 +87,11 @@ impl Engine {
         &mut self,
         file: &str,
         text: &str,
-        effective: Timestamp,
+        effective: Option<Timestamp>,
         open_needs: OpenNeeds,
         out: &mut Vec<Event>,
     ) -> Result<(), Rejection> {
+        let effective = effective.unwrap_or(self.clock);
         let at_fault = |d: &crate::diagnostic::Diagnostic| {
             Rejection::invalid("text", format!("{}: {}", d.location, d.message))
         };

@@ -1333,10 +1333,10 @@ pub struct AmendRequest {
     pub file: String,
     /// The file's exact text: the ledger entry holds these bytes and their SHA-256.
     pub text: String,
-    /// When the new version comes into force: now or later, never before the last
-    /// entry's time.
+    /// When the new version comes into force: `now` (the moment the broker writes
+    /// it), or an RFC 3339 time no earlier than the last entry's.
     #[schema(value_type = String, example = "2025-10-28T00:00:00Z")]
-    pub effective: rofr_engine::types::Timestamp,
+    pub effective: String,
     /// What becomes of the needs open at the effective time: `keep` (the default:
     /// each runs on under the terms it started with) or `move` (each moves to the new
     /// version; offers to a holder it no longer gives the right are withdrawn).
@@ -1381,13 +1381,19 @@ async fn amend_deal(
         )
         .field("file"));
     }
+    let effective = match request.effective.as_str() {
+        "now" => None,
+        text => Some(rofr_engine::types::Timestamp::parse(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("effective: {e}; write `now` or a time such as 2025-10-28T00:00:00Z"),
+            )
+            .field("effective")
+        })?),
+    };
     let plan = broker
-        .plan_amendment(
-            &request.file,
-            &request.text,
-            request.effective,
-            request.open_needs,
-        )
+        .plan_amendment(&request.file, &request.text, effective, request.open_needs)
         .map_err(|refusal| match refusal {
             crate::broker::Refusal::Text(errors) => {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -1409,7 +1415,7 @@ async fn amend_deal(
     let command = Command::AmendDeal {
         file: request.file,
         text: request.text,
-        effective: request.effective,
+        effective,
         open_needs: request.open_needs,
     };
     run(

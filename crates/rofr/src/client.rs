@@ -57,8 +57,8 @@ pub enum DealCommand {
     /// entry (unless `--dry-run`).
     Amend {
         file: PathBuf,
-        /// When the new version comes into force (RFC 3339, e.g. 2025-10-28T00:00:00Z):
-        /// now or later.
+        /// When the new version comes into force: `now` (the moment the broker writes
+        /// it), or an RFC 3339 time such as 2025-10-28T00:00:00Z, no earlier than now.
         #[arg(long)]
         effective: String,
         /// What becomes of the needs open at the effective time: `keep` the terms they

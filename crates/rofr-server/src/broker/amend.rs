@@ -58,13 +58,13 @@ impl Broker {
 
     /// Checks `text` as the next version of the deal, in force from `effective`: it
     /// must parse, lint without errors as of now, keep the deal's name and take effect
-    /// no earlier than the broker's clock. Gives what it would change, or every error
+    /// no earlier than the broker's clock (`None`: now). Gives what it would change, or every error
     /// found, each naming its file:line:column.
     pub fn plan_amendment(
         &self,
         file: &str,
         text: &str,
-        effective: Timestamp,
+        effective: Option<Timestamp>,
         open_needs: OpenNeeds,
     ) -> Result<AmendmentPlan, Refusal> {
         let deal = parse_deal(file, text).map_err(Refusal::Text)?;
@@ -72,13 +72,15 @@ impl Broker {
             let last = e.effective(e.versions()).unwrap_or_else(|| e.clock());
             (e.clock(), e.versions(), last)
         });
+        let now = clock.max(self.clock().now());
+        // `None`: the moment the amendment is written, after this check.
+        let effective = effective.unwrap_or(now);
         if effective < clock.max(last) {
             return Err(Refusal::Effective(format!(
                 "effective {effective} is before the last entry's time {}",
                 clock.max(last)
             )));
         }
-        let now = clock.max(self.clock().now());
         let mut findings = lint(&deal, now);
         let (against, against_file, against_text) = self.text_in_force();
         let changed =
