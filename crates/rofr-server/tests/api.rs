@@ -1290,6 +1290,53 @@ async fn an_amendment_ends_the_right_for_new_needs_and_moves_open_ones(backend: 
         .all(|e| e.index != amendment_index && e.index != 0));
 }
 
+/// Under `keep`, a need open at the effective time runs on under the version it was
+/// submitted under: its offer to the holder stands, and nothing moves it. Needs
+/// submitted after follow the new version.
+async fn under_keep_open_needs_keep_the_terms_they_started_under(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, _) = app.submit("n1", 8).await;
+    assert_eq!(status, 201);
+    let body = json!({"file": "v2.toml", "text": without_the_right(), "effective": "now"});
+    let (status, plan) = app
+        .post(
+            &app.buyer,
+            "/v1/deal/amendments",
+            &json!({"file": "v2.toml", "text": without_the_right(), "effective": "now", "dry_run": true}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        plan["impact"]["withdrawn"],
+        json!({}),
+        "keep withdraws nothing: {plan}"
+    );
+    let (status, answer) = app
+        .post(&app.buyer, "/v1/deal/amendments", &body.to_string())
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer["events"][0]["event"]["open_needs"], "keep",
+        "the default"
+    );
+    let (_, body) = app.submit("n2", 8).await;
+    assert_eq!(body["events"][0]["event"]["deal_version"], 2);
+    assert_eq!(body["events"][0]["event"]["holder"], Value::Null);
+    let (_, n1) = app.get(&app.buyer, "/v1/needs/n1/events").await;
+    let kinds: Vec<&str> = n1["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["need_submitted", "offer_sent"], "{n1}");
+    // The holder may still answer the offer it was made under version 1.
+    let (status, body) = app.post(&app.azure, "/v1/needs/n1/accept", "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, need) = app.get(&app.buyer, "/v1/needs/n1").await;
+    assert_eq!(need["holder"], "azure", "{need}");
+}
+
 /// Each test, once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1333,4 +1380,5 @@ on_both_backends!(
     webhooks_may_not_reach_inside_the_brokers_network_or_carry_credentials,
     the_deal_names_its_versions_and_their_entries,
     an_amendment_ends_the_right_for_new_needs_and_moves_open_ones,
+    under_keep_open_needs_keep_the_terms_they_started_under,
 );

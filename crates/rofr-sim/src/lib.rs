@@ -79,6 +79,8 @@ pub fn deal_for(deal: &Deal, strategy: Strategy, cap: f64) -> Deal {
             deal.caps.clear();
             deal.sourcing.allocation = Allocation::Ordered;
         }
+        // Changed by its amendments as the run goes, not before.
+        Strategy::Amended => {}
     }
     deal
 }
@@ -103,7 +105,11 @@ pub fn simulate(scenario: &Scenario, progress: &(dyn Fn() + Sync)) -> Outcome {
                 .iter()
                 .map(|&strategy| {
                     let deal = Arc::new(deal_for(&deal, strategy, scenario.cap));
-                    let result = run::Sim::new(scenario, deal, &drawn, r).run();
+                    let mut sim = run::Sim::new(scenario, deal, &drawn, r);
+                    if strategy == Strategy::Amended {
+                        sim.schedule(&scenario.amendments);
+                    }
+                    let result = sim.run();
                     progress();
                     result
                 })

@@ -385,6 +385,28 @@ fn summarise(scenario: &Scenario, holder: Option<&str>, reports: &[StrategyRepor
             dollars(extra),
         ));
     }
+    if let (Some(amended), Some(kept)) = (
+        reports.iter().find(|r| r.strategy == "amended"),
+        reports.iter().find(|r| r.strategy == "first_offer"),
+    ) {
+        let dates: Vec<String> = scenario
+            .amendments
+            .iter()
+            .map(|a| format!("{} from {}", a.file, &a.effective.to_string()[..10]))
+            .collect();
+        out.push(format!(
+            "Amending the deal as scheduled ({}) against keeping the right all year (`first_offer`): launches {:.1} days late on average against {:.1}, {} per GPU-hour against {}, the holder's share {} against {}, HHI {:.0} against {:.0}.",
+            dates.join("; "),
+            amended.launch_delay_days.mean,
+            kept.launch_delay_days.mean,
+            dollars_exact(amended.cost_per_gpu_hour),
+            dollars_exact(kept.cost_per_gpu_hour),
+            percent(amended.holder_share),
+            percent(kept.holder_share),
+            amended.final_hhi,
+            kept.final_hhi,
+        ));
+    }
     if let Some(cheapest) = cheapest {
         out.push(format!(
             "Cheapest per GPU-hour: `{}` at {}. Least concentrated: `{}` (HHI {:.0}).",

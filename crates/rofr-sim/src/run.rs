@@ -524,6 +524,28 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Schedules the scenario's amendments in the engine, each from its date: the
+    /// deal's next versions, as the broker would write them.
+    pub fn schedule(&mut self, amendments: &[crate::scenario::ScheduledAmendment]) {
+        for (version, a) in (2u32..).zip(amendments) {
+            let entry = rofr_engine::log::DealAmended::new(
+                &a.deal.name,
+                version,
+                &a.file,
+                &a.text,
+                a.effective.max(self.scenario.start),
+                a.open_needs,
+                self.scenario.start,
+            );
+            // A run's own copy of the deal's ids, as for the deal it starts with.
+            let events = self
+                .engine
+                .amend(Arc::new(a.deal.detached()), &entry)
+                .expect("amendments in date order, from the scenario's start on");
+            self.handle(&events);
+        }
+    }
+
     /// Keeps every engine event in the result, for tests to judge.
     pub fn keep_log(mut self) -> Self {
         self.keep_log = true;
@@ -550,7 +572,8 @@ impl<'a> Sim<'a> {
         loop {
             let submit = self.drawn.needs.get(next_need).map(|n| n.submit_at);
             let queued = self.queue.next_at();
-            let due = self.engine.state().agenda.first().map(|(at, _)| *at);
+            // A need's deadline, or an amendment coming into force.
+            let due = self.engine.next_due();
             let Some(now) = [submit, queued, due].into_iter().flatten().min() else {
                 break;
             };

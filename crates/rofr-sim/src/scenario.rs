@@ -30,6 +30,10 @@ pub enum Strategy {
     /// No right and no caps; providers tried in the deal's order, each giving what it
     /// quotes (the failover of multi-cloud launchers).
     Ordered,
+    /// The deal as it is, amended as the scenario's `[[amendment]]`s schedule: set
+    /// beside `first_offer` (the right kept throughout), it shows what the amendments
+    /// did. Only for a scenario that schedules one.
+    Amended,
 }
 
 impl Strategy {
@@ -50,15 +54,21 @@ impl Strategy {
             Strategy::OpenMarket => "open_market",
             Strategy::Capped => "capped",
             Strategy::Ordered => "ordered",
+            Strategy::Amended => "amended",
         }
     }
 
     pub fn parse(text: &str) -> Result<Strategy, ValueError> {
         Strategy::ALL
             .into_iter()
+            .chain([Strategy::Amended])
             .find(|s| s.as_str() == text)
             .ok_or_else(|| {
-                let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
+                let names: Vec<&str> = Strategy::ALL
+                    .iter()
+                    .chain(&[Strategy::Amended])
+                    .map(|s| s.as_str())
+                    .collect();
                 ValueError(format!(
                     "no strategy `{text}`: choose from {}",
                     names.join(", ")
@@ -152,6 +162,20 @@ pub struct ProviderModel {
     pub capacity: Vec<CapacityStep>,
 }
 
+/// An amendment the scenario schedules: the deal file it brings in, from when, and
+/// what becomes of the needs open then.
+#[derive(Debug, Clone)]
+pub struct ScheduledAmendment {
+    pub file: String,
+    pub text: String,
+    pub deal: Arc<Deal>,
+    pub effective: Timestamp,
+    pub open_needs: rofr_engine::log::OpenNeeds,
+}
+
+/// Reads an amendment's deal file, named as the scenario writes it: its path and text.
+pub type Load<'a> = &'a mut dyn FnMut(&str) -> Result<(String, String), String>;
+
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
@@ -167,6 +191,8 @@ pub struct Scenario {
     pub cap: f64,
     pub demand: Demand,
     pub providers: Vec<ProviderModel>,
+    /// Amendments to the deal, in date order, that the `amended` strategy runs.
+    pub amendments: Vec<ScheduledAmendment>,
     /// Things that parse but will not behave as the author likely means: a provider
     /// that answers after its windows close, a provider of the deal nobody modelled.
     pub warnings: Vec<Diagnostic>,
@@ -192,6 +218,18 @@ struct RawScenario {
     demand: RawDemand,
     #[serde(default)]
     provider: Vec<S<RawProvider>>,
+    #[serde(default)]
+    amendment: Vec<S<RawAmendment>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmendment {
+    /// The new version's deal file, relative to the scenario.
+    deal: S<String>,
+    date: S<Datetime>,
+    #[serde(default)]
+    open_needs: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +369,18 @@ pub fn parse_scenario(
     text: &str,
     deal: Arc<Deal>,
 ) -> Result<Scenario, Vec<Diagnostic>> {
+    parse_scenario_with(file, text, deal, &mut |_| {
+        Err("amendments are read only from files (`rofr simulate`)".into())
+    })
+}
+
+/// [`parse_scenario`], reading each amendment's deal file with `load`.
+pub fn parse_scenario_with(
+    file: &str,
+    text: &str,
+    deal: Arc<Deal>,
+    load: Load<'_>,
+) -> Result<Scenario, Vec<Diagnostic>> {
     let map = SourceMap::new(file, text);
     let raw: RawScenario = toml::from_str(text).map_err(|e| vec![toml_error(&map, &e)])?;
     let mut cx = Cx {
@@ -338,7 +388,25 @@ pub fn parse_scenario(
         errors: Vec::new(),
         warnings: Vec::new(),
     };
-    let scenario = cx.scenario(raw, deal);
+    let amendments = cx.amendments(&raw.amendment, &deal, load);
+    let scheduled = !raw.amendment.is_empty();
+    let scenario = cx.scenario(raw, deal).map(|mut s| {
+        if !amendments.is_empty() && !s.strategies.contains(&Strategy::Amended) {
+            s.strategies.push(Strategy::Amended);
+        }
+        s.amendments = amendments;
+        s
+    });
+    if let Some(s) = &scenario {
+        // Where an amendment failed to read, that error says so already.
+        if s.strategies.contains(&Strategy::Amended) && !scheduled {
+            cx.fail(
+                0..0,
+                "scenario.strategies",
+                "`amended` needs an [[amendment]] to run",
+            );
+        }
+    }
     if cx.errors.is_empty() {
         let mut scenario = scenario.expect("no errors means a scenario");
         scenario.warnings = cx.warnings;
@@ -584,8 +652,79 @@ impl Cx<'_> {
             cap,
             demand: demand?,
             providers,
+            amendments: Vec::new(),
             warnings: Vec::new(),
         })
+    }
+
+    /// Each `[[amendment]]`: its deal file read and parsed (it must keep the deal's
+    /// name), its date, its rule; in date order, no two on one date.
+    fn amendments(
+        &mut self,
+        raw: &[S<RawAmendment>],
+        deal: &Deal,
+        load: Load<'_>,
+    ) -> Vec<ScheduledAmendment> {
+        let mut out: Vec<ScheduledAmendment> = Vec::new();
+        for (i, amendment) in raw.iter().enumerate() {
+            let key = |k: &str| format!("amendment[{i}].{k}");
+            let a = amendment.get_ref();
+            let effective = self.date(&a.date, key("date"));
+            let open_needs = match &a.open_needs {
+                None => Some(rofr_engine::log::OpenNeeds::Keep),
+                Some(raw) => self.parsed(raw, key("open_needs"), |t| t.parse().map_err(ValueError)),
+            };
+            let loaded = match load(a.deal.get_ref()) {
+                Ok((file, text)) => match rofr_engine::deal::parse_deal(&file, &text) {
+                    Ok(parsed) if parsed.name == deal.name => Some((file, text, parsed)),
+                    Ok(parsed) => {
+                        self.fail(
+                            a.deal.span(),
+                            key("deal"),
+                            format!(
+                                "an amendment keeps the deal's name: {file} names it `{}`, not `{}`",
+                                parsed.name, deal.name
+                            ),
+                        );
+                        None
+                    }
+                    Err(errors) => {
+                        let first = errors.first().map(ToString::to_string).unwrap_or_default();
+                        self.fail(
+                            a.deal.span(),
+                            key("deal"),
+                            format!("the deal does not parse: {first}"),
+                        );
+                        None
+                    }
+                },
+                Err(error) => {
+                    self.fail(a.deal.span(), key("deal"), error);
+                    None
+                }
+            };
+            let (Some(effective), Some(open_needs), Some((file, text, parsed))) =
+                (effective, open_needs, loaded)
+            else {
+                continue;
+            };
+            if out.last().is_some_and(|last| last.effective >= effective) {
+                self.fail(
+                    a.date.span(),
+                    key("date"),
+                    "amendments take effect in date order, each after the one before",
+                );
+                continue;
+            }
+            out.push(ScheduledAmendment {
+                file,
+                text,
+                deal: Arc::new(parsed),
+                effective,
+                open_needs,
+            });
+        }
+        out
     }
 
     fn demand(&mut self, raw: &RawDemand) -> Option<Demand> {

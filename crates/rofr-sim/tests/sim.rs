@@ -106,13 +106,9 @@ fn report(scenario: &Scenario) -> Report {
     Report::new(scenario, &simulate(scenario, &|| {}))
 }
 
-/// A scenario with randomness everywhere: noisy growing demand, providers that decline,
-/// stay silent and fail, a cap with a base, all six strategies.
-fn busy() -> Scenario {
-    let deal = format!(
-        "{DEAL}\n[[concentration_cap]]\nmax_share = 0.6\nwindow = \"30d\"\nbinds_holder = false\nbase = {{ h = 50000, a = 20000, b = 20000 }}\n"
-    );
-    let text = r#"
+/// The `busy` scenario's text.
+fn busy_text() -> &'static str {
+    r#"
 [scenario]
 name = "busy"
 deal = "tiny-deal.toml"
@@ -177,7 +173,16 @@ answer_delay = "2h"
 silence_probability = 0.2
 prices = { H100 = 7.5 }
 capacity = [{ from = 2025-02-01, sku = "H100", gpus = 500 }]
-"#;
+"#
+}
+
+/// A scenario with randomness everywhere: noisy growing demand, providers that decline,
+/// stay silent and fail, a cap with a base, all six strategies.
+fn busy() -> Scenario {
+    let deal = format!(
+        "{DEAL}\n[[concentration_cap]]\nmax_share = 0.6\nwindow = \"30d\"\nbinds_holder = false\nbase = {{ h = 50000, a = 20000, b = 20000 }}\n"
+    );
+    let text = busy_text();
     scenario(&deal, text)
 }
 
@@ -325,8 +330,87 @@ fn each_strategy_keeps_the_deal_it_runs_and_does_what_its_name_says() {
             Strategy::FirstOffer | Strategy::LastLook => {
                 assert_eq!(deal.first_refusals.len(), 1);
             }
+            Strategy::Amended => unreachable!("`busy` schedules no amendment"),
         }
     }
+}
+
+/// A scenario that ends the right on 1 April: the `amended` strategy runs alongside
+/// the others; under it, needs submitted from that day are never offered to the
+/// holder, needs submitted before keep their terms, I1–I3 hold under the version
+/// governing each need, and the report sets it beside the right kept all year.
+#[test]
+fn a_scheduled_amendment_ends_the_right_from_its_date() {
+    let busy = busy();
+    let deal = format!(
+        "{DEAL}\n[[concentration_cap]]\nmax_share = 0.6\nwindow = \"30d\"\nbinds_holder = false\nbase = {{ h = 50000, a = 20000, b = 20000 }}\n"
+    );
+    let without = deal[..deal.find("[[first_refusal]]").unwrap()].to_owned()
+        + &deal[deal.find("[[concentration_cap]]").unwrap()..];
+    let text = busy_text().replace(
+        "[demand]",
+        "[[amendment]]\ndeal = \"ends.toml\"\ndate = 2025-04-01\n\n[demand]",
+    );
+    let parsed = Arc::new(parse_deal("tiny-deal.toml", &deal).unwrap());
+    let scenario = rofr_sim::scenario::parse_scenario_with(
+        "busy.toml",
+        &text,
+        parsed.clone(),
+        &mut |name: &str| {
+            assert_eq!(name, "ends.toml");
+            Ok(("ends.toml".to_owned(), without.clone()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        scenario.strategies.last(),
+        Some(&Strategy::Amended),
+        "added by the amendment"
+    );
+    assert_eq!(scenario.strategies.len(), busy.strategies.len() + 1);
+    let date = rofr_engine::types::Timestamp::parse("2025-04-01T00:00:00Z").unwrap();
+    let drawn = draw(&scenario, 0);
+    let mut sim = Sim::new(&scenario, parsed.clone(), &drawn, 0).keep_log();
+    sim.schedule(&scenario.amendments);
+    let result = sim.run();
+    let v2 = scenario.amendments[0].deal.clone();
+    rofr_engine::invariants::check_under(&[&parsed, &v2], &result.log)
+        .unwrap_or_else(|v| panic!("{v}"));
+    let mut version = std::collections::HashMap::new();
+    let (mut before, mut after) = (0, 0);
+    for event in &result.log {
+        match &event.kind {
+            EventKind::NeedSubmitted(s) => {
+                let expected = if event.at >= date { 2 } else { 1 };
+                assert_eq!(
+                    s.deal_version,
+                    Some(expected),
+                    "{} at {}",
+                    event.need,
+                    event.at
+                );
+                version.insert(event.need.clone(), expected);
+            }
+            EventKind::OfferSent { .. } => match version[&event.need] {
+                1 => before += 1,
+                _ => after += 1,
+            },
+            EventKind::TermsChanged { .. } => panic!("`keep` moves no need"),
+            _ => {}
+        }
+    }
+    assert!(before > 0, "the holder was offered needs before the date");
+    assert_eq!(after, 0, "and none submitted after it");
+    let report = report(&scenario);
+    assert!(
+        report
+            .summary
+            .iter()
+            .any(|line| line
+                .starts_with("Amending the deal as scheduled (ends.toml from 2025-04-01)")),
+        "{:#?}",
+        report.summary
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rofr_engine::deal::parse_deal;
-use rofr_sim::scenario::{deal_reference, parse_scenario};
+use rofr_sim::scenario::{deal_reference, parse_scenario_with};
 
 use crate::exit;
 
@@ -54,7 +54,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Ok(deal) => Arc::new(deal),
         Err(errors) => return Ok(report_errors(&deal_file, &errors)),
     };
-    let mut scenario = match parse_scenario(&file, &text, deal) {
+    // An amendment's deal file is named relative to the scenario, as its deal is.
+    let dir = args
+        .scenario
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut load = |name: &str| {
+        let path = dir.join(name);
+        let shown = path.display().to_string();
+        std::fs::read_to_string(&path)
+            .map(|text| (shown.clone(), text))
+            .map_err(|e| format!("cannot read the deal file {shown}: {e}"))
+    };
+    let mut scenario = match parse_scenario_with(&file, &text, deal, &mut load) {
         Ok(scenario) => scenario,
         Err(errors) => return Ok(report_errors(&file, &errors)),
     };

@@ -38,7 +38,12 @@ fn the_example_scenario_writes_a_report_whose_figures_are_the_jsons() {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = stdout(&output);
-    assert!(text.contains("6 strategies × 3 runs"), "{text}");
+    assert!(text.contains("7 strategies × 3 runs"), "{text}");
+    assert!(
+        text.contains("Amending the deal as scheduled (")
+            && text.contains("from 2025-10-28) against keeping the right all year"),
+        "the report sets the amended deal beside the right kept: {text}"
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("a.json")).unwrap()).unwrap();
     let html = std::fs::read_to_string(dir.path().join("a.html")).unwrap();
@@ -49,8 +54,8 @@ fn the_example_scenario_writes_a_report_whose_figures_are_the_jsons() {
     );
     assert_eq!(
         html.matches("<svg").count(),
-        2 + 6 + 1,
-        "delays, six share charts, cost, unmet"
+        2 + 7 + 1,
+        "delays, seven share charts, cost, unmet"
     );
     let strategies = json["strategies"].as_array().unwrap();
     let names: Vec<&str> = strategies
@@ -65,7 +70,8 @@ fn the_example_scenario_writes_a_report_whose_figures_are_the_jsons() {
             "last_look",
             "open_market",
             "capped",
-            "ordered"
+            "ordered",
+            "amended"
         ]
     );
     for s in strategies {
@@ -127,21 +133,25 @@ fn a_broken_scenario_is_refused_naming_the_place_and_writes_nothing() {
         "decline_probability = 1.5\nsilence_probability = 0.05",
     );
     let scenario = dir.path().join("broken.toml");
-    // The deal path is relative to the scenario file; this one is absolute.
-    let text = text.replace(
-        "deal = \"../deals/stargate.toml\"",
-        &format!(
-            "deal = \"{}\"",
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../examples/deals/stargate.toml")
-                .display()
-        ),
-    );
+    // The deal paths are relative to the scenario file; these are absolute.
+    let deals = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/deals");
+    let text = text
+        .replace(
+            "deal = \"../deals/stargate.toml\"",
+            &format!("deal = \"{}\"", deals.join("stargate.toml").display()),
+        )
+        .replace(
+            "deal = \"../deals/stargate-2025-10.toml\"",
+            &format!(
+                "deal = \"{}\"",
+                deals.join("stargate-2025-10.toml").display()
+            ),
+        );
     std::fs::write(&scenario, text).unwrap();
     let output = simulate(dir.path(), &scenario, "out");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("broken.toml:96:23"), "{stderr}");
+    assert!(stderr.contains("broken.toml:105:23"), "{stderr}");
     assert!(
         stderr.contains("provider[0].decline_probability"),
         "{stderr}"
