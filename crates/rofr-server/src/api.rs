@@ -1341,7 +1341,6 @@ pub struct AmendRequest {
     /// each runs on under the terms it started with) or `move` (each moves to the new
     /// version; offers to a holder it no longer gives the right are withdrawn).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
     pub open_needs: rofr_engine::log::OpenNeeds,
     /// Check the amendment and say what it would do, writing nothing.
     #[serde(default)]
