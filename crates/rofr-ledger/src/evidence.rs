@@ -11,7 +11,7 @@ use rofr_engine::types::{Gpus, Price};
 use rofr_engine::{Event, EventKind};
 use serde::{Deserialize, Serialize};
 
-use crate::note::{Checkpoint, VerifierKey};
+use crate::note::{Checkpoint, CosignerKey, NoteError, VerifierKey};
 use crate::tree::{leaf_hash, verify_inclusion, Hash, LeafSource, MerkleTree, Unreadable};
 
 pub const FORMAT: &str = "rofr-evidence/1";
@@ -112,6 +112,16 @@ fn dollars(price: Price) -> String {
 
 /// Verifies a bundle offline with the verifier key the user trusts.
 pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> {
+    verify_witnessed(bundle_json, key, &[])
+}
+
+/// [`verify`], also requiring a valid cosignature on the checkpoint by every witness in
+/// `witnesses` (C2SP `tlog-cosignature/v1`).
+pub fn verify_witnessed(
+    bundle_json: &[u8],
+    key: &VerifierKey,
+    witnesses: &[CosignerKey],
+) -> Result<Report, Failure> {
     let bundle: Bundle = serde_json::from_slice(bundle_json)
         .map_err(|e| fail(None, format!("the bundle is not rofr evidence JSON: {e}")))?;
     if bundle.format != FORMAT {
@@ -131,6 +141,31 @@ pub fn verify(bundle_json: &[u8], key: &VerifierKey) -> Result<Report, Failure> 
         checkpoint.size,
         checkpoint.origin
     )];
+    for witness in witnesses {
+        match witness.check(&bundle.checkpoint) {
+            Ok(at) => lines.push(format!(
+                "Cosigned by witness {} at {}: it saw this log grow to {} entries with no other history.",
+                witness.name(),
+                rofr_engine::types::Timestamp::from_unix_seconds(at.min(i64::MAX as u64) as i64),
+                checkpoint.size
+            )),
+            Err(NoteError::NoSignature(_)) => {
+                return Err(fail(
+                    None,
+                    format!(
+                        "the checkpoint carries no cosignature by witness `{}`: no witness you require vouched that this is the history it saw (the log may have been rewritten, or the witness has not cosigned it yet)",
+                        witness.name()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(fail(
+                    None,
+                    format!("the cosignature by witness `{}`: {e}", witness.name()),
+                ))
+            }
+        }
+    }
 
     let mut events: Vec<(u64, Event)> = Vec::new();
     let mut deals: Vec<(u64, LogEntry)> = Vec::new();

@@ -274,6 +274,27 @@ impl MerkleTree {
         })
     }
 
+    /// The hashes of `count` consecutive perfect subtrees of `span` leaves (a power of
+    /// two) from leaf `start` (a multiple of `span`), all within the tree.
+    pub(crate) fn hashes(
+        &self,
+        start: u64,
+        span: u64,
+        count: usize,
+        source: &mut LeafSource,
+    ) -> Result<Vec<Hash>, Unreadable> {
+        let mut back = ReadBack {
+            source,
+            block: None,
+        };
+        (0..count as u64)
+            .map(|i| {
+                let lo = start + i * span;
+                self.subtree(lo, lo + span, &mut back)
+            })
+            .collect()
+    }
+
     /// The audit path of leaf `index` in the tree of the first `size` leaves, on a tree
     /// that keeps every level.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {

@@ -65,6 +65,9 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/ledger/inclusion", get(inclusion_proof))
         .route("/v1/ledger/consistency", get(consistency_proof))
         .route("/v1/ledger/evidence/{id}", get(evidence))
+        .route("/v1/ledger/witnesses", get(witnesses))
+        .route("/tlog/checkpoint", get(tlog_checkpoint))
+        .route("/tlog/tile/{*path}", get(tlog_tile))
         .route("/v1/webhook", axum::routing::put(set_webhook))
         .route("/v1/webhook/deliveries", get(deliveries))
         .fallback(not_found)
@@ -159,7 +162,7 @@ pub struct Health {
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
         accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
         set_webhook, deliveries, summary, deal, amend_deal, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
-        consistency_proof, evidence
+        consistency_proof, evidence, witnesses, tlog_checkpoint, tlog_tile
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
     modifiers(&BearerAuth),
@@ -315,6 +318,11 @@ impl From<BrokerError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the broker is shutting down",
+            ),
+            error @ BrokerError::EntryTooLarge(_) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "entry_too_large",
+                error.to_string(),
             ),
             BrokerError::Failed => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -1482,10 +1490,113 @@ async fn ledger_key(State(broker): State<Broker>, _caller: Caller) -> Response {
 
 #[utoipa::path(
     get,
+    path = "/v1/ledger/witnesses",
+    tag = "auditor",
+    responses(
+        (status = 200, body = crate::broker::witnessing::Witnessing, description = "How far witnessing trails the log, and where each witness the deal names stands"),
+        (status = 401, body = Envelope)
+    )
+)]
+async fn witnesses(State(broker): State<Broker>, _caller: Caller) -> Response {
+    Json(broker.witnessing()).into_response()
+}
+
+/// The latest checkpoint with the cosignatures gathered on it (C2SP tlog-tiles).
+#[utoipa::path(
+    get,
+    path = "/tlog/checkpoint",
+    tag = "auditor",
+    responses(
+        (status = 200, body = String, description = "The latest checkpoint, a C2SP signed note with the log's signature and any witnesses' cosignatures"),
+        (status = 401, body = Envelope),
+        (status = 404, body = Envelope)
+    )
+)]
+async fn tlog_checkpoint(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    latest_checkpoint(State(broker), caller).await
+}
+
+/// A hash tile `tile/<L>/<N>[.p/<W>]` or an entry bundle `tile/entries/<N>[.p/<W>]`
+/// of the tree of the latest checkpoint (C2SP tlog-tiles). Entry bundles hold every
+/// entry's bytes, confidential terms included: the buyer and the auditor only.
+#[utoipa::path(
+    get,
+    path = "/tlog/tile/{path}",
+    tag = "auditor",
+    params(("path" = String, Path, description = "`<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, N in 3-digit elements such as `x001/234`")),
+    responses(
+        (status = 200, body = Vec<u8>, content_type = "application/octet-stream", description = "256 hashes of 32 bytes (fewer for a partial tile), or big-endian u16 length-prefixed entries"),
+        (status = 401, body = Envelope),
+        (status = 403, body = Envelope),
+        (status = 404, body = Envelope)
+    )
+)]
+async fn tlog_tile(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    use rofr_ledger::tiles::{TileKind, TilePath};
+    let tile = TilePath::parse(&format!("tile/{path}"))
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e))?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "the tree of the latest checkpoint has no tile {}",
+                tile.path()
+            ),
+        )
+    };
+    let bytes = match tile.kind {
+        TileKind::Entries => {
+            caller.reader("read entry bundles (entries carry confidential terms)")?;
+            let size = broker.ledger(|l| l.latest().map_or(0, |(s, _)| *s));
+            if !tile.exists_in(size) {
+                return Err(missing());
+            }
+            let (start, end) = tile.leaves().expect("exists_in checked it");
+            let rows = broker
+                .store(|s| s.events_after(start.checked_sub(1), (end - start) as u32))
+                .map_err(BrokerError::Store)?;
+            let whole = rows.len() as u64 == end - start
+                && rows.iter().zip(start..).all(|(r, i)| r.index == i);
+            let bundle = whole
+                .then(|| rofr_ledger::tiles::entry_bundle(rows.iter().map(|r| r.data.as_slice())))
+                .and_then(Result::ok);
+            bundle.ok_or_else(|| {
+                BrokerError::Setup(format!(
+                    "entries {start}..{end} could not be read back whole for an entry bundle"
+                ))
+            })?
+        }
+        TileKind::Hashes(_) => broker
+            .ledger_with_log(|l, s| l.tile(&tile, s))?
+            .ok_or_else(missing)?,
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
     path = "/v1/ledger/checkpoint",
     tag = "auditor",
     responses(
-        (status = 200, body = String, description = "The latest checkpoint as a C2SP signed note"),
+        (status = 200, body = String, description = "The latest checkpoint as a C2SP signed note, with any witnesses' cosignatures"),
         (status = 401, body = Envelope),
         (status = 404, body = Envelope)
     )
@@ -1495,7 +1606,8 @@ async fn latest_checkpoint(
     _caller: Caller,
 ) -> Result<Response, ApiError> {
     match broker.ledger(|l| l.latest().cloned()) {
-        Some((_, note)) => Ok(text(note)),
+        // It changes with every checkpoint and cosignature.
+        Some((_, note)) => Ok(([(header::CACHE_CONTROL, "no-cache")], text(note)).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -140,7 +140,10 @@ pub struct Ledger {
     tree: MerkleTree,
     key: SigningKey,
     origin: String,
+    /// The latest checkpoint: its size and note, with the cosignatures gathered so far.
     latest: Option<(u64, String)>,
+    /// The latest checkpoint every required witness has cosigned.
+    witnessed: Option<(u64, String)>,
     last_made: Instant,
     pub policy: CheckpointPolicy,
 }
@@ -164,6 +167,7 @@ impl Ledger {
             key,
             origin,
             latest,
+            witnessed: None,
             last_made: Instant::now(),
             policy: CheckpointPolicy::default(),
         })
@@ -208,6 +212,45 @@ impl Ledger {
         self.latest.as_ref()
     }
 
+    /// The checkpoints' origin line.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The entries the log holds, as the tree has them.
+    pub fn size(&self) -> u64 {
+        self.tree.len()
+    }
+
+    /// The latest checkpoint every required witness has cosigned.
+    pub fn witnessed(&self) -> Option<&(u64, String)> {
+        self.witnessed.as_ref()
+    }
+
+    /// Takes the cosigned note of the checkpoint of `size`: as the latest, if it is the
+    /// latest; as the witnessed one, if `witnessed`.
+    pub fn cosigned(&mut self, size: u64, note: &str, witnessed: bool) {
+        if let Some(latest) = self.latest.as_mut().filter(|(s, _)| *s == size) {
+            latest.1 = note.to_owned();
+        }
+        if witnessed && self.witnessed.as_ref().is_none_or(|(s, _)| *s <= size) {
+            self.witnessed = Some((size, note.to_owned()));
+        }
+    }
+
+    /// A hash tile of the tree of the latest checkpoint's size, or `None` where that
+    /// tree has no such tile.
+    pub fn tile(
+        &self,
+        tile: &rofr_ledger::tiles::TilePath,
+        store: &dyn Store,
+    ) -> Result<Option<Vec<u8>>, BrokerError> {
+        let size = self.latest.as_ref().map_or(0, |(s, _)| *s);
+        self.tree
+            .tile(tile, size, &mut |lo, hi| read_leaves(store, lo, hi))
+            .map_err(unreadable)
+    }
+
     pub fn append(&mut self, hashes: impl IntoIterator<Item = [u8; 32]>) {
         for hash in hashes {
             self.tree.push_leaf_hash(hash);
@@ -220,6 +263,24 @@ impl Ledger {
         let grown = self.tree.len() - signed;
         grown >= self.policy.every_entries
             || (grown > 0 && self.last_made.elapsed() >= self.policy.every)
+    }
+
+    /// Reads the witnessed checkpoint back from the stored notes: the latest carrying a
+    /// valid cosignature by every key in `required`.
+    pub fn find_witnessed(
+        &mut self,
+        checkpoints: &[(u64, String)],
+        required: &[rofr_ledger::CosignerKey],
+    ) {
+        if required.is_empty() {
+            self.witnessed = None;
+            return;
+        }
+        self.witnessed = checkpoints
+            .iter()
+            .rev()
+            .find(|(_, note)| required.iter().all(|k| k.check(note).is_ok()))
+            .cloned();
     }
 
     /// Signs a checkpoint of the whole tree (or returns the latest, if nothing grew).
@@ -255,11 +316,14 @@ impl Ledger {
     ) -> Result<Option<(Bundle, bool)>, BrokerError> {
         let needed = entries.last().map_or(0, |(i, _)| i + 1);
         let mut made = false;
-        if self.latest.as_ref().is_none_or(|(size, _)| *size < needed) {
+        let witnessed = self.witnessed.clone().filter(|(size, _)| *size >= needed);
+        if witnessed.is_none() && self.latest.as_ref().is_none_or(|(size, _)| *size < needed) {
             self.checkpoint();
             made = true;
         }
-        let Some((size, note)) = self.latest.clone() else {
+        // The witnessed checkpoint where it covers the entries: its cosignatures make
+        // the bundle evidence against the operator too.
+        let Some((size, note)) = witnessed.or_else(|| self.latest.clone()) else {
             return Ok(None);
         };
         // One proof per entry, and a need's entries mostly share blocks: the last block

@@ -24,11 +24,13 @@ mod metrics;
 mod openapi;
 pub mod views;
 pub mod webhook;
+pub mod witness;
 
 pub use broker::{Broker, BrokerError, FaultHook, Party};
 pub use clock::Clock;
 
-/// Serves the API on `listener`, and posts webhook deliveries, until the future
+/// Serves the API on `listener`, posts webhook deliveries and gathers witnesses'
+/// cosignatures, until the future
 /// `shutdown` completes.
 pub async fn serve(
     broker: Broker,
@@ -41,10 +43,12 @@ pub async fn serve(
         broker.private_webhooks_allowed(),
         stopped,
     ));
+    let cosignatures = tokio::spawn(broker.clone().gather_cosignatures(stop.subscribe()));
     let served = axum::serve(listener, api::router(broker))
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = stop.send(true);
     let _ = deliveries.await;
+    let _ = cosignatures.await;
     served
 }

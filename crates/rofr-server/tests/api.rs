@@ -4,7 +4,7 @@
 //! so, where that is unset).
 
 mod common;
-use common::{origin, DEAL};
+use common::{need, origin, DEAL};
 use rofr_store::{Location, ScratchDatabase};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -130,14 +130,6 @@ impl App {
         self.post(&self.buyer, "/v1/needs", &need(id, gpus).to_string())
             .await
     }
-}
-
-fn need(id: &str, gpus: i64) -> Value {
-    json!({
-        "id": id, "sku": "H100", "gpus": gpus, "hours": 100, "workload": "training",
-        "earliest_start": "2025-02-10T00:00:00Z", "latest_start": "2025-04-01T00:00:00Z",
-        "max_price_per_gpu_hour": 8.0, "decide_by": "2025-04-01T00:00:00Z"
-    })
 }
 
 fn types(body: &Value) -> Vec<String> {

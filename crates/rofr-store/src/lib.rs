@@ -105,6 +105,10 @@ pub trait Store: Send {
     /// Every stored checkpoint, by size.
     fn checkpoints(&self) -> Result<Vec<(u64, String)>>;
 
+    /// Replaces the note of the checkpoint of `size` with the same note carrying more
+    /// signature lines: witnesses' cosignatures.
+    fn cosign_checkpoint(&mut self, size: u64, note: &str) -> Result<()>;
+
     fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()>;
 
     fn token(&self, hash: &str) -> Result<Option<TokenRow>>;

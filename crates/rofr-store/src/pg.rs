@@ -602,6 +602,17 @@ impl Store for PostgresStore {
         )
     }
 
+    fn cosign_checkpoint(&mut self, size: u64, note: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE checkpoints SET note = $2 WHERE size = $1",
+                &[&(size as i64), &note],
+            )
+            .map_err(pg("storing a checkpoint's cosignatures"))
+        })?;
+        Ok(())
+    }
+
     fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
         self.with(|c| {
             c.execute(

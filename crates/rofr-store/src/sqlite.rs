@@ -532,6 +532,16 @@ impl Store for SqliteStore {
             .map_err(db("reading checkpoints"))
     }
 
+    fn cosign_checkpoint(&mut self, size: u64, note: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE checkpoints SET note = ?2 WHERE size = ?1",
+                params![size as i64, note],
+            )
+            .map_err(db("storing a checkpoint's cosignatures"))?;
+        Ok(())
+    }
+
     fn create_token(&mut self, hash: &str, token: &TokenRow, created_at: &str) -> Result<()> {
         self.conn
             .execute(

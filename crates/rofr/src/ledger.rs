@@ -19,6 +19,9 @@ pub enum Command {
         /// The signing key's file, if not where `rofr serve` keeps it by default.
         #[arg(long, env = "ROFR_LEDGER_KEY")]
         ledger_key: Option<PathBuf>,
+        /// Print `ORIGIN=KEY`, the log as `rofr witness serve --log` takes it.
+        #[arg(long)]
+        for_witness: bool,
     },
     /// Ask the broker to sign a checkpoint of everything committed now; prints it.
     Checkpoint {
@@ -80,6 +83,10 @@ pub struct VerifyArgs {
     /// The verifier key you trust: its text, or a file holding it.
     #[arg(long)]
     key: String,
+    /// A witness whose cosignature on the checkpoint you require: its verifier key's
+    /// text, or a file holding it. Repeat for several.
+    #[arg(long = "witness", value_name = "KEY")]
+    witnesses: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -113,8 +120,17 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         Command::Key {
             database,
             ledger_key,
+            for_witness,
         } => {
-            println!("{}", database_key(&database, ledger_key)?.verifier_key());
+            let key = database_key(&database, ledger_key)?.verifier_key();
+            if for_witness {
+                let origin = database.open()?.meta("ledger_origin")?.with_context(|| {
+                    format!("{database} has no ledger origin yet: start the broker on it once")
+                })?;
+                println!("{origin}={key}");
+            } else {
+                println!("{key}");
+            }
             Ok(exit::OK)
         }
         Command::Checkpoint { server } => {
@@ -210,9 +226,18 @@ fn proof(server: &str, path: &str, json: bool) -> anyhow::Result<u8> {
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let key = read_key(&args.key)?;
+    let witnesses = args
+        .witnesses
+        .iter()
+        .map(|w| {
+            let text = std::fs::read_to_string(w).unwrap_or_else(|_| w.clone());
+            rofr_ledger::CosignerKey::parse(text.trim())
+                .map_err(|e| anyhow::anyhow!("--witness `{}`: {e}", text.trim()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let bundle = std::fs::read(&args.bundle)
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
-    match rofr_ledger::evidence::verify(&bundle, &key) {
+    match rofr_ledger::evidence::verify_witnessed(&bundle, &key, &witnesses) {
         Ok(report) => {
             if args.json {
                 println!(

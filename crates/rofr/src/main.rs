@@ -11,6 +11,7 @@ mod ledger;
 mod serve;
 mod simulate;
 mod token;
+mod witness;
 
 use std::process::ExitCode;
 
@@ -85,6 +86,10 @@ enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(token::Command),
+    /// A C2SP witness for the ledger: cosigns checkpoints consistent with the ones it
+    /// cosigned before, and keeps proof of any fork.
+    #[command(subcommand)]
+    Witness(witness::Command),
     /// Answer offers and requests for quotes as one provider, from a capacity model.
     Agent(agent::Args),
     /// Submit, list, show and cancel needs (buyer; auditors may read).
@@ -265,7 +270,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Demo(_) | Command::Serve(_) | Command::Agent(_) | Command::Bench(_)
+        Command::Demo(_)
+            | Command::Serve(_)
+            | Command::Agent(_)
+            | Command::Bench(_)
+            | Command::Witness(_)
     ) {
         end_quietly_on_a_closed_pipe();
     }
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => ledger::verify(args),
         Command::Serve(args) => serve::run(args),
         Command::Token(command) => token::run(command),
+        Command::Witness(command) => witness::run(command),
         Command::Migrate { database } => migrate(&database),
         Command::Solve {
             instance,

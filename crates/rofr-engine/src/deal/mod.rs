@@ -28,6 +28,23 @@ pub struct Deal {
     pub commitments: Vec<Commitment>,
     pub restrictions: Vec<PlacementRestriction>,
     pub approvals: Vec<Approval>,
+    /// Who cosigns the ledger's checkpoints.
+    pub witnesses: Vec<Witness>,
+}
+
+/// A party that cosigns the ledger's checkpoints (C2SP `tlog-witness`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Witness {
+    /// Who runs it, for people: e.g. the holder's id.
+    pub name: String,
+    /// Its C2SP `tlog-cosignature/v1` verifier key, checked when parsed.
+    pub key: String,
+    /// Its submission prefix, without a trailing slash: requests go to
+    /// `<url>/add-checkpoint`.
+    pub url: String,
+    /// A checkpoint counts as witnessed once every required witness cosigned it.
+    pub required: bool,
+    pub location: Location,
 }
 
 /// Detached ids, one per distinct text. A deal names few, so lists searched in order.

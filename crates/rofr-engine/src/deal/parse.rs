@@ -47,6 +47,8 @@ struct RawDeal {
     placement_restriction: Vec<S<RawRestriction>>,
     #[serde(default)]
     approval: Vec<S<RawApproval>>,
+    #[serde(default)]
+    witness: Vec<S<RawWitness>>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +186,16 @@ struct RawApproval {
     non_holder: bool,
     #[serde(default)]
     providers: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    name: S<String>,
+    key: S<String>,
+    url: S<String>,
+    #[serde(default = "yes")]
+    required: bool,
 }
 
 /// Parses a deal file. On failure, every error found is returned, in file order.
@@ -452,6 +464,7 @@ impl Cx<'_> {
             .enumerate()
             .filter_map(|(i, clause)| self.approval(i, clause))
             .collect();
+        let witnesses = self.witnesses(&raw.witness);
         Deal {
             name,
             file: self.map.location(0).file,
@@ -464,7 +477,49 @@ impl Cx<'_> {
             commitments,
             restrictions,
             approvals,
+            witnesses,
         }
+    }
+
+    fn witnesses(&mut self, raw: &[S<RawWitness>]) -> Vec<Witness> {
+        let mut witnesses: Vec<Witness> = Vec::new();
+        for (index, w) in raw.iter().enumerate() {
+            let key = format!("witness[{index}]");
+            let r = w.get_ref();
+            let name = r.name.get_ref().trim().to_owned();
+            if name.is_empty() {
+                self.fail(
+                    r.name.span(),
+                    format!("{key}.name"),
+                    ValueError("a witness's name is empty: name the party, e.g. \"azure\"".into()),
+                );
+            } else if witnesses.iter().any(|other| other.name == name) {
+                self.fail(
+                    r.name.span(),
+                    format!("{key}.name"),
+                    ValueError(format!("another witness is named `{name}`")),
+                );
+            }
+            let verifier = self.value(&r.key, format!("{key}.key"), cosigner_key);
+            let url = self.value(&r.url, format!("{key}.url"), witness_url);
+            if let (Some(verifier_key), Some(url)) = (verifier, url) {
+                if witnesses.iter().any(|other| other.key == verifier_key) {
+                    self.fail(
+                        r.key.span(),
+                        format!("{key}.key"),
+                        ValueError("another witness has this key".into()),
+                    );
+                }
+                witnesses.push(Witness {
+                    name,
+                    key: verifier_key,
+                    url,
+                    required: r.required,
+                    location: self.at(w.span()),
+                });
+            }
+        }
+        witnesses
     }
 
     fn calendar(&mut self, raw: &RawCalendar) -> Calendar {
@@ -893,6 +948,66 @@ impl Cx<'_> {
             providers,
         })
     }
+}
+
+/// Checks a C2SP `tlog-cosignature/v1` verifier key's text:
+/// `<name>+<key ID>+<base64(0x04 ‖ 32-byte Ed25519 key)>`, the ID matching.
+fn cosigner_key(text: &str) -> Result<String, ValueError> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let text = text.trim();
+    let shape = || {
+        ValueError(format!(
+            "`{text}` is not a witness's verifier key: `<name>+<8 hex digits>+<base64>`, as `rofr witness key` prints it"
+        ))
+    };
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(shape());
+    };
+    if name.is_empty() || name.chars().any(char::is_whitespace) || id.len() != 8 {
+        return Err(shape());
+    }
+    let id = u32::from_str_radix(id, 16).map_err(|_| shape())?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| shape())?;
+    match bytes.as_slice() {
+        [0x04, public @ ..] if public.len() == 32 => {
+            let mut h = sha2::Sha256::new();
+            h.update(name.as_bytes());
+            h.update([0x0A, 0x04]);
+            h.update(public);
+            let digest = h.finalize();
+            if u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) != id {
+                return Err(ValueError(format!(
+                    "the key ID in `{text}` does not match its key: the text was changed"
+                )));
+            }
+            Ok(text.to_owned())
+        }
+        [0x01, ..] => Err(ValueError(
+            "this is a log's verifier key (type 0x01); a witness cosigns with a tlog-cosignature/v1 key (type 0x04)".into(),
+        )),
+        _ => Err(shape()),
+    }
+}
+
+/// A witness's submission prefix: an http:// or https:// URL with a host.
+fn witness_url(text: &str) -> Result<String, ValueError> {
+    let text = text.trim().trim_end_matches('/');
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| {
+            ValueError(format!(
+                "`{text}` is not an http:// or https:// URL: write e.g. \"http://127.0.0.1:8091\""
+            ))
+        })?;
+    if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
+        return Err(ValueError(format!("`{text}` names no host")));
+    }
+    Ok(text.to_owned())
 }
 
 fn datetime_to_date(value: &Datetime) -> Result<NaiveDate, ValueError> {

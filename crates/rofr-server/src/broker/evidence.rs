@@ -180,6 +180,9 @@ impl Broker {
             // An amendment may lie between the need's own entries.
             entries.sort_unstable_by_key(|(index, _)| *index);
         }
+        // Where the deal requires witnesses, the bundle waits for them.
+        self.witnessed_for(entries.last().map_or(0, |(i, _)| i + 1))
+            .await?;
         // A provider other than the holder is not told who holds the right.
         let holder = holder
             .filter(|h| viewer.is_none_or(|v| v == h))

@@ -25,6 +25,7 @@ mod hooks;
 mod open;
 mod party;
 mod projection;
+pub mod witnessing;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,6 +121,9 @@ pub enum BrokerError {
     Setup(String),
     #[error("the broker is shutting down")]
     Stopped,
+    /// An entry the command would write is larger than a ledger entry may be.
+    #[error("the command would write a ledger entry of {0} bytes; an entry holds at most 65535 (C2SP tlog-tiles entry bundles): nothing was written")]
+    EntryTooLarge(usize),
     /// The command failed where it should not have (a defect): it was refused alone,
     /// nothing of it was written, and the broker goes on.
     #[error("the command failed inside the broker; nothing of it was written")]
@@ -197,6 +201,13 @@ struct Inner {
     /// deals were entries), then each amendment. Read at start and kept as they are
     /// written or folded in.
     deal_entries: RwLock<Vec<DealEntry>>,
+    /// The size of the latest witnessed checkpoint (0: none).
+    witnessed: watch::Sender<u64>,
+    /// The size of the checkpoint the last round of witnessing took to the witnesses,
+    /// whatever they answered.
+    asked: watch::Sender<u64>,
+    /// Where each witness stands.
+    gathered: Mutex<witnessing::Gathered>,
 }
 
 /// A deal entry: where it is, its bytes exactly as stored, and what they say.

@@ -98,6 +98,9 @@ impl Broker {
             fault: RwLock::new(None),
             private_webhooks: AtomicBool::new(false),
             deal_entries: RwLock::new(deal_entries),
+            witnessed: watch::Sender::new(0),
+            asked: watch::Sender::new(0),
+            gathered: Mutex::new(Default::default()),
         });
         // Alone on its log, the broker writes each batch on a thread of its own while
         // the writer runs the next one through the engine.
@@ -378,6 +381,15 @@ fn start_log(store: &mut dyn Store, entry: &DealAdopted) -> Result<(), BrokerErr
                 return Ok(store.abort()?);
             }
             let data = entry.to_json();
+            if data.len() > rofr_ledger::tiles::MAX_ENTRY_BYTES {
+                store.abort()?;
+                return Err(BrokerError::Setup(format!(
+                    "the deal file {} makes a ledger entry of {} bytes; an entry holds at most {} (C2SP tlog-tiles): shorten the file",
+                    entry.file,
+                    data.len(),
+                    rofr_ledger::tiles::MAX_ENTRY_BYTES
+                )));
+            }
             let batch = Batch {
                 events: vec![NewEvent {
                     need: String::new(),

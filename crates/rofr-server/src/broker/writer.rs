@@ -391,7 +391,16 @@ impl Writer {
                         .then(|| engine.amendment(engine.versions()))
                         .flatten()
                         .map(|entry| (entry.at, entry.to_json()));
-                    Ok(self.stage_command(batch, entry, &events, outcome, &party, idempotency))
+                    match self.stage_command(batch, entry, &events, outcome, &party, idempotency) {
+                        Ok(answer) => Ok(answer),
+                        Err(bytes) => {
+                            // The engine holds the command: refuse it, write the batch
+                            // so far, and run the rest after reloading from the log.
+                            answers.push((reply, Err(BrokerError::EntryTooLarge(bytes))));
+                            self.poisoned = true;
+                            return jobs.collect();
+                        }
+                    }
                 }
                 Err(rejection) => {
                     counters.commands_rejected.fetch_add(1, Ordering::Relaxed);
@@ -432,7 +441,8 @@ impl Writer {
     }
 
     /// Stages an accepted command's entries (an amendment's own, then the events), and
-    /// its answer under its idempotency key.
+    /// its answer under its idempotency key. Where an entry would be larger than a C2SP
+    /// entry bundle holds, nothing of the command is staged and the size is returned.
     fn stage_command(
         &mut self,
         batch: &mut Batch,
@@ -441,13 +451,12 @@ impl Writer {
         outcome: Outcome,
         party: &Party,
         idempotency: Option<Idempotency>,
-    ) -> Answer {
+    ) -> Result<Answer, usize> {
         let first = self.next_index + batch.events.len() as u64;
         let start = batch.events.len();
+        let deliveries = batch.deliveries.len();
+        let amendment = entry.is_some();
         if let Some((at, data)) = entry {
-            // A deal entry belongs to no need. Kept now for evidence; a batch that
-            // fails to commit is forgotten when the engine is reloaded.
-            self.inner.note_deal_entry(first, &data);
             batch.events.push(NewEvent {
                 need: String::new(),
                 kind: "deal_amended".into(),
@@ -457,6 +466,17 @@ impl Writer {
             });
         }
         self.append(batch, events);
+        let largest = batch.events[start..].iter().map(|e| e.data.len()).max();
+        if let Some(bytes) = largest.filter(|b| *b > rofr_ledger::tiles::MAX_ENTRY_BYTES) {
+            self.spare.extend(batch.events.drain(start..));
+            batch.deliveries.truncate(deliveries);
+            return Err(bytes);
+        }
+        if amendment {
+            // A deal entry belongs to no need. Kept now for evidence; a batch that
+            // fails to commit is forgotten when the engine is reloaded.
+            self.inner.note_deal_entry(first, &batch.events[start].data);
+        }
         let body = command_body(first, &batch.events[start..]);
         if let Some(idem) = idempotency {
             let party = party.key();
@@ -472,11 +492,11 @@ impl Writer {
                 .insert((party, idem.key), (end, answer.clone()));
             batch.idempotency.push(answer);
         }
-        Answer {
+        Ok(Answer {
             outcome,
             body,
             replayed: false,
-        }
+        })
     }
 
     /// Step 4. Notes which needs the batch touched, and stages the rows `rows` asks
