@@ -3,7 +3,8 @@
 //! rewrites history and signs it with the real key, which the witness refuses.
 
 mod common;
-use common::{need, origin, DEAL};
+use common::origin;
+use common::witnessed::{self, get, submit, witnessing, Witnessed};
 
 use std::future::IntoFuture as _;
 use std::sync::Arc;
@@ -11,8 +12,7 @@ use std::sync::Arc;
 use rofr_ledger::witness::AddCheckpoint;
 use rofr_ledger::{Checkpoint, CosignerKey, MerkleTree, SigningKey, VerifierKey};
 use rofr_server::witness::Witness;
-use rofr_server::{Broker, Clock, Party};
-use rofr_store::Location;
+use rofr_server::{Broker, Clock};
 
 const ORIGIN: &str = "example.test/log";
 
@@ -175,79 +175,27 @@ async fn the_witness_answers_as_c2sp_tlog_witness_writes() {
     );
 }
 
-/// The deal of the API tests with `witness` as a required witness at `url`.
-fn witnessed_deal(key: &str, url: &str) -> String {
-    format!("{DEAL}\n[[witness]]\nname = \"azure\"\nkey = \"{key}\"\nurl = \"{url}\"\n")
-}
-
-/// GETs `path` with `token`, expecting 200.
-async fn get(url: &str, token: &str, path: &str) -> String {
-    let answer = reqwest::Client::new()
-        .get(format!("{url}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200, "{path}");
-    answer.text().await.unwrap()
-}
-
 async fn evidence(url: &str, token: &str, need: &str) -> String {
     get(url, token, &format!("/v1/ledger/evidence/{need}")).await
-}
-
-async fn witnessing(url: &str, token: &str) -> serde_json::Value {
-    serde_json::from_str(&get(url, token, "/v1/ledger/witnesses").await).unwrap()
 }
 
 #[tokio::test]
 async fn bundles_carry_the_witness_cosignature_and_a_rewritten_log_loses_it() {
     let dir = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite(dir.path().join("rofr.db"));
-    let key_file = dir.path().join("ledger-key");
-    // The witness starts first, knowing the log's key and origin once the broker made
-    // them; the broker retries it until then.
-    let witness =
-        Witness::open(&dir.path().join("witness.db"), Some("witness.azure.test")).unwrap();
-    let witness_key = witness.verifier_key();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let witness_url = format!("http://{}", listener.local_addr().unwrap());
-    let deal = witnessed_deal(&witness_key, &witness_url);
-    let broker = Broker::open(
-        &location,
-        Some(("deal.toml", &deal)),
-        Clock::scaled(origin(), 1.0),
-        Some(&key_file),
-    )
-    .unwrap();
-    let log_key = broker.ledger(|l| l.verifier_key());
-    let log_origin = broker.ledger(|l| l.origin().to_owned());
-    let mut witness = witness;
-    witness.trust(&log_origin, VerifierKey::parse(&log_key).unwrap());
-    let witness = Arc::new(witness);
-    tokio::spawn(
-        axum::serve(listener, rofr_server::witness::router(witness.clone())).into_future(),
-    );
-
-    let buyer = Broker::create_token(&location, &Party::Buyer, "test").unwrap();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", api.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(rofr_server::serve(broker.clone(), api, async {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    for id in ["n1", "n2"] {
-        let answer = client
-            .post(format!("{url}/v1/needs"))
-            .bearer_auth(&buyer)
-            .json(&need(id, 8))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 201);
-    }
-    let bundle = evidence(&url, &buyer, "n1").await;
+    let Witnessed {
+        url,
+        broker,
+        buyer,
+        location,
+        key_file,
+        witness,
+        witness_key,
+        log_key,
+        stop,
+        served,
+    } = witnessed::start(dir.path()).await;
+    submit(&url, &buyer, "n", 2).await;
+    let bundle = evidence(&url, &buyer, "n-0").await;
     let cosigner = CosignerKey::parse(&witness_key).unwrap();
     let log = VerifierKey::parse(&log_key).unwrap();
     let report = rofr_ledger::evidence::verify_witnessed(
@@ -277,7 +225,7 @@ async fn bundles_carry_the_witness_cosignature_and_a_rewritten_log_loses_it() {
     let db = rusqlite::Connection::open(dir.path().join("rofr.db")).unwrap();
     let (index, data): (i64, Vec<u8>) = db
         .query_row(
-            "SELECT idx, data FROM events WHERE need = 'n1' ORDER BY idx LIMIT 1",
+            "SELECT idx, data FROM events WHERE need = 'n-0' ORDER BY idx LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -310,7 +258,7 @@ async fn bundles_carry_the_witness_cosignature_and_a_rewritten_log_loses_it() {
         api,
         std::future::pending(),
     ));
-    let bundle = evidence(&url, &buyer, "n1").await;
+    let bundle = evidence(&url, &buyer, "n-0").await;
     // Without the witness the rewritten log's bundle verifies: only its own key vouches.
     rofr_ledger::evidence::verify(bundle.as_bytes(), &log).unwrap();
     let failure =

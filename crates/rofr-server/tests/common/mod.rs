@@ -2,6 +2,9 @@
 
 use rofr_engine::types::Timestamp;
 
+#[allow(dead_code)]
+pub mod witnessed;
+
 /// Three providers; azure holds a first-offer right on everything.
 pub const DEAL: &str = r#"
 [deal]
