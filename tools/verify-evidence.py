@@ -5,7 +5,11 @@ Written from RFC 9162 (Merkle tree hashes and inclusion proofs, section 2.1) and
 C2SP signed-note and tlog-checkpoint specifications alone, sharing no code with rofr:
 it uses Python's hashlib, base64 and json, and Ed25519 from the `cryptography` package.
 
-    python3 tools/verify-evidence.py BUNDLE.json 'name+keyid+base64key'
+    python3 tools/verify-evidence.py BUNDLE.json 'name+keyid+base64key' [--witness KEY]...
+
+Each `--witness` names a witness whose C2SP tlog-cosignature/v1 (Ed25519, key type
+0x04, a timestamp and a signature over `cosignature/v1`, `time <T>` and the
+checkpoint's text) the checkpoint must carry.
 
 Exit status 0 when the checkpoint's signature and every entry's inclusion proof
 verify, each deal entry's text (adoption or amendment) matches its SHA-256, and every
@@ -15,6 +19,7 @@ cryptography and the deal's bytes only; the first-refusal story is `rofr verify`
 tell.
 """
 
+import argparse
 import base64
 import hashlib
 import json
@@ -27,13 +32,13 @@ def sha256(data):
     return hashlib.sha256(data).digest()
 
 
-def parse_verifier_key(text):
+def parse_verifier_key(text, kind=0x01):
     name, key_id, encoded = text.strip().split("+", 2)
     raw = base64.b64decode(encoded)
-    if len(raw) != 33 or raw[0] != 0x01:
-        raise ValueError("not an Ed25519 verifier key")
+    if len(raw) != 33 or raw[0] != kind:
+        raise ValueError(f"not an Ed25519 key of type {kind:#04x}: {text.strip()}")
     public = raw[1:]
-    computed = sha256(name.encode() + b"\n" + b"\x01" + public)[:4]
+    computed = sha256(name.encode() + b"\n" + bytes([kind]) + public)[:4]
     if computed.hex() != key_id:
         raise ValueError("the key ID does not match the key")
     return name, computed, public
@@ -52,6 +57,21 @@ def open_note(note, key):
             Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], text.encode())
             return text
     raise ValueError("no signature by the key")
+
+
+def check_cosignature(note, key):
+    name, key_id, public = key
+    split = note.rindex("\n\n")
+    text, signatures = note[: split + 1], note[split + 2 :]
+    for line in signatures.splitlines():
+        signer, blob = line[2:].split(" ", 1)
+        blob = base64.b64decode(blob)
+        if signer == name and blob[:4] == key_id and len(blob) == 76:
+            timestamp = int.from_bytes(blob[4:12], "big")
+            message = f"cosignature/v1\ntime {timestamp}\n{text}".encode()
+            Ed25519PublicKey.from_public_bytes(public).verify(blob[12:], message)
+            return timestamp
+    raise ValueError(f"the checkpoint carries no cosignature by witness {name}")
 
 
 def parse_checkpoint(body):
@@ -89,9 +109,19 @@ def verify_inclusion(index, size, leaf, proof, root):
 
 
 def main():
-    bundle = json.load(open(sys.argv[1]))
-    key = parse_verifier_key(sys.argv[2])
+    arguments = argparse.ArgumentParser(description="Check a rofr evidence bundle.")
+    arguments.add_argument("bundle")
+    arguments.add_argument("key", help="the log's verifier key")
+    arguments.add_argument("--witness", action="append", default=[], metavar="KEY",
+                           help="a witness whose cosignature is required (repeatable)")
+    args = arguments.parse_args()
+    bundle = json.load(open(args.bundle))
+    key = parse_verifier_key(args.key)
     origin, size, root = parse_checkpoint(open_note(bundle["checkpoint"], key))
+    for text in args.witness:
+        witness = parse_verifier_key(text, kind=0x04)
+        timestamp = check_cosignature(bundle["checkpoint"], witness)
+        print(f"cosigned by {witness[0]} at {timestamp}")
     deals = {}
     versions = []
     for entry in bundle["entries"]:
@@ -127,5 +157,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except Exception as error:  # any malformed input is a failed verification
-        print(f"failed: {error}")
+        print(f"failed: {error or type(error).__name__}")
         sys.exit(1)

@@ -57,6 +57,50 @@ pub fn render(broker: &Broker) -> String {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     registry.register("needs", "Needs by status", needs);
+    let w = broker.witnessing();
+    let gauge = |value: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        g
+    };
+    registry.register("ledger_entries", "Entries in the ledger", gauge(w.log_size));
+    registry.register(
+        "ledger_checkpoint_size",
+        "Entries under the latest signed checkpoint",
+        gauge(w.checkpoint_size),
+    );
+    registry.register(
+        "ledger_witnessed_size",
+        "Entries under the latest checkpoint every required witness cosigned",
+        gauge(w.witnessed_size),
+    );
+    registry.register(
+        "ledger_witness_lag_entries",
+        "Entries not yet under a witnessed checkpoint (0 where no witness is required)",
+        gauge(w.lag_entries),
+    );
+    let lag: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    lag.set(w.lag_seconds);
+    registry.register(
+        "ledger_witness_lag_seconds",
+        "Seconds since the oldest checkpoint not yet witnessed was signed",
+        lag,
+    );
+    let cosigned = Family::<Vec<(String, String)>, Gauge>::default();
+    for status in &w.witnesses {
+        cosigned
+            .get_or_create(&vec![("witness".to_owned(), status.name.clone())])
+            .set(
+                status
+                    .cosigned_size
+                    .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            );
+    }
+    registry.register(
+        "witness_cosigned_size",
+        "The largest checkpoint each witness the deal names has cosigned (-1: none yet)",
+        cosigned,
+    );
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text

@@ -369,6 +369,17 @@ impl Witness {
     }
 }
 
+/// Serves the witness on `listener` until `shutdown` completes.
+pub async fn serve(
+    witness: Arc<Witness>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(witness))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// The witness's HTTP interface: `POST /add-checkpoint` (C2SP), and for its operator
 /// `GET /forks` and `GET /held` (JSON) and `GET /key`.
 pub fn router(witness: Arc<Witness>) -> Router {

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::agent::{Agent, AgentStats, CapacityModel};
 use crate::client::Client;
+use rofr_server::witness::Witness;
 use rofr_server::{Broker, Clock, Party};
 
 pub const DEAL_FILE: &str = "examples/deals/stargate.toml";
@@ -78,6 +79,15 @@ pub struct Running {
     pub database: PathBuf,
     /// The ledger's verifier key, for `rofr verify`.
     pub verifier_key: String,
+    /// How far witnessing trails the log at the end.
+    pub witnessing: rofr_server::broker::witnessing::Witnessing,
+    /// The holder's witness: its verifier key, URL and SQLite file.
+    pub witness_key: String,
+    pub witness_url: String,
+    pub witness_database: PathBuf,
+    /// The deal file the demo adopted: the example deal with the holder's witness.
+    pub deal_file: PathBuf,
+    pub witness: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -98,8 +108,42 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
     };
     let clock = Clock::scaled(origin(), options.speed);
     let location = Location::Sqlite(database.clone());
-    let broker = Broker::open(&location, Some((DEAL_FILE, DEAL)), clock.clone(), None)
-        .map_err(|e| e.to_string())?;
+    // The holder runs a witness: the deal names it, and the broker gathers its
+    // cosignature on every checkpoint.
+    let beside = |suffix: &str| {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let witness_database = beside(".witness.db");
+    let mut witness = Witness::open(&witness_database, Some("witness.azure.demo/rofr"))?;
+    let witness_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen for the holder's witness: {e}"))?;
+    let witness_url = format!(
+        "http://{}",
+        witness_listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let witness_key = witness.verifier_key();
+    let deal_text = format!(
+        "{DEAL}\n# The holder's witness, started by `rofr demo`.\n[[witness]]\nname = \"azure\"\nkey = \"{witness_key}\"\nurl = \"{witness_url}\"\nrequired = true\n"
+    );
+    let deal_file = beside(".deal.toml");
+    std::fs::write(&deal_file, &deal_text)
+        .map_err(|e| format!("cannot write {}: {e}", deal_file.display()))?;
+    let deal_name = deal_file.display().to_string();
+    let broker = Broker::open(
+        &location,
+        Some((&deal_name, &deal_text)),
+        clock.clone(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let (log_origin, log_key) = broker.ledger(|l| (l.origin().to_owned(), l.verifier_key()));
+    witness.trust(
+        &log_origin,
+        rofr_ledger::VerifierKey::parse(&log_key).map_err(|e| e.to_string())?,
+    );
     // The demo's providers and any receiver a user tries it with run on this machine.
     broker.allow_private_webhooks(true);
     let mut tokens = Vec::new();
@@ -124,6 +168,14 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut witness_stop = stopped.clone();
+    let witness = tokio::spawn(rofr_server::witness::serve(
+        std::sync::Arc::new(witness),
+        witness_listener,
+        async move {
+            let _ = witness_stop.wait_for(|s| *s).await;
+        },
+    ));
     let mut server_stop = stopped.clone();
     let server = tokio::spawn(rofr_server::serve(broker.clone(), listener, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -202,8 +254,18 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
         agents.push((id, task.await.unwrap_or_default()));
     }
     let verifier_key = broker.ledger(|l| l.verifier_key());
+    // A last checkpoint of everything, for the holder's witness to cosign.
+    let (size, _) = broker.checkpoint_now().map_err(|e| e.to_string())?;
+    broker.wait_witnessed(size, Duration::from_secs(10)).await;
+    let witnessing = broker.witnessing();
     Ok(Running {
+        witnessing,
         verifier_key,
+        witness_key,
+        witness_url,
+        witness_database,
+        deal_file,
+        witness,
         url,
         tokens,
         summary,

@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         println!(
-            "rofr demo: {} needs against {DEAL_FILE}, four provider agents over HTTP, model time {} x real time",
+            "rofr demo: {} needs against {DEAL_FILE} with the holder's witness, four provider agents over HTTP, model time {} x real time",
             args.needs, args.speed
         );
         let running = run_demo(DemoOptions {
@@ -57,6 +57,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
         print!("{}", running.summary.render());
+        let w = &running.witnessing;
+        println!(
+            "Ledger: {} entries; the checkpoint of {} is {} by the holder's witness (azure, {}).",
+            w.log_size,
+            w.checkpoint_size,
+            if w.witnessed_size == w.checkpoint_size { "cosigned" } else { "not yet cosigned" },
+            running.witness_key
+        );
         if args.keep {
             println!("\nThe broker keeps running at {} (database {}).", running.url, running.database.display());
             println!("Dashboard: {}/ui/ (sign in with a token below)", running.url);
@@ -65,17 +73,30 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 println!("  {label:<18} {token}");
             }
             println!("Ledger verifier key: {}", running.verifier_key);
+            println!(
+                "Holder's witness (azure) at {}, key: {}",
+                running.witness_url, running.witness_key
+            );
+            println!(
+                "  it keeps what it cosigned in {}; the deal the demo adopted is {}",
+                running.witness_database.display(),
+                running.deal_file.display()
+            );
             println!("Try: ROFR_SERVER={} ROFR_TOKEN=<buyer token> rofr need list", running.url);
             println!(
                 "     ROFR_SERVER={} ROFR_TOKEN=<auditor token> rofr ledger evidence <need> --out bundle.json",
                 running.url
             );
-            println!("     rofr verify bundle.json --key '{}'", running.verifier_key);
+            println!(
+                "     rofr verify bundle.json --key '{}' --witness '{}'",
+                running.verifier_key, running.witness_key
+            );
             println!("Press Ctrl-C to stop.");
             crate::serve::shutdown_signal().await;
         }
         let _ = running.stop.send(true);
         let _ = running.server.await;
+        let _ = running.witness.await;
         anyhow::Ok(())
     })?;
     Ok(exit::OK)

@@ -107,8 +107,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                     logs.len(),
                     if logs.len() == 1 { "" } else { "s" }
                 );
-                axum::serve(listener, rofr_server::witness::router(witness))
-                    .with_graceful_shutdown(crate::serve::shutdown_signal())
+                rofr_server::witness::serve(witness, listener, crate::serve::shutdown_signal())
                     .await?;
                 anyhow::Ok(())
             })?;

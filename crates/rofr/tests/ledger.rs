@@ -400,18 +400,6 @@ fn a_providers_evidence_shows_only_what_is_its_own_and_still_verifies() {
     assert_eq!(verify(&forged, &key).status.code(), Some(3));
 }
 
-/// Whether python3 with `cryptography` is here to run the independent verifier.
-fn has_python() -> bool {
-    let python = Command::new("python3")
-        .args(["-c", "import cryptography"])
-        .status();
-    if !python.is_ok_and(|s| s.success()) {
-        common::skip("python3 with the `cryptography` package is not installed");
-        return false;
-    }
-    true
-}
-
 /// Runs the independent verifier on `bundle`.
 fn python_verify(bundle: &Path, key: &str) -> Output {
     let script = concat!(
@@ -430,7 +418,7 @@ fn python_verify(bundle: &Path, key: &str) -> Output {
 /// accepts the bundle as written, and refuses it changed.
 #[test]
 fn an_independent_verifier_accepts_the_bundle_byte_for_byte() {
-    if !has_python() {
+    if !common::has_python() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -514,7 +502,7 @@ fn evidence_names_the_terms_that_governed_the_need() {
         stdout(&verified)
     );
 
-    if !has_python() {
+    if !common::has_python() {
         return;
     }
     let accepted = python_verify(&bundle, &key);

@@ -139,3 +139,15 @@ pub async fn all_events(
         }
     }
 }
+
+/// Whether python3 with `cryptography` is here to run the independent verifier.
+pub fn has_python() -> bool {
+    let python = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status();
+    if !python.is_ok_and(|s| s.success()) {
+        skip("python3 with the `cryptography` package is not installed");
+        return false;
+    }
+    true
+}
