@@ -66,32 +66,20 @@ async fn every_demo_bundle_carries_the_holders_cosignature() {
         .unwrap();
     let file = dir.path().join("bundle.json");
     std::fs::write(&file, &bundle).unwrap();
-    let verified = rofr()
-        .arg("verify")
-        .arg(&file)
-        .args([
-            "--key",
-            &running.verifier_key,
-            "--witness",
-            &running.witness_key,
-        ])
-        .output()
-        .unwrap();
+    let verify = |witness: &str| {
+        rofr()
+            .arg("verify")
+            .arg(&file)
+            .args(["--key", &running.verifier_key, "--witness", witness])
+            .output()
+            .unwrap()
+    };
+    let verified = verify(&running.witness_key);
     assert!(verified.status.success(), "{}", stdout(&verified));
     assert!(stdout(&verified).contains("Cosigned by witness witness.azure.demo/rofr"));
     // Another witness's key is not satisfied by the holder's cosignature.
     let other = rofr_ledger::CosigningKey::from_seed("witness.other/w", &[5; 32]).unwrap();
-    let refused = rofr()
-        .arg("verify")
-        .arg(&file)
-        .args([
-            "--key",
-            &running.verifier_key,
-            "--witness",
-            &other.verifier_key(),
-        ])
-        .output()
-        .unwrap();
+    let refused = verify(&other.verifier_key());
     assert_eq!(refused.status.code(), Some(3));
     assert!(
         stdout(&refused).contains("no cosignature by witness `witness.other/w`"),
