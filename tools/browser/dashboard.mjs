@@ -84,6 +84,8 @@ try {
   await page.waitForSelector("#verifier-key");
   const key = await (await fetch(url + "/v1/ledger/key", { headers: { authorization: "Bearer " + buyer } })).text();
   check((await page.textContent("#verifier-key")).trim() === key.trim(), "the ledger page shows the verifier key");
+  const lag = await page.textContent("#witness-lag");
+  check(lag.includes("names no witness"), "the ledger page says how far witnessing trails the log (here: no witness named)");
   await page.screenshot({ path: `${shots}/ledger.png`, fullPage: true });
 
   // The holder accepts an offer from the page, and the need moves on.

@@ -271,9 +271,16 @@ async function dealPage() {
 }
 
 async function ledgerPage() {
-  const [key, checkpoint] = await Promise.all([api("/v1/ledger/key"), api("/v1/ledger/checkpoint").catch(() => "no checkpoint yet")]);
+  const [key, checkpoint, w] = await Promise.all([api("/v1/ledger/key"), api("/v1/ledger/checkpoint").catch(() => "no checkpoint yet"), api("/v1/ledger/witnesses")]);
+  const trailing = w.witnesses.length === 0 ? "The deal names no witness: checkpoints carry the log's signature alone."
+    : w.lag_entries === 0 ? `Every entry is under a checkpoint the required witnesses cosigned (${fmt(w.witnessed_size)} entries).`
+    : `Witnessing trails the log by ${fmt(w.lag_entries)} entries (${fmt(w.lag_seconds, 1)} s): the latest witnessed checkpoint covers ${fmt(w.witnessed_size)} of ${fmt(w.log_size)}.`;
   const children = [el("h1", {}, "Ledger"), el("h2", {}, "Verifier key"), el("pre", { id: "verifier-key" }, key),
-    el("h2", {}, "Latest checkpoint"), el("pre", { id: "checkpoint" }, checkpoint)];
+    el("h2", {}, "Latest checkpoint"), el("pre", { id: "checkpoint" }, checkpoint),
+    el("h2", {}, "Witnesses"), el("p", { id: "witness-lag" }, trailing),
+    el("div", { id: "witnesses" }, table([["Witness", x => x.name], ["Required", x => x.required ? "yes" : "no"],
+      ["Cosigned to", x => x.cosigned_size == null ? "–" : fmt(x.cosigned_size)], ["Last cosigned", x => x.last_cosigned_at || "–"],
+      ["Last refusal", x => x.last_error || "–"], ["Key", x => el("code", {}, x.key)]], w.witnesses))];
   if (me.party !== "provider") {
     children.push(el("button", { onclick: async () => { await api("/v1/ledger/checkpoint", { method: "POST" }); ledgerPage(); } }, "Sign a checkpoint now"));
     const page = await api("/v1/events?limit=50");
