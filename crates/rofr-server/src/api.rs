@@ -1553,8 +1553,16 @@ async fn tlog_tile(
         )
     };
     let bytes = match tile.kind {
-        TileKind::Entries => {
-            caller.reader("read entry bundles (entries carry confidential terms)")?;
+        // Above level 0 every hash is a node the tree keeps.
+        TileKind::Hashes(level) if level > 0 => {
+            broker.ledger(|l| l.tile(&tile))?.ok_or_else(missing)?
+        }
+        // Level 0 and entry bundles are the entries themselves, read from the log
+        // without holding the ledger.
+        kind => {
+            if kind == TileKind::Entries {
+                caller.reader("read entry bundles (entries carry confidential terms)")?;
+            }
             let size = broker.ledger(|l| l.latest().map_or(0, |(s, _)| *s));
             if !tile.exists_in(size) {
                 return Err(missing());
@@ -1565,18 +1573,22 @@ async fn tlog_tile(
                 .map_err(BrokerError::Store)?;
             let whole = rows.len() as u64 == end - start
                 && rows.iter().zip(start..).all(|(r, i)| r.index == i);
-            let bundle = whole
-                .then(|| rofr_ledger::tiles::entry_bundle(rows.iter().map(|r| r.data.as_slice())))
-                .and_then(Result::ok);
-            bundle.ok_or_else(|| {
+            let bytes = whole.then(|| match kind {
+                TileKind::Entries => {
+                    rofr_ledger::tiles::entry_bundle(rows.iter().map(|r| r.data.as_slice())).ok()
+                }
+                _ => Some(
+                    rows.iter()
+                        .flat_map(|r| rofr_ledger::leaf_hash(&r.data))
+                        .collect(),
+                ),
+            });
+            bytes.flatten().ok_or_else(|| {
                 BrokerError::Setup(format!(
-                    "entries {start}..{end} could not be read back whole for an entry bundle"
+                    "entries {start}..{end} could not be read back whole for a tile"
                 ))
             })?
         }
-        TileKind::Hashes(_) => broker
-            .ledger_with_log(|l, s| l.tile(&tile, s))?
-            .ok_or_else(missing)?,
     };
     Ok((
         [

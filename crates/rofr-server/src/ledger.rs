@@ -108,9 +108,10 @@ fn read_key(path: &Path) -> Result<SigningKey, BrokerError> {
     })
 }
 
-/// The broker's tree keeps its lower levels only for the last 2^10 entries' block; a
-/// proof reaching into an older block reads its 1,024 entries back from the log.
-const TREE_BLOCK_BITS: u32 = 10;
+/// The broker's tree keeps its lower levels only for the last 2^8 entries' block; a
+/// proof reaching into an older block reads its 256 entries back from the log. Blocks
+/// are C2SP tiles: every hash of a tile above level 0 is a node the tree keeps.
+const TREE_BLOCK_BITS: u32 = 8;
 
 /// Reads the leaf hashes of entries [lo, hi) back from the log, hashing each entry's
 /// bytes afresh (the tree then checks them against the node it kept over them).
@@ -238,16 +239,17 @@ impl Ledger {
         }
     }
 
-    /// A hash tile of the tree of the latest checkpoint's size, or `None` where that
-    /// tree has no such tile.
+    /// A hash tile above level 0 of the tree of the latest checkpoint's size, or `None`
+    /// where that tree has no such tile. Its hashes are nodes of 256 leaves or more,
+    /// which the tree keeps: nothing is read from the log. (Level 0 is the entries'
+    /// own hashes, which the API reads from the log.)
     pub fn tile(
         &self,
         tile: &rofr_ledger::tiles::TilePath,
-        store: &dyn Store,
     ) -> Result<Option<Vec<u8>>, BrokerError> {
         let size = self.latest.as_ref().map_or(0, |(s, _)| *s);
         self.tree
-            .tile(tile, size, &mut |lo, hi| read_leaves(store, lo, hi))
+            .tile(tile, size, &mut rofr_ledger::no_leaves)
             .map_err(unreadable)
     }
 

@@ -294,9 +294,9 @@ async fn sweeps_write_every_row_held_back() {
 }
 
 /// Whether the ledger's answers for a log of `entries` entries verify against a fresh
-/// checkpoint: inclusion of entries in the first, forgotten block of the tree and in
-/// the last one, consistency from sizes inside forgotten blocks, and the evidence of
-/// the first need, every entry of which lies in the first block.
+/// checkpoint: inclusion of entries in forgotten blocks of the tree and in the last
+/// one, consistency from sizes inside forgotten blocks, and the evidence of the first
+/// need, every entry of which lies in the first four blocks.
 async fn ledger_answers_verify(broker: &Broker) {
     let (size, note) = broker.checkpoint_now().unwrap();
     assert!(size > 1024, "the log reaches past the tree's first block");
@@ -342,7 +342,7 @@ async fn ledger_answers_verify(broker: &Broker) {
     assert!(bundle.entries.iter().all(|e| e.index < 1024));
 }
 
-/// The broker's ledger tree keeps only its top levels for whole blocks of 1,024 entries
+/// The broker's ledger tree keeps only its top levels for whole blocks of 256 entries
 /// and reads a block's entries back from the log when a proof needs them: the proofs
 /// verify, before and after a restart, and a log changed behind the broker's back is
 /// refused with the entries named rather than proved.
@@ -374,7 +374,7 @@ async fn proofs_read_forgotten_leaves_back_from_the_log() {
     assert!(
         error
             .to_string()
-            .contains("entries 0..1024 read back do not hash"),
+            .contains("entries 0..256 read back do not hash"),
         "{error}"
     );
     broker.shutdown();

@@ -242,7 +242,7 @@ async fn one_need_in_process(
     }
 }
 
-async fn one_need_over_http(
+pub(crate) async fn one_need_over_http(
     buyer: &mut Connection,
     holder: &mut Connection,
     i: usize,
@@ -275,7 +275,7 @@ async fn one_need_over_http(
 /// costs them one write and, mostly, one read: through `reqwest` (its pool, URL parsing
 /// and timers) they took nearly half the CPU of a run, and through hyper's client
 /// connections, each a task of its own fed by a channel, about a third.
-struct Connection {
+pub(crate) struct Connection {
     stream: tokio::net::TcpStream,
     /// The headers every request of this connection carries.
     headers: String,
@@ -285,7 +285,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(address: std::net::SocketAddr, token: &str) -> Result<Connection, String> {
+    pub(crate) async fn open(
+        address: std::net::SocketAddr,
+        token: &str,
+    ) -> Result<Connection, String> {
         let stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
@@ -302,13 +305,22 @@ impl Connection {
 
     /// POSTs `body` as JSON and reads the whole answer; an answer other than 2xx is an
     /// error carrying its body.
-    async fn post(&mut self, path: &str, body: &[u8]) -> Result<(), String> {
+    pub(crate) async fn post(&mut self, path: &str, body: &[u8]) -> Result<(), String> {
+        self.send("POST", path, body).await.map(|_| ())
+    }
+
+    /// GETs `path` and returns the answer's body.
+    pub(crate) async fn get(&mut self, path: &str) -> Result<&[u8], String> {
+        self.send("GET", path, &[]).await
+    }
+
+    async fn send(&mut self, method: &str, path: &str, body: &[u8]) -> Result<&[u8], String> {
         use std::io::Write as _;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         self.request.clear();
         write!(
             self.request,
-            "POST {path} HTTP/1.1\r\n{}Content-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\n{}Content-Length: {}\r\n\r\n",
             self.headers,
             body.len()
         )
@@ -317,29 +329,31 @@ impl Connection {
         self.stream
             .write_all(&self.request)
             .await
-            .map_err(|e| format!("POST {path}: {e}"))?;
+            .map_err(|e| format!("{method} {path}: {e}"))?;
         self.answer.clear();
         loop {
             if let Some((status, head, length)) = answer_head(&self.answer, path)? {
                 let end = head + length;
                 if self.answer.len() > end {
-                    return Err(format!("POST {path}: more bytes than the answer's length"));
+                    return Err(format!(
+                        "{method} {path}: more bytes than the answer's length"
+                    ));
                 }
                 if self.answer.len() == end {
                     if !(200..300).contains(&status) {
                         let body = String::from_utf8_lossy(&self.answer[head..]);
-                        return Err(format!("POST {path}: {status} {body}"));
+                        return Err(format!("{method} {path}: {status} {body}"));
                     }
-                    return Ok(());
+                    return Ok(&self.answer[head..]);
                 }
             }
             let read = self
                 .stream
                 .read_buf(&mut self.answer)
                 .await
-                .map_err(|e| format!("POST {path}: {e}"))?;
+                .map_err(|e| format!("{method} {path}: {e}"))?;
             if read == 0 {
-                return Err(format!("POST {path}: the server closed the connection"));
+                return Err(format!("{method} {path}: the server closed the connection"));
             }
         }
     }

@@ -5,5 +5,6 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_tlog;
 pub mod client;
 pub mod demo;

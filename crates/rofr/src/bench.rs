@@ -31,6 +31,24 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(usize))]
         replicas: Vec<usize>,
     },
+    /// Witnessing and C2SP tiles: the broker's load over HTTP without a witness and with
+    /// one (side by side), how long each checkpoint waits for its cosignature, then
+    /// hash tiles and entry bundles served from the witnessed log.
+    Tlog {
+        /// Needs per load run; each is submitted, accepted by the holder and confirmed.
+        #[arg(long, default_value_t = 20_000)]
+        needs: usize,
+        /// Concurrent clients of each load run.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Level-0 hash tile requests (a sixteenth as many level-1 tiles, a quarter as
+        /// many entry bundles).
+        #[arg(long, default_value_t = 4_000)]
+        tile_requests: usize,
+        /// Connections the tile requests share.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
     /// Ledger throughput: tree appends, proofs and a full audit of a stored log, beside
     /// the raw SHA-256 rate over the same bytes.
     Ledger {
@@ -90,6 +108,32 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                     rofr_tools::bench::bench_solve_row(needs, pools, caps, limit)
                 );
             }
+            return Ok(exit::OK);
+        }
+        Command::Tlog {
+            needs,
+            clients,
+            tile_requests,
+            connections,
+        } => {
+            anyhow::ensure!(
+                needs > 0 && clients > 0,
+                "--needs and --clients must be positive"
+            );
+            println!(
+                "rofr bench tlog: {needs} needs x 3 commands, {clients} clients over HTTP, a fresh SQLite file per run; then {tile_requests} tile requests over {connections} connections"
+            );
+            let report = tokio::runtime::Runtime::new()?
+                .block_on(rofr_tools::bench_tlog::bench_tlog(
+                    rofr_tools::bench_tlog::TlogOptions {
+                        needs,
+                        clients,
+                        tile_requests,
+                        connections,
+                    },
+                ))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{}", report.render());
             return Ok(exit::OK);
         }
         Command::Ledger { entries } => {
