@@ -75,6 +75,14 @@ impl Column {
         }
     }
 
+    /// Empties the level, keeping its first block's allocation for the next leaves.
+    fn clear(&mut self) {
+        self.blocks.truncate(1);
+        if let Some(first) = self.blocks.first_mut() {
+            first.clear();
+        }
+    }
+
     fn get(&self, index: usize) -> Option<&Hash> {
         self.blocks.get(index / BLOCK)?.get(index % BLOCK)
     }
@@ -177,7 +185,7 @@ impl MerkleTree {
         // A block just became whole: its node is kept, its lower levels need not be.
         if self.floor > 0 && self.leaves % (1 << self.floor) == 0 {
             for column in &mut self.levels[..self.floor as usize] {
-                *column = Column::default();
+                column.clear();
             }
             self.kept_from = self.leaves;
         }

@@ -23,7 +23,7 @@ const ROUND: Duration = Duration::from_secs(30);
 /// One request's time limit.
 const REQUEST: Duration = Duration::from_secs(10);
 /// How often the gatherer looks for a new checkpoint.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(25);
 
 /// A witness as the deal names it, with its key parsed.
 #[derive(Debug, Clone)]
@@ -277,6 +277,7 @@ impl Broker {
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> bool {
         let deadline = Instant::now() + ROUND;
+        let began = Instant::now();
         let attempts = witnesses.iter().map(|w| {
             let old = sizes.get(&w.name).copied().unwrap_or(0);
             self.cosign_with(client, w, old, size, &note, deadline)
@@ -333,6 +334,12 @@ impl Broker {
             gathered.unwitnessed_since = (latest > size).then(Instant::now);
         }
         self.inner.asked.send_replace(size);
+        tracing::debug!(
+            size,
+            ms = began.elapsed().as_secs_f64() * 1000.0,
+            complete,
+            "a witnessing round"
+        );
         complete
     }
 
