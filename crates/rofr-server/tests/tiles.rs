@@ -6,6 +6,7 @@
 
 mod common;
 use common::witnessed::{self, get, submit, witnessing};
+use rofr_store::Store as _;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -99,7 +100,29 @@ impl TileReader for Http {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tlog_tiles_and_signed_note_verify_the_served_log_and_its_cosignature() {
     let dir = tempfile::tempdir().unwrap();
-    let app = witnessed::start(dir.path()).await;
+    let location = rofr_store::Location::Sqlite(dir.path().join("rofr.db"));
+    tiles_and_cosignatures_interoperate(dir.path(), location).await;
+}
+
+/// The same on PostgreSQL, where the cosignatures are stored on the checkpoints' rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_too() {
+    let Some(scratch) = rofr_store::ScratchDatabase::for_test("rofr_tiles", "interop") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    tiles_and_cosignatures_interoperate(dir.path(), scratch.location()).await;
+    // The cosigned note is what the database holds.
+    let stored = scratch.location().open().unwrap().checkpoints().unwrap();
+    let (_, note) = stored.last().unwrap();
+    assert!(note.contains("\n\u{2014} witness.azure.test "), "{note}");
+}
+
+async fn tiles_and_cosignatures_interoperate(
+    dir: &std::path::Path,
+    location: rofr_store::Location,
+) {
+    let app = witnessed::start_on(dir, location).await;
     // Past one full level-0 tile, so that a level-1 tile exists too.
     submit(&app.url, &app.buyer, "t", 200).await;
     let made = reqwest::Client::new()

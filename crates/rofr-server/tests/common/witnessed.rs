@@ -30,10 +30,14 @@ pub fn witnessed_deal(key: &str, url: &str) -> String {
     format!("{DEAL}\n[[witness]]\nname = \"azure\"\nkey = \"{key}\"\nurl = \"{url}\"\n")
 }
 
-/// Starts the witness, then the broker naming it, in `dir`. The witness learns the
-/// log's key and origin once the broker made them; the broker retries it until then.
+/// Starts the witness, then the broker naming it, in `dir` on a SQLite file.
 pub async fn start(dir: &Path) -> Witnessed {
-    let location = Location::Sqlite(dir.join("rofr.db"));
+    start_on(dir, Location::Sqlite(dir.join("rofr.db"))).await
+}
+
+/// [`start`] with the broker's log at `location`. The witness learns the log's key and
+/// origin once the broker made them; the broker retries it until then.
+pub async fn start_on(dir: &Path, location: Location) -> Witnessed {
     let key_file = dir.join("ledger-key");
     let mut witness = Witness::open(&dir.join("witness.db"), Some("witness.azure.test")).unwrap();
     let witness_key = witness.verifier_key();
