@@ -6,7 +6,6 @@
 
 mod common;
 use common::witnessed::{self, get, submit, witnessing};
-use rofr_store::Store as _;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
