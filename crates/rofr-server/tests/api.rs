@@ -1171,6 +1171,19 @@ async fn an_amendment_ends_the_right_for_new_needs_and_moves_open_ones(backend: 
         .post(&app.azure, "/v1/deal/amendments", &amend(&v2, later, false))
         .await;
     assert_eq!(status, 403, "only the buyer amends: {body}");
+    // A text that fits a request but makes a ledger entry over 65,535 bytes (what a
+    // C2SP entry bundle's length holds) is refused whole, and the broker goes on.
+    let padding = 65_500 - amend(&format!("{v2}\n# "), later, false).len();
+    let padded = format!("{v2}\n# {}", "x".repeat(padding));
+    let request = amend(&padded, later, false);
+    assert!(request.len() <= 64 * 1024, "{}", request.len());
+    let (status, body) = app.post(&app.buyer, "/v1/deal/amendments", &request).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (413, &json!("entry_too_large")),
+        "{body}"
+    );
+    assert_eq!(app.event_count().await, before, "nothing written");
     let (status, plan) = app
         .post(&app.buyer, "/v1/deal/amendments", &amend(&v2, later, true))
         .await;

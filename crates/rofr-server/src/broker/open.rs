@@ -121,6 +121,7 @@ impl Broker {
             mode,
             unsettled_keys: HashMap::new(),
             poisoned: false,
+            held_replies: Vec::new(),
         };
         if next_index == 0 {
             // A new log begins with the deal it belongs to; settling folds it in.

@@ -49,6 +49,9 @@ pub(super) struct Writer {
     /// A command panicked in the engine, whose state may now hold part of it: the
     /// engine is reloaded from the log once the batch before it is written.
     pub(super) poisoned: bool,
+    /// The refusal of the command that poisoned the engine: sent once the engine is
+    /// reloaded, so that nothing its caller reads next still holds part of it.
+    pub(super) held_replies: Vec<(ReplyTo, Result<Answer, BrokerError>)>,
 }
 
 impl Writer {
@@ -378,7 +381,7 @@ impl Writer {
             let Some(applied) = run_command(engine, command, &party, &fault, &mut events) else {
                 // The engine may hold part of the command: refuse it alone, write the
                 // batch so far, and run the rest after reloading from the log.
-                answers.push((reply, Err(BrokerError::Failed)));
+                self.held_replies.push((reply, Err(BrokerError::Failed)));
                 self.poisoned = true;
                 return jobs.collect();
             };
@@ -396,7 +399,8 @@ impl Writer {
                         Err(bytes) => {
                             // The engine holds the command: refuse it, write the batch
                             // so far, and run the rest after reloading from the log.
-                            answers.push((reply, Err(BrokerError::EntryTooLarge(bytes))));
+                            self.held_replies
+                                .push((reply, Err(BrokerError::EntryTooLarge(bytes))));
                             self.poisoned = true;
                             return jobs.collect();
                         }
@@ -564,6 +568,7 @@ impl Writer {
                 self.poisoned = false;
                 self.reload(&mut engine);
                 drop(engine);
+                self.release_held();
                 if let Err(error) = self.settle() {
                     tracing::error!(%error, "checking the projection failed; it is checked again at the next start");
                 }
@@ -576,6 +581,14 @@ impl Writer {
     pub(super) fn reload_if_poisoned(&mut self) {
         if std::mem::take(&mut self.poisoned) {
             self.recover();
+        }
+        self.release_held();
+    }
+
+    /// Sends the refusals held until the engine was reloaded.
+    pub(super) fn release_held(&mut self) {
+        for (reply, answer) in self.held_replies.drain(..) {
+            let _ = reply.send(answer);
         }
     }
 
