@@ -1569,25 +1569,18 @@ async fn tlog_tile(
             }
             let (start, end) = tile.leaves().expect("exists_in checked it");
             let rows = broker
-                .store(|s| s.events_after(start.checked_sub(1), (end - start) as u32))
-                .map_err(BrokerError::Store)?;
-            let whole = rows.len() as u64 == end - start
-                && rows.iter().zip(start..).all(|(r, i)| r.index == i);
-            let bytes = whole.then(|| match kind {
+                .store(|s| crate::ledger::read_entries(s, start, end))
+                .map_err(|e| BrokerError::Setup(format!("a tile: {e}")))?;
+            match kind {
                 TileKind::Entries => {
-                    rofr_ledger::tiles::entry_bundle(rows.iter().map(|r| r.data.as_slice())).ok()
+                    rofr_ledger::tiles::entry_bundle(rows.iter().map(|r| r.data.as_slice()))
+                        .map_err(BrokerError::Setup)?
                 }
-                _ => Some(
-                    rows.iter()
-                        .flat_map(|r| rofr_ledger::leaf_hash(&r.data))
-                        .collect(),
-                ),
-            });
-            bytes.flatten().ok_or_else(|| {
-                BrokerError::Setup(format!(
-                    "entries {start}..{end} could not be read back whole for a tile"
-                ))
-            })?
+                _ => rows
+                    .iter()
+                    .flat_map(|r| rofr_ledger::leaf_hash(&r.data))
+                    .collect(),
+            }
         }
     };
     Ok((

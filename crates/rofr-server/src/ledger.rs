@@ -113,14 +113,17 @@ fn read_key(path: &Path) -> Result<SigningKey, BrokerError> {
 /// are C2SP tiles: every hash of a tile above level 0 is a node the tree keeps.
 const TREE_BLOCK_BITS: u32 = 8;
 
-/// Reads the leaf hashes of entries [lo, hi) back from the log, hashing each entry's
-/// bytes afresh (the tree then checks them against the node it kept over them).
-fn read_leaves(store: &dyn Store, lo: u64, hi: u64) -> Result<Vec<Hash>, Unreadable> {
-    let count = u32::try_from(hi - lo).expect("a block of the ledger's tree");
+/// Reads entries [lo, hi) back from the log, all of them, in order.
+pub fn read_entries(
+    store: &dyn Store,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<rofr_store::StoredEvent>, Unreadable> {
+    let count = u32::try_from(hi - lo)
+        .map_err(|_| Unreadable(format!("entries {lo}..{hi}: too many to read at once")))?;
     let rows = store
         .events_after(lo.checked_sub(1), count)
         .map_err(|e| Unreadable(format!("reading entries {lo}..{hi} back: {e}")))?;
-    let mut hashes = Vec::with_capacity(rows.len());
     for (expected, row) in (lo..hi).zip(&rows) {
         if row.index != expected {
             return Err(Unreadable(format!(
@@ -128,9 +131,23 @@ fn read_leaves(store: &dyn Store, lo: u64, hi: u64) -> Result<Vec<Hash>, Unreada
                 row.index
             )));
         }
-        hashes.push(leaf_hash(&row.data));
     }
-    Ok(hashes)
+    if rows.len() as u64 != hi - lo {
+        return Err(Unreadable(format!(
+            "entries {lo}..{hi}: the log holds only {} of them",
+            rows.len()
+        )));
+    }
+    Ok(rows)
+}
+
+/// Reads the leaf hashes of entries [lo, hi) back from the log, hashing each entry's
+/// bytes afresh (the tree then checks them against the node it kept over them).
+fn read_leaves(store: &dyn Store, lo: u64, hi: u64) -> Result<Vec<Hash>, Unreadable> {
+    Ok(read_entries(store, lo, hi)?
+        .iter()
+        .map(|row| leaf_hash(&row.data))
+        .collect())
 }
 
 fn unreadable(error: Unreadable) -> BrokerError {

@@ -4,17 +4,16 @@
 
 mod common;
 use common::origin;
+use common::signed_log::{Log, ORIGIN};
 use common::witnessed::{self, get, submit, witnessing, Witnessed};
 
 use std::future::IntoFuture as _;
 use std::sync::Arc;
 
 use rofr_ledger::witness::AddCheckpoint;
-use rofr_ledger::{Checkpoint, CosignerKey, MerkleTree, SigningKey, VerifierKey};
+use rofr_ledger::{Checkpoint, CosignerKey, SigningKey, VerifierKey};
 use rofr_server::witness::Witness;
 use rofr_server::{Broker, Clock};
-
-const ORIGIN: &str = "example.test/log";
 
 async fn serve_witness(witness: Witness) -> (String, Arc<Witness>) {
     let witness = Arc::new(witness);
@@ -24,48 +23,6 @@ async fn serve_witness(witness: Witness) -> (String, Arc<Witness>) {
         axum::serve(listener, rofr_server::witness::router(witness.clone())).into_future(),
     );
     (url, witness)
-}
-
-struct Log {
-    key: SigningKey,
-    tree: MerkleTree,
-}
-
-impl Log {
-    fn new(entries: u32, changed: Option<u32>) -> Log {
-        let mut tree = MerkleTree::new();
-        for i in 0..entries {
-            let value = if Some(i) == changed { 1_000_000 } else { i };
-            tree.append(format!("entry {value}").as_bytes());
-        }
-        Log {
-            key: SigningKey::from_seed("example.test/log", &[7; 32]).unwrap(),
-            tree,
-        }
-    }
-
-    fn note(&self, size: u64) -> String {
-        let body = Checkpoint {
-            origin: ORIGIN.into(),
-            size,
-            root: self.tree.root(size).unwrap(),
-        }
-        .body();
-        self.key.sign(&body).unwrap()
-    }
-
-    fn request(&self, old: u64, size: u64) -> String {
-        AddCheckpoint {
-            old,
-            proof: if old == 0 {
-                Vec::new()
-            } else {
-                self.tree.consistency_proof(old, size).unwrap()
-            },
-            checkpoint: self.note(size),
-        }
-        .body()
-    }
 }
 
 async fn post(url: &str, body: String) -> (u16, String, String) {

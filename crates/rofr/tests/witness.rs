@@ -3,86 +3,32 @@
 //! refuses to roll back; its key and its fork proofs from the command line.
 
 mod common;
+#[path = "../../rofr-server/tests/common/signed_log.rs"]
+mod signed_log;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
 
-use common::{rofr, stdout, succeed};
+use common::{rofr, spawn_with_url, stdout, succeed, Server};
 use rofr_ledger::witness::AddCheckpoint;
-use rofr_ledger::{Checkpoint, MerkleTree, SigningKey};
+use rofr_ledger::SigningKey;
+use signed_log::{Log, ORIGIN};
 
-const ORIGIN: &str = "example.test/log";
-
-struct Running {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn witness(db: &Path, log: &SigningKey) -> Running {
-    let mut child = rofr()
-        .args([
-            "witness",
-            "serve",
-            "--name",
-            "witness.test/w1",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-        ])
-        .arg(db)
-        .arg("--log")
-        .arg(format!("{ORIGIN}={}", log.verifier_key()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in `{line}`"))
-        .to_owned();
-    Running { child, url }
-}
-
-struct Log {
-    key: SigningKey,
-    tree: MerkleTree,
-}
-
-impl Log {
-    fn note(&self, size: u64) -> String {
-        let body = Checkpoint {
-            origin: ORIGIN.into(),
-            size,
-            root: self.tree.root(size).unwrap(),
-        }
-        .body();
-        self.key.sign(&body).unwrap()
-    }
-
-    fn request(&self, old: u64, size: u64) -> String {
-        AddCheckpoint {
-            old,
-            proof: if old == 0 || old >= size {
-                Vec::new()
-            } else {
-                self.tree.consistency_proof(old, size).unwrap()
-            },
-            checkpoint: self.note(size),
-        }
-        .body()
-    }
+fn witness(db: &Path, log: &SigningKey) -> Server {
+    spawn_with_url(
+        rofr()
+            .args([
+                "witness",
+                "serve",
+                "--name",
+                "witness.test/w1",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+            ])
+            .arg(db)
+            .arg("--log")
+            .arg(format!("{ORIGIN}={}", log.verifier_key())),
+    )
 }
 
 async fn add(
@@ -103,12 +49,7 @@ async fn add(
 async fn a_killed_witness_keeps_what_it_cosigned_and_refuses_to_roll_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("witness.db");
-    let key = SigningKey::from_seed("example.test/log", &[3; 32]).unwrap();
-    let mut tree = MerkleTree::new();
-    for i in 0..5_000u32 {
-        tree.append(&i.to_be_bytes());
-    }
-    let log = std::sync::Arc::new(Log { key, tree });
+    let log = std::sync::Arc::new(Log::new(5_000, None));
     let streamed = log.clone();
     let key_before = stdout(&succeed(
         rofr()
@@ -192,14 +133,7 @@ async fn a_killed_witness_keeps_what_it_cosigned_and_refuses_to_roll_back() {
         .output()
         .unwrap();
     assert_eq!(forks.status.code(), Some(0));
-    let mut other = MerkleTree::new();
-    for i in 0..5_000u32 {
-        other.append(&(i + u32::from(i == 7)).to_be_bytes());
-    }
-    let rewritten = Log {
-        key: SigningKey::from_seed("example.test/log", &[3; 32]).unwrap(),
-        tree: other,
-    };
+    let rewritten = Log::new(5_000, Some(7));
     let (status, _) = add(
         &client,
         &running.url,

@@ -198,7 +198,8 @@ impl Broker {
             .expect("an HTTP client");
         let mut witnesses: Vec<Witness> = Vec::new();
         let mut sizes: HashMap<String, u64> = HashMap::new();
-        let mut keys_seen: Vec<String> = Vec::new();
+        // The version of the deal whose witnesses are loaded (0: none yet).
+        let mut loaded = 0;
         let mut pause = POLL;
         self.inner.gathered.lock().expect("witnessing lock").running = true;
         let _running = Running(self.clone());
@@ -207,15 +208,9 @@ impl Broker {
                 return;
             }
             // The deal in force names the witnesses; an amendment may change them.
-            let named = self.read(|e| {
-                e.deal()
-                    .witnesses
-                    .iter()
-                    .map(|w| format!("{} {} {} {}", w.name, w.key, w.url, w.required))
-                    .collect::<Vec<_>>()
-            });
-            if named != keys_seen {
-                keys_seen = named;
+            let version = self.read(|e| e.deal_version());
+            if version != loaded {
+                loaded = version;
                 witnesses = self.read(|e| parse_witnesses(e.deal()));
                 sizes = self.resume_witnessing(&witnesses);
                 let mut gathered = self.inner.gathered.lock().expect("witnessing lock");

@@ -3,6 +3,8 @@
 use rofr_engine::types::Timestamp;
 
 #[allow(dead_code)]
+pub mod signed_log;
+#[allow(dead_code)]
 pub mod witnessed;
 
 /// Three providers; azure holds a first-offer right on everything.

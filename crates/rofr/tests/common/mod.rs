@@ -59,23 +59,26 @@ pub async fn get_json(request: reqwest::RequestBuilder) -> serde_json::Value {
 /// Starts `rofr serve` on a free loopback port with `extra` arguments; the URL is read
 /// from its first line of output.
 pub fn serve(database: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
-    let mut child = rofr()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(database)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    spawn_with_url(
+        rofr()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(database)
+            .args(extra),
+    )
+}
+
+/// Starts a `rofr` server command whose first line of output names its URL.
+pub fn spawn_with_url(command: &mut Command) -> Server {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let url = line
         .split_whitespace()
-        .last()
-        .expect("the banner names the URL")
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in `{line}`"))
         .to_owned();
-    assert!(url.starts_with("http://"), "{line}");
     Server { child, url }
 }
 
