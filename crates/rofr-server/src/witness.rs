@@ -95,6 +95,10 @@ impl Witness {
     /// `name` (default `rofr-witness/<8 hex digits>`). `name` must match an existing
     /// key's.
     pub fn open(path: &Path, name: Option<&str>) -> Result<Witness, String> {
+        // A name that cannot be a key's is refused before the file is made.
+        if let Some(name) = name {
+            CosigningKey::from_seed(name, &[0; 32]).map_err(|e| format!("--name `{name}`: {e}"))?;
+        }
         let conn = rusqlite::Connection::open(path)
             .map_err(|e| format!("cannot open the witness's database {}: {e}", path.display()))?;
         conn.execute_batch(

@@ -49,6 +49,15 @@ async fn add(
 async fn a_killed_witness_keeps_what_it_cosigned_and_refuses_to_roll_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("witness.db");
+    // A name no key can have is refused, and no file is made.
+    let refused = rofr()
+        .args(["witness", "key", "--name", "bad name", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--name `bad name`"));
+    assert!(!db.exists());
     let log = std::sync::Arc::new(Log::new(5_000, None));
     let streamed = log.clone();
     let key_before = stdout(&succeed(
