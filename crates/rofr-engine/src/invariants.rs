@@ -52,8 +52,46 @@ pub fn check_events(deal: &Deal, events: &[Event]) -> Result<(), Violation> {
 /// award is judged under the version governing its need, which names the holder
 /// whose refusals must cover it, the restrictions and the caps.
 pub fn check_under(versions: &[&Deal], events: &[Event]) -> Result<(), Violation> {
-    let mut state = State::default();
-    for (index, event) in events.iter().enumerate() {
+    let mut checker = Checker::new(versions.to_vec());
+    events.iter().try_for_each(|event| checker.check(event))
+}
+
+/// [`check_under`] one event at a time, for a log read as it streams by: the fold of
+/// the events checked so far, and the deal's versions known so far.
+#[derive(Debug, Default)]
+pub struct Checker<D> {
+    versions: Vec<D>,
+    state: State,
+    index: usize,
+}
+
+impl<D: std::borrow::Borrow<Deal>> Checker<D> {
+    /// `versions[0]` is version 1.
+    pub fn new(versions: Vec<D>) -> Checker<D> {
+        Checker {
+            versions,
+            state: State::default(),
+            index: 0,
+        }
+    }
+
+    /// The deal's next version, as an amendment adds it.
+    pub fn add_version(&mut self, deal: D) {
+        self.versions.push(deal);
+    }
+
+    /// The fold of every event checked so far, those that broke an invariant included.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Folds in `event` and checks I1–I3 if it awards; the event is folded in even where
+    /// it breaks one, so the check can go on to the next.
+    pub fn check(&mut self, event: &Event) -> Result<(), Violation> {
+        let index = self.index;
+        self.index += 1;
+        let versions = &self.versions;
+        let state = &mut self.state;
         // An award made after approval was checked when it was requested.
         let approved_now = match &event.kind {
             EventKind::AwardMade { award, .. } => state
@@ -63,7 +101,7 @@ pub fn check_under(versions: &[&Deal], events: &[Event]) -> Result<(), Violation
         };
         state.apply(event);
         if approved_now {
-            continue;
+            return Ok(());
         }
         let fail = |invariant, detail: String| {
             Err(Violation {
@@ -79,6 +117,7 @@ pub fn check_under(versions: &[&Deal], events: &[Event]) -> Result<(), Violation
         let Some(deal) = usize::from(need.deal_version)
             .checked_sub(1)
             .and_then(|i| versions.get(i))
+            .map(|d| d.borrow())
         else {
             return fail(
                 "I1",
@@ -104,7 +143,7 @@ pub fn check_under(versions: &[&Deal], events: &[Event]) -> Result<(), Violation
                 price_per_gpu_hour,
                 ..
             } => (provider, *gpus, *price_per_gpu_hour),
-            _ => continue,
+            _ => return Ok(()),
         };
         if need.awarded() > need.spec.gpus {
             return fail(
@@ -139,11 +178,11 @@ pub fn check_under(versions: &[&Deal], events: &[Event]) -> Result<(), Violation
                 }
             }
         }
-        if let Some(detail) = cap_exceeded(deal, &state, provider, event.at) {
+        if let Some(detail) = cap_exceeded(deal, state, provider, event.at) {
             return fail("I3", detail);
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Where a need's terms were set (its submission, or its move to another version),

@@ -7,6 +7,7 @@
 //! the formats are the RFC's and C2SP's to the byte (docs/ledger.md).
 
 pub mod evidence;
+pub mod multiproof;
 pub mod note;
 pub mod tiles;
 pub mod tree;

@@ -39,7 +39,7 @@ pub fn empty_root() -> Hash {
 }
 
 /// The largest power of two smaller than `n` (n ≥ 2).
-fn split(n: u64) -> u64 {
+pub(crate) fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);
     1 << (63 - (n - 1).leading_zeros())
 }
@@ -129,7 +129,7 @@ pub struct MerkleTree {
 }
 
 /// Leaves whose lower levels a forgetful tree's proof has read back: one block.
-struct ReadBack<'s, 'a> {
+pub(crate) struct ReadBack<'s, 'a> {
     source: &'s mut LeafSource<'a>,
     block: Option<(u64, Vec<Hash>)>,
 }
@@ -144,6 +144,17 @@ impl MerkleTree {
     /// last whole block of 2^`block_bits` leaves; proofs read the rest back through a
     /// [`LeafSource`]. Holds about 2^(1 − `block_bits`) hashes a leaf, where a full
     /// tree holds two.
+    /// What a proof reads forgotten leaves back through: one block at a time.
+    pub(crate) fn read_back_from<'s, 'a>(
+        &self,
+        source: &'s mut LeafSource<'a>,
+    ) -> ReadBack<'s, 'a> {
+        ReadBack {
+            source,
+            block: None,
+        }
+    }
+
     pub fn forgetful(block_bits: u32) -> MerkleTree {
         assert!((1..32).contains(&block_bits), "a block of 2 to 2^31 leaves");
         MerkleTree {
@@ -209,7 +220,12 @@ impl MerkleTree {
     }
 
     /// MTH of leaves [lo, hi); requires lo < hi ≤ len.
-    fn subtree(&self, lo: u64, hi: u64, back: &mut ReadBack) -> Result<Hash, Unreadable> {
+    pub(crate) fn subtree(
+        &self,
+        lo: u64,
+        hi: u64,
+        back: &mut ReadBack,
+    ) -> Result<Hash, Unreadable> {
         let n = hi - lo;
         if n.is_power_of_two() && lo % n == 0 {
             let level = n.trailing_zeros();
