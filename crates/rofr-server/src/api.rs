@@ -66,6 +66,8 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/ledger/consistency", get(consistency_proof))
         .route("/v1/ledger/evidence/{id}", get(evidence))
         .route("/v1/ledger/witnesses", get(witnesses))
+        .route("/v1/ledger/export", get(period_export))
+        .route("/v1/ledger/report", get(period_report))
         .route("/tlog/checkpoint", get(tlog_checkpoint))
         .route("/tlog/tile/{*path}", get(tlog_tile))
         .route("/v1/webhook", axum::routing::put(set_webhook))
@@ -162,7 +164,7 @@ pub struct Health {
         healthz, submit_need, list_needs, show_need, need_events, cancel_need, approve, reject,
         accept, decline, quote, match_offer, confirm, fail, my_offers, my_rfqs, my_awards, events,
         set_webhook, deliveries, summary, deal, amend_deal, whoami, ledger_key, latest_checkpoint, make_checkpoint, inclusion_proof,
-        consistency_proof, evidence, witnesses, tlog_checkpoint, tlog_tile
+        consistency_proof, evidence, witnesses, period_export, period_report, tlog_checkpoint, tlog_tile
     ),
     components(schemas(Envelope<'static>, Body<'static>)),
     modifiers(&BearerAuth),
@@ -1802,6 +1804,162 @@ async fn evidence(
         .ok_or_else(missing)?;
     let body = serde_json::to_string_pretty(&bundle).expect("bundles serialize");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PeriodQuery {
+    /// The period's start: a date (its midnight UTC) or an RFC 3339 time.
+    from: String,
+    /// The period's end, not included.
+    to: String,
+    /// The export as this provider may see it (a provider may ask only for its own).
+    provider: Option<String>,
+    /// For a report: `html` (the default) or `json`.
+    format: Option<String>,
+}
+
+/// The period and whose view, checked: a provider gets its own view, and another's
+/// not at all (404, as for everything of another provider's).
+fn period_of(
+    caller: &Caller,
+    query: &PeriodQuery,
+) -> Result<
+    (
+        rofr_engine::types::Timestamp,
+        rofr_engine::types::Timestamp,
+        Option<ProviderId>,
+    ),
+    ApiError,
+> {
+    let invalid = |field: &str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
+    };
+    let from = rofr_report::parse_bound("from", &query.from).map_err(|e| invalid("from", e))?;
+    let to = rofr_report::parse_bound("to", &query.to).map_err(|e| invalid("to", e))?;
+    if from >= to {
+        return Err(invalid(
+            "to",
+            format!("`to` ({to}) must be after `from` ({from})"),
+        ));
+    }
+    let asked = query
+        .provider
+        .as_deref()
+        .map(|p| ProviderId::parse(p).map_err(|e| invalid("provider", format!("`provider`: {e}"))))
+        .transpose()?;
+    let viewer = match (&caller.0, asked) {
+        (Party::Provider(me), None) => Some(me.clone()),
+        (Party::Provider(me), Some(p)) if &p == me => Some(p),
+        (Party::Provider(_), Some(p)) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no export for provider `{p}`"),
+            ))
+        }
+        (Party::Buyer | Party::Auditor, asked) => asked,
+    };
+    Ok((from, to, viewer))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/export",
+    tag = "auditor",
+    params(PeriodQuery),
+    responses(
+        (status = 200, description = "The period's export, JSON Lines (docs/export.md)", content_type = "application/x-ndjson"),
+        (status = 404, body = Envelope),
+        (status = 422, body = Envelope),
+        Refused
+    )
+)]
+async fn period_export(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Query(query): Query<PeriodQuery>,
+) -> Result<Response, ApiError> {
+    let (from, to, viewer) = period_of(&caller, &query)?;
+    let mut body = Vec::new();
+    broker.export(from, to, viewer.as_ref(), &mut body).await?;
+    let name = format!(
+        "attachment; filename=\"rofr-export-{}-{}.jsonl\"",
+        &from.to_string()[..10],
+        &to.to_string()[..10]
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (header::CONTENT_DISPOSITION, name),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/report",
+    tag = "auditor",
+    params(PeriodQuery),
+    responses(
+        (status = 200, description = "The period's report (docs/report.md): a self-contained HTML page, or its figures as JSON with `format=json`"),
+        (status = 404, body = Envelope),
+        (status = 422, body = Envelope),
+        Refused
+    )
+)]
+async fn period_report(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Query(query): Query<PeriodQuery>,
+) -> Result<Response, ApiError> {
+    let (from, to, viewer) = period_of(&caller, &query)?;
+    let json = match query.format.as_deref() {
+        None | Some("html") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("`format`: `{other}` is neither `html` nor `json`"),
+            )
+            .field("format"))
+        }
+    };
+    let mut body = Vec::new();
+    broker.export(from, to, viewer.as_ref(), &mut body).await?;
+    let key = rofr_ledger::VerifierKey::parse(&broker.ledger(|l| l.verifier_key()))
+        .map_err(|e| BrokerError::Setup(format!("the ledger's own key: {e}")))?;
+    let witnesses = broker.witness_keys();
+    let report = tokio::task::spawn_blocking(move || {
+        // The witnesses of the deal that cosigned the checkpoint are named in the
+        // report; the others are listed as unchecked.
+        let note = serde_json::from_slice::<rofr_report::export::Header>(
+            body.split(|b| *b == b'\n').next().unwrap_or_default(),
+        )
+        .map(|h| h.checkpoint)
+        .unwrap_or_default();
+        let cosigned: Vec<_> = witnesses
+            .into_iter()
+            .filter(|w| w.check(&note).is_ok())
+            .collect();
+        rofr_report::make(body.as_slice(), "export", &key, &cosigned)
+    })
+    .await
+    .map_err(|e| BrokerError::Setup(format!("the report: {e}")))?
+    .map_err(|e| BrokerError::Setup(format!("the broker's own export did not verify: {e}")))?;
+    Ok(if json {
+        Json(report).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            rofr_report::html::render(&report),
+        )
+            .into_response()
+    })
 }
 
 // ----- auditor -----------------------------------------------------------------------

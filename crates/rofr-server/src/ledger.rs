@@ -323,6 +323,44 @@ impl Ledger {
         (size, note)
     }
 
+    /// The checkpoint to prove `needed` entries against: the witnessed one where it
+    /// covers them (its cosignatures make the proof evidence against the operator too),
+    /// else the latest, signed now if it falls short. Says whether one was signed.
+    fn covering(&mut self, needed: u64) -> (Option<(u64, String)>, bool) {
+        let mut made = false;
+        let witnessed = self.witnessed.clone().filter(|(size, _)| *size >= needed);
+        if witnessed.is_none() && self.latest.as_ref().is_none_or(|(size, _)| *size < needed) {
+            self.checkpoint();
+            made = true;
+        }
+        (witnessed.or_else(|| self.latest.clone()), made)
+    }
+
+    /// A multi-leaf proof of the entries `indexes` (increasing) against the checkpoint
+    /// [`Ledger::covering`] picks: its size and note, the proof's runs, and whether the
+    /// checkpoint was signed now. `None` where an index lies beyond the log.
+    #[allow(clippy::type_complexity)]
+    pub fn multi_proof(
+        &mut self,
+        indexes: &[u64],
+        store: &dyn Store,
+    ) -> Result<Option<(u64, String, Vec<Vec<Hash>>, bool)>, BrokerError> {
+        let needed = indexes.last().map_or(0, |i| i + 1);
+        if needed > self.tree.len() {
+            return Ok(None);
+        }
+        let (covering, made) = self.covering(needed);
+        let Some((size, note)) = covering else {
+            return Ok(None);
+        };
+        let source = &mut |lo: u64, hi: u64| read_leaves(store, lo, hi);
+        let runs = self
+            .tree
+            .multi_proof_from(indexes, size, source)
+            .map_err(unreadable)?;
+        Ok(runs.map(|runs| (size, note, runs, made)))
+    }
+
     /// An evidence bundle for the entries (index, bytes) of one need, against the latest
     /// checkpoint, made now if it does not cover them all; `store` gives back the
     /// leaves the tree let go of.
@@ -334,15 +372,8 @@ impl Ledger {
         store: &dyn Store,
     ) -> Result<Option<(Bundle, bool)>, BrokerError> {
         let needed = entries.last().map_or(0, |(i, _)| i + 1);
-        let mut made = false;
-        let witnessed = self.witnessed.clone().filter(|(size, _)| *size >= needed);
-        if witnessed.is_none() && self.latest.as_ref().is_none_or(|(size, _)| *size < needed) {
-            self.checkpoint();
-            made = true;
-        }
-        // The witnessed checkpoint where it covers the entries: its cosignatures make
-        // the bundle evidence against the operator too.
-        let Some((size, note)) = witnessed.or_else(|| self.latest.clone()) else {
+        let (covering, made) = self.covering(needed);
+        let Some((size, note)) = covering else {
             return Ok(None);
         };
         // One proof per entry, and a need's entries mostly share blocks: the last block

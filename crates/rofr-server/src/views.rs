@@ -382,33 +382,16 @@ pub fn summary(engine: &Engine) -> Summary {
             *gpu_hours.entry(provider.to_string()).or_default() += *hours as f64;
         }
     }
-    let total: f64 = gpu_hours.values().sum();
-    let holders: Vec<&ProviderId> = deal.first_refusals.iter().map(|f| &f.holder).collect();
+    let (shares, hhi) = rofr_engine::tally::shares_of(&gpu_hours);
     let providers: Vec<ProviderShare> = gpu_hours
         .iter()
-        .map(|(provider, hours)| {
-            let id = ProviderId::parse(provider).ok();
-            let cap = id.as_ref().and_then(|id| {
-                let holder = holders.contains(&id).then_some(id);
-                deal.caps
-                    .iter()
-                    .filter(|c| c.applies_to(id, holder))
-                    .map(|c| c.max_share * 100.0)
-                    .reduce(f64::min)
-            });
-            ProviderShare {
-                provider: provider.clone(),
-                gpu_hours: *hours,
-                share: if total > 0.0 {
-                    hours / total * 100.0
-                } else {
-                    0.0
-                },
-                cap,
-            }
+        .map(|(provider, hours)| ProviderShare {
+            provider: provider.clone(),
+            gpu_hours: *hours,
+            share: shares[provider],
+            cap: rofr_engine::tally::tightest_cap(deal, provider),
         })
         .collect();
-    let hhi = providers.iter().map(|p| p.share * p.share).sum();
     let mut running: BTreeMap<String, f64> = BTreeMap::new();
     let timeline = figures
         .awarded
@@ -417,12 +400,7 @@ pub fn summary(engine: &Engine) -> Summary {
             for (provider, hours) in awarded {
                 *running.entry(provider.to_string()).or_default() += *hours as f64;
             }
-            let total: f64 = running.values().sum();
-            let shares: BTreeMap<String, f64> = running
-                .iter()
-                .map(|(p, h)| (p.clone(), if total > 0.0 { h / total * 100.0 } else { 0.0 }))
-                .collect();
-            let hhi = shares.values().map(|s| s * s).sum();
+            let (shares, hhi) = rofr_engine::tally::shares_of(&running);
             let date = Timestamp::from_unix_seconds(day * 86_400).to_string();
             SharePoint {
                 day: date[..10].to_owned(),

@@ -14,13 +14,15 @@ pub enum ClientError {
     },
     #[error("cannot reach the server: {0}")]
     Transport(#[from] reqwest::Error),
+    #[error("writing the answer: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
-            ClientError::Transport(_) => None,
+            ClientError::Transport(_) | ClientError::Write(_) => None,
         }
     }
 }
@@ -73,6 +75,32 @@ impl Client {
             request = request.header("idempotency-key", key);
         }
         answer(request.send().await?).await
+    }
+
+    /// GETs a long answer (an export, a report) into `out` as it arrives, with no time
+    /// limit but the server's; returns how many bytes were written.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        let mut response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return answer(response).await.map(|_| 0);
+        }
+        let mut written = 0;
+        while let Some(chunk) = response.chunk().await? {
+            out.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        out.flush()?;
+        Ok(written)
     }
 
     /// POSTs with an empty body and returns the answer as text (signed notes).

@@ -59,6 +59,25 @@ pub enum Command {
         #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
         server: String,
     },
+    /// Write a period's export: every entry of the needs active in [FROM, TO) and the
+    /// deal's entries, under one multi-leaf proof against a cosigned checkpoint
+    /// (docs/export.md). Read it with `rofr report`.
+    Export {
+        /// The period's start: a date (YYYY-MM-DD, its midnight UTC) or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// The period's end, not included.
+        #[arg(long)]
+        to: String,
+        /// The export as this provider may see it (a provider's token gets its own).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, env = "ROFR_SERVER", default_value = "http://127.0.0.1:7878")]
+        server: String,
+    },
     /// Recompute the whole tree from a database and check every stored checkpoint.
     ///
     /// Exit status 3 names the first entry altered, removed or reordered.
@@ -92,7 +111,7 @@ pub struct VerifyArgs {
     json: bool,
 }
 
-fn read_key(text_or_file: &str) -> anyhow::Result<VerifierKey> {
+pub(crate) fn read_key(text_or_file: &str) -> anyhow::Result<VerifierKey> {
     let text = match std::fs::read_to_string(text_or_file) {
         Ok(contents) => contents,
         Err(_) => text_or_file.to_owned(),
@@ -177,6 +196,60 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                     );
                 }
                 None => print!("{text}"),
+            }
+            Ok(exit::OK)
+        }
+        Command::Export {
+            from,
+            to,
+            provider,
+            out,
+            server,
+        } => {
+            for (field, text) in [("--from", &from), ("--to", &to)] {
+                rofr_report::parse_bound(field, text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let mut query: Vec<(&str, &str)> = vec![("from", &from), ("to", &to)];
+            if let Some(p) = &provider {
+                query.push(("provider", p));
+            }
+            let path = format!(
+                "/v1/ledger/export?{}",
+                serde_urlencoded::to_string(&query).expect("a query encodes")
+            );
+            let client = Client::new(&server, &token()?);
+            let runtime = tokio::runtime::Runtime::new()?;
+            match out {
+                Some(file) => {
+                    // Written beside the file and renamed: a failed export leaves nothing.
+                    let partial = file.with_extension("partial");
+                    let mut writer = std::io::BufWriter::new(
+                        std::fs::File::create(&partial)
+                            .with_context(|| format!("cannot write {}", partial.display()))?,
+                    );
+                    let result = runtime.block_on(client.download(&path, &mut writer));
+                    drop(writer);
+                    match result {
+                        Ok(bytes) => {
+                            std::fs::rename(&partial, &file)
+                                .with_context(|| format!("cannot write {}", file.display()))?;
+                            eprintln!(
+                                "rofr: export of {from} to {to} written to {} ({bytes} bytes)",
+                                file.display()
+                            );
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&partial);
+                            anyhow::bail!("{e}");
+                        }
+                    }
+                }
+                None => {
+                    let mut stdout = std::io::stdout();
+                    runtime
+                        .block_on(client.download(&path, &mut stdout))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
             }
             Ok(exit::OK)
         }

@@ -8,6 +8,7 @@ mod check;
 mod client;
 mod demo;
 mod ledger;
+mod report;
 mod serve;
 mod simulate;
 mod token;
@@ -43,6 +44,10 @@ enum Command {
     /// Verify an evidence bundle offline against a verifier key. Exit status 3 when the
     /// evidence fails, naming the entry.
     Verify(ledger::VerifyArgs),
+    /// A period's conduct of the deal, from an export, offline: report.html and
+    /// report.json. `rofr report verify` recomputes a report's figures. Exit status 3
+    /// when the export or a figure does not verify, naming it.
+    Report(report::Args),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -284,6 +289,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command),
         Command::Ledger(command) => ledger::run(command),
         Command::Verify(args) => ledger::verify(args),
+        Command::Report(args) => report::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Token(command) => token::run(command),
         Command::Witness(command) => witness::run(command),

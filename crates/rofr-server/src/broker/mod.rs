@@ -20,6 +20,7 @@ mod commit;
 #[cfg(test)]
 mod crash_tests;
 mod evidence;
+mod export;
 mod fail;
 mod hooks;
 mod open;
@@ -43,6 +44,7 @@ use crate::clock::Clock;
 pub use amend::{AmendmentPlan, Refusal};
 pub use answer::{raw_json, IndexedEvent};
 pub use evidence::{DealVersion, DealVersions};
+pub use export::ExportStats;
 use party::TokenCache;
 pub use party::{token_hash, token_id, Party, TOKEN_RECHECK};
 

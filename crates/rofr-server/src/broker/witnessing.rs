@@ -132,6 +132,14 @@ impl Broker {
         }
     }
 
+    /// The witness keys of the deal in force.
+    pub fn witness_keys(&self) -> Vec<CosignerKey> {
+        self.read(|e| parse_witnesses(e.deal()))
+            .into_iter()
+            .map(|w| w.key)
+            .collect()
+    }
+
     /// Whether cosignatures are being gathered for a deal that requires some.
     pub fn witnesses_required(&self) -> bool {
         self.inner.gathered.lock().expect("witnessing lock").running

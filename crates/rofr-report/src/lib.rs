@@ -1,0 +1,264 @@
+//! Period exports and the report read from one, offline.
+//!
+//! An export (docs/export.md) holds every entry of the needs active in a period, the
+//! deal's entries, and one multi-leaf proof against a cosigned checkpoint. The report
+//! (docs/report.md) is the period's conduct of the deal, computed from those entries
+//! alone: first refusal need by need, the holder's answers, what its refusals cost,
+//! concentration against the caps, approvals, deliveries and the deal's versions. Every
+//! figure names the entries it came from; `verify` recomputes them all.
+
+pub mod export;
+pub mod figures;
+pub mod html;
+
+use std::io::BufRead;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rofr_engine::types::{ProviderId, Timestamp};
+use rofr_ledger::{CosignerKey, VerifierKey};
+use serde::{Deserialize, Serialize};
+
+pub use export::ExportError;
+pub use figures::Figures;
+
+pub const FORMAT: &str = "rofr-report/1";
+
+/// The checkpoint the export was proved against, and who vouched for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointFacts {
+    pub origin: String,
+    pub size: u64,
+    /// Base64 root hash.
+    pub root: String,
+    /// The name of the log key whose signature was checked.
+    pub signed_by: String,
+    /// Each witness whose cosignature was checked, with its time.
+    pub cosigned_by: Vec<Cosigner>,
+    /// Other signature lines, which no key given could check.
+    pub unchecked_signatures: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cosigner {
+    pub name: String,
+    pub at: String,
+}
+
+/// A report: the period, the checkpoint, the export it was read from, the figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub format: String,
+    pub from: String,
+    pub to: String,
+    pub shown_to: Option<String>,
+    pub checkpoint: CheckpointFacts,
+    /// How many entries the export holds, and the SHA-256 of its bytes.
+    pub export_entries: u64,
+    pub export_sha256: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// Reads and verifies an export (named `name` in errors) and computes its report.
+pub fn make(
+    input: impl BufRead,
+    name: &str,
+    key: &VerifierKey,
+    witnesses: &[CosignerKey],
+) -> Result<Report, ExportError> {
+    let mut fold: Option<figures::Fold> = None;
+    let verified = export::read(input, name, key, witnesses, &mut |header, index, data| {
+        if fold.is_none() {
+            let parse = |field: &str, text: &str| {
+                Timestamp::parse(text).map_err(|e| format!("the header's `{field}`: {e}"))
+            };
+            let from = parse("from", &header.from)?;
+            let to = parse("to", &header.to)?;
+            let viewer = header
+                .shown_to
+                .as_deref()
+                .map(|p| ProviderId::parse(p).map_err(|e| format!("the header's `shown_to`: {e}")))
+                .transpose()?;
+            fold = Some(figures::Fold::new(from, to, viewer));
+        }
+        fold.as_mut().expect("made").add(index, data)
+    })?;
+    let header = &verified.header;
+    let fold = match fold {
+        Some(fold) => fold,
+        None => {
+            let parse = |field: &str, text: &str| {
+                Timestamp::parse(text).map_err(|e| ExportError {
+                    where_: Some(format!("{name}:1")),
+                    entry: None,
+                    message: format!("the header's `{field}`: {e}"),
+                })
+            };
+            figures::Fold::new(parse("from", &header.from)?, parse("to", &header.to)?, None)
+        }
+    };
+    let mut figures = fold.finish();
+    if !verified.unchecked_signatures.is_empty() {
+        figures.not_verified.push(format!(
+            "The checkpoint carries signatures by {} that no key given could check.",
+            verified.unchecked_signatures.join(", ")
+        ));
+    }
+    if verified.cosigned_by.is_empty() {
+        figures.not_verified.push(
+            "No witness key was given: the checkpoint is vouched for by the log's operator alone."
+                .into(),
+        );
+    }
+    Ok(Report {
+        format: FORMAT.into(),
+        from: header.from.clone(),
+        to: header.to.clone(),
+        shown_to: header.shown_to.clone(),
+        checkpoint: CheckpointFacts {
+            origin: verified.checkpoint.origin.clone(),
+            size: verified.checkpoint.size,
+            root: B64.encode(verified.checkpoint.root),
+            signed_by: verified.signed_by.clone(),
+            cosigned_by: verified
+                .cosigned_by
+                .iter()
+                .map(|(name, at)| Cosigner {
+                    name: name.clone(),
+                    at: Timestamp::from_unix_seconds((*at).min(i64::MAX as u64) as i64).to_string(),
+                })
+                .collect(),
+            unchecked_signatures: verified.unchecked_signatures.clone(),
+        },
+        export_entries: verified.entries,
+        export_sha256: verified.sha256,
+        figures,
+    })
+}
+
+/// Why a report did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("{0}")]
+    Export(#[from] ExportError),
+    #[error("the report is not rofr report JSON: {0}")]
+    Unreadable(String),
+    #[error("figure `{figure}` differs: the report says {stated}, the export gives {computed}")]
+    Figure {
+        figure: String,
+        stated: String,
+        computed: String,
+    },
+}
+
+/// Recomputes every figure of `report_json` from the export and names the first that
+/// differs. The witnesses are those the report says cosigned, where their keys are
+/// given.
+pub fn verify(
+    report_json: &[u8],
+    input: impl BufRead,
+    name: &str,
+    key: &VerifierKey,
+    witnesses: &[CosignerKey],
+) -> Result<Report, Mismatch> {
+    let stated: serde_json::Value =
+        serde_json::from_slice(report_json).map_err(|e| Mismatch::Unreadable(e.to_string()))?;
+    let computed = make(input, name, key, witnesses)?;
+    let value = serde_json::to_value(&computed).expect("a report serializes");
+    if let Some((figure, a, b)) = first_difference("", &stated, &value) {
+        return Err(Mismatch::Figure {
+            figure,
+            stated: a,
+            computed: b,
+        });
+    }
+    Ok(computed)
+}
+
+/// The path of the first place two JSON values differ, and each side there.
+fn first_difference(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    let at = |p: &str| {
+        if p.is_empty() {
+            "(the whole report)".to_owned()
+        } else {
+            p.to_owned()
+        }
+    };
+    let show = |v: Option<&Value>| {
+        v.map_or("nothing".to_owned(), |v| {
+            let text = v.to_string();
+            if text.len() > 80 {
+                format!("{}…", &text[..text.floor_char_boundary_compat(80)])
+            } else {
+                text
+            }
+        })
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match (x.get(key), y.get(key)) {
+                    (Some(u), Some(v)) => {
+                        if let Some(d) = first_difference(&p, u, v) {
+                            return Some(d);
+                        }
+                    }
+                    (u, v) => return Some((p, show(u), show(v))),
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                if let Some(d) = first_difference(&format!("{path}[{i}]"), u, v) {
+                    return Some(d);
+                }
+            }
+            (x.len() != y.len()).then(|| {
+                (
+                    format!("{} (length)", at(path)),
+                    x.len().to_string(),
+                    y.len().to_string(),
+                )
+            })
+        }
+        _ => (a != b).then(|| (at(path), show(Some(a)), show(Some(b)))),
+    }
+}
+
+trait FloorBoundary {
+    fn floor_char_boundary_compat(&self, at: usize) -> usize;
+}
+
+impl FloorBoundary for str {
+    fn floor_char_boundary_compat(&self, at: usize) -> usize {
+        (0..=at.min(self.len()))
+            .rev()
+            .find(|&i| self.is_char_boundary(i))
+            .unwrap_or(0)
+    }
+}
+
+/// A period's bound as given: a date (`2025-10-01`, its midnight UTC) or an RFC 3339
+/// time. The error names `field`.
+pub fn parse_bound(field: &str, text: &str) -> Result<Timestamp, String> {
+    let full = if text.len() == 10 && text.as_bytes().get(4) == Some(&b'-') {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    Timestamp::parse(&full).map_err(|e| {
+        format!("`{field}`: `{text}` is neither a date (YYYY-MM-DD) nor an RFC 3339 time: {e}")
+    })
+}
