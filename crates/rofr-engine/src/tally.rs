@@ -166,6 +166,33 @@ fn nth_of_two(
     }
 }
 
+/// Each provider's percent of the GPU-hours in `hours`, and the HHI of those shares
+/// (the sum of their squares, 0–10,000).
+pub fn shares_of(hours: &BTreeMap<String, f64>) -> (BTreeMap<String, f64>, f64) {
+    let total: f64 = hours.values().sum();
+    let shares: BTreeMap<String, f64> = hours
+        .iter()
+        .map(|(p, h)| (p.clone(), if total > 0.0 { h / total * 100.0 } else { 0.0 }))
+        .collect();
+    let hhi = shares.values().map(|s| s * s).sum();
+    (shares, hhi)
+}
+
+/// The tightest concentration cap `deal` puts on `provider`, in percent.
+pub fn tightest_cap(deal: &crate::deal::Deal, provider: &str) -> Option<f64> {
+    let id = ProviderId::parse(provider).ok()?;
+    let holder = deal
+        .first_refusals
+        .iter()
+        .any(|f| f.holder == id)
+        .then_some(&id);
+    deal.caps
+        .iter()
+        .filter(|c| c.applies_to(&id, holder))
+        .map(|c| c.max_share * 100.0)
+        .reduce(f64::min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,31 +228,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Each provider's percent of the GPU-hours in `hours`, and the HHI of those shares
-/// (the sum of their squares, 0–10,000).
-pub fn shares_of(hours: &BTreeMap<String, f64>) -> (BTreeMap<String, f64>, f64) {
-    let total: f64 = hours.values().sum();
-    let shares: BTreeMap<String, f64> = hours
-        .iter()
-        .map(|(p, h)| (p.clone(), if total > 0.0 { h / total * 100.0 } else { 0.0 }))
-        .collect();
-    let hhi = shares.values().map(|s| s * s).sum();
-    (shares, hhi)
-}
-
-/// The tightest concentration cap `deal` puts on `provider`, in percent.
-pub fn tightest_cap(deal: &crate::deal::Deal, provider: &str) -> Option<f64> {
-    let id = ProviderId::parse(provider).ok()?;
-    let holder = deal
-        .first_refusals
-        .iter()
-        .any(|f| f.holder == id)
-        .then_some(&id);
-    deal.caps
-        .iter()
-        .filter(|c| c.applies_to(&id, holder))
-        .map(|c| c.max_share * 100.0)
-        .reduce(f64::min)
 }
