@@ -53,18 +53,21 @@ fn entries(list: &[u64]) -> String {
     out
 }
 
-fn row(out: &mut String, label: &str, value: String, figure: &Figure) {
+/// A figure's row; `key` is its path in report.json, on the row as `data-figure`.
+fn row(out: &mut String, label: &str, key: &str, value: String, figure: &Figure) {
     let _ = write!(
         out,
-        "<tr><th>{}</th><td class=\"v\">{}</td><td>{}</td></tr>",
+        "<tr data-figure=\"{}\" data-value=\"{}\"><th>{}</th><td class=\"v\">{}</td><td>{}</td></tr>",
+        esc(key),
+        figure.value,
         esc(label),
         value,
         entries(&figure.entries)
     );
 }
 
-fn count(out: &mut String, label: &str, figure: &Figure) {
-    row(out, label, number(figure.value), figure);
+fn count(out: &mut String, label: &str, key: &str, figure: &Figure) {
+    row(out, label, key, number(figure.value), figure);
 }
 
 const COLORS: [&str; 8] = [
@@ -213,17 +216,43 @@ pub fn render(report: &Report) -> String {
     // First refusal.
     let fr = &f.first_refusal;
     out.push_str("<section id=\"first-refusal\"><h2>First refusal</h2><table>");
-    count(&mut out, "Needs in the period", &f.needs.total);
-    count(&mut out, "In a first-refusal scope", &fr.in_scope);
-    count(&mut out, "Offered to the holder first", &fr.offered_first);
+    count(
+        &mut out,
+        "Needs in the period",
+        "needs.total",
+        &f.needs.total,
+    );
+    count(
+        &mut out,
+        "In a first-refusal scope",
+        "first_refusal.in_scope",
+        &fr.in_scope,
+    );
+    count(
+        &mut out,
+        "Offered to the holder first",
+        "first_refusal.offered_first",
+        &fr.offered_first,
+    );
     count(
         &mut out,
         "Not offered to the holder first",
+        "first_refusal.not_offered_first",
         &fr.not_offered_first,
     );
-    count(&mut out, "I1 kept", &fr.i1_kept);
-    count(&mut out, "I1 broken", &fr.i1_broken);
-    count(&mut out, "I1 not judged", &fr.i1_not_judged);
+    count(&mut out, "I1 kept", "first_refusal.i1_kept", &fr.i1_kept);
+    count(
+        &mut out,
+        "I1 broken",
+        "first_refusal.i1_broken",
+        &fr.i1_broken,
+    );
+    count(
+        &mut out,
+        "I1 not judged",
+        "first_refusal.i1_not_judged",
+        &fr.i1_not_judged,
+    );
     out.push_str("</table><table class=\"needs\"><tr><th>Need</th><th>Holder</th><th>Offered first</th><th>I1</th><th>Entries</th></tr>");
     for v in fr.needs.iter().take(SHOWN_NEEDS) {
         let verdict = match v.i1.as_str() {
@@ -259,10 +288,11 @@ pub fn render(report: &Report) -> String {
     // The holder's conduct.
     let h = &f.holder;
     out.push_str("<section id=\"holder\"><h2>The holder's conduct</h2><table>");
-    count(&mut out, "Offers to the holder", &h.offers);
+    count(&mut out, "Offers to the holder", "holder.offers", &h.offers);
     count(
         &mut out,
         "Answered within the window",
+        "holder.answered_in_window",
         &h.answered_in_window,
     );
     let seconds = |fig: &Figure| {
@@ -275,29 +305,62 @@ pub fn render(report: &Report) -> String {
     row(
         &mut out,
         "Median time to answer",
+        "holder.median_answer_seconds",
         seconds(&h.median_answer_seconds),
         &h.median_answer_seconds,
     );
     row(
         &mut out,
         "Median window given",
+        "holder.median_window_seconds",
         seconds(&h.median_window_seconds),
         &h.median_window_seconds,
     );
     count(
         &mut out,
         "Lapses (offers and matches let run out)",
+        "holder.lapses",
         &h.lapses,
     );
     for (reason, fig) in &h.refusals_by_reason {
-        count(&mut out, &format!("Refusals: {reason}"), fig);
+        count(
+            &mut out,
+            &format!("Refusals: {reason}"),
+            &format!("holder.refusals_by_reason.{reason}"),
+            fig,
+        );
     }
-    count(&mut out, "GPUs refused", &h.gpus_refused);
-    count(&mut out, "Held back by a concentration cap", &h.capped);
-    count(&mut out, "Matches offered (last look)", &h.matches_offered);
-    count(&mut out, "Matches taken", &h.matches_accepted);
-    count(&mut out, "Re-offers", &h.reoffers);
-    count(&mut out, "Revivals of the right", &h.revivals);
+    count(
+        &mut out,
+        "GPUs refused",
+        "holder.gpus_refused",
+        &h.gpus_refused,
+    );
+    count(
+        &mut out,
+        "Held back by a concentration cap",
+        "holder.capped",
+        &h.capped,
+    );
+    count(
+        &mut out,
+        "Matches offered (last look)",
+        "holder.matches_offered",
+        &h.matches_offered,
+    );
+    count(
+        &mut out,
+        "Matches taken",
+        "holder.matches_accepted",
+        &h.matches_accepted,
+    );
+    count(&mut out, "Re-offers", "holder.reoffers", &h.reoffers);
+    count(
+        &mut out,
+        "Revivals of the right",
+        "holder.revivals",
+        &h.revivals,
+    );
     out.push_str("</table></section>");
     // What refusals cost.
     let cost = &f.cost;
@@ -305,28 +368,41 @@ pub fn render(report: &Report) -> String {
     row(
         &mut out,
         "Premium paid over the holder's offered price",
+        "cost.premium_dollars",
         format!("${}", number(cost.premium_dollars.value)),
         &cost.premium_dollars,
     );
-    count(&mut out, "Awards that paid a premium", &cost.premium_awards);
+    count(
+        &mut out,
+        "Awards that paid a premium",
+        "cost.premium_awards",
+        &cost.premium_awards,
+    );
     row(
         &mut out,
         "Launch delay after the holder's refusal or silence",
+        "cost.delay_hours",
         format!("{} h", number(cost.delay_hours.value)),
         &cost.delay_hours,
     );
-    count(&mut out, "Needs delayed", &cost.delayed_needs);
+    count(
+        &mut out,
+        "Needs delayed",
+        "cost.delayed_needs",
+        &cost.delayed_needs,
+    );
     out.push_str("</table></section>");
     // Concentration.
     let conc = &f.concentration;
     out.push_str("<section id=\"concentration\"><h2>Concentration</h2><table><tr><th>Provider</th><th>GPU-hours</th><th>Share</th><th>Cap</th><th>Entries</th></tr>");
     for s in &conc.providers {
         let over = s.cap.is_some_and(|cap| s.share > cap);
-        let _ = write!(out, "<tr><td>{}</td><td class=\"v\">{}</td><td class=\"v{}\">{}%</td><td class=\"v\">{}</td><td>{}</td></tr>", esc(&s.provider), number(s.gpu_hours.value), if over { " bad" } else { "" }, number(s.share), s.cap.map_or("—".into(), |c| format!("{}%", number(c))), entries(&s.gpu_hours.entries));
+        let _ = write!(out, "<tr data-provider=\"{}\" data-gpu-hours=\"{}\" data-share=\"{}\"><td>{}</td><td class=\"v\">{}</td><td class=\"v{}\">{}%</td><td class=\"v\">{}</td><td>{}</td></tr>", esc(&s.provider), s.gpu_hours.value, s.share, esc(&s.provider), number(s.gpu_hours.value), if over { " bad" } else { "" }, number(s.share), s.cap.map_or("—".into(), |c| format!("{}%", number(c))), entries(&s.gpu_hours.entries));
     }
     let _ = write!(
         out,
-        "</table><p>HHI at the period's end: <strong>{}</strong>{}</p>",
+        "</table><p>HHI at the period's end: <strong id=\"hhi\" data-value=\"{}\">{}</strong>{}</p>",
+        conc.hhi,
         number(conc.hhi),
         conc.hhi_alert
             .map_or(String::new(), |a| format!(" (alert line {})", number(a)))
@@ -350,6 +426,7 @@ pub fn render(report: &Report) -> String {
                 b.provider,
                 b.min_gpu_hours.map_or("none".into(), number)
             ),
+            &format!("commitments.{}", b.provider),
             number(b.awarded_gpu_hours.value),
             &b.awarded_gpu_hours,
         );
@@ -362,13 +439,43 @@ pub fn render(report: &Report) -> String {
     out.push_str("</section>");
     // Approvals, deliveries, the deal.
     out.push_str("<section id=\"approvals\"><h2>Approvals and deliveries</h2><table>");
-    count(&mut out, "Approvals requested", &f.approvals.requested);
-    count(&mut out, "Approved", &f.approvals.approved);
-    count(&mut out, "Rejected", &f.approvals.rejected);
-    count(&mut out, "Reservations confirmed", &f.deliveries.confirmed);
-    count(&mut out, "Delivery failures", &f.deliveries.failures);
+    count(
+        &mut out,
+        "Approvals requested",
+        "approvals.requested",
+        &f.approvals.requested,
+    );
+    count(
+        &mut out,
+        "Approved",
+        "approvals.approved",
+        &f.approvals.approved,
+    );
+    count(
+        &mut out,
+        "Rejected",
+        "approvals.rejected",
+        &f.approvals.rejected,
+    );
+    count(
+        &mut out,
+        "Reservations confirmed",
+        "deliveries.confirmed",
+        &f.deliveries.confirmed,
+    );
+    count(
+        &mut out,
+        "Delivery failures",
+        "deliveries.failures",
+        &f.deliveries.failures,
+    );
     for (reason, fig) in &f.deliveries.by_reason {
-        count(&mut out, &format!("Failures: {reason}"), fig);
+        count(
+            &mut out,
+            &format!("Failures: {reason}"),
+            &format!("deliveries.by_reason.{reason}"),
+            fig,
+        );
     }
     out.push_str("</table></section>");
     out.push_str("<section id=\"deal\"><h2>The deal's versions</h2><table><tr><th>Version</th><th>File</th><th>Effective</th><th>Open needs</th><th>In force in the period</th><th>SHA-256</th><th>Entry</th></tr>");

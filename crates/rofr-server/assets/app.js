@@ -24,6 +24,22 @@ async function api(path, options = {}) {
   return body;
 }
 
+// Fetches with the bearer token and hands the answer to the browser as a file: a plain
+// link would carry no token.
+async function download(path, filename) {
+  const response = await fetch(path, { headers: { "authorization": "Bearer " + token() } });
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new Error(body && body.error ? body.error.code + ": " + body.error.message : String(response.status));
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = el("a", { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
@@ -139,7 +155,7 @@ async function needTimeline(id) {
       ["Price", e => e.event.price_per_gpu_hour == null ? "" : "$" + e.event.price_per_gpu_hour],
       ["Proof", e => e.index < signed ? el("span", { class: "ok" }, "in checkpoint " + signed) : "awaiting checkpoint"]],
       events.events),
-    el("a", { href: "/v1/ledger/evidence/" + encodeURIComponent(id), id: "evidence" }, "Evidence bundle (JSON)"));
+    el("a", { href: "#", id: "evidence", onclick: (e) => { e.preventDefault(); download("/v1/ledger/evidence/" + encodeURIComponent(id), id + ".evidence.json"); } }, "Evidence bundle (JSON)"));
 }
 
 async function offersPage(mine, after) {
@@ -283,6 +299,24 @@ async function ledgerPage() {
       ["Last refusal", x => x.last_error || "–"], ["Key", x => el("code", {}, x.key)]], w.witnesses))];
   if (me.party !== "provider") {
     children.push(el("button", { onclick: async () => { await api("/v1/ledger/checkpoint", { method: "POST" }); ledgerPage(); } }, "Sign a checkpoint now"));
+    // A period's export and report: the last 30 model days by default.
+    const day = (ms) => new Date(ms).toISOString().slice(0, 10);
+    const from = el("input", { type: "date", id: "period-from", value: day(modelNow() - 30 * 86400000) });
+    const to = el("input", { type: "date", id: "period-to", value: day(modelNow() + 86400000) });
+    const status = el("span", { id: "period-status" });
+    const query = () => "from=" + encodeURIComponent(from.value) + "&to=" + encodeURIComponent(to.value);
+    const get = (path, name, ext) => async (e) => {
+      e.preventDefault();
+      status.textContent = "preparing…";
+      try { await download(path + "?" + query(), name + "-" + from.value + "-" + to.value + ext); status.textContent = ""; }
+      catch (error) { status.textContent = error.message; }
+    };
+    children.push(el("h2", {}, "Period export and report"),
+      el("p", {}, "Every entry of the needs active in the period under one proof against a cosigned checkpoint, and the report read from it (first refusal, the holder's conduct, what refusals cost, concentration, approvals, deliveries, the deal's versions). `rofr report verify` recomputes the report offline."),
+      el("form", { id: "period" }, "From ", from, " to ", to, " ",
+        el("a", { href: "#", id: "period-export", onclick: get("/v1/ledger/export", "rofr-export", ".jsonl") }, "Export (JSON Lines)"), " · ",
+        el("a", { href: "#", id: "period-report", onclick: get("/v1/ledger/report", "rofr-report", ".html") }, "Report (HTML)"), " ",
+        status));
     const page = await api("/v1/events?limit=50");
     children.push(el("h2", {}, "First entries"), table([["#", e => e.index], ["At", e => e.event.at], ["Type", e => e.event.type], ["Need", e => e.event.need ?? `deal ${e.event.deal} v${e.event.version}`]], page.events));
   }

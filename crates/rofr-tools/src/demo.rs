@@ -88,7 +88,54 @@ pub struct Running {
     /// The deal file the demo adopted: the example deal with the holder's witness.
     pub deal_file: PathBuf,
     pub witness: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The report of the demo's period, its export, and where its pages are.
+    pub report: rofr_report::Report,
+    pub export_file: PathBuf,
+    pub report_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Downloads the export of `period`, reads it as `rofr report` would, and writes
+/// report.html and report.json into `dir`.
+async fn write_report(
+    client: &Client,
+    (from, to): (Timestamp, Timestamp),
+    export_file: &std::path::Path,
+    dir: &std::path::Path,
+    verifier_key: &str,
+    witness_key: &str,
+) -> Result<rofr_report::Report, String> {
+    let path = format!("/v1/ledger/export?from={from}&to={to}");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(export_file)
+            .map_err(|e| format!("cannot write {}: {e}", export_file.display()))?,
+    );
+    client
+        .download(&path, &mut file)
+        .await
+        .map_err(|e| format!("the export: {e}"))?;
+    drop(file);
+    let key = rofr_ledger::VerifierKey::parse(verifier_key).map_err(|e| e.to_string())?;
+    let witness = rofr_ledger::CosignerKey::parse(witness_key).map_err(|e| e.to_string())?;
+    let input = std::io::BufReader::new(
+        std::fs::File::open(export_file).map_err(|e| format!("cannot read the export: {e}"))?,
+    );
+    let name = export_file.display().to_string();
+    let report = rofr_report::make(input, &name, &key, &[witness])
+        .map_err(|e| format!("the demo's own export did not verify: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
+    for (file, bytes) in [
+        ("report.json", json.into_bytes()),
+        (
+            "report.html",
+            rofr_report::html::render(&report).into_bytes(),
+        ),
+    ] {
+        std::fs::write(dir.join(file), bytes)
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(file).display()))?;
+    }
+    Ok(report)
 }
 
 /// The first moment of the demo's model time: Monday 3 February 2025.
@@ -258,7 +305,29 @@ pub async fn run(options: DemoOptions) -> Result<Running, String> {
     let (size, _) = broker.checkpoint_now().map_err(|e| e.to_string())?;
     broker.wait_witnessed(size, Duration::from_secs(10)).await;
     let witnessing = broker.witnessing();
+    // The report of the demo's period, from an export read back over HTTP and
+    // verified with the log's key and the holder's witness.
+    let period = (
+        origin(),
+        Timestamp::parse(&format!("{}T00:00:00Z", &clock.now().to_string()[..10]))
+            .map_err(|e| e.to_string())?
+            .plus_seconds(86_400),
+    );
+    let export_file = beside(".export.jsonl");
+    let report_dir = beside(".report");
+    let report = write_report(
+        &Client::new(&url, &auditor),
+        period,
+        &export_file,
+        &report_dir,
+        &verifier_key,
+        &witness_key,
+    )
+    .await?;
     Ok(Running {
+        report,
+        export_file,
+        report_dir,
         witnessing,
         verifier_key,
         witness_key,

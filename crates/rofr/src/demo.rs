@@ -65,6 +65,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             if w.witnessed_size == w.checkpoint_size { "cosigned" } else { "not yet cosigned" },
             running.witness_key
         );
+        let r = &running.report;
+        let fr = &r.figures.first_refusal;
+        println!(
+            "Report for {} to {}: {} needs; {} of {} in-scope needs offered to the holder first, I1 kept for {} and broken for {}: {}",
+            &r.from[..10],
+            &r.to[..10],
+            r.figures.needs.total.value,
+            fr.offered_first.value,
+            fr.in_scope.value,
+            fr.i1_kept.value,
+            fr.i1_broken.value,
+            running.report_dir.join("report.html").display()
+        );
+        if args.database.is_none() && !args.keep {
+            println!("  (in a temporary directory, removed now; keep it with --database FILE or --keep)");
+        }
         if args.keep {
             println!("\nThe broker keeps running at {} (database {}).", running.url, running.database.display());
             println!("Dashboard: {}/ui/ (sign in with a token below)", running.url);
@@ -89,6 +105,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             );
             println!(
                 "     rofr verify bundle.json --key '{}' --witness '{}'",
+                running.verifier_key, running.witness_key
+            );
+            println!(
+                "     ROFR_SERVER={} ROFR_TOKEN=<auditor token> rofr ledger export --from {} --to {} --out export.jsonl",
+                running.url,
+                &r.from[..10],
+                &r.to[..10]
+            );
+            println!(
+                "     rofr report export.jsonl --out report --key '{}' --witness '{}'",
                 running.verifier_key, running.witness_key
             );
             println!("Press Ctrl-C to stop.");
