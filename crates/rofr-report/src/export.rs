@@ -124,6 +124,8 @@ pub struct Verified {
     /// Names on other signature lines of the note, which no key given could check.
     pub unchecked_signatures: Vec<String>,
     pub entries: u64,
+    /// The first and last entries' indexes, where there are entries.
+    pub span: Option<(u64, u64)>,
     /// SHA-256 of the export's bytes, lowercase hex.
     pub sha256: String,
 }
@@ -149,6 +151,7 @@ pub fn read(
         pending: VecDeque::new(),
         end: None,
         entries: 0,
+        first_index: None,
         last_index: None,
         visit,
     };
@@ -238,6 +241,7 @@ pub fn read(
         cosigned_by,
         unchecked_signatures,
         entries: end.entries,
+        span: reader.first_index.zip(reader.last_index),
         sha256,
     })
 }
@@ -284,6 +288,7 @@ struct Reader<'a, R> {
     pending: VecDeque<Hash>,
     end: Option<End>,
     entries: u64,
+    first_index: Option<u64>,
     last_index: Option<u64>,
     visit: &'a mut Visit<'a>,
 }
@@ -343,6 +348,7 @@ impl<R: BufRead> Reader<'_, R> {
             return Err(self.fail(Some(index), "entries are not in increasing index order"));
         }
         self.last_index = Some(index);
+        self.first_index.get_or_insert(index);
         let data = line.entry.get().as_bytes();
         let leaf = leaf_hash(data);
         let listed = B64.decode(&line.leaf).ok();

@@ -70,35 +70,29 @@ pub fn make(
     let mut fold: Option<figures::Fold> = None;
     let verified = export::read(input, name, key, witnesses, &mut |header, index, data| {
         if fold.is_none() {
-            let parse = |field: &str, text: &str| {
-                Timestamp::parse(text).map_err(|e| format!("the header's `{field}`: {e}"))
-            };
-            let from = parse("from", &header.from)?;
-            let to = parse("to", &header.to)?;
-            let viewer = header
-                .shown_to
-                .as_deref()
-                .map(|p| ProviderId::parse(p).map_err(|e| format!("the header's `shown_to`: {e}")))
-                .transpose()?;
-            fold = Some(figures::Fold::new(from, to, viewer));
+            fold = Some(fold_for(header)?);
         }
         fold.as_mut().expect("made").add(index, data)
     })?;
     let header = &verified.header;
     let fold = match fold {
         Some(fold) => fold,
-        None => {
-            let parse = |field: &str, text: &str| {
-                Timestamp::parse(text).map_err(|e| ExportError {
-                    where_: Some(format!("{name}:1")),
-                    entry: None,
-                    message: format!("the header's `{field}`: {e}"),
-                })
-            };
-            figures::Fold::new(parse("from", &header.from)?, parse("to", &header.to)?, None)
-        }
+        // An export of no entry: its header was not seen by an entry.
+        None => fold_for(header).map_err(|message| ExportError {
+            where_: Some(format!("{name}:1")),
+            entry: None,
+            message,
+        })?,
     };
     let mut figures = fold.finish();
+    // Inclusion is proved; completeness is the broker's word.
+    let skipped = verified
+        .span
+        .map_or(0, |(first, last)| last - first + 1 - verified.entries);
+    figures.not_verified.push(format!(
+        "That nothing was left out: the proof shows each entry is in the log, not that the export holds every entry of the period's needs. Between its first and last entries the log holds {skipped} entries the export does not (entries of needs not active in the period{}).",
+        if header.shown_to.is_some() { ", or not shown to this provider" } else { "" }
+    ));
     if !verified.unchecked_signatures.is_empty() {
         figures.not_verified.push(format!(
             "The checkpoint carries signatures by {} that no key given could check.",
@@ -135,6 +129,23 @@ pub fn make(
         export_sha256: verified.sha256,
         figures,
     })
+}
+
+/// The fold for the period and view a header names.
+fn fold_for(header: &export::Header) -> Result<figures::Fold, String> {
+    let parse = |field: &str, text: &str| {
+        Timestamp::parse(text).map_err(|e| format!("the header's `{field}`: {e}"))
+    };
+    let viewer = header
+        .shown_to
+        .as_deref()
+        .map(|p| ProviderId::parse(p).map_err(|e| format!("the header's `shown_to`: {e}")))
+        .transpose()?;
+    Ok(figures::Fold::new(
+        parse("from", &header.from)?,
+        parse("to", &header.to)?,
+        viewer,
+    ))
 }
 
 /// Why a report did not verify.

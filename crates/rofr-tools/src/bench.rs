@@ -201,7 +201,7 @@ pub fn resident_mb() -> Option<f64> {
 }
 
 /// One need's whole life with instant answers: submit, the holder accepts, confirms.
-async fn one_need_in_process(
+pub(crate) async fn one_need_in_process(
     broker: &Broker,
     holder: &ProviderId,
     i: usize,

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_report;
 pub mod bench_tlog;
 pub mod client;
 pub mod demo;

@@ -49,6 +49,17 @@ pub enum Command {
         #[arg(long, default_value_t = 8)]
         connections: usize,
     },
+    /// Period reports: a log of NEEDS needs (each submitted, accepted by the holder and
+    /// confirmed), its whole period exported, then `rofr report` and `rofr report
+    /// verify` run on the export as separate processes, timed, with their peak memory.
+    Report {
+        /// Needs in the log, comma-separated for several runs (e.g. 25000,100000).
+        #[arg(long, value_delimiter = ',', default_value = "100000", value_parser = clap::value_parser!(usize))]
+        needs: Vec<usize>,
+        /// Concurrent callers loading the log.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// Ledger throughput: tree appends, proofs and a full audit of a stored log, beside
     /// the raw SHA-256 rate over the same bytes.
     Ledger {
@@ -134,6 +145,66 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                 ))
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!("{}", report.render());
+            return Ok(exit::OK);
+        }
+        Command::Report { needs, clients } => {
+            anyhow::ensure!(
+                needs.iter().all(|&n| n > 0) && clients > 0,
+                "--needs and --clients must be positive"
+            );
+            println!(
+                "rofr bench report: each run a fresh SQLite log, its whole period exported to a file, then `rofr report` and `rofr report verify` as child processes"
+            );
+            println!(
+                "{:>8} {:>9} {:>9} {:>7} {:>8} {:>9} {:>10} {:>8} {:>10} {:>8}",
+                "needs",
+                "entries",
+                "MB",
+                "hashes",
+                "load s",
+                "export s",
+                "report s",
+                "peak MB",
+                "verify s",
+                "peak MB"
+            );
+            for n in needs {
+                let exported = tokio::runtime::Runtime::new()?
+                    .block_on(rofr_tools::bench_report::export_of(n, clients))
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let out = exported.dir.path().join("report");
+                let key = exported.verifier_key.clone();
+                let (report_s, report_mb) = child_run(&[
+                    "report".as_ref(),
+                    exported.export.as_os_str(),
+                    "--out".as_ref(),
+                    out.as_os_str(),
+                    "--key".as_ref(),
+                    key.as_ref(),
+                ])?;
+                let json = out.join("report.json");
+                let (verify_s, verify_mb) = child_run(&[
+                    "report".as_ref(),
+                    "verify".as_ref(),
+                    json.as_os_str(),
+                    exported.export.as_os_str(),
+                    "--key".as_ref(),
+                    key.as_ref(),
+                ])?;
+                println!(
+                    "{:>8} {:>9} {:>9.1} {:>7} {:>8.1} {:>9.2} {:>10.2} {:>8.0} {:>10.2} {:>8.0}",
+                    n,
+                    exported.stats.entries,
+                    exported.bytes as f64 / 1e6,
+                    exported.stats.proof_hashes,
+                    exported.load_seconds,
+                    exported.export_seconds,
+                    report_s,
+                    report_mb,
+                    verify_s,
+                    verify_mb
+                );
+            }
             return Ok(exit::OK);
         }
         Command::Ledger { entries } => {
@@ -228,4 +299,29 @@ fn simulate(runs: u32, strategy: &str) -> anyhow::Result<u8> {
         seconds * rayon::current_num_threads() as f64 / f64::from(runs)
     );
     Ok(exit::OK)
+}
+
+/// Runs this binary with `args` as a child process: its wall time in seconds and its
+/// peak resident memory in MB (the kernel's high-water mark for it alone).
+fn child_run(args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64)> {
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid, and wait4 fills it for the child waited on.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(waited == pid, "waiting for `rofr {:?}` failed", args);
+    anyhow::ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "`rofr {:?}` failed",
+        args
+    );
+    // Reaped above; `child` only keeps its handles.
+    let _ = child.try_wait();
+    Ok((seconds, usage.ru_maxrss as f64 / 1024.0))
 }
