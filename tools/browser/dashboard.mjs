@@ -3,7 +3,7 @@
 // with the server's URL and tokens in the environment; writes a screenshot per page.
 
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const env = (name) => {
@@ -87,6 +87,16 @@ try {
   const lag = await page.textContent("#witness-lag");
   check(lag.includes("names no witness"), "the ledger page says how far witnessing trails the log (here: no witness named)");
   await page.screenshot({ path: `${shots}/ledger.png`, fullPage: true });
+  // The period's export and report download with the buyer's token.
+  await page.fill("#period-from", "2020-01-01");
+  await page.fill("#period-to", "2040-01-01");
+  for (const [link, name, expect] of [["#period-export", ".jsonl", "\"format\":\"rofr-export/1\""], ["#period-report", ".html", "<section id=\"first-refusal\">"]]) {
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click(link)]);
+    check(download.suggestedFilename().endsWith(name), `the ${link} download is named ${download.suggestedFilename()}`);
+    const saved = `${shots}/download${name}`;
+    await download.saveAs(saved);
+    check(readFileSync(saved, "utf8").includes(expect), `the ${link} download holds ${expect}`);
+  }
 
   // The holder accepts an offer from the page, and the need moves on.
   const holder = await signedIn(azure);

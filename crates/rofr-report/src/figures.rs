@@ -718,6 +718,15 @@ impl Fold {
             if let Some(capped) = need.capped {
                 entries.push(capped);
             }
+            // What the verdict rests on: the holder's first refusal and every award to
+            // another provider.
+            entries.extend(need.refused);
+            entries.extend(
+                need.awards
+                    .values()
+                    .filter(|a| need.holder.as_ref() != Some(&a.provider))
+                    .map(|a| a.entry),
+            );
             if offered_first {
                 out.first_refusal.offered_first.count(submitted);
             } else {
@@ -741,6 +750,7 @@ impl Fold {
                 }
             };
             entries.sort_unstable();
+            entries.dedup();
             out.first_refusal.needs.push(NeedVerdict {
                 need: id.clone(),
                 holder: need.holder.as_ref().map(|h| h.to_string()),

@@ -1864,6 +1864,38 @@ fn period_of(
     Ok((from, to, viewer))
 }
 
+/// Hands what is written to a streamed answer body in chunks of about 64 KiB.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = axum::body::Bytes::from(std::mem::take(&mut self.buffer));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= 64 * 1024 {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/ledger/export",
@@ -1882,8 +1914,27 @@ async fn period_export(
     Query(query): Query<PeriodQuery>,
 ) -> Result<Response, ApiError> {
     let (from, to, viewer) = period_of(&caller, &query)?;
-    let mut body = Vec::new();
-    broker.export(from, to, viewer.as_ref(), &mut body).await?;
+    // Chosen and proved before the answer starts, so a refusal still gets its status;
+    // then written as it is read, a chunk at a time.
+    let plan = broker.export_plan(from, to, viewer.as_ref()).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buffer: Vec::new(),
+        };
+        let written = broker
+            .write_export(&plan, &mut out)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|_| std::io::Write::flush(&mut out));
+        if let Err(error) = written {
+            // The body ends in an error: the client sees a cut answer, not a whole one.
+            let _ = out.tx.blocking_send(Err(error));
+        }
+    });
+    let body = axum::body::Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
     let name = format!(
         "attachment; filename=\"rofr-export-{}-{}.jsonl\"",
         &from.to_string()[..10],
@@ -1929,8 +1980,7 @@ async fn period_report(
             .field("format"))
         }
     };
-    let mut body = Vec::new();
-    broker.export(from, to, viewer.as_ref(), &mut body).await?;
+    let (body, _) = broker.export(from, to, viewer.as_ref(), Vec::new()).await?;
     let key = rofr_ledger::VerifierKey::parse(&broker.ledger(|l| l.verifier_key()))
         .map_err(|e| BrokerError::Setup(format!("the ledger's own key: {e}")))?;
     let witnesses = broker.witness_keys();

@@ -17,12 +17,11 @@ fn at(text: &str) -> Timestamp {
 
 async fn export(broker: &Broker, from: &str, to: &str, viewer: Option<&str>) -> Vec<u8> {
     let viewer = viewer.map(|p| ProviderId::parse(p).unwrap());
-    let mut out = Vec::new();
     broker
-        .export(at(from), at(to), viewer.as_ref(), &mut out)
+        .export(at(from), at(to), viewer.as_ref(), Vec::new())
         .await
-        .unwrap();
-    out
+        .unwrap()
+        .0
 }
 
 fn keys(app: &witnessed::Witnessed) -> (VerifierKey, CosignerKey) {

@@ -53,21 +53,21 @@ pub async fn export_of(needs: usize, clients: usize) -> Result<Exported, String>
     }
     let load_seconds = started.elapsed().as_secs_f64();
     let export = dir.path().join("export.jsonl");
-    let mut file = std::io::BufWriter::with_capacity(
+    let file = std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::File::create(&export).map_err(|e| e.to_string())?,
     );
     let started = Instant::now();
-    let stats = broker
+    let (file, stats) = broker
         .export(
             Timestamp::parse("2025-01-01T00:00:00Z").expect("valid"),
             Timestamp::parse("2026-01-01T00:00:00Z").expect("valid"),
             None,
-            &mut file,
+            file,
         )
         .await
         .map_err(|e| e.to_string())?;
-    drop(file);
+    file.into_inner().map_err(|e| e.to_string())?;
     let export_seconds = started.elapsed().as_secs_f64();
     let verifier_key = broker.ledger(|l| l.verifier_key());
     broker.shutdown();

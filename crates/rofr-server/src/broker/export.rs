@@ -22,6 +22,18 @@ pub struct ExportStats {
     pub checkpoint_size: u64,
 }
 
+/// A period's export before it is written: its header, entries and proof.
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    pub header: Header,
+    /// The entries, increasing.
+    pub indexes: Vec<u64>,
+    /// The multi-leaf proof's runs: one before each entry, one after the last.
+    pub runs: Vec<Vec<rofr_ledger::Hash>>,
+    pub needs: u64,
+    pub checkpoint_size: u64,
+}
+
 /// Where a need stands for the period: when it was submitted and closed.
 #[derive(Default)]
 struct Span {
@@ -31,23 +43,90 @@ struct Span {
 
 impl Broker {
     /// Writes the export of the needs active at some moment of [from, to) to `out`,
-    /// whole for the buyer and the auditor (`viewer` `None`), or as `viewer` may see it.
-    /// A need is active in the period when it was submitted before `to` and not closed
-    /// (completed, expired, cancelled) before `from`; all its entries go in, those after
-    /// the period too, up to the checkpoint.
-    pub async fn export(
+    /// whole for the buyer and the auditor (`viewer` `None`), or as `viewer` may see it,
+    /// and gives `out` back. A need is active in the period when it was submitted before
+    /// `to` and not closed (completed, expired, cancelled) before `from`; all its entries
+    /// go in, those after the period too, up to the checkpoint. The log is read on a
+    /// blocking thread, a chunk at a time.
+    pub async fn export<W: Write + Send + 'static>(
         &self,
         from: Timestamp,
         to: Timestamp,
         viewer: Option<&ProviderId>,
-        out: &mut (dyn Write + Send),
-    ) -> Result<ExportStats, BrokerError> {
+        out: W,
+    ) -> Result<(W, ExportStats), BrokerError> {
+        let plan = self.export_plan(from, to, viewer).await?;
+        let broker = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = out;
+            let stats = broker.write_export(&plan, &mut out)?;
+            Ok((out, stats))
+        })
+        .await
+        .map_err(|e| BrokerError::Setup(format!("the export stopped: {e}")))?
+    }
+
+    /// Which entries a period's export holds, and their proof against one checkpoint
+    /// (cosigned where the deal asks for witnesses).
+    pub async fn export_plan(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        viewer: Option<&ProviderId>,
+    ) -> Result<ExportPlan, BrokerError> {
         if from >= to {
             return Err(BrokerError::Setup(format!(
                 "the period must end after it starts ({from} is not before {to})"
             )));
         }
         self.fresh().await?;
+        let broker = self.clone();
+        let who = viewer.cloned();
+        let (indexes, needs) =
+            tokio::task::spawn_blocking(move || broker.select(from, to, who.as_ref()))
+                .await
+                .map_err(|e| BrokerError::Setup(format!("the export stopped: {e}")))??;
+        // One checkpoint over them all, cosigned where the deal asks for witnesses.
+        self.witnessed_for(indexes.last().map_or(0, |i| i + 1))
+            .await?;
+        let proved = self.ledger(|l| {
+            let store = self.inner.reader.lock().expect("store lock poisoned");
+            l.multi_proof(&indexes, store.as_ref())
+        })?;
+        let Some((checkpoint_size, note, runs, made_now)) = proved else {
+            return Err(BrokerError::Setup(
+                "the export's entries lie beyond the ledger's tree".into(),
+            ));
+        };
+        if made_now {
+            let mut store = self.inner.reader.lock().expect("store lock poisoned");
+            store.add_checkpoint(checkpoint_size, &note, &crate::ledger::now_text())?;
+        }
+        let header = Header {
+            format: FORMAT.into(),
+            from: from.to_string(),
+            to: to.to_string(),
+            shown_to: viewer.map(|p| p.to_string()),
+            verifier_key: self.ledger(|l| l.verifier_key()),
+            checkpoint: note,
+        };
+        Ok(ExportPlan {
+            header,
+            indexes,
+            runs,
+            needs,
+            checkpoint_size,
+        })
+    }
+
+    /// The entries of the needs active in the period that `viewer` may see, and how
+    /// many needs: two passes over the log, a chunk at a time.
+    fn select(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        viewer: Option<&ProviderId>,
+    ) -> Result<(Vec<u64>, u64), BrokerError> {
         let size = self.log_size();
         let (from_s, to_s) = (from.unix_seconds(), to.unix_seconds());
         // The first pass: which needs were active, from the stored columns alone.
@@ -135,37 +214,27 @@ impl Broker {
         } else {
             holders.len() as u64
         };
-        drop(active);
-        // One checkpoint over them all, cosigned where the deal asks for witnesses.
-        self.witnessed_for(indexes.last().map_or(0, |i| i + 1))
-            .await?;
-        let proved = self.ledger(|l| {
-            let store = self.inner.reader.lock().expect("store lock poisoned");
-            l.multi_proof(&indexes, store.as_ref())
-        })?;
-        let Some((checkpoint_size, note, runs, made_now)) = proved else {
-            return Err(BrokerError::Setup(
-                "the export's entries lie beyond the ledger's tree".into(),
-            ));
-        };
-        if made_now {
-            let mut store = self.inner.reader.lock().expect("store lock poisoned");
-            store.add_checkpoint(checkpoint_size, &note, &crate::ledger::now_text())?;
-        }
-        let header = Header {
-            format: FORMAT.into(),
-            from: from.to_string(),
-            to: to.to_string(),
-            shown_to: viewer.map(|p| p.to_string()),
-            verifier_key: self.ledger(|l| l.verifier_key()),
-            checkpoint: note,
-        };
+        Ok((indexes, needs))
+    }
+
+    /// Writes a planned export's lines to `out`, reading the log a chunk at a time.
+    pub fn write_export(
+        &self,
+        plan: &ExportPlan,
+        out: &mut dyn Write,
+    ) -> Result<ExportStats, BrokerError> {
+        let ExportPlan {
+            header,
+            indexes,
+            runs,
+            needs,
+            checkpoint_size,
+        } = plan;
         let io = |e: std::io::Error| BrokerError::Setup(format!("writing the export: {e}"));
-        out.write_all(header_line(&header).as_bytes()).map_err(io)?;
+        out.write_all(header_line(header).as_bytes()).map_err(io)?;
         let mut next = 0usize;
-        let wanted = indexes.clone();
-        self.each_row(checkpoint_size, &mut |row| {
-            if wanted.get(next) != Some(&row.index) {
+        self.each_row(*checkpoint_size, &mut |row| {
+            if indexes.get(next) != Some(&row.index) {
                 return Ok(());
             }
             let line = entry_line(row.index, &row.data, &runs[next]).map_err(BrokerError::Setup)?;
@@ -183,10 +252,10 @@ impl Broker {
             .map_err(io)?;
         out.flush().map_err(io)?;
         Ok(ExportStats {
-            needs,
+            needs: *needs,
             entries: next as u64,
             proof_hashes: runs.iter().map(|r| r.len() as u64).sum(),
-            checkpoint_size,
+            checkpoint_size: *checkpoint_size,
         })
     }
 
