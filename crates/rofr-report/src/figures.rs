@@ -204,6 +204,45 @@ pub struct Figures {
     pub not_verified: Vec<String>,
 }
 
+/// A need's few offers or awards by number: a short vector costs a fraction of a map's
+/// allocation, and a period holds many needs.
+struct Few<T>(Vec<(u32, T)>);
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Few(Vec::new())
+    }
+}
+
+impl<T> Few<T> {
+    fn insert(&mut self, key: u32, value: T) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => {
+                // Most needs have one offer and one award: room for one, not four.
+                self.0.reserve_exact(1);
+                self.0.push((key, value));
+            }
+        }
+    }
+
+    fn get(&self, key: &u32) -> Option<&T> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, key: &u32) -> Option<&mut T> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: &u32) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
 struct Offer {
     sent_at: i64,
     deadline: i64,
@@ -222,7 +261,6 @@ struct Award {
 
 #[derive(Default)]
 struct Need {
-    order: usize,
     submitted: Option<(u64, i64)>,
     hours: u32,
     holder: Option<ProviderId>,
@@ -235,9 +273,8 @@ struct Need {
     third_party_before_offer: Option<u64>,
     delay: Option<(f64, Vec<u64>)>,
     violation: Option<(String, u64)>,
-    offers: HashMap<u32, Offer>,
-    awards: BTreeMap<u32, Award>,
-    first_award: Option<i64>,
+    offers: Few<Offer>,
+    awards: Few<Award>,
     closed: Option<&'static str>,
 }
 
@@ -249,7 +286,8 @@ pub struct Fold {
     checker: Checker<Deal>,
     versions: Vec<KeptVersion>,
     deals: Vec<Deal>,
-    needs: HashMap<String, Need>,
+    needs: Vec<(String, Need)>,
+    numbers: HashMap<String, u32>,
     out: Figures,
     answer_seconds: Vec<i64>,
     window_seconds: Vec<i64>,
@@ -273,7 +311,8 @@ impl Fold {
             checker: Checker::new(Vec::new()),
             versions: Vec::new(),
             deals: Vec::new(),
-            needs: HashMap::new(),
+            needs: Vec::new(),
+            numbers: HashMap::new(),
             out: Figures::default(),
             answer_seconds: Vec::new(),
             window_seconds: Vec::new(),
@@ -329,22 +368,24 @@ impl Fold {
             self.events_before_deal = true;
         }
         let judged = !self.events_before_deal;
-        if let Err(v) = self.checker.check(&event) {
+        let checked = self.checker.check(&event);
+        let at = event.at.unix_seconds();
+        let in_period = self.in_period(at);
+        // Needs in the order first seen, found by id.
+        let count = self.needs.len();
+        let number = *self
+            .numbers
+            .entry(event.need.to_string())
+            .or_insert(count as u32) as usize;
+        if number == count {
+            self.needs.push((event.need.to_string(), Need::default()));
+        }
+        let need = &mut self.needs[number].1;
+        if let Err(v) = checked {
             if judged && v.invariant == "I1" {
-                let need = self.needs.entry(event.need.to_string()).or_default();
                 need.violation.get_or_insert((v.detail, index));
             }
         }
-        let at = event.at.unix_seconds();
-        let in_period = self.in_period(at);
-        let count = self.needs.len();
-        let need = self
-            .needs
-            .entry(event.need.to_string())
-            .or_insert_with(|| Need {
-                order: count,
-                ..Need::default()
-            });
         let is_holder = |p: &ProviderId, need: &Need| need.holder.as_ref() == Some(p);
         let out = &mut self.out;
         match &event.kind {
@@ -578,14 +619,18 @@ impl Fold {
                 }
             }
         }
+        // A closed need takes no more answers: what its offers were is not needed.
+        if need.closed.is_some() && !need.offers.0.is_empty() {
+            need.offers = Few::default();
+        }
         Ok(())
     }
 
     /// The figures, once every entry was added.
     pub fn finish(mut self) -> Figures {
         let mut out = std::mem::take(&mut self.out);
-        let mut needs: Vec<(String, Need)> = self.needs.drain().collect();
-        needs.sort_by_key(|(_, n)| n.order);
+        let numbers = std::mem::take(&mut self.numbers);
+        let needs = std::mem::take(&mut self.needs);
         let viewer = self.viewer.clone();
         if self.versions.is_empty() {
             out.not_verified.push(match &viewer {
@@ -615,12 +660,14 @@ impl Fold {
         }
         let deal = in_force(&self.versions, to - 1).map(|i| &self.deals[i]);
         // Needs and statuses.
-        let statuses: HashMap<String, &'static str> = self
-            .checker
-            .state()
-            .needs()
-            .map(|n| (n.spec.id.to_string(), n.status().as_str()))
-            .collect();
+        // Each need's status as the engine's fold leaves it, by the need's number.
+        let mut statuses: Vec<Option<&'static str>> = vec![None; needs.len()];
+        for n in self.checker.state().needs() {
+            if let Some(&i) = numbers.get(n.spec.id.as_str()) {
+                statuses[i as usize] = Some(n.status().as_str());
+            }
+        }
+        drop(numbers);
         let mut to_award: Vec<(i64, u64)> = Vec::new();
         let mut gpu_hours: BTreeMap<String, Figure> = BTreeMap::new();
         if let Some(deal) = deal {
@@ -629,22 +676,21 @@ impl Fold {
             }
         }
         let mut by_day: BTreeMap<i64, Vec<(String, f64)>> = BTreeMap::new();
-        for (id, need) in &needs {
+        for (number, (id, need)) in needs.iter().enumerate() {
             let Some((submitted, submitted_at)) = need.submitted else {
                 continue;
             };
             out.needs.total.count(submitted);
-            if let Some(status) = statuses.get(id) {
+            if let Some(status) = statuses[number] {
                 out.needs
                     .by_status
-                    .entry((*status).to_owned())
+                    .entry(status.to_owned())
                     .or_default()
                     .count(submitted);
             }
             if let Some(first) = need.awards.values().map(|a| (a.decided_at, a.entry)).min() {
                 to_award.push((first.0 - submitted_at, first.1));
             }
-            let _ = need.first_award;
             for award in need.awards.values() {
                 if !award.live || !self_in(from, to, award.decided_at) {
                     continue;
@@ -896,7 +942,6 @@ fn new_award(
     at: i64,
     index: u64,
 ) {
-    need.first_award.get_or_insert(at);
     need.awards.insert(
         award,
         Award {

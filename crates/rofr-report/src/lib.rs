@@ -18,6 +18,7 @@ use base64::Engine as _;
 use rofr_engine::types::{ProviderId, Timestamp};
 use rofr_ledger::{CosignerKey, VerifierKey};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 pub use export::ExportError;
 pub use figures::Figures;
@@ -173,11 +174,12 @@ pub fn verify(
     key: &VerifierKey,
     witnesses: &[CosignerKey],
 ) -> Result<Report, Mismatch> {
-    let stated: serde_json::Value =
+    let stated: &RawValue =
         serde_json::from_slice(report_json).map_err(|e| Mismatch::Unreadable(e.to_string()))?;
     let computed = make(input, name, key, witnesses)?;
-    let value = serde_json::to_value(&computed).expect("a report serializes");
-    if let Some((figure, a, b)) = first_difference("", &stated, &value) {
+    let text = serde_json::to_string(&computed).expect("a report serializes");
+    let made: &RawValue = serde_json::from_str(&text).expect("just written");
+    if let Some((figure, a, b)) = first_raw_difference("", stated, made)? {
         return Err(Mismatch::Figure {
             figure,
             stated: a,
@@ -185,6 +187,75 @@ pub fn verify(
         });
     }
     Ok(computed)
+}
+
+/// Parts of a report larger than this are compared part by part, so that a large
+/// report is never held as a tree of values whole.
+const WHOLE: usize = 1 << 16;
+
+/// [`first_difference`] over unparsed JSON: large objects and arrays are opened one
+/// level and their members compared in turn.
+fn first_raw_difference(
+    path: &str,
+    a: &RawValue,
+    b: &RawValue,
+) -> Result<Option<(String, String, String)>, Mismatch> {
+    use std::collections::BTreeMap;
+    let unreadable = |e: serde_json::Error| Mismatch::Unreadable(format!("{path}: {e}"));
+    let (x, y) = (a.get().trim_start(), b.get().trim_start());
+    let large = x.len().max(y.len()) > WHOLE;
+    if large && x.starts_with('{') && y.starts_with('{') {
+        let x: BTreeMap<String, &RawValue> = serde_json::from_str(x).map_err(unreadable)?;
+        let y: BTreeMap<String, &RawValue> = serde_json::from_str(y).map_err(unreadable)?;
+        for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+            let p = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            match (x.get(key), y.get(key)) {
+                (Some(u), Some(v)) => {
+                    if let Some(d) = first_raw_difference(&p, u, v)? {
+                        return Ok(Some(d));
+                    }
+                }
+                (u, v) => {
+                    let show = |r: Option<&&RawValue>| {
+                        r.map_or("nothing".to_owned(), |r| shorten(r.get()))
+                    };
+                    return Ok(Some((p, show(u), show(v))));
+                }
+            }
+        }
+        return Ok(None);
+    }
+    if large && x.starts_with('[') && y.starts_with('[') {
+        let x: Vec<&RawValue> = serde_json::from_str(x).map_err(unreadable)?;
+        let y: Vec<&RawValue> = serde_json::from_str(y).map_err(unreadable)?;
+        for (i, (u, v)) in x.iter().zip(&y).enumerate() {
+            if let Some(d) = first_raw_difference(&format!("{path}[{i}]"), u, v)? {
+                return Ok(Some(d));
+            }
+        }
+        return Ok((x.len() != y.len()).then(|| {
+            (
+                format!("{path} (length)"),
+                x.len().to_string(),
+                y.len().to_string(),
+            )
+        }));
+    }
+    let x: serde_json::Value = serde_json::from_str(x).map_err(unreadable)?;
+    let y: serde_json::Value = serde_json::from_str(y).map_err(unreadable)?;
+    Ok(first_difference(path, &x, &y))
+}
+
+fn shorten(text: &str) -> String {
+    if text.len() > 80 {
+        format!("{}…", &text[..text.floor_char_boundary_compat(80)])
+    } else {
+        text.to_owned()
+    }
 }
 
 /// The path of the first place two JSON values differ, and each side there.
@@ -201,16 +272,7 @@ fn first_difference(
             p.to_owned()
         }
     };
-    let show = |v: Option<&Value>| {
-        v.map_or("nothing".to_owned(), |v| {
-            let text = v.to_string();
-            if text.len() > 80 {
-                format!("{}…", &text[..text.floor_char_boundary_compat(80)])
-            } else {
-                text
-            }
-        })
-    };
+    let show = |v: Option<&Value>| v.map_or("nothing".to_owned(), |v| shorten(&v.to_string()));
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
@@ -272,4 +334,63 @@ pub fn parse_bound(field: &str, text: &str) -> Result<Timestamp, String> {
     Timestamp::parse(&full).map_err(|e| {
         format!("`{field}`: `{text}` is neither a date (YYYY-MM-DD) nor an RFC 3339 time: {e}")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> &RawValue {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_difference_deep_in_a_large_report_is_named_by_its_path() {
+        let rows: Vec<String> = (0..3000)
+            .map(|i| {
+                format!(
+                    r#"{{"need":"n-{i}","i1":"kept","entries":[{i},{}]}}"#,
+                    i + 1
+                )
+            })
+            .collect();
+        let honest = format!(
+            r#"{{"format":"rofr-report/1","first_refusal":{{"needs":[{}],"in_scope":{{"value":3000.0,"entries":[]}}}}}}"#,
+            rows.join(",")
+        );
+        assert!(honest.len() > WHOLE);
+        // Pretty-printed, with floats written as integers: the same figures.
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&honest).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            first_raw_difference("", raw(&pretty), raw(&honest)).unwrap(),
+            None
+        );
+        let changed = honest.replace(
+            r#""need":"n-2718","i1":"kept""#,
+            r#""need":"n-2718","i1":"broken""#,
+        );
+        let (figure, stated, computed) = first_raw_difference("", raw(&changed), raw(&honest))
+            .unwrap()
+            .unwrap();
+        assert_eq!(figure, "first_refusal.needs[2718].i1");
+        assert_eq!(
+            (stated.as_str(), computed.as_str()),
+            (r#""broken""#, r#""kept""#)
+        );
+        // A figure the broker never made is named too.
+        let extra = honest.replacen('{', r#"{"made_up":{"value":1.0},"#, 1);
+        let (figure, _, computed) = first_raw_difference("", raw(&extra), raw(&honest))
+            .unwrap()
+            .unwrap();
+        assert_eq!((figure.as_str(), computed.as_str()), ("made_up", "nothing"));
+        // A row dropped: the length.
+        let dropped = honest.replacen(&format!("{},", rows[5]), "", 1);
+        let (figure, _, _) = first_raw_difference("", raw(&dropped), raw(&honest))
+            .unwrap()
+            .unwrap();
+        assert_eq!(figure, "first_refusal.needs[5].entries[0]");
+    }
 }

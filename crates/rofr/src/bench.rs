@@ -59,6 +59,10 @@ pub enum Command {
         /// Concurrent callers loading the log.
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Keep each run's export and report in DIR/NEEDS/ instead of a temporary
+        /// directory.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<std::path::PathBuf>,
     },
     /// Ledger throughput: tree appends, proofs and a full audit of a stored log, beside
     /// the raw SHA-256 rate over the same bytes.
@@ -147,7 +151,11 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             println!("{}", report.render());
             return Ok(exit::OK);
         }
-        Command::Report { needs, clients } => {
+        Command::Report {
+            needs,
+            clients,
+            keep,
+        } => {
             anyhow::ensure!(
                 needs.iter().all(|&n| n > 0) && clients > 0,
                 "--needs and --clients must be positive"
@@ -172,11 +180,21 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                 let exported = tokio::runtime::Runtime::new()?
                     .block_on(rofr_tools::bench_report::export_of(n, clients))
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let out = exported.dir.path().join("report");
+                let mut export = exported.export.clone();
+                let mut out = exported.dir.path().join("report");
+                if let Some(keep) = &keep {
+                    let dir = keep.join(n.to_string());
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot make {}", dir.display()))?;
+                    export = dir.join("export.jsonl");
+                    std::fs::copy(&exported.export, &export)
+                        .with_context(|| format!("cannot write {}", export.display()))?;
+                    out = dir.join("report");
+                }
                 let key = exported.verifier_key.clone();
                 let (report_s, report_mb) = child_run(&[
                     "report".as_ref(),
-                    exported.export.as_os_str(),
+                    export.as_os_str(),
                     "--out".as_ref(),
                     out.as_os_str(),
                     "--key".as_ref(),
@@ -187,7 +205,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                     "report".as_ref(),
                     "verify".as_ref(),
                     json.as_os_str(),
-                    exported.export.as_os_str(),
+                    export.as_os_str(),
                     "--key".as_ref(),
                     key.as_ref(),
                 ])?;
