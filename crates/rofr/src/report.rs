@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write as _;
+
 use anyhow::Context;
 use rofr_ledger::CosignerKey;
 
@@ -114,10 +116,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             };
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot make {}", out.display()))?;
-            let json = serde_json::to_string_pretty(&report)? + "\n";
+            write_whole(
+                &out.join("report.json"),
+                |file: &mut std::io::BufWriter<std::fs::File>| {
+                    serde_json::to_writer_pretty(&mut *file, &report)?;
+                    Ok(file.write_all(b"\n")?)
+                },
+            )?;
             let html = rofr_report::html::render(&report);
-            write_whole(&out.join("report.json"), json.as_bytes())?;
-            write_whole(&out.join("report.html"), html.as_bytes())?;
+            write_whole(&out.join("report.html"), |file| {
+                Ok(file.write_all(html.as_bytes())?)
+            })?;
             let f = &report.figures;
             println!(
                 "Report for {} to {}: {} needs, {} in a first-refusal scope ({} offered to the holder first; I1 kept {}, broken {}), checkpoint of {} entries{}.",
@@ -156,9 +165,18 @@ fn cosigners(report: &rofr_report::Report) -> String {
 }
 
 /// Writes beside the file and renames, so a reader never sees half a report.
-fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_whole(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes)
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?,
+    );
+    write(&mut file).with_context(|| format!("cannot write {}", partial.display()))?;
+    file.into_inner()
+        .map_err(|e| e.into_error())
         .with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
 }
