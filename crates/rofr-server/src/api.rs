@@ -1980,27 +1980,31 @@ async fn period_report(
             .field("format"))
         }
     };
-    let (body, _) = broker.export(from, to, viewer.as_ref(), Vec::new()).await?;
+    let plan = broker.export_plan(from, to, viewer.as_ref()).await?;
     let key = rofr_ledger::VerifierKey::parse(&broker.ledger(|l| l.verifier_key()))
         .map_err(|e| BrokerError::Setup(format!("the ledger's own key: {e}")))?;
-    let witnesses = broker.witness_keys();
+    // The witnesses of the deal that cosigned the checkpoint are named in the report;
+    // the others are listed as unchecked.
+    let cosigned: Vec<_> = broker
+        .witness_keys()
+        .into_iter()
+        .filter(|w| w.check(&plan.header.checkpoint).is_ok())
+        .collect();
     let report = tokio::task::spawn_blocking(move || {
-        // The witnesses of the deal that cosigned the checkpoint are named in the
-        // report; the others are listed as unchecked.
-        let note = serde_json::from_slice::<rofr_report::export::Header>(
-            body.split(|b| *b == b'\n').next().unwrap_or_default(),
-        )
-        .map(|h| h.checkpoint)
-        .unwrap_or_default();
-        let cosigned: Vec<_> = witnesses
-            .into_iter()
-            .filter(|w| w.check(&note).is_ok())
-            .collect();
-        rofr_report::make(body.as_slice(), "export", &key, &cosigned)
+        // Through an unnamed temporary file: the export is never held in memory.
+        let failed = |e: std::io::Error| format!("a temporary file for the export: {e}");
+        let mut file = std::io::BufWriter::new(tempfile::tempfile().map_err(failed)?);
+        broker
+            .write_export(&plan, &mut file)
+            .map_err(|e| e.to_string())?;
+        let mut file = file.into_inner().map_err(|e| failed(e.into_error()))?;
+        std::io::Seek::rewind(&mut file).map_err(failed)?;
+        rofr_report::make(std::io::BufReader::new(file), "export", &key, &cosigned)
+            .map_err(|e| format!("the broker's own export did not verify: {e}"))
     })
     .await
     .map_err(|e| BrokerError::Setup(format!("the report: {e}")))?
-    .map_err(|e| BrokerError::Setup(format!("the broker's own export did not verify: {e}")))?;
+    .map_err(BrokerError::Setup)?;
     Ok(if json {
         Json(report).into_response()
     } else {

@@ -361,6 +361,35 @@ async fn the_demos_period_reports_what_the_broker_summarizes() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", stdout(&made));
+    // The independent reader in tools/ accepts both exports (the provider's proof has
+    // hashes for what it leaves out) and refuses the changed one, naming its line.
+    if common::has_python() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/verify-export.py");
+        let check = |file: &std::path::Path, witness: bool| {
+            let mut command = std::process::Command::new("python3");
+            command.arg(script).arg(file).arg(&running.verifier_key);
+            if witness {
+                command.args(["--witness", &running.witness_key]);
+            }
+            command.output().unwrap()
+        };
+        assert!(
+            text.contains("\"proof\":[\""),
+            "the provider's export has proof hashes"
+        );
+        for (file, witness) in [(&export, true), (&oracle, false)] {
+            let checked = check(file, witness);
+            assert!(checked.status.success(), "{}", stdout(&checked));
+            assert!(stdout(&checked).starts_with("cosigned by") || !witness);
+        }
+        let refused = check(&changed, false);
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(
+            stdout(&refused).contains("NOT VERIFIED"),
+            "{}",
+            stdout(&refused)
+        );
+    }
     // Another provider's view is not there to ask for.
     let other = rofr()
         .args([
