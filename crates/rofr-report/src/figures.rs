@@ -44,10 +44,6 @@ fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
-fn dollars(price: Price) -> f64 {
-    price.units() as f64 / 10_000.0
-}
-
 /// Where the holder was offered a need first, or why not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NeedVerdict {
@@ -289,8 +285,10 @@ pub struct Fold {
     needs: Vec<(String, Need)>,
     numbers: HashMap<String, u32>,
     out: Figures,
-    answer_seconds: Vec<i64>,
-    window_seconds: Vec<i64>,
+    /// Seconds from an offer to its answer, and the answer's entry.
+    answer_seconds: Vec<(i64, u64)>,
+    /// Seconds each offer's window gave, and the offer's entry.
+    window_seconds: Vec<(i64, u64)>,
     events_before_deal: bool,
 }
 
@@ -424,7 +422,8 @@ impl Fold {
                     need.holder_price = Some((*price_per_gpu_hour, index));
                     if in_period {
                         out.holder.offers.count(index);
-                        self.window_seconds.push(deadline.unix_seconds() - at);
+                        self.window_seconds
+                            .push((deadline.unix_seconds() - at, index));
                         if *reoffer {
                             out.holder.reoffers.count(index);
                         }
@@ -469,7 +468,7 @@ impl Fold {
                         if matches!(event.kind, EventKind::MatchAccepted { .. }) {
                             out.holder.matches_accepted.add(1.0, index);
                         } else {
-                            self.answer_seconds.push(at - o.sent_at);
+                            self.answer_seconds.push((at - o.sent_at, index));
                             if at <= o.deadline {
                                 out.holder.answered_in_window.add(1.0, index);
                                 out.holder.answered_in_window.entries.push(o.index);
@@ -490,7 +489,7 @@ impl Fold {
                     let sent = offer.and_then(|o| need.offers.get(&o));
                     // The rest of a partial acceptance is not an answer of its own.
                     if let Some(o) = sent.filter(|_| reason.as_str() != "partial") {
-                        self.answer_seconds.push(at - o.sent_at);
+                        self.answer_seconds.push((at - o.sent_at, index));
                         if at <= o.deadline {
                             out.holder.answered_in_window.add(1.0, index);
                             out.holder.answered_in_window.entries.push(o.index);
@@ -692,7 +691,7 @@ impl Fold {
                 to_award.push((first.0 - submitted_at, first.1));
             }
             for award in need.awards.values() {
-                if !award.live || !self_in(from, to, award.decided_at) {
+                if !award.live || !self.in_period(award.decided_at) {
                     continue;
                 }
                 let hours = f64::from(award.gpus) * f64::from(need.hours);
@@ -710,7 +709,7 @@ impl Fold {
                 let third_party = need.holder.as_ref().is_some_and(|h| h != &award.provider);
                 if need.in_scope && third_party {
                     if let Some((offered, offer_entry)) = need.holder_price {
-                        let over = dollars(award.price) - dollars(offered);
+                        let over = award.price.dollars() - offered.dollars();
                         if over > 0.0 {
                             out.cost.premium_dollars.add(over * hours, award.entry);
                             out.cost.premium_dollars.entries.push(offer_entry);
@@ -722,7 +721,7 @@ impl Fold {
             if let Some((hours, entries)) = &need.delay {
                 if need
                     .offered_holder
-                    .is_some_and(|(at, _)| self_in(from, to, at))
+                    .is_some_and(|(at, _)| self.in_period(at))
                 {
                     out.cost.delay_hours.value += hours;
                     out.cost.delay_hours.entries.extend(entries);
@@ -817,10 +816,8 @@ impl Fold {
                 entries: to_award.iter().map(|(_, e)| *e).collect(),
             });
         }
-        out.holder.median_answer_seconds =
-            median(&mut self.answer_seconds, &out.holder.offers.entries);
-        out.holder.median_window_seconds =
-            median(&mut self.window_seconds, &out.holder.offers.entries);
+        out.holder.median_answer_seconds = median(&mut self.answer_seconds);
+        out.holder.median_window_seconds = median(&mut self.window_seconds);
         // Shares, HHI and the timeline.
         let hours: BTreeMap<String, f64> = gpu_hours
             .iter()
@@ -920,10 +917,6 @@ impl Fold {
     }
 }
 
-fn self_in(from: i64, to: i64, at: i64) -> bool {
-    (from..to).contains(&at)
-}
-
 fn refusal(out: &mut Figures, reason: &str, gpus: u32, index: u64) {
     out.holder
         .refusals_by_reason
@@ -973,11 +966,12 @@ fn why_not(need: &Need, otherwise: &str) -> String {
     otherwise.to_owned()
 }
 
-/// The upper median of `values` (as the broker's summary takes medians).
-fn median(values: &mut [i64], entries: &[u64]) -> Figure {
+/// The upper median of `values` (as the broker's summary takes medians), naming the
+/// entries of every value it was taken over.
+fn median(values: &mut [(i64, u64)]) -> Figure {
     values.sort_unstable();
     Figure {
-        value: values.get(values.len() / 2).map_or(0.0, |&v| v as f64),
-        entries: entries.to_vec(),
+        value: values.get(values.len() / 2).map_or(0.0, |&(v, _)| v as f64),
+        entries: values.iter().map(|&(_, e)| e).collect(),
     }
 }
