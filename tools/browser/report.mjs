@@ -44,7 +44,7 @@ try {
     check(close(await page.getAttribute(row, "data-share"), p.share), `${p.provider} share`);
   }
   check((await page.$$("svg.chart")).length >= 2, "the concentration section charts shares and HHI");
-  for (const section of ["checkpoint", "first-refusal", "holder", "cost", "concentration", "approvals", "deal"]) {
+  for (const section of ["checkpoint", "first-refusal", "holder", "cost", "rounds", "concentration", "approvals", "deal"]) {
     const node = await page.$(`section#${section}`);
     check(node !== null, `section ${section}`);
     await node.screenshot({ path: `${shots}/report-${section}.png` });

@@ -13,7 +13,7 @@ use crate::command::{Command, Rejection};
 use crate::deal::{
     Allocation, CapBasis, ConcentrationCap, Deal, FirstRefusal, Redelivery, Variant,
 };
-use crate::event::{DeclineReason, Event, EventKind, NeedSubmitted};
+use crate::event::{DeclineReason, Event, EventKind, NeedSubmitted, ProofStatus, RoundProof};
 use crate::invariants::{cap_own, cap_total, cap_window_start, refusals_cover};
 use crate::log::{DealAdopted, DealAmended, Entry, OpenNeeds};
 use crate::need::NeedSpec;
@@ -22,6 +22,11 @@ use crate::types::{Gpus, NeedId, Price, ProviderId, Timestamp};
 
 /// The most needs allocated together in one sourcing decision.
 const BATCH_LIMIT: usize = 64;
+
+/// Branch-and-bound nodes a sourcing round's proof may take. Counted, not timed, so
+/// that a replay of the log gives the same awards on any machine; where the limit
+/// stops the proof, the round's `sourcing_closed` event records the bound.
+pub const ROUND_WORK: u64 = 2_000;
 
 /// A version of the deal, and when it governs from.
 #[derive(Debug, Clone)]
@@ -1689,7 +1694,11 @@ impl Step<'_> {
     /// Closes the sourcing rounds of `ids` at once: their quotes are allocated together,
     /// exactly, under the caps; then each need's share is routed in id order.
     fn close_sourcing_together(&mut self, ids: &[NeedId]) {
-        let plans = self.plan_sourcing(ids);
+        let (plans, proof) = self.plan_sourcing(ids);
+        // Awards to providers no cap binds go first, for every need, so that the
+        // capped ones find the room the plan counted on: a cap is judged at each award,
+        // and the solver placed the round as a whole.
+        let mut later = Vec::with_capacity(ids.len());
         for (id, plans) in ids.iter().zip(plans) {
             let need = self.need(id);
             let (round, wanted) = (need.round, need.free());
@@ -1705,9 +1714,20 @@ impl Step<'_> {
                     round,
                     quotes,
                     planned_gpus,
+                    proof: proof.clone(),
                 },
             );
-            for plan in self.in_award_order(id, plans) {
+            let (capped, free): (Vec<Plan>, Vec<Plan>) = plans
+                .into_iter()
+                .partition(|p| ids.len() > 1 && self.caps_binding(&p.provider).next().is_some());
+            let routed = self.in_award_order(id, free, &[]);
+            for plan in &routed {
+                self.route(id, plan.clone());
+            }
+            later.push((capped, routed, round, wanted, planned_gpus));
+        }
+        for (id, (capped, routed, round, wanted, planned_gpus)) in ids.iter().zip(later) {
+            for plan in self.in_award_order(id, capped, &routed) {
                 self.route(id, plan);
             }
             let need = self.need(id);
@@ -1723,12 +1743,12 @@ impl Step<'_> {
 
     /// The least-cost placement of the quotes of `ids` under every cap, found by the
     /// exact solver (`rofr-solver`), favouring providers with a commitment in its
-    /// period where that costs nothing.
-    fn plan_sourcing(&self, ids: &[NeedId]) -> Vec<Vec<Plan>> {
+    /// period where that costs nothing; with what the solver proved of it, where it ran.
+    fn plan_sourcing(&self, ids: &[NeedId]) -> (Vec<Vec<Plan>>, Option<RoundProof>) {
         use rofr_solver::{Instance, Need, Pool, Settings, ShareLimit};
         if let ([id], Allocation::LeastCost) = (ids, self.deal.sourcing.allocation) {
             if let Some(plans) = self.cheapest_within_caps(id) {
-                return vec![plans];
+                return (vec![plans], None);
             }
         }
         let mut instance = Instance {
@@ -1805,15 +1825,14 @@ impl Step<'_> {
         let settings = Settings {
             limits,
             preferred,
-            // The answer must not depend on the machine's speed: no time limit and no
-            // branch and bound, whose work on large GPU counts has no deterministic
-            // bound. Where a cap binds, the relaxation rounded down and filled greedily
-            // is taken; it is within a few GPUs' price of the proven bound.
+            // The answer must not depend on the machine's speed: no time limit, and
+            // the proof's work counted in branch-and-bound nodes.
             time_limit: None,
-            skip_search: true,
+            work_limit: Some(ROUND_WORK),
             progress: None,
         };
         let mut plans: Vec<Vec<Plan>> = vec![Vec::new(); ids.len()];
+        let mut proof = None;
         let solved = match self.deal.sourcing.allocation {
             Allocation::LeastCost => rofr_solver::solve(&instance, &settings),
             Allocation::Ordered => rofr_solver::baseline_within(
@@ -1824,6 +1843,26 @@ impl Step<'_> {
         };
         match solved {
             Ok(solution) if solution.status != rofr_solver::Status::Infeasible => {
+                if self.deal.sourcing.allocation == Allocation::LeastCost {
+                    let optimal = solution.status == rofr_solver::Status::Optimal;
+                    // To the cent, the cost up and the bound down, so that what is
+                    // written never claims more than was proven.
+                    let cost = (solution.cost * 100.0).ceil() / 100.0;
+                    proof = Some(RoundProof {
+                        status: if optimal {
+                            ProofStatus::Optimal
+                        } else {
+                            ProofStatus::Bounded
+                        },
+                        cost,
+                        bound: if optimal {
+                            cost
+                        } else {
+                            (solution.bound * 100.0).floor() / 100.0
+                        },
+                        needs: ids.len() as u32,
+                    });
+                }
                 for (pool, gpus) in solution.placements(&instance) {
                     let (n, provider, price) = &origin[pool];
                     plans[*n].push(Plan {
@@ -1849,7 +1888,7 @@ impl Step<'_> {
                 }
             }
         }
-        plans
+        (plans, proof)
     }
 
     /// The solver's first step for one need, without building its instance: cheapest
@@ -1904,9 +1943,10 @@ impl Step<'_> {
     /// Puts a need's plans in the order its awards will be made, so that each award
     /// keeps every cap at the moment it is made (I3 is judged award by award, while the
     /// solver judges the caps on the final totals): uncapped providers first, then by
-    /// price (or, under `ordered` allocation, in the deal's order); a plan is trimmed to its provider's room, and what trimming left unplaced
-    /// goes to the cheapest quotes that still have room.
-    fn in_award_order(&self, id: &NeedId, mut plans: Vec<Plan>) -> Vec<Plan> {
+    /// price (or, under `ordered` allocation, in the deal's order); a plan is trimmed to
+    /// its provider's room, and what trimming left unplaced goes to the cheapest quotes
+    /// that still have room, less what `routed` (the need's plans sent before) took.
+    fn in_award_order(&self, id: &NeedId, mut plans: Vec<Plan>, routed: &[Plan]) -> Vec<Plan> {
         // `ordered` keeps the deal's order of providers, which is the plans' order.
         let by_price = self.deal.sourcing.allocation == Allocation::LeastCost;
         plans.sort_by_cached_key(|p| {
@@ -1946,6 +1986,7 @@ impl Step<'_> {
         cheapest_first(left, &quotes, by_provider, &mut ordered, |q, planned| {
             let taken: Gpus = planned
                 .iter()
+                .chain(routed)
                 .filter(|p| p.provider == q.provider)
                 .map(|p| p.gpus)
                 .sum();

@@ -90,6 +90,34 @@ pub struct NeedSubmitted {
     pub deal_version: Option<u32>,
 }
 
+/// The solver's verdict on a sourcing round: the cost of the placement chosen and the
+/// lower bound proven on every placement of the same quotes under the same caps, in
+/// dollars (placed GPU-hours at their prices, plus each GPU left unplaced at a
+/// penalty dearer than every quote). `optimal` when they meet; `bounded` when the
+/// search's work limit stopped the proof first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundProof {
+    pub status: ProofStatus,
+    pub cost: f64,
+    pub bound: f64,
+    /// Needs whose quotes were placed together in one instance.
+    pub needs: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProofStatus {
+    Optimal,
+    Bounded,
+}
+
+impl RoundProof {
+    /// How far the cost may be above the optimum, as a fraction of the cost.
+    pub fn gap(&self) -> f64 {
+        ((self.cost - self.bound) / self.cost.abs().max(1.0)).max(0.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
@@ -186,6 +214,11 @@ pub enum EventKind {
         round: u32,
         quotes: u32,
         planned_gpus: Gpus,
+        /// What the allocation solver proved of the round's placement, where it ran
+        /// (absent where cheapest first kept every cap, which is then the optimum, and
+        /// in logs written before rounds were proven).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<RoundProof>,
     },
     MatchOffered {
         provider: ProviderId,

@@ -26,4 +26,4 @@ pub mod usage;
 pub use command::{Command, Rejection, RejectionCode};
 pub use deal::Deal;
 pub use engine::Engine;
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, ProofStatus, RoundProof};

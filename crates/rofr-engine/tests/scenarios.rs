@@ -912,13 +912,14 @@ base = { holder = 10000 }
                 "+0h quote_received alpha 100 @5",
                 "+0h quote_received beta 100 @7.5",
             ]),
-            // gamma stays silent; both rounds close at the quote deadline.
+            // gamma stays silent; both rounds close at the quote deadline, and every
+            // provider is capped, so the awards follow both closes.
             At(24),
             Expect(&[
                 "+24h sourcing_closed planned=100",
+                "+24h sourcing_closed planned=100",
                 "+24h award_made alpha 50 @5",
                 "+24h award_made beta 50 @6",
-                "+24h sourcing_closed planned=100",
                 "+24h award_made alpha 100 @5",
             ]),
         ],

@@ -543,6 +543,16 @@ fn story(
                 }
             }
             EventKind::AwardFailed { provider, gpus, .. } => Some(format!("#{index} {when}: {provider} failed to deliver {gpus} GPUs.")),
+            EventKind::SourcingClosed { round, planned_gpus, proof: Some(proof), .. } => Some(match proof.status {
+                rofr_engine::ProofStatus::Optimal => format!(
+                    "#{index} {when}: round {round} closed with {planned_gpus} GPUs placed at a cost proven least (${:.2}) among every placement of the quotes of {} need(s) under the caps.",
+                    proof.cost, proof.needs
+                ),
+                rofr_engine::ProofStatus::Bounded => format!(
+                    "#{index} {when}: round {round} closed with {planned_gpus} GPUs placed at ${:.2}; the solver's work limit stopped the proof at a bound of ${:.2}, so the placement is at most {:.4}% above the least cost.",
+                    proof.cost, proof.bound, proof.gap() * 100.0
+                ),
+            }),
             EventKind::RightRevived { provider, gpus } => Some(format!("#{index} {when}: {provider}'s right revived for {gpus} GPUs.")),
             EventKind::NeedExpired { gpus } => Some(format!("#{index} {when}: the need expired with {gpus} GPUs unplaced.")),
             EventKind::NeedCancelled { .. } => Some(format!("#{index} {when}: the buyer cancelled the need.")),

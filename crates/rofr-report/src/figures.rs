@@ -113,6 +113,20 @@ pub struct RefusalCost {
     pub delayed_needs: Figure,
 }
 
+/// How the period's sourcing rounds were placed, one count per need's round closed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rounds {
+    /// Closed where cheapest first kept every cap, which is then the least cost.
+    pub cheapest_first: Figure,
+    /// Placed by the solver at a cost proven least.
+    pub proven: Figure,
+    /// Placed by the solver where its work limit stopped the proof.
+    pub bounded: Figure,
+    /// The largest gap between a bounded round's cost and its proven bound, in percent
+    /// of the cost (0 where every round was proven).
+    pub largest_gap_percent: Figure,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Share {
     pub provider: String,
@@ -192,6 +206,9 @@ pub struct Figures {
     pub first_refusal: FirstRefusal,
     pub holder: HolderConduct,
     pub cost: RefusalCost,
+    /// Absent from reports made before rounds were proven.
+    #[serde(default)]
+    pub rounds: Rounds,
     pub concentration: Concentration,
     pub approvals: Approvals,
     pub deliveries: Deliveries,
@@ -577,6 +594,23 @@ impl Fold {
                 }
             }
             EventKind::AwardConfirmed { .. } if in_period => out.deliveries.confirmed.count(index),
+            EventKind::SourcingClosed { proof, .. } if in_period => match proof {
+                None => out.rounds.cheapest_first.count(index),
+                Some(p) if p.status == rofr_engine::ProofStatus::Optimal => {
+                    out.rounds.proven.count(index)
+                }
+                Some(p) => {
+                    out.rounds.bounded.count(index);
+                    let gap = p.gap() * 100.0;
+                    let largest = &mut out.rounds.largest_gap_percent;
+                    if gap > largest.value || largest.entries.is_empty() {
+                        *largest = Figure {
+                            value: gap,
+                            entries: vec![index],
+                        };
+                    }
+                }
+            },
             EventKind::AwardFailed { award, reason, .. } => {
                 if in_period {
                     out.deliveries.failures.count(index);
@@ -896,6 +930,10 @@ impl Fold {
             &mut out.cost.premium_awards,
             &mut out.cost.delay_hours,
             &mut out.cost.delayed_needs,
+            &mut out.rounds.cheapest_first,
+            &mut out.rounds.proven,
+            &mut out.rounds.bounded,
+            &mut out.rounds.largest_gap_percent,
             &mut out.approvals.requested,
             &mut out.approvals.approved,
             &mut out.approvals.rejected,
@@ -973,5 +1011,46 @@ fn median(values: &mut [(i64, u64)]) -> Figure {
     Figure {
         value: values.get(values.len() / 2).map_or(0.0, |&(v, _)| v as f64),
         entries: values.iter().map(|&(_, e)| e).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rounds are counted by how they were placed, and the largest gap names the
+    /// bounded round it came from; a round outside the period is not counted.
+    #[test]
+    fn rounds_are_counted_by_their_proof() {
+        let from = Timestamp::parse("2025-02-01T00:00:00Z").unwrap();
+        let to = Timestamp::parse("2025-03-01T00:00:00Z").unwrap();
+        let mut fold = Fold::new(from, to, None);
+        let closed = |at: &str, proof: &str| {
+            format!(
+                r#"{{"type":"sourcing_closed","round":1,"quotes":2,"planned_gpus":8,{proof}"need":"n1","at":"{at}"}}"#
+            )
+        };
+        let proven = r#""proof":{"status":"optimal","cost":100.0,"bound":100.0,"needs":2},"#;
+        let wide = r#""proof":{"status":"bounded","cost":200.0,"bound":190.0,"needs":3},"#;
+        let narrow = r#""proof":{"status":"bounded","cost":200.0,"bound":199.0,"needs":3},"#;
+        for (index, line) in [
+            closed("2025-02-02T00:00:00Z", ""),
+            closed("2025-02-03T00:00:00Z", proven),
+            closed("2025-02-04T00:00:00Z", narrow),
+            closed("2025-02-05T00:00:00Z", wide),
+            closed("2025-02-06T00:00:00Z", narrow),
+            closed("2025-03-02T00:00:00Z", wide),
+        ]
+        .iter()
+        .enumerate()
+        {
+            fold.add(index as u64, line.as_bytes()).unwrap();
+        }
+        let rounds = fold.finish().rounds;
+        assert_eq!(rounds.cheapest_first.entries, vec![0]);
+        assert_eq!(rounds.proven.entries, vec![1]);
+        assert_eq!(rounds.bounded.entries, vec![2, 3, 4]);
+        assert_eq!(rounds.largest_gap_percent.value, 5.0);
+        assert_eq!(rounds.largest_gap_percent.entries, vec![3]);
     }
 }

@@ -434,6 +434,35 @@ pub fn render(report: &Report) -> String {
         ));
     }
     out.push_str("</section>");
+    // How the rounds were placed.
+    let r = &f.rounds;
+    out.push_str("<section id=\"rounds\"><h2>How sourcing rounds were placed</h2><table>");
+    count(
+        &mut out,
+        "Rounds where cheapest first kept every cap (the least cost)",
+        "rounds.cheapest_first",
+        &r.cheapest_first,
+    );
+    count(
+        &mut out,
+        "Rounds placed by the solver at a cost proven least",
+        "rounds.proven",
+        &r.proven,
+    );
+    count(
+        &mut out,
+        "Rounds where the solver's work limit stopped the proof",
+        "rounds.bounded",
+        &r.bounded,
+    );
+    row(
+        &mut out,
+        "Largest gap between such a round's cost and its proven bound",
+        "rounds.largest_gap_percent",
+        format!("{}%", number(r.largest_gap_percent.value)),
+        &r.largest_gap_percent,
+    );
+    out.push_str("</table></section>");
     // Approvals, deliveries, the deal.
     out.push_str("<section id=\"approvals\"><h2>Approvals and deliveries</h2><table>");
     count(

@@ -121,10 +121,13 @@ pub struct Settings {
     /// Providers to favour where that costs nothing (a deal's commitments).
     pub preferred: BTreeSet<String>,
     pub time_limit: Option<std::time::Duration>,
-    /// Stop after the relaxation and its rounding, without branch and bound: the answer
-    /// then depends on the instance alone, never on the machine's speed, and is
-    /// `optimal` only where it meets the relaxation's bound. The engine decides this way.
-    pub skip_search: bool,
+    /// Prove with branch and bound on the program, counting its work in nodes rather
+    /// than seconds: at most this many nodes (and as many again for favouring
+    /// preferred providers). The answer then depends on the instance alone, never on
+    /// the machine's speed, and where the limit stops the proof it is `feasible` with
+    /// the bound the open nodes prove. The engine decides this way. Without it the
+    /// search over rooms runs first and the time limit governs.
+    pub work_limit: Option<u64>,
     /// Told where the search stands every few seconds, where it takes that long.
     pub progress: Option<Reporter>,
 }
@@ -694,7 +697,7 @@ pub fn exact(
             limits: instance.share_limits(),
             preferred: BTreeSet::new(),
             time_limit,
-            skip_search: false,
+            work_limit: None,
             progress: None,
         },
     )
@@ -730,21 +733,20 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
         }
     }
     let best = least_cost(instance, &limits, settings)?;
-    if settings.skip_search {
-        return Ok(best);
-    }
     if best.status != Status::Optimal || settings.preferred.is_empty() {
         return Ok(best);
     }
-    let remaining = settings
+    let mut options = microlp::SolveOptions::default();
+    options.time_limit = settings
         .time_limit
         .map(|t| t.saturating_sub(started.elapsed()));
+    options.node_limit = settings.work_limit;
     Ok(favour(
         instance,
         &limits,
         &settings.preferred,
         best,
-        remaining,
+        options,
     ))
 }
 
@@ -754,14 +756,16 @@ fn least_cost(
     settings: &Settings,
 ) -> Result<Solution, Infeasible> {
     use microlp::SolutionStatus;
-    let (preferred, time_limit, skip_search) = (
+    let (preferred, time_limit, work_limit) = (
         &settings.preferred,
         settings.time_limit,
-        settings.skip_search,
+        settings.work_limit,
     );
     let started = std::time::Instant::now();
     let mut searched_best = None;
-    if !skip_search {
+    // The search over rooms decides by the clock when to give way, so a proof counted
+    // in nodes goes to the program alone.
+    if work_limit.is_none() {
         // The search over unit rooms (with binding limits priced in): it may take all
         // the time, less a margin for checking its answer.
         let searched = rooms::search(
@@ -828,9 +832,9 @@ fn least_cost(
             }
         }
     }
-    if skip_search {
+    if work_limit.is_some() {
         // Cheapest first from nothing keeps every limit where nothing placed does, so
-        // there is always an answer without the search.
+        // there is always an answer to start the proof from.
         candidates.extend(
             fill(
                 instance,
@@ -842,8 +846,11 @@ fn least_cost(
             .ok(),
         );
     }
+    if let (Some(nodes), false) = (work_limit, candidates.is_empty()) {
+        return Ok(prove_within(instance, limits, candidates, bound, nodes));
+    }
     let too_late = remaining().is_some_and(|r| r < relaxing.max(Duration::from_millis(50)));
-    if (skip_search || too_late) && !candidates.is_empty() {
+    if too_late && !candidates.is_empty() {
         return Ok(cheapest_against(candidates, bound));
     }
     let (problem, vars) = program(instance, limits, true, &Objective::Cost, None);
@@ -860,6 +867,66 @@ fn least_cost(
     }
     candidates.push(proven);
     Ok(cheapest_against(candidates, bound))
+}
+
+/// Branch and bound on the program for at most `nodes` nodes, started from the
+/// cheapest of `candidates` (not empty), which the search can only improve on. The
+/// bound is the larger of `bound` (the relaxation's) and what the open nodes prove.
+/// No clock is read: the same instance gives the same answer on any machine.
+fn prove_within(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    mut candidates: Vec<Solution>,
+    mut bound: f64,
+    nodes: u64,
+) -> Solution {
+    let (problem, vars) = program(instance, limits, true, &Objective::Cost, None);
+    let start = candidates
+        .iter()
+        .min_by(|a, b| a.cost.total_cmp(&b.cost))
+        .expect("at least one candidate");
+    let placed: HashMap<(&str, &str), u64> = start
+        .allocations
+        .iter()
+        .map(|a| ((a.need.as_str(), a.pool.as_str()), a.gpus))
+        .collect();
+    let warm = vars
+        .iter()
+        .map(|&(n, p, v)| {
+            let need = &instance.needs[n];
+            let gpus = placed
+                .get(&(need.id.as_str(), instance.pools[p].id.as_str()))
+                .copied()
+                .unwrap_or(0);
+            (v, (gpus / need.unit) as f64)
+        })
+        .collect();
+    let mut options = microlp::SolveOptions::default();
+    options.node_limit = Some(nodes);
+    options.warm_start = Some(warm);
+    if let Ok(outcome) = problem.solve_with(options) {
+        let stats = outcome.stats();
+        if let Some(found) = outcome.solution() {
+            let taken = taken_by(instance, &vars, found);
+            let allocations = to_allocations(instance, &taken);
+            if let Ok(cost) = check_within(instance, limits, &allocations) {
+                if found.status() == microlp::SolutionStatus::Optimal {
+                    bound = bound.max(cost);
+                }
+                candidates.push(Solution {
+                    shortfall: shortfall(instance, &given_per_need(instance, &taken)),
+                    allocations,
+                    cost,
+                    status: Status::Feasible,
+                    bound,
+                });
+            }
+        }
+        if let Some(proven) = stats.best_bound {
+            bound = bound.max(proven + constant_cost(instance));
+        }
+    }
+    cheapest_against(candidates, bound)
 }
 
 /// GPUs of each pool set aside for the needs of each unit: (pool, unit) → GPUs.
@@ -938,7 +1005,7 @@ fn favour(
     limits: &[ShareLimit],
     preferred: &BTreeSet<String>,
     best: Solution,
-    time_limit: Option<std::time::Duration>,
+    options: microlp::SolveOptions,
 ) -> Solution {
     let could_gain = instance
         .pools
@@ -953,8 +1020,6 @@ fn favour(
         max_cost,
     };
     let (problem, vars) = program(instance, limits, true, &objective, None);
-    let mut options = microlp::SolveOptions::default();
-    options.time_limit = time_limit;
     let Ok(outcome) = problem.solve_with(options) else {
         return best;
     };

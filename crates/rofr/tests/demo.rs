@@ -440,6 +440,7 @@ async fn the_demos_period_reports_what_the_broker_summarizes() {
         "first-refusal",
         "holder",
         "cost",
+        "rounds",
         "concentration",
         "approvals",
         "deal",
