@@ -1829,6 +1829,7 @@ impl Step<'_> {
             // the proof's work counted in branch-and-bound nodes.
             time_limit: None,
             work_limit: Some(ROUND_WORK),
+            highs: false,
             progress: None,
         };
         let mut plans: Vec<Vec<Plan>> = vec![Vec::new(); ids.len()];

@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 mod flow;
+#[cfg(feature = "highs")]
+mod highs;
 mod rooms;
 
 use serde::{Deserialize, Serialize};
@@ -113,6 +115,9 @@ impl std::fmt::Debug for Reporter {
     }
 }
 
+/// Whether this build can prove with HiGHS ([`Settings::highs`]).
+pub const WITH_HIGHS: bool = cfg!(feature = "highs");
+
 /// How [`solve`] should go about an instance.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -128,6 +133,10 @@ pub struct Settings {
     /// the bound the open nodes prove. The engine decides this way. Without it the
     /// search over rooms runs first and the time limit governs.
     pub work_limit: Option<u64>,
+    /// Prove with HiGHS in process (a build with the `highs` feature, [`WITH_HIGHS`])
+    /// instead of the search over rooms, started from cheapest first. Ignored with
+    /// `work_limit`, whose answer must not depend on the build.
+    pub highs: bool,
     /// Told where the search stands every few seconds, where it takes that long.
     pub progress: Option<Reporter>,
 }
@@ -698,6 +707,7 @@ pub fn exact(
             preferred: BTreeSet::new(),
             time_limit,
             work_limit: None,
+            highs: false,
             progress: None,
         },
     )
@@ -732,7 +742,11 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
             });
         }
     }
-    let best = least_cost(instance, &limits, settings)?;
+    let best = if settings.highs && settings.work_limit.is_none() {
+        with_highs(instance, &limits, settings)?
+    } else {
+        least_cost(instance, &limits, settings)?
+    };
     if best.status != Status::Optimal || settings.preferred.is_empty() {
         return Ok(best);
     }
@@ -747,6 +761,33 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
         &settings.preferred,
         best,
         options,
+    ))
+}
+
+/// The proof by HiGHS, from cheapest first (which keeps every limit where placing
+/// nothing does).
+#[cfg(feature = "highs")]
+fn with_highs(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    settings: &Settings,
+) -> Result<Solution, Infeasible> {
+    let start = fill(
+        instance,
+        limits,
+        &settings.preferred,
+        Strategy::CheapestFirst,
+        BTreeMap::new(),
+    )
+    .ok();
+    highs::prove(instance, limits, start.as_ref(), settings.time_limit)
+}
+
+#[cfg(not(feature = "highs"))]
+fn with_highs(_: &Instance, _: &[ShareLimit], _: &Settings) -> Result<Solution, Infeasible> {
+    Err(Infeasible(
+        "this build has no HiGHS: build with `--features highs` (needs cmake and a C++ compiler)"
+            .into(),
     ))
 }
 
@@ -1091,7 +1132,7 @@ pub fn relaxation_bound(instance: &Instance) -> Option<f64> {
 type Vars = Vec<(usize, usize, microlp::Variable)>;
 
 /// What a program minimises.
-enum Objective<'a> {
+pub(crate) enum Objective<'a> {
     /// The cost of placement, less the shortfall it saves.
     Cost,
     /// GPU-hours away from preferred providers, at a cost (as [`Objective::Cost`]
@@ -1102,8 +1143,107 @@ enum Objective<'a> {
     },
 }
 
-/// The allocation program: one variable per (need, pool) counting units of the need,
-/// integer or (for the relaxation) continuous.
+/// The allocation program in solver-neutral form: one column per (need, pool) counting
+/// units of the need, and rows of `Σ coefficient · column ≤ bound`.
+pub(crate) struct Program {
+    /// (need, pool, objective coefficient, most units).
+    pub(crate) columns: Vec<(usize, usize, f64, u64)>,
+    /// (terms by column index, upper bound).
+    pub(crate) rows: Vec<(Vec<(usize, f64)>, f64)>,
+}
+
+impl Program {
+    pub(crate) fn new(
+        instance: &Instance,
+        limits: &[ShareLimit],
+        objective: &Objective,
+        rooms: Option<&UnitRooms>,
+    ) -> Program {
+        let pool_index = instance.pool_index();
+        // Shortfall is priced by difference: placing a GPU saves its penalty.
+        let unit_cost = |n: usize, p: usize| {
+            let need = &instance.needs[n];
+            need.unit as f64
+                * need.hours
+                * (instance.pools[p].price_per_gpu_hour - need.shortfall_penalty)
+        };
+        let mut columns = Vec::new();
+        for (n, need) in instance.needs.iter().enumerate() {
+            for pool_id in &need.pools {
+                let p = pool_index[pool_id.as_str()];
+                let pool = &instance.pools[p];
+                let most = (need.gpus.min(pool.gpus) / need.unit).min(i32::MAX as u64);
+                let coefficient = match objective {
+                    Objective::Cost => unit_cost(n, p),
+                    Objective::Favour { preferred, .. } => {
+                        if preferred.contains(&pool.provider) {
+                            -(need.unit as f64 * need.hours)
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                columns.push((n, p, coefficient, most));
+            }
+        }
+        let mut rows = Vec::new();
+        if let Objective::Favour { max_cost, .. } = objective {
+            let terms = (columns.iter().enumerate())
+                .map(|(c, &(n, p, _, _))| (c, unit_cost(n, p)))
+                .collect();
+            rows.push((terms, *max_cost));
+        }
+        // Rows gathered in one pass over the columns (a pass per row is quadratic).
+        let mut by_need: Vec<Vec<(usize, f64)>> = vec![Vec::new(); instance.needs.len()];
+        let mut by_pool: BTreeMap<(usize, u64), Vec<(usize, f64)>> = BTreeMap::new();
+        for (c, &(n, p, _, _)) in columns.iter().enumerate() {
+            let unit = instance.needs[n].unit;
+            by_need[n].push((c, unit as f64));
+            // Without rooms, a pool is one row: every unit under one key.
+            let class = if rooms.is_some() { unit } else { 0 };
+            by_pool
+                .entry((p, class))
+                .or_default()
+                .push((c, unit as f64));
+        }
+        for (n, terms) in by_need.into_iter().enumerate() {
+            if !terms.is_empty() {
+                rows.push((terms, instance.needs[n].gpus as f64));
+            }
+        }
+        for ((p, unit), terms) in by_pool {
+            // With rooms, the pool's GPUs are shared out by unit: each unit's needs keep
+            // to their room.
+            let room = match rooms {
+                None => instance.pools[p].gpus,
+                Some(rooms) => rooms.get(&(p, unit)).copied().unwrap_or(0),
+            };
+            rows.push((terms, room as f64));
+        }
+        for limit in limits.iter().filter(|l| l.max_share < 1.0) {
+            let terms: Vec<_> = (columns.iter().enumerate())
+                .map(|(c, &(n, p, _, _))| {
+                    let need = &instance.needs[n];
+                    let pool = &instance.pools[p];
+                    let own = if pool.provider == limit.provider {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    let weight = limit.weight(need.hours, pool.price_per_gpu_hour);
+                    (c, need.unit as f64 * weight * (own - limit.max_share))
+                })
+                .filter(|(_, c)| *c != 0.0)
+                .collect();
+            if !terms.is_empty() {
+                rows.push((terms, limit.max_share * limit.total - limit.own));
+            }
+        }
+        Program { columns, rows }
+    }
+}
+
+/// The allocation program for `microlp`, integer or (for the relaxation) continuous.
 fn program(
     instance: &Instance,
     limits: &[ShareLimit],
@@ -1112,95 +1252,21 @@ fn program(
     rooms: Option<&UnitRooms>,
 ) -> (microlp::Problem, Vars) {
     use microlp::{ComparisonOp, OptimizationDirection, Problem};
-    let pool_index = instance.pool_index();
+    let written = Program::new(instance, limits, objective, rooms);
     let mut problem = Problem::new(OptimizationDirection::Minimize);
-    // Shortfall is priced by difference: placing a GPU saves its penalty.
-    let unit_cost = |n: usize, p: usize| {
-        let need = &instance.needs[n];
-        need.unit as f64
-            * need.hours
-            * (instance.pools[p].price_per_gpu_hour - need.shortfall_penalty)
-    };
-    // One variable per (need, pool): how many units of the need the pool gives.
-    let mut vars = Vec::new();
-    for (n, need) in instance.needs.iter().enumerate() {
-        for pool_id in &need.pools {
-            let p = pool_index[pool_id.as_str()];
-            let pool = &instance.pools[p];
-            let most = (need.gpus.min(pool.gpus) / need.unit).min(i32::MAX as u64) as i32;
-            let coefficient = match objective {
-                Objective::Cost => unit_cost(n, p),
-                Objective::Favour { preferred, .. } => {
-                    if preferred.contains(&pool.provider) {
-                        -(need.unit as f64 * need.hours)
-                    } else {
-                        0.0
-                    }
-                }
-            };
+    let vars: Vars = (written.columns.iter())
+        .map(|&(n, p, coefficient, most)| {
             let var = if integer {
-                problem.add_integer_var(coefficient, (0, most))
+                problem.add_integer_var(coefficient, (0, most as i32))
             } else {
-                problem.add_var(coefficient, (0.0, f64::from(most)))
+                problem.add_var(coefficient, (0.0, most as f64))
             };
-            vars.push((n, p, var));
-        }
-    }
-    if let Objective::Favour { max_cost, .. } = objective {
-        let terms: Vec<_> = vars.iter().map(|&(n, p, v)| (v, unit_cost(n, p))).collect();
-        problem.add_constraint(terms.as_slice(), ComparisonOp::Le, *max_cost);
-    }
-    // Rows gathered in one pass over the variables (a pass per row is quadratic).
-    let mut by_need: Vec<Vec<(microlp::Variable, f64)>> = vec![Vec::new(); instance.needs.len()];
-    let mut by_pool: BTreeMap<(usize, u64), Vec<(microlp::Variable, f64)>> = BTreeMap::new();
-    for &(n, p, v) in &vars {
-        let unit = instance.needs[n].unit;
-        by_need[n].push((v, unit as f64));
-        // Without rooms, a pool is one row: every unit under one key.
-        let class = if rooms.is_some() { unit } else { 0 };
-        by_pool
-            .entry((p, class))
-            .or_default()
-            .push((v, unit as f64));
-    }
-    for (n, terms) in by_need.iter().enumerate() {
-        if !terms.is_empty() {
-            let gpus = instance.needs[n].gpus as f64;
-            problem.add_constraint(terms.as_slice(), ComparisonOp::Le, gpus);
-        }
-    }
-    for (&(p, unit), terms) in &by_pool {
-        // With rooms, the pool's GPUs are shared out by unit: each unit's needs keep
-        // to their room.
-        let room = match rooms {
-            None => instance.pools[p].gpus,
-            Some(rooms) => rooms.get(&(p, unit)).copied().unwrap_or(0),
-        };
-        problem.add_constraint(terms.as_slice(), ComparisonOp::Le, room as f64);
-    }
-    for limit in limits.iter().filter(|l| l.max_share < 1.0) {
-        let terms: Vec<_> = vars
-            .iter()
-            .map(|&(n, p, v)| {
-                let need = &instance.needs[n];
-                let pool = &instance.pools[p];
-                let own = if pool.provider == limit.provider {
-                    1.0
-                } else {
-                    0.0
-                };
-                let weight = limit.weight(need.hours, pool.price_per_gpu_hour);
-                (v, need.unit as f64 * weight * (own - limit.max_share))
-            })
-            .filter(|(_, c)| *c != 0.0)
-            .collect();
-        if !terms.is_empty() {
-            problem.add_constraint(
-                terms.as_slice(),
-                ComparisonOp::Le,
-                limit.max_share * limit.total - limit.own,
-            );
-        }
+            (n, p, var)
+        })
+        .collect();
+    for (terms, bound) in &written.rows {
+        let terms: Vec<_> = terms.iter().map(|&(c, k)| (vars[c].2, k)).collect();
+        problem.add_constraint(terms.as_slice(), ComparisonOp::Le, *bound);
     }
     (problem, vars)
 }

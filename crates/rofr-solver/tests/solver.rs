@@ -335,6 +335,89 @@ proptest! {
     }
 }
 
+/// [`exact`]'s settings with `change` applied.
+fn settings_with(
+    instance: &Instance,
+    change: impl FnOnce(&mut rofr_solver::Settings),
+) -> rofr_solver::Settings {
+    let mut settings = rofr_solver::Settings {
+        limits: instance.share_limits(),
+        ..Default::default()
+    };
+    change(&mut settings);
+    settings
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The proof counted in nodes (the engine's) finds the brute-force optimum and says
+    /// so, and gives the same answer twice; so does HiGHS where it is built in.
+    #[test]
+    fn a_proof_counted_in_nodes_finds_the_brute_force_optimum(instance in instance_strategy()) {
+        let optimum = brute_force(&instance);
+        let counted = settings_with(&instance, |s| s.work_limit = Some(2_000));
+        let solved = rofr_solver::solve(&instance, &counted).unwrap();
+        prop_assert_eq!(solved.status, rofr_solver::Status::Optimal);
+        prop_assert!((solved.cost - optimum).abs() < 1e-6, "counted {} but the optimum is {optimum}", solved.cost);
+        prop_assert_eq!(&rofr_solver::solve(&instance, &counted).unwrap(), &solved);
+        if rofr_solver::WITH_HIGHS {
+            let by_highs = rofr_solver::solve(&instance, &settings_with(&instance, |s| s.highs = true)).unwrap();
+            prop_assert_eq!(by_highs.status, rofr_solver::Status::Optimal);
+            prop_assert!((by_highs.cost - optimum).abs() < 1e-6, "HiGHS {} but the optimum is {optimum}", by_highs.cost);
+            prop_assert_eq!(check(&instance, &by_highs.allocations).unwrap(), by_highs.cost);
+        }
+    }
+}
+
+/// A node limit too small for the proof still answers, `feasible`, with a bound: the
+/// optimum lies between the two.
+#[test]
+fn a_proof_cut_short_by_its_node_count_says_so_with_its_bound() {
+    let instance = rofr_tools_free_instance();
+    let optimum = rofr_solver::solve(
+        &instance,
+        &settings_with(&instance, |s| s.work_limit = Some(100_000)),
+    )
+    .unwrap();
+    assert_eq!(optimum.status, rofr_solver::Status::Optimal);
+    let cut = rofr_solver::solve(
+        &instance,
+        &settings_with(&instance, |s| s.work_limit = Some(1)),
+    )
+    .unwrap();
+    assert_eq!(cut.status, rofr_solver::Status::Feasible, "{cut:?}");
+    assert!(
+        cut.bound < optimum.cost && optimum.cost < cut.cost,
+        "{cut:?} against {}",
+        optimum.cost
+    );
+}
+
+/// Twelve needs of mixed units over four pools of two providers, one capped: enough
+/// that one node does not finish the proof.
+fn rofr_tools_free_instance() -> Instance {
+    let needs: Vec<String> = (0..12)
+        .map(|n| {
+            let unit = [1, 4, 8][n % 3];
+            format!(
+                r#"{{"id":"n{n}","gpus":{},"hours":{},"unit":{unit},"shortfall_penalty":{},"pools":["a{}","b{}","a{}"]}}"#,
+                unit * (3 + n % 5),
+                24 + 37 * n,
+                9.0 + (n % 4) as f64,
+                n % 2,
+                n % 2,
+                (n + 1) % 2
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"{{"needs":[{}],"pools":[{{"id":"a0","provider":"x","gpus":40,"price_per_gpu_hour":3.1}},{{"id":"a1","provider":"x","gpus":36,"price_per_gpu_hour":3.3}},{{"id":"b0","provider":"y","gpus":64,"price_per_gpu_hour":4.7}},{{"id":"b1","provider":"y","gpus":48,"price_per_gpu_hour":5.2}}],"caps":[{{"provider":"x","max_share":0.35}}],"base_gpu_hours":{{"x":100,"y":2000}}}}"#,
+        needs.join(",")
+    );
+    Instance::parse(text.as_bytes()).unwrap()
+}
+
 #[test]
 fn the_relaxation_bound_lies_between_the_simple_bound_and_the_optimum() {
     let text = r#"{

@@ -691,18 +691,39 @@ pub fn bench_ledger(entries: u64) -> Result<LedgerReport, String> {
     })
 }
 
-/// A seeded allocation instance: `needs` needs over `pools` pools of `providers`
-/// providers, with `caps` providers capped.
+/// A seeded allocation instance: `needs` needs over `pools` pools of a quarter as many
+/// providers (at least two), with `caps` providers capped.
 pub fn generate_instance(
     seed: u64,
     needs: usize,
     pools: usize,
     caps: usize,
 ) -> rofr_solver::Instance {
+    generate_with_providers(seed, needs, pools, (pools / 4).max(2), caps)
+}
+
+/// [`generate_instance`] with at least two providers more than caps, so that the
+/// capped providers' usage from before is a small share and the caps bind on what is
+/// placed, not on the past.
+pub fn generate_capped(
+    seed: u64,
+    needs: usize,
+    pools: usize,
+    caps: usize,
+) -> rofr_solver::Instance {
+    generate_with_providers(seed, needs, pools, (pools / 4).max(caps + 2), caps)
+}
+
+fn generate_with_providers(
+    seed: u64,
+    needs: usize,
+    pools: usize,
+    providers: usize,
+    caps: usize,
+) -> rofr_solver::Instance {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     let mut rng = StdRng::seed_from_u64(seed);
-    let providers = (pools / 4).max(2);
     let pool_list: Vec<rofr_solver::Pool> = (0..pools)
         .map(|p| rofr_solver::Pool {
             id: format!("p{p}"),

@@ -80,15 +80,28 @@ pub enum Command {
         #[arg(long, default_value = "first_offer", value_parser = ["exclusive", "first_offer", "last_look", "open_market", "capped", "ordered"])]
         strategy: String,
     },
-    /// The exact solver on seeded instances, beside both baselines.
+    /// rofr's proofs beside HiGHS's (tools/check-allocation.py) on the same seeded
+    /// instances with binding caps, then the search's target on 10,000 needs x 100
+    /// pools beside both baselines.
     Solve {
-        /// Time limit per instance, in seconds.
-        #[arg(long, default_value_t = 10.0)]
+        /// Time limit per instance and solver, in seconds.
+        #[arg(long, default_value_t = 20.0)]
         time_limit: f64,
-        /// Also write each instance to DIR as `NEEDSxPOOLS-capsCAPS.json` (the format
-        /// of docs/allocation.md), for other solvers such as `tools/check-allocation.py`.
+        /// Instance sizes, NEEDSxPOOLSxCAPS, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10x5x2,20x6x2,50x10x3,100x10x3,200x20x5,400x30x6,1000x40x8", value_parser = crate::bench_solve::parse_size)]
+        sizes: Vec<(usize, usize, usize)>,
+        /// Seeds per size (42, 43, ...).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        seeds: u64,
+        /// Keep each instance (the format of docs/allocation.md) and each solution in DIR.
         #[arg(long, value_name = "DIR")]
         write_instances: Option<std::path::PathBuf>,
+        /// The HiGHS side.
+        #[arg(long, value_name = "FILE", default_value = "tools/check-allocation.py")]
+        highs_script: std::path::PathBuf,
+        /// Leave out the 10,000 x 100 target.
+        #[arg(long)]
+        no_target: bool,
     },
 }
 
@@ -104,26 +117,24 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         Command::Simulate { runs, strategy } => return simulate(runs, &strategy),
         Command::Solve {
             time_limit,
+            sizes,
+            seeds,
             write_instances,
+            highs_script,
+            no_target,
         } => {
-            println!(
-                "rofr bench solve: seeded instances (seed 42), time limit {time_limit} s each"
+            anyhow::ensure!(
+                time_limit.is_finite() && time_limit > 0.0,
+                "--time-limit must be a positive number of seconds"
             );
-            for (needs, pools, caps) in [(100, 10, 0), (1000, 40, 8), (10_000, 100, 0)] {
-                if let Some(dir) = &write_instances {
-                    let path = dir.join(format!("{needs}x{pools}-caps{caps}.json"));
-                    let instance = rofr_tools::bench::generate_instance(42, needs, pools, caps);
-                    let text = serde_json::to_string_pretty(&instance)?;
-                    std::fs::write(&path, text + "\n")
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                }
-                let limit = std::time::Duration::from_secs_f64(time_limit);
-                println!(
-                    "{}",
-                    rofr_tools::bench::bench_solve_row(needs, pools, caps, limit)
-                );
-            }
-            return Ok(exit::OK);
+            return crate::bench_solve::run(crate::bench_solve::Options {
+                sizes,
+                seeds,
+                time_limit,
+                write_instances,
+                highs_script,
+                target: !no_target,
+            });
         }
         Command::Tlog {
             needs,

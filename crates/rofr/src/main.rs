@@ -4,6 +4,7 @@
 mod agent;
 mod allocator;
 mod bench;
+mod bench_solve;
 mod check;
 mod client;
 mod demo;
@@ -75,9 +76,15 @@ enum Command {
         out: Option<std::path::PathBuf>,
         #[arg(long, value_parser = ["exact", "ordered", "cheapest-first"], default_value = "exact")]
         strategy: String,
-        /// Stop the exact search after this many seconds and report the best found.
+        /// Stop the exact search after this many seconds and report the best found with
+        /// its bound [default: 60].
         #[arg(long, value_name = "SECONDS")]
         time_limit: Option<f64>,
+        /// What proves the allocation: `highs` (HiGHS in process, in a build with the
+        /// `highs` feature), `search` (rofr's own search over rooms), or `auto` (HiGHS
+        /// where built in, else the search).
+        #[arg(long, value_parser = ["auto", "highs", "search"], default_value = "auto")]
+        solver: String,
     },
     /// Rehearse a scenario's demand against provider capacity under several sourcing
     /// strategies, with the live broker's engine; write a JSON result and an HTML report.
@@ -162,31 +169,55 @@ pub mod exit {
     pub const VERIFICATION_FAILED: u8 = 3;
 }
 
+/// `rofr solve`'s time limit where none is given.
+const DEFAULT_SOLVE_SECONDS: f64 = 60.0;
+
 fn solve(
     path: &std::path::Path,
     out: Option<&std::path::Path>,
     strategy: &str,
     time_limit: Option<f64>,
+    solver: &str,
 ) -> anyhow::Result<u8> {
+    let (time_limit, by_default) = match time_limit {
+        Some(s) => (s, false),
+        None => (DEFAULT_SOLVE_SECONDS, true),
+    };
     use anyhow::Context;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let instance = rofr_solver::Instance::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let limit = match time_limit {
-        Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
-        Some(s) => anyhow::bail!("--time-limit must be a positive number of seconds, not {s}"),
-        None => None,
+    anyhow::ensure!(
+        time_limit.is_finite() && time_limit > 0.0,
+        "--time-limit must be a positive number of seconds, not {time_limit}"
+    );
+    let highs = match solver {
+        "highs" if !rofr_solver::WITH_HIGHS => anyhow::bail!(
+            "--solver highs: this rofr was built without HiGHS; build it with `cargo build --release --features highs` (needs cmake and libclang), or use --solver search"
+        ),
+        "highs" => true,
+        "auto" => rofr_solver::WITH_HIGHS,
+        _ => false,
     };
     let started = std::time::Instant::now();
     let solution = match strategy {
         "ordered" => rofr_solver::baseline(&instance, rofr_solver::Strategy::Ordered),
         "cheapest-first" => rofr_solver::baseline(&instance, rofr_solver::Strategy::CheapestFirst),
         _ => {
+            let by = if highs { "HiGHS" } else { "the search over rooms" };
+            if by_default {
+                eprintln!(
+                    "rofr solve: proving with {by} within {DEFAULT_SOLVE_SECONDS} s (the default; --time-limit changes it), then the best found and its bound"
+                );
+            } else {
+                eprintln!("rofr solve: proving with {by} within {time_limit} s");
+            }
             let solved = rofr_solver::solve(
                 &instance,
                 &rofr_solver::Settings {
                     limits: instance.share_limits(),
-                    time_limit: limit,
+                    time_limit: Some(std::time::Duration::from_secs_f64(time_limit)),
+                    highs,
                     progress: Some(rofr_solver::Reporter(std::sync::Arc::new(|p| {
                         eprintln!("rofr solve: {}", searching(p));
                     }))),
@@ -299,7 +330,8 @@ fn main() -> ExitCode {
             out,
             strategy,
             time_limit,
-        } => solve(&instance, out.as_deref(), &strategy, time_limit),
+            solver,
+        } => solve(&instance, out.as_deref(), &strategy, time_limit, &solver),
         Command::Agent(args) => agent::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Need {

@@ -34,6 +34,46 @@ fn the_product_example_is_solved_to_the_product_solution() {
     }
 }
 
+/// Without `--time-limit` the proof is held to a default, and standard error says so;
+/// `--solver highs` in a build without HiGHS says how to get one and writes nothing.
+#[test]
+fn the_default_limit_and_a_missing_solver_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("instance.json");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    let output =
+        common::succeed(rofr().args(["solve", file.to_str().unwrap(), "--solver", "search"]));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("rofr solve: proving with the search over rooms within 60 s (the default; --time-limit changes it)"),
+        "{said}"
+    );
+    let out = dir.path().join("solution.json");
+    let output = rofr()
+        .args([
+            "solve",
+            file.to_str().unwrap(),
+            "--solver",
+            "highs",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    if cfg!(feature = "highs") {
+        assert!(output.status.success());
+        let solution: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(solution["cost"], 179712.0);
+        assert_eq!(solution["status"], "optimal");
+    } else {
+        assert_eq!(output.status.code(), Some(1));
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("--solver highs: this rofr was built without HiGHS; build it with `cargo build --release --features highs`"), "{said}");
+        assert!(!out.exists());
+    }
+}
+
 #[test]
 fn an_invalid_instance_is_refused_naming_the_json_path() {
     let dir = tempfile::tempdir().unwrap();
