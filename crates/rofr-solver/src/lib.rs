@@ -134,7 +134,7 @@ pub struct Settings {
     /// search over rooms runs first and the time limit governs.
     pub work_limit: Option<u64>,
     /// Prove with HiGHS in process (a build with the `highs` feature, [`WITH_HIGHS`])
-    /// instead of the search over rooms, started from cheapest first. Ignored with
+    /// instead of the search over rooms, with cheapest first to fall back on. Ignored with
     /// `work_limit`, whose answer must not depend on the build.
     pub highs: bool,
     /// Told where the search stands every few seconds, where it takes that long.
@@ -764,8 +764,8 @@ pub fn solve(instance: &Instance, settings: &Settings) -> Result<Solution, Infea
     ))
 }
 
-/// The proof by HiGHS, from cheapest first (which keeps every limit where placing
-/// nothing does).
+/// The proof by HiGHS, with cheapest first (which keeps every limit where placing
+/// nothing does) to fall back on.
 #[cfg(feature = "highs")]
 fn with_highs(
     instance: &Instance,

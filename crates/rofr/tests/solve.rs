@@ -95,11 +95,7 @@ fn an_invalid_instance_is_refused_naming_the_json_path() {
 /// than what `rofr solve` reports `optimal`, and nothing dearer than any answer.
 #[test]
 fn an_independent_solver_finds_no_cheaper_allocation() {
-    let highs = std::process::Command::new("python3")
-        .args(["-c", "import highspy"])
-        .status();
-    if !highs.is_ok_and(|s| s.success()) {
-        common::skip("python3 with the `highspy` package is not installed");
+    if !highspy_installed() {
         return;
     }
     let script = concat!(
@@ -186,4 +182,64 @@ fn an_answer_cut_short_by_the_time_limit_is_never_called_optimal_wrongly() {
             }
         }
     }
+}
+
+/// `rofr bench solve` puts HiGHS beside rofr on the same instance, which it keeps:
+/// both prove the small one, at the same cost.
+#[test]
+fn the_solve_bench_puts_highs_beside_rofr() {
+    if !highspy_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/check-allocation.py"
+    );
+    let output = common::succeed(rofr().args([
+        "bench",
+        "solve",
+        "--sizes",
+        "10x5x2",
+        "--seeds",
+        "1",
+        "--no-target",
+        "--time-limit",
+        "10",
+        "--highs-script",
+        script,
+        "--write-instances",
+        dir.path().to_str().unwrap(),
+    ]));
+    let text = stdout(&output);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("10x5x2-s42"))
+        .unwrap_or_else(|| panic!("no row: {text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "optimal", "HiGHS: {row}");
+    assert!(row.matches("optimal").count() >= 2, "{row}");
+    // The cost rofr found less HiGHS's.
+    assert!(row.contains(" 0.00 ") || row.contains(" -0.00 "), "{row}");
+    let instance = dir.path().join("10x5x2-s42.json");
+    assert!(rofr_solver_reads(&instance), "the instance is kept");
+    assert!(dir.path().join("10x5x2-s42.search.solution.json").exists());
+}
+
+fn rofr_solver_reads(path: &std::path::Path) -> bool {
+    let text = std::fs::read_to_string(path).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["needs"].as_array().is_some_and(|n| n.len() == 10)
+}
+
+/// Whether python3 has HiGHS (`highspy`); says it skips where not.
+fn highspy_installed() -> bool {
+    let highs = std::process::Command::new("python3")
+        .args(["-c", "import highspy"])
+        .status();
+    let installed = highs.is_ok_and(|s| s.success());
+    if !installed {
+        common::skip("python3 with the `highspy` package is not installed");
+    }
+    installed
 }
