@@ -156,6 +156,8 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
     );
     let (mut highs_total, mut highs_own, mut rofr_total, mut missed) = (0.0, 0.0, 0.0, 0usize);
     for &(needs, pools, caps) in &options.sizes {
+        // The size's instances that HiGHS proved: (HiGHS's total, rofr's, proved by both).
+        let (mut size_highs, mut size_rofr, mut both) = (0.0, 0.0, true);
         for seed in 42..42 + options.seeds {
             let name = format!("{needs}x{pools}x{caps}-s{seed}");
             let path = dir.join(format!("{name}.json"));
@@ -177,6 +179,9 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
                         highs_total += h.seconds;
                         highs_own += h.solve_seconds.unwrap_or(h.seconds);
                         rofr_total += ours.seconds;
+                        size_highs += h.seconds;
+                        size_rofr += ours.seconds;
+                        both &= ours.proven();
                     }
                     missed += usize::from(!met);
                     let verdict = match (h.proven(), met) {
@@ -199,6 +204,15 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
                     .as_ref()
                     .map_or("not built".to_owned(), Answer::cell),
                 ours.cost.map_or("-".to_owned(), |c| format!("{c:.2}")),
+            );
+        }
+        if size_highs > 0.0 {
+            let met = both && size_rofr <= size_highs;
+            println!(
+                "{:<16} what HiGHS proved: rofr {size_rofr:.2} s against HiGHS {size_highs:.2} s ({:.2}x){}",
+                format!("{needs}x{pools}x{caps}"),
+                size_rofr / size_highs,
+                if met { ", met" } else { ", NOT MET" }
             );
         }
     }
