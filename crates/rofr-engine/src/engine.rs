@@ -25,8 +25,10 @@ const BATCH_LIMIT: usize = 64;
 
 /// Branch-and-bound nodes a sourcing round's proof may take. Counted, not timed, so
 /// that a replay of the log gives the same awards on any machine; where the limit
-/// stops the proof, the round's `sourcing_closed` event records the bound.
-pub const ROUND_WORK: u64 = 2_000;
+/// stops the proof, the round's `sourcing_closed` event records the bound. The writer
+/// waits for the proof: on 64 needs of 8 quotes each under 3 binding caps, 500 nodes
+/// took 155 ms (2,000 took 459 ms and moved the bound by 0.00007%).
+pub const ROUND_WORK: u64 = 500;
 
 /// A version of the deal, and when it governs from.
 #[derive(Debug, Clone)]
