@@ -10,18 +10,12 @@ use rofr_server::{Broker, Clock, Party};
 use rofr_store::Location;
 use serde_json::json;
 
+/// Three providers, no right, and a cap on oracle.
 const DEAL: &str = r#"
+provider = [{ id = "azure" }, { id = "oracle" }, { id = "coreweave" }]
+
 [deal]
 name = "rounds"
-
-[[provider]]
-id = "azure"
-
-[[provider]]
-id = "oracle"
-
-[[provider]]
-id = "coreweave"
 
 [[concentration_cap]]
 max_share = 0.3
@@ -45,7 +39,7 @@ async fn a_round_placed_under_a_binding_cap_is_proven_in_its_event_and_evidence(
         Some(&dir.path().join("ledger-key")),
     )
     .unwrap();
-    // No right applies (the deal has none): straight to quotes.
+    // No right applies: straight to quotes.
     let need = common::need("n1", 64);
     broker
         .execute(
