@@ -97,7 +97,7 @@ def main():
         out = {"build_seconds": built - started, "solve_seconds": solved - built}
         if status == highspy.HighsModelStatus.kInfeasible:
             out["status"] = "infeasible"
-        elif info.primal_solution_status == 2:  # a feasible point
+        elif info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible:
             out["status"] = "optimal" if status == highspy.HighsModelStatus.kOptimal else "feasible"
             out["cost"] = info.objective_function_value + constant
             out["bound"] = info.mip_dual_bound + constant

@@ -1,13 +1,12 @@
 //! The proof by HiGHS (feature `highs`): the same program as the search's
 //! (`Program`), handed to HiGHS's branch and cut in process. Its answer is re-checked
-//! by [`check_within`] like every other.
+//! by the checker like every other.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::{
-    check_within, constant_cost, given_per_need, infeasible, shortfall, to_allocations, Infeasible,
-    Instance, Objective, Program, ShareLimit, Solution, Status,
+    checked, constant_cost, in_whole_units, infeasible, Infeasible, Instance, Objective, Program,
+    ShareLimit, Solution, Status,
 };
 
 /// Solves the program with HiGHS within `time_limit`. `optimal` where HiGHS proved it
@@ -57,15 +56,14 @@ pub(crate) fn prove(
         .filter(|b| b.is_finite())
         .map_or(instance.lower_bound(), |b| b + constant);
     let values = solved.get_solution().columns().to_vec();
-    let found = (written.columns.iter().zip(&values))
-        .map(|(&(n, p, _, _), &units)| ((n, p), units.round() as u64 * instance.needs[n].unit))
-        .filter(|(_, gpus)| *gpus > 0)
-        .collect::<BTreeMap<_, _>>();
-    let allocations = to_allocations(instance, &found);
-    let checked = check_within(instance, limits, &allocations)
+    let taken = in_whole_units(
+        instance,
+        (written.columns.iter().zip(values)).map(|(&(n, p, _, _), units)| ((n, p), units)),
+    );
+    let answer = checked(instance, limits, &taken)
         .ok()
-        .filter(|&cost| fallback.is_none_or(|f| cost <= f.cost));
-    let Some(cost) = checked else {
+        .filter(|a| fallback.is_none_or(|f| a.cost <= f.cost));
+    let Some(answer) = answer else {
         // No allocation yet (the limit came first), one the checker refuses, or one
         // dearer than the fallback: the fallback, if any, is the answer.
         return match fallback {
@@ -81,14 +79,16 @@ pub(crate) fn prove(
     };
     let optimal = status == HighsModelStatus::Optimal;
     Ok(Solution {
-        shortfall: shortfall(instance, &given_per_need(instance, &found)),
-        allocations,
-        cost,
         status: if optimal {
             Status::Optimal
         } else {
             Status::Feasible
         },
-        bound: if optimal { cost } else { bound.min(cost) },
+        bound: if optimal {
+            answer.cost
+        } else {
+            bound.min(answer.cost)
+        },
+        ..answer
     })
 }

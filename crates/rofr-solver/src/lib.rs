@@ -661,15 +661,40 @@ fn taken_by(
     vars: &Vars,
     found: &microlp::Solution,
 ) -> BTreeMap<(usize, usize), u64> {
-    vars.iter()
-        .map(|&(n, p, v)| {
-            (
-                (n, p),
-                found.var_value(v).round() as u64 * instance.needs[n].unit,
-            )
-        })
+    in_whole_units(
+        instance,
+        vars.iter().map(|&(n, p, v)| ((n, p), found.var_value(v))),
+    )
+}
+
+/// A program's values (units of a need from a pool, within the solver's tolerance of
+/// whole numbers) as GPUs by need and pool index.
+pub(crate) fn in_whole_units(
+    instance: &Instance,
+    values: impl IntoIterator<Item = ((usize, usize), f64)>,
+) -> BTreeMap<(usize, usize), u64> {
+    values
+        .into_iter()
+        .map(|((n, p), units)| ((n, p), units.round() as u64 * instance.needs[n].unit))
         .filter(|(_, gpus)| *gpus > 0)
         .collect()
+}
+
+/// `taken` as an answer, checked against the limits: `feasible`, with no bound yet.
+pub(crate) fn checked(
+    instance: &Instance,
+    limits: &[ShareLimit],
+    taken: &BTreeMap<(usize, usize), u64>,
+) -> Result<Solution, Infeasible> {
+    let allocations = to_allocations(instance, taken);
+    let cost = check_within(instance, limits, &allocations)?;
+    Ok(Solution {
+        shortfall: shortfall(instance, &given_per_need(instance, taken)),
+        allocations,
+        cost,
+        status: Status::Feasible,
+        bound: f64::NEG_INFINITY,
+    })
 }
 
 fn given_per_need(instance: &Instance, taken: &BTreeMap<(usize, usize), u64>) -> Vec<u64> {
@@ -948,19 +973,11 @@ fn prove_within(
     if let Ok(outcome) = problem.solve_with(options) {
         let stats = outcome.stats();
         if let Some(found) = outcome.solution() {
-            let taken = taken_by(instance, &vars, found);
-            let allocations = to_allocations(instance, &taken);
-            if let Ok(cost) = check_within(instance, limits, &allocations) {
+            if let Ok(answer) = checked(instance, limits, &taken_by(instance, &vars, found)) {
                 if found.status() == microlp::SolutionStatus::Optimal {
-                    bound = bound.max(cost);
+                    bound = bound.max(answer.cost);
                 }
-                candidates.push(Solution {
-                    shortfall: shortfall(instance, &given_per_need(instance, &taken)),
-                    allocations,
-                    cost,
-                    status: Status::Feasible,
-                    bound,
-                });
+                candidates.push(Solution { bound, ..answer });
             }
         }
         if let Some(proven) = stats.best_bound {
@@ -1067,15 +1084,11 @@ fn favour(
     let Some(found) = outcome.solution() else {
         return best;
     };
-    let taken = taken_by(instance, &vars, found);
-    let allocations = to_allocations(instance, &taken);
-    match check_within(instance, limits, &allocations) {
-        Ok(cost) if cost <= best.cost + 1e-9 * best.cost.abs().max(1.0) => Solution {
-            shortfall: shortfall(instance, &given_per_need(instance, &taken)),
-            allocations,
-            cost,
+    match checked(instance, limits, &taken_by(instance, &vars, found)) {
+        Ok(answer) if answer.cost <= best.cost + 1e-9 * best.cost.abs().max(1.0) => Solution {
             status: best.status,
             bound: best.bound,
+            ..answer
         },
         _ => best,
     }
@@ -1305,24 +1318,20 @@ fn search(
             )
         });
     };
-    let taken = taken_by(instance, &vars, found);
-    let allocations = to_allocations(instance, &taken);
-    let cost = check_within(instance, limits, &allocations)?;
+    let answer = checked(instance, limits, &taken_by(instance, &vars, found))?;
     let optimal = found.status() == proven;
     let solved = Solution {
-        allocations,
-        shortfall: shortfall(instance, &given_per_need(instance, &taken)),
-        cost,
         status: if optimal {
             Status::Optimal
         } else {
             Status::Feasible
         },
         bound: if optimal {
-            cost
+            answer.cost
         } else {
             instance.lower_bound()
         },
+        ..answer
     };
     if !optimal {
         if let Some(better) = best_baseline().filter(|b| b.cost < solved.cost) {

@@ -50,11 +50,9 @@ impl Answer {
     }
 
     fn cell(&self) -> String {
-        let gap = match (self.proven(), self.gap()) {
-            (true, _) => String::new(),
-            (false, Some(g)) => format!(" gap {g:.4}%"),
-            (false, None) => String::new(),
-        };
+        let gap = (self.gap())
+            .filter(|_| !self.proven())
+            .map_or(String::new(), |g| format!(" gap {g:.4}%"));
         let inner = self
             .solve_seconds
             .map_or(String::new(), |s| format!(" ({s:.2})"));
