@@ -21,6 +21,9 @@ pub struct NeedView {
     pub holder: Option<String>,
     pub variant: Option<&'static str>,
     pub submitted_at: Timestamp,
+    /// The window the GPUs may start in: an award runs `hours` from `earliest_start`.
+    pub earliest_start: Timestamp,
+    pub latest_start: Timestamp,
     pub decide_by: Timestamp,
     pub next_deadline: Option<Timestamp>,
     pub launch: Option<String>,
@@ -153,6 +156,8 @@ pub fn need_view(need: &NeedState) -> NeedView {
         holder: need.holder.as_ref().map(|h| h.to_string()),
         variant: need.variant.map(|v| v.as_str()),
         submitted_at: need.submitted_at,
+        earliest_start: spec.earliest_start,
+        latest_start: spec.latest_start,
         decide_by: spec.decide_by,
         next_deadline: need.next_deadline(),
         launch: spec.launch.clone(),
@@ -330,8 +335,15 @@ pub struct ProviderShare {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommitmentView {
+    /// The clause's `name`, where it has one.
+    pub name: Option<String>,
     pub provider: String,
     pub min_gpu_hours: Option<f64>,
+    /// Dollars, for a commitment counted in spend.
+    pub min_spend: Option<f64>,
+    /// The commitment's period: from, and until where it ends.
+    pub from: Timestamp,
+    pub until: Option<Timestamp>,
     pub awarded_gpu_hours: f64,
 }
 
@@ -413,8 +425,12 @@ pub fn summary(engine: &Engine) -> Summary {
         .commitments
         .iter()
         .map(|c| CommitmentView {
+            name: c.clause.name.clone(),
             provider: c.provider.to_string(),
             min_gpu_hours: c.min_gpu_hours,
+            min_spend: c.min_spend,
+            from: c.period.from,
+            until: c.period.until,
             awarded_gpu_hours: gpu_hours.get(c.provider.as_str()).copied().unwrap_or(0.0),
         })
         .collect();

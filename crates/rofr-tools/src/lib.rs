@@ -9,3 +9,4 @@ pub mod bench_report;
 pub mod bench_tlog;
 pub mod client;
 pub mod demo;
+pub mod export;

@@ -8,6 +8,7 @@ mod bench_solve;
 mod check;
 mod client;
 mod demo;
+mod export;
 mod ledger;
 mod report;
 mod serve;
@@ -153,6 +154,8 @@ enum Command {
         #[command(subcommand)]
         command: client::WebhookCommand,
     },
+    /// Write confirmed awards for SkyPilot, dstack, Karpenter or FOCUS (buyer, auditor).
+    Export(export::Args),
     /// Read the event log (buyer, auditor).
     Events {
         #[command(flatten)]
@@ -333,6 +336,7 @@ fn main() -> ExitCode {
             solver,
         } => solve(&instance, out.as_deref(), &strategy, time_limit, &solver),
         Command::Agent(args) => agent::run(args),
+        Command::Export(args) => export::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Need {
             connection,

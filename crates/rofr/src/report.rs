@@ -165,7 +165,7 @@ fn cosigners(report: &rofr_report::Report) -> String {
 }
 
 /// Writes beside the file and renames, so a reader never sees half a report.
-fn write_whole(
+pub(crate) fn write_whole(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {

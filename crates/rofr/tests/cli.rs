@@ -5,22 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{rofr, serve, token, Server};
-
-/// Runs `rofr ARGS` against the server with a token; returns (exit code, stdout, stderr).
-fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
-    let output = rofr()
-        .args(args)
-        .env("ROFR_SERVER", &server.url)
-        .env("ROFR_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::{rofr, run, serve, token, Server};
 
 /// `rofr serve` of the stargate example deal on `database`, with `extra` arguments.
 fn serve_stargate(database: &Path, extra: &[&str]) -> Server {

@@ -93,6 +93,21 @@ pub fn token(database: impl AsRef<std::ffi::OsStr>, party: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// Runs `rofr ARGS` against the server with a token; returns (exit code, stdout, stderr).
+pub fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = rofr()
+        .args(args)
+        .env("ROFR_SERVER", &server.url)
+        .env("ROFR_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
