@@ -74,17 +74,7 @@ impl Default for Behaviour {
 impl CapacityModel {
     /// Parses a model file, naming the line and column of any mistake.
     pub fn parse(file: &str, text: &str) -> Result<CapacityModel, String> {
-        let model: CapacityModel = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start].matches('\n').count() + 1;
-                    let column = s.start - text[..s.start].rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!("{file}:{line}:{column}: ")
-                })
-                .unwrap_or_default();
-            format!("{at}{}", e.message())
-        })?;
+        let model: CapacityModel = parse_toml(file, text)?;
         let b = &model.behaviour;
         for (name, p) in [
             ("behaviour.answer_probability", b.answer_probability),
@@ -119,6 +109,21 @@ impl CapacityModel {
             .map(|c| c.gpus)
             .sum()
     }
+}
+
+/// A TOML settings file read into `T`, a mistake named by file:line:column.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                let column = s.start - text[..s.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("{file}:{line}:{column}: ")
+            })
+            .unwrap_or_default();
+        format!("{at}{}", e.message())
+    })
 }
 
 /// What an agent did, for the demo's counts and the tests.
@@ -358,7 +363,7 @@ impl Agent {
 
 /// An answer that arrives after its deadline (409) or to something withdrawn (404) is
 /// a race the agent lost, not a failure.
-fn ignore_lost_races(result: Result<(), ClientError>) -> Result<(), ClientError> {
+pub(crate) fn ignore_lost_races(result: Result<(), ClientError>) -> Result<(), ClientError> {
     match result {
         Err(ClientError::Api {
             status: 404 | 409, ..

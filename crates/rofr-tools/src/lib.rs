@@ -4,6 +4,7 @@
 //! `rofr-server`) needs none of it.
 
 pub mod agent;
+pub mod aws;
 pub mod bench;
 pub mod bench_report;
 pub mod bench_tlog;
