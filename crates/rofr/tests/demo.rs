@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{rofr, stdout};
+use common::{check_export, rofr, stdout};
 use rofr_tools::demo::{run, DemoOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,4 +450,48 @@ async fn the_demos_period_reports_what_the_broker_summarizes() {
             "{section}"
         );
     }
+}
+
+/// As a new user would after `rofr demo --keep`: the confirmed awards exported for
+/// SkyPilot and as FOCUS rows pass SkyPilot's and the FOCUS validator's own checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_awards_export_for_skypilot_and_focus() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = run(DemoOptions {
+        needs: 12,
+        speed: 864_000.0,
+        seed: 5,
+        listen: "127.0.0.1:0".into(),
+        database: Some(dir.path().join("demo.db")),
+        progress: false,
+    })
+    .await
+    .unwrap();
+    let buyer = &running.tokens.iter().find(|(l, _)| l == "buyer").unwrap().1;
+    for (format, wanted) in [
+        ("skypilot", "SkyPilot config"),
+        ("focus", "pass focus-validator"),
+    ] {
+        let file = dir.path().join(format!("demo.{format}"));
+        let out = rofr()
+            .args(["export", "--format", format, "--out"])
+            .arg(&file)
+            .env("ROFR_SERVER", &running.url)
+            .env("ROFR_TOKEN", buyer)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("confirmed award"), "{said}");
+        if let Some(ok) = check_export(format, &file, &[]) {
+            assert!(ok.contains(wanted), "{ok}");
+        }
+    }
+    // The FOCUS file holds a usage row for every confirmed award the demo made.
+    let focus = std::fs::read_to_string(dir.path().join("demo.focus")).unwrap();
+    assert!(
+        focus.lines().count() > 1 && focus.contains(",Usage,"),
+        "{focus}"
+    );
+    let _ = running.stop.send(true);
 }

@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{run, serve, skip, token, Server};
+use common::{check_export, run, serve, skip, token, Server};
 
 const DEAL: &str = r#"
 [deal]
@@ -79,29 +78,6 @@ fn place(
     assert_eq!(code, 0, "{err}");
 }
 
-/// Runs the checker; `None` where its validator is not installed (said on the way).
-fn check(format: &str, file: &Path, env: &[(&str, String)]) -> Option<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/check-export.py");
-    // The Python with the validators: `ROFR_EXPORT_PYTHON` (as .ci/run sets), else python3.
-    let python = std::env::var("ROFR_EXPORT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut command = Command::new(python);
-    command.arg(script).arg(format).arg(file);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    match out.status.code() {
-        Some(0) => Some(said),
-        Some(2) => {
-            skip(&format!("{format} export not validated: {said}"));
-            None
-        }
-        _ => panic!("{format} export fails its validator:\n{said}"),
-    }
-}
-
 #[test]
 fn confirmed_awards_pass_each_tools_own_validator() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,12 +128,12 @@ fn confirmed_awards_pass_each_tools_own_validator() {
     );
     let text = std::fs::read_to_string(&sky).unwrap();
     assert!(text.contains("- cr-0abc123def4567890"), "{text}");
-    if let Some(ok) = check("skypilot", &sky, &[]) {
+    if let Some(ok) = check_export("skypilot", &sky, &[]) {
         assert!(ok.contains("'aws': 1"), "{ok}");
     }
 
     let (fleets, _) = export("dstack", &[]);
-    if let Some(ok) = check("dstack", &fleets, &[]) {
+    if let Some(ok) = check_export("dstack", &fleets, &[]) {
         assert!(ok.contains("2 dstack fleet"), "{ok}");
     }
 
@@ -169,7 +145,7 @@ fn confirmed_awards_pass_each_tools_own_validator() {
     );
     match std::env::var("KARPENTER_CRD") {
         Ok(crd) => {
-            let ok = check("karpenter", &patch, &[("KARPENTER_CRD", crd)]).unwrap();
+            let ok = check_export("karpenter", &patch, &[("KARPENTER_CRD", crd)]).unwrap();
             assert!(ok.contains("1 capacity reservation terms"), "{ok}");
         }
         Err(_) => skip(
@@ -187,10 +163,7 @@ fn confirmed_awards_pass_each_tools_own_validator() {
         "{text}"
     );
     assert!(text.contains(",Unused,"), "{text}");
-    let env: Vec<(&str, String)> = std::env::var("FOCUS_VALIDATOR")
-        .map(|v| vec![("FOCUS_VALIDATOR", v)])
-        .unwrap_or_default();
-    if let Some(ok) = check("focus", &focus, &env) {
+    if let Some(ok) = check_export("focus", &focus, &[]) {
         assert!(ok.contains("pass focus-validator"), "{ok}");
     }
 

@@ -108,6 +108,33 @@ pub fn run(server: &Server, token: &str, args: &[&str]) -> (i32, String, String)
     )
 }
 
+/// Runs the checker; `None` where its validator is not installed (said on the way).
+pub fn check_export(
+    format: &str,
+    file: &std::path::Path,
+    env: &[(&str, String)],
+) -> Option<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/check-export.py");
+    // The Python with the validators: `ROFR_EXPORT_PYTHON` (as .ci/run sets), else python3.
+    let python = std::env::var("ROFR_EXPORT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut command = std::process::Command::new(python);
+    command.arg(script).arg(format).arg(file);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => Some(said),
+        Some(2) => {
+            skip(&format!("{format} export not validated: {said}"));
+            None
+        }
+        _ => panic!("{format} export fails its validator:\n{said}"),
+    }
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
