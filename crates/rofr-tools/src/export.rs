@@ -225,12 +225,106 @@ pub fn left_out_lines(left_out: &[LeftOut]) -> Vec<String> {
         .collect()
 }
 
+/// Block YAML with every string double-quoted. YAML 1.1 readers (PyYAML, which SkyPilot
+/// and dstack use) read a plain `yes`, `on` or `2025-01-01` as a boolean or a date,
+/// and YAML emitters leave those plain, so a reservation id could change type on the
+/// way; quoting every string, with YAML's escapes for what is not printable, keeps
+/// each one text.
 fn yaml(value: &Value) -> String {
-    serde_yaml_ng::to_string(value).expect("a JSON value always has a YAML form")
+    match value {
+        Value::Object(map) if map.is_empty() => "{}\n".into(),
+        Value::Array(list) if list.is_empty() => "[]\n".into(),
+        Value::Object(_) | Value::Array(_) => block(value, 0),
+        scalar => format!("{}\n", yaml_scalar(scalar)),
+    }
 }
 
+fn block(value: &Value, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let key = yaml_key(key);
+                match v {
+                    Value::Object(m) if !m.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n{}", block(v, indent + 2)));
+                    }
+                    Value::Array(l) if !l.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n{}", block(v, indent)));
+                    }
+                    _ => out.push_str(&format!("{pad}{key}: {}\n", yaml_scalar(v))),
+                }
+            }
+        }
+        Value::Array(list) => {
+            for item in list {
+                let inner = match item {
+                    Value::Object(m) if !m.is_empty() => block(item, indent + 2),
+                    Value::Array(l) if !l.is_empty() => block(item, indent + 2),
+                    _ => format!("{pad}  {}\n", yaml_scalar(item)),
+                };
+                // The item's first line takes the dash in place of its indentation.
+                out.push_str(&format!("{pad}- {}", &inner[indent + 2..]));
+            }
+        }
+        scalar => out.push_str(&format!("{pad}{}\n", yaml_scalar(scalar))),
+    }
+    out
+}
+
+fn yaml_scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => yaml_quoted(s),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Keys are this module's own names; any other is quoted.
+fn yaml_key(key: &str) -> String {
+    let plain = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        key.to_owned()
+    } else {
+        yaml_quoted(key)
+    }
+}
+
+fn yaml_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
+                out.push_str(&format!("\\u{:04X}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Comment lines; a character that could end a YAML comment line (a control
+/// character, NEL, or the Unicode line and paragraph separators) is written escaped.
 fn comment_block(lines: &[String]) -> String {
-    lines.iter().map(|l| format!("# {l}\n")).collect()
+    let safe = |line: &str| -> String {
+        line.chars()
+            .map(|c| {
+                if c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}') {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    lines.iter().map(|l| format!("# {}\n", safe(l))).collect()
 }
 
 fn summary_line(awards: &[Award]) -> String {
@@ -878,9 +972,9 @@ mod tests {
         ];
         let out = skypilot(&awards, &clouds);
         assert_eq!(out.left_out.len(), 1);
-        assert!(out.text.contains("- cr-0abc"), "{}", out.text);
+        assert!(out.text.contains("- \"cr-0abc\""), "{}", out.text);
         let out = karpenter(&awards, &clouds, "gpu");
-        assert!(out.text.contains("id: cr-0abc"), "{}", out.text);
+        assert!(out.text.contains("id: \"cr-0abc\""), "{}", out.text);
         assert_eq!(out.left_out.len(), 1);
     }
 
@@ -896,5 +990,128 @@ mod tests {
     fn fleet_names_are_dns_labels() {
         let a = award("N_1.x/y", "aws", "cr-1", "2025-01-01T00:00:00Z", 1);
         assert_eq!(fleet_name(&a), "rofr-n-1-x-y-1");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+            serde_yaml_ng::Deserializer::from_str(text)
+                .map(|d| serde_yaml_ng::Value::deserialize(d).expect("every document parses"))
+                .filter(|v| !v.is_null())
+                .collect()
+        }
+
+        use serde::Deserialize;
+
+        fn any_award() -> impl Strategy<Value = Award> {
+            (
+                ".{1,40}",
+                prop_oneof![Just("aws".to_owned()), Just("gcp".to_owned()), ".{1,12}"],
+                // Any text, line breaks and YAML's own characters included.
+                prop_oneof![
+                    ".{1,60}",
+                    "[\\x00-\\x1f\u{85}\u{2028}#:'\"{}\\[\\]&*!|>%@` -]{1,20}"
+                ],
+                1u64..=1_000_000,
+                1u64..=87_600,
+                // From 1970 to the last moment a need may name (the year 3000).
+                0i64..32_503_680_000,
+                0.01f64..1000.0,
+            )
+                .prop_map(
+                    |(need, provider, reservation, gpus, hours, start, price)| Award {
+                        need,
+                        award: 1,
+                        provider,
+                        sku: "H100".into(),
+                        gpus,
+                        hours,
+                        price_per_gpu_hour: price,
+                        reservation,
+                        start: DateTime::from_timestamp(start, 0).unwrap(),
+                        regions: vec![],
+                        launch: None,
+                        workload: "training".into(),
+                        tags: vec![],
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Whatever text the ids hold, every YAML output parses, and the
+            /// reservations in it are the awards' exactly.
+            #[test]
+            fn any_string_reads_back_as_itself(text in "\\PC*|[\\x00-\\x1f\u{7f}-\u{9f}\u{2028}\u{feff}yesonNo0-9:#-]{0,12}") {
+                let doc = yaml(&json!({"a": [text.clone(), {"id": text.clone()}], "b": {"c": text.clone()}}));
+                let back: serde_yaml_ng::Value = serde_yaml_ng::from_str(&doc).unwrap();
+                prop_assert_eq!(back["a"][0].as_str(), Some(text.as_str()), "{}", doc);
+                prop_assert_eq!(back["a"][1]["id"].as_str(), Some(text.as_str()), "{}", doc);
+                prop_assert_eq!(back["b"]["c"].as_str(), Some(text.as_str()), "{}", doc);
+            }
+
+            #[test]
+            fn hostile_text_stays_in_its_field(awards in proptest::collection::vec(any_award(), 1..6)) {
+                let clouds = Clouds::default();
+                let sky = skypilot(&awards, &clouds);
+                let docs = documents(&sky.text);
+                prop_assert_eq!(docs.len(), 1);
+                let mut listed: Vec<String> = ["aws", "gcp"]
+                    .iter()
+                    .flat_map(|c| docs[0][*c]["specific_reservations"].as_sequence().cloned().unwrap_or_default())
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                listed.sort();
+                let mut wanted: Vec<String> = awards
+                    .iter()
+                    .filter(|a| matches!(a.provider.as_str(), "aws" | "gcp"))
+                    .map(|a| a.reservation.clone())
+                    .collect();
+                wanted.sort();
+                wanted.dedup();
+                listed.dedup();
+                prop_assert_eq!(listed, wanted);
+
+                let fleets = dstack(&awards, &clouds);
+                let docs = documents(&fleets.text);
+                prop_assert_eq!(docs.len() + fleets.left_out.len(), awards.len());
+                for doc in &docs {
+                    prop_assert_eq!(doc["type"].as_str(), Some("fleet"));
+                }
+                let patch = karpenter(&awards, &clouds, "gpu");
+                prop_assert!(!documents(&patch.text).is_empty());
+            }
+
+            /// Usage rows cover each award's hours exactly, across month and year ends
+            /// up to the year 3000, and their costs add up to GPUs × hours × price.
+            #[test]
+            fn focus_rows_add_up(award in any_award()) {
+                let billing = Billing {
+                    account_id: "d".into(),
+                    account_name: "D".into(),
+                    provider_names: BTreeMap::new(),
+                };
+                let out = focus(std::slice::from_ref(&award), &[], &billing);
+                let mut reader = csv::Reader::from_reader(out.text.as_bytes());
+                let headers = reader.headers().unwrap().clone();
+                let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+                let (mut seconds, mut cost) = (0i64, 0f64);
+                for row in reader.records() {
+                    let row = row.unwrap();
+                    let t = |c: usize| DateTime::parse_from_rfc3339(&row[c]).unwrap();
+                    seconds += (t(col("ChargePeriodEnd")) - t(col("ChargePeriodStart"))).num_seconds();
+                    cost += row[col("BilledCost")].parse::<f64>().unwrap();
+                    prop_assert_eq!(&row[col("ResourceId")], award.reservation.as_str());
+                    prop_assert!(t(col("BillingPeriodStart")) <= t(col("ChargePeriodStart")));
+                    prop_assert!(t(col("ChargePeriodEnd")) <= t(col("BillingPeriodEnd")));
+                }
+                prop_assert_eq!(seconds, award.hours as i64 * 3600);
+                let want = award.gpus as f64 * award.hours as f64 * award.price_per_gpu_hour;
+                prop_assert!((cost - want).abs() <= want * 1e-9 + 1e-6, "{} against {}", cost, want);
+            }
+        }
     }
 }

@@ -127,7 +127,7 @@ fn confirmed_awards_pass_each_tools_own_validator() {
         "{said}"
     );
     let text = std::fs::read_to_string(&sky).unwrap();
-    assert!(text.contains("- cr-0abc123def4567890"), "{text}");
+    assert!(text.contains("- \"cr-0abc123def4567890\""), "{text}");
     if let Some(ok) = check_export("skypilot", &sky, &[]) {
         assert!(ok.contains("'aws': 1"), "{ok}");
     }
@@ -140,7 +140,7 @@ fn confirmed_awards_pass_each_tools_own_validator() {
     let (patch, _) = export("karpenter", &["--node-class", "gpu"]);
     let text = std::fs::read_to_string(&patch).unwrap();
     assert!(
-        text.contains("id: cr-0abc123def4567890") && !text.contains("az-77\n"),
+        text.contains("id: \"cr-0abc123def4567890\"") && !text.contains("\"az-77\""),
         "{text}"
     );
     match std::env::var("KARPENTER_CRD") {
