@@ -75,6 +75,9 @@ pub struct AwardView {
     pub reservation: Option<String>,
     pub sku: String,
     pub hours: u32,
+    /// The need's start window, which the awarded provider delivers within.
+    pub earliest_start: Timestamp,
+    pub latest_start: Timestamp,
 }
 
 fn offer_view(need: &NeedState, o: &rofr_engine::state::HolderOffer) -> OfferView {
@@ -137,6 +140,8 @@ fn award_views(need: &NeedState) -> impl Iterator<Item = AwardView> + '_ {
         reservation: a.reservation.as_deref().map(str::to_owned),
         sku: need.spec.sku.to_string(),
         hours: need.spec.hours,
+        earliest_start: need.spec.earliest_start,
+        latest_start: need.spec.latest_start,
     })
 }
 

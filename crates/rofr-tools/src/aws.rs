@@ -683,11 +683,6 @@ impl AwsAgent {
         if !self.state.purchases.contains_key(key) {
             let sku = award["sku"].as_str().unwrap_or_default();
             let gpus = award["gpus"].as_u64().unwrap_or(0) as u32;
-            let need_view = self
-                .client
-                .get(&format!("/v1/needs/{need}"))
-                .await
-                .map_err(|e| e.to_string())?;
             let per_instance = self
                 .settings
                 .aws
@@ -696,7 +691,7 @@ impl AwsAgent {
                 .map_or(0, |t| t.gpus);
             let whole = per_instance > 0 && gpus % per_instance == 0;
             let offering = match whole {
-                true => self.offering(sku, gpus, &need_view).await?,
+                true => self.offering(sku, gpus, award).await?,
                 false => None,
             };
             let Some((offering, price)) = offering else {
