@@ -116,8 +116,9 @@ fn reservations(endpoint: &str) -> Vec<(String, String)> {
 fn the_aws_agent_quotes_buys_and_never_buys_twice() {
     let Some(fakecloud) = fakecloud() else {
         skip(
-            "fakecloud is not installed (`cargo install fakecloud --locked`, about an hour \
-             on 2 cores); set FAKECLOUD or put it on the PATH to run the AWS agent test",
+            "fakecloud is not installed (`cargo install fakecloud --locked --debug`, about \
+             12 minutes on 2 cores); set FAKECLOUD or put it on the PATH to run the AWS \
+             agent test",
         );
         return;
     };
