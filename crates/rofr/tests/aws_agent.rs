@@ -1,8 +1,9 @@
 //! `rofr agent --aws` against a real EC2 API emulator (`fakecloud`, run as its own
 //! process and never linked): it quotes from `DescribeCapacityBlockOfferings`, buys
 //! with `PurchaseCapacityBlock`, and, killed right after a purchase and restarted,
-//! confirms what it bought without buying again. Skipped, saying so, where fakecloud
-//! is not installed (`FAKECLOUD` names it, else `fakecloud` on the PATH).
+//! confirms what it bought without buying again; the SkyPilot export of the award names
+//! the reservation bought. Skipped, saying so, where fakecloud is not installed
+//! (`FAKECLOUD` names it, else `fakecloud` on the PATH).
 
 mod common;
 
@@ -218,6 +219,31 @@ fn the_aws_agent_quotes_buys_and_never_buys_twice() {
     });
     assert_eq!(award_of("train-1")["reservation"], bought[0].0);
     assert!(bought[0].0.starts_with("cr-"));
+
+    // What the agent bought is what SkyPilot is told to launch into.
+    let sky = dir.path().join("sky.yaml");
+    let (code, _, err) = run(
+        &server,
+        &buyer,
+        &[
+            "export",
+            "--format",
+            "skypilot",
+            "--need",
+            "train-1",
+            "--out",
+            sky.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&sky).unwrap();
+    eprintln!("{err}{text}");
+    let listed = format!("- \"{}\"", bought[0].0);
+    assert!(
+        text.contains("specific_reservations:\n") && text.lines().any(|l| l.trim() == listed),
+        "{text}"
+    );
+    common::check_export("skypilot", &sky, &[]);
 
     // $30,000 to spend: $2,995.20 went on train-1; 64 GPUs × 48 h × $3.90 = $11,980.80
     // fits; 128 GPUs ($23,961.60) would not, so that request is declined unquoted.
