@@ -35,6 +35,12 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why} (.ci/run installs it)");
 }
 
+/// Says why a test cannot run part of itself anywhere `.ci/run` could set it up: what
+/// it needs is on no package registry this project may install from.
+pub fn skip_uninstallable(why: &str) {
+    eprintln!("SKIPPED: {why}; no package registry carries it, so CI skips this too");
+}
+
 pub fn rofr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rofr"))
 }
