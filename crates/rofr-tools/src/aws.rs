@@ -84,9 +84,10 @@ impl Settings {
             ));
         }
         for (sku, t) in &aws.instance_types {
-            if t.gpus == 0 {
+            if !(1..=MAX_GPUS_PER_INSTANCE).contains(&t.gpus) {
                 return Err(format!(
-                    "{file}: `aws.instance_types.{sku}.gpus` must be at least 1"
+                    "{file}: `aws.instance_types.{sku}.gpus` is {}; an instance has 1 to {MAX_GPUS_PER_INSTANCE} GPUs",
+                    t.gpus
                 ));
             }
             if t.price_per_gpu_hour
@@ -483,6 +484,39 @@ pub fn valid_block_hours(hours: u32) -> bool {
 /// The most instances one block may hold.
 const MAX_INSTANCES: u32 = 64;
 
+/// The most GPUs the settings may give one instance type (EC2's largest have 8 or 16),
+/// so that a block's GPUs, at most 64 instances' worth, always fit a `u32`.
+const MAX_GPUS_PER_INSTANCE: u32 = 1024;
+
+/// A count the broker sent (GPUs, hours), where it fits a `u32`.
+fn count_of(value: &Value) -> Option<u32> {
+    value.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+/// What an offering costs per GPU-hour, where it is an offering of exactly `count`
+/// instances of `gpus_per_instance` GPUs for `hours`: its upfront fee spread over
+/// those GPU-hours, or `fallback` where it states none. An answer with a fee that is
+/// not a finite amount above zero is no offering at all: a fee read as NaN would pass
+/// every comparison with the spending limit.
+pub fn price_of(
+    offering: &Offering,
+    count: u32,
+    gpus_per_instance: u32,
+    hours: u32,
+    fallback: Option<f64>,
+) -> Option<f64> {
+    if offering.instance_count != count || offering.hours != hours {
+        return None;
+    }
+    let gpu_hours = f64::from(count) * f64::from(gpus_per_instance) * f64::from(hours);
+    let price = match offering.upfront_fee {
+        Some(fee) if fee.is_finite() && fee > 0.0 => fee / gpu_hours,
+        Some(_) => return None,
+        None => fallback?,
+    };
+    (price.is_finite() && price > 0.0).then_some(price)
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct AwsStats {
     pub quoted: u64,
@@ -543,7 +577,9 @@ impl AwsAgent {
         let Some(kind) = self.settings.aws.instance_types.get(sku) else {
             return Ok(None);
         };
-        let hours = need["hours"].as_u64().unwrap_or(0) as u32;
+        let Some(hours) = count_of(&need["hours"]) else {
+            return Ok(None);
+        };
         let count = gpus / kind.gpus;
         if count == 0 || count > MAX_INSTANCES || !valid_block_hours(hours) {
             return Ok(None);
@@ -560,13 +596,9 @@ impl AwsAgent {
             .offerings(&kind.instance_type, count, from, until, hours)
             .await
             .map_err(|e| e.to_string())?;
-        let gpu_hours = f64::from(count * kind.gpus) * f64::from(hours);
         let priced = offerings.into_iter().filter_map(|o| {
-            let price = match o.upfront_fee {
-                Some(fee) => fee / gpu_hours,
-                None => kind.price_per_gpu_hour?,
-            };
-            (o.instance_count == count && o.hours == hours).then_some((o, price))
+            let price = price_of(&o, count, kind.gpus, hours, kind.price_per_gpu_hour)?;
+            Some((o, price))
         });
         Ok(priced.min_by(|a, b| a.1.total_cmp(&b.1)))
     }
@@ -605,7 +637,10 @@ impl AwsAgent {
                 continue;
             }
             let sku = rfq["sku"].as_str().unwrap_or_default();
-            let asked = rfq["gpus"].as_u64().unwrap_or(0) as u32;
+            // More than a u32 holds is more than any block: quote what a block can.
+            let asked = rfq["gpus"]
+                .as_u64()
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
             let per_instance = self
                 .settings
                 .aws
@@ -682,7 +717,7 @@ impl AwsAgent {
         }
         if !self.state.purchases.contains_key(key) {
             let sku = award["sku"].as_str().unwrap_or_default();
-            let gpus = award["gpus"].as_u64().unwrap_or(0) as u32;
+            let gpus = count_of(&award["gpus"]).unwrap_or(0);
             let per_instance = self
                 .settings
                 .aws
@@ -802,6 +837,78 @@ mod tests {
         assert!(!valid_block_hours(189 * 24) && !valid_block_hours(u32::MAX));
     }
 
+    fn offering(count: u32, hours: u32, fee: Option<f64>) -> Offering {
+        Offering {
+            id: "cb-1".into(),
+            instance_type: "p5.48xlarge".into(),
+            instance_count: count,
+            start: "2026-12-14T11:30:00Z".into(),
+            end: "2026-12-16T11:30:00Z".into(),
+            hours,
+            upfront_fee: fee,
+        }
+    }
+
+    #[test]
+    fn a_fee_is_spread_over_the_blocks_gpu_hours() {
+        // 2 instances × 8 GPUs × 48 h = 768 GPU-hours.
+        let price = price_of(&offering(2, 48, Some(2995.2)), 2, 8, 48, None).unwrap();
+        assert!((price - 3.9).abs() < 1e-12, "{price}");
+        assert_eq!(
+            price_of(&offering(2, 48, None), 2, 8, 48, Some(4.5)),
+            Some(4.5)
+        );
+        assert_eq!(price_of(&offering(2, 48, None), 2, 8, 48, None), None);
+        // Not what was asked for: another count or length.
+        assert_eq!(price_of(&offering(3, 48, Some(1.0)), 2, 8, 48, None), None);
+        assert_eq!(price_of(&offering(2, 24, Some(1.0)), 2, 8, 48, None), None);
+    }
+
+    #[test]
+    fn a_fee_that_is_no_amount_makes_no_offering() {
+        for fee in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 0.0, -0.0] {
+            assert_eq!(
+                price_of(&offering(2, 48, Some(fee)), 2, 8, 48, Some(4.5)),
+                None,
+                "{fee}"
+            );
+        }
+        // The largest finite fee still prices, and stays finite.
+        let price = price_of(&offering(64, 4368, Some(f64::MAX)), 64, 1024, 4368, None).unwrap();
+        assert!(price.is_finite() && price > 0.0);
+    }
+
+    #[test]
+    fn counts_that_do_not_fit_are_refused_not_wrapped() {
+        assert_eq!(count_of(&json!(48)), Some(48));
+        assert_eq!(count_of(&json!(u64::from(u32::MAX))), Some(u32::MAX));
+        // 2^32 + 24 would wrap to a valid 24-hour block.
+        assert_eq!(count_of(&json!((1u64 << 32) + 24)), None);
+        assert_eq!(count_of(&json!(-1)), None);
+        assert_eq!(count_of(&json!(1.5)), None);
+        assert_eq!(count_of(&json!("48")), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever bits an answer's fee holds and whatever the block's shape within
+        /// the settings' bounds, a price is finite and above zero, or there is none.
+        #[test]
+        fn any_fee_prices_finite_or_not_at_all(
+            bits in proptest::prelude::any::<u64>(),
+            count in 1u32..=MAX_INSTANCES,
+            gpus in 1u32..=MAX_GPUS_PER_INSTANCE,
+            hours in proptest::prelude::any::<u32>(),
+        ) {
+            let fee = f64::from_bits(bits);
+            let price = price_of(&offering(count, hours, Some(fee)), count, gpus, hours, None);
+            proptest::prop_assert!(price.is_none_or(|p| p.is_finite() && p > 0.0));
+            proptest::prop_assert_eq!(price.is_some(), fee.is_finite() && fee > 0.0 && hours > 0
+                && (fee / (f64::from(count) * f64::from(gpus) * f64::from(hours))) > 0.0);
+            // The block's GPUs, as the agent quotes them, fit a u32.
+            proptest::prop_assert!(count.checked_mul(gpus).is_some());
+        }
+    }
+
     #[test]
     fn settings_errors_name_the_key() {
         let good = r#"
@@ -818,6 +925,16 @@ H100 = { type = "p5.48xlarge", gpus = 8 }
         assert!(err.contains("aws.spending_limit"), "{err}");
         let err = Settings::parse("a.toml", &good.replace("gpus = 8", "gpus = 0")).unwrap_err();
         assert!(err.contains("aws.instance_types.H100.gpus"), "{err}");
+        let err = Settings::parse("a.toml", &good.replace("gpus = 8", "gpus = 1025")).unwrap_err();
+        assert!(
+            err.contains("is 1025; an instance has 1 to 1024 GPUs"),
+            "{err}"
+        );
+        assert!(Settings::parse("a.toml", &good.replace("gpus = 8", "gpus = 1024")).is_ok());
+        let err =
+            Settings::parse("a.toml", &good.replace("gpus = 8", "gpus = 4294967296")).unwrap_err();
+        // Past a u32: the parser names the file, line and column of the value.
+        assert!(err.starts_with("a.toml:8:"), "{err}");
         let err = Settings::parse("a.toml", &good.replace("region", "regio")).unwrap_err();
         assert!(err.starts_with("a.toml:4:1:"), "{err}");
         let err = Settings::parse(
