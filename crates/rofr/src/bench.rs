@@ -102,6 +102,10 @@ pub enum Command {
         /// Leave out the 10,000 x 100 target.
         #[arg(long)]
         no_target: bool,
+        /// Runs of HiGHS and of rofr's default solver on each instance, in turn; the
+        /// median of each side's runs is compared.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+        runs: u64,
     },
 }
 
@@ -122,6 +126,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
             write_instances,
             highs_script,
             no_target,
+            runs,
         } => {
             anyhow::ensure!(
                 time_limit.is_finite() && time_limit > 0.0,
@@ -134,6 +139,7 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
                 write_instances,
                 highs_script,
                 target: !no_target,
+                runs: runs as usize,
             });
         }
         Command::Tlog {

@@ -15,6 +15,9 @@ pub struct Options {
     pub write_instances: Option<PathBuf>,
     pub highs_script: PathBuf,
     pub target: bool,
+    /// Runs of HiGHS and of rofr's default solver per instance, taken in turn; each
+    /// side's median run is the one compared.
+    pub runs: usize,
 }
 
 /// Parses `NEEDSxPOOLSxCAPS`.
@@ -58,6 +61,13 @@ impl Answer {
             .map_or(String::new(), |s| format!(" ({s:.2})"));
         format!("{:<9} {:>6.2}{inner} s{gap}", self.status, self.seconds)
     }
+}
+
+/// Of several runs of one side, the median by time (the later of the middle two where
+/// their number is even): its status, cost and times.
+fn median(mut runs: Vec<Answer>) -> Answer {
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    runs.swap_remove(runs.len() / 2)
 }
 
 /// `rofr solve` on `path` as a child process, timed from spawn to exit.
@@ -145,8 +155,9 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
         "search"
     };
     println!(
-        "rofr bench solve: seeded instances with binding caps, each solved by HiGHS (python3 {}), rofr's search, and rofr's default solver ({rofr_solver}), each a separate process with a {limit} s limit; times from spawn to exit, HiGHS's own run in brackets",
-        options.highs_script.display()
+        "rofr bench solve: seeded instances with binding caps, each solved by HiGHS (python3 {}), rofr's search, and rofr's default solver ({rofr_solver}), each a separate process with a {limit} s limit; HiGHS and rofr's default {} times each in turn, their median runs shown and compared, the search once; times from spawn to exit, HiGHS's own run in brackets",
+        options.highs_script.display(),
+        options.runs
     );
     println!(
         "{:<16} {:<38} {:<30} {:<30} {:>16} {:>10}  verdict",
@@ -162,13 +173,25 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
             let instance = rofr_tools::bench::generate_capped(seed, needs, pools, caps);
             std::fs::write(&path, serde_json::to_string_pretty(&instance)? + "\n")
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            let highs = highs_solve(&options.highs_script, &path, limit);
-            let search = rofr_solve(&path, "search", limit)?;
-            let with_highs = if rofr_solver::WITH_HIGHS {
-                Some(rofr_solve(&path, "highs", limit)?)
-            } else {
-                None
+            // HiGHS and rofr's default solver in turn, so that both meet the same
+            // moments of a busy machine; the search once, beside them.
+            let (mut highs_runs, mut rofr_runs) = (Vec::new(), Vec::new());
+            let mut highs_failed = None;
+            for _ in 0..options.runs {
+                match highs_solve(&options.highs_script, &path, limit) {
+                    Ok(answer) => highs_runs.push(answer),
+                    Err(e) => highs_failed = Some(e),
+                }
+                if rofr_solver::WITH_HIGHS {
+                    rofr_runs.push(rofr_solve(&path, "highs", limit)?);
+                }
+            }
+            let highs = match highs_failed {
+                Some(e) => Err(e),
+                None => Ok(median(highs_runs)),
             };
+            let with_highs = (!rofr_runs.is_empty()).then(|| median(rofr_runs));
+            let search = rofr_solve(&path, "search", limit)?;
             let ours = with_highs.as_ref().unwrap_or(&search);
             let (highs_cell, verdict) = match &highs {
                 Ok(h) => {
@@ -230,4 +253,33 @@ pub fn run(options: Options) -> anyhow::Result<u8> {
         );
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: &str, seconds: f64) -> Answer {
+        Answer {
+            status: status.into(),
+            cost: Some(1.0),
+            bound: Some(1.0),
+            seconds,
+            solve_seconds: Some(seconds / 2.0),
+        }
+    }
+
+    #[test]
+    fn the_median_run_is_compared_whole() {
+        let m = median(vec![
+            run("optimal", 3.0),
+            run("feasible", 20.0),
+            run("optimal", 2.0),
+        ]);
+        assert_eq!((m.status.as_str(), m.seconds), ("optimal", 3.0));
+        // Two runs: the later of the middle two, so one slow run is not hidden.
+        let m = median(vec![run("optimal", 1.0), run("feasible", 20.0)]);
+        assert_eq!((m.status.as_str(), m.seconds), ("feasible", 20.0));
+        assert_eq!(median(vec![run("optimal", 4.0)]).seconds, 4.0);
+    }
 }
