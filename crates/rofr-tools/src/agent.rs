@@ -188,7 +188,7 @@ impl Agent {
                         Some("made" | "confirmed" | "pending_approval")
                     )
             })
-            .map(|a| a["gpus"].as_u64().unwrap_or(0) as u32)
+            .map(|a| count_of(&a["gpus"]).unwrap_or(0))
             .sum();
         let promised = self.promised.entry(sku.to_owned()).or_default();
         promised.retain(|(when, _)| when.elapsed() < Duration::from_secs(3));
@@ -263,7 +263,7 @@ impl Agent {
             self.pause().await;
             let sku = offer["sku"].as_str().unwrap_or_default();
             let free = self.free(sku, &awards, &now);
-            let wanted = offer["gpus"].as_u64().unwrap_or(0) as u32;
+            let wanted = count_of(&offer["gpus"]).unwrap_or(0);
             let is_match = offer["kind"] == "match";
             let take = self
                 .rng
@@ -303,7 +303,7 @@ impl Agent {
             self.pause().await;
             let sku = rfq["sku"].as_str().unwrap_or_default();
             let free = self.free(sku, &awards, &now);
-            let asked = rfq["gpus"].as_u64().unwrap_or(0) as u32;
+            let asked = count_of(&rfq["gpus"]).unwrap_or(0);
             let price = self.model.price(sku);
             let result = match price {
                 Some(price)
@@ -359,6 +359,12 @@ impl Agent {
         self.stats.declined += 1;
         Ok(())
     }
+}
+
+/// A count the broker sent (GPUs, hours), where it fits a `u32`: never cut down to fit,
+/// which could turn a count past 2^32 into a small, valid one.
+pub(crate) fn count_of(value: &Value) -> Option<u32> {
+    value.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
 /// An answer that arrives after its deadline (409) or to something withdrawn (404) is

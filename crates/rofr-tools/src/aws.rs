@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::agent::ignore_lost_races;
+use crate::agent::{count_of, ignore_lost_races};
 use crate::client::{Client, ClientError};
 
 /// The agent's settings file (TOML).
@@ -488,11 +488,6 @@ const MAX_INSTANCES: u32 = 64;
 /// so that a block's GPUs, at most 64 instances' worth, always fit a `u32`.
 const MAX_GPUS_PER_INSTANCE: u32 = 1024;
 
-/// A count the broker sent (GPUs, hours), where it fits a `u32`.
-fn count_of(value: &Value) -> Option<u32> {
-    value.as_u64().and_then(|n| u32::try_from(n).ok())
-}
-
 /// What an offering costs per GPU-hour, where it is an offering of exactly `count`
 /// instances of `gpus_per_instance` GPUs for `hours`: its upfront fee spread over
 /// those GPU-hours, or `fallback` where it states none. An answer with a fee that is
@@ -902,8 +897,16 @@ mod tests {
             let fee = f64::from_bits(bits);
             let price = price_of(&offering(count, hours, Some(fee)), count, gpus, hours, None);
             proptest::prop_assert!(price.is_none_or(|p| p.is_finite() && p > 0.0));
-            proptest::prop_assert_eq!(price.is_some(), fee.is_finite() && fee > 0.0 && hours > 0
-                && (fee / (f64::from(count) * f64::from(gpus) * f64::from(hours))) > 0.0);
+            // A price, where there is one, gives back the fee over the block's GPU-hours
+            // (to a float's precision, which a subnormal price does not keep).
+            let gpu_hours = f64::from(count) * f64::from(gpus) * f64::from(hours);
+            if let Some(p) = price.filter(|p| p.is_normal()) {
+                proptest::prop_assert!((p * gpu_hours - fee).abs() <= fee * 1e-12, "{} {}", p, fee);
+            }
+            // A fee that is a normal amount above zero over a block of some hours prices.
+            if fee.is_normal() && fee > 0.0 && hours > 0 && fee / gpu_hours > f64::MIN_POSITIVE {
+                proptest::prop_assert!(price.is_some(), "{}", fee);
+            }
             // The block's GPUs, as the agent quotes them, fit a u32.
             proptest::prop_assert!(count.checked_mul(gpus).is_some());
         }

@@ -311,12 +311,13 @@ fn yaml_quoted(text: &str) -> String {
 }
 
 /// Comment lines; a character that could end a YAML comment line (a control
-/// character, NEL, or the Unicode line and paragraph separators) is written escaped.
+/// character, NEL among them, or the Unicode line and paragraph separators) is written
+/// escaped.
 fn comment_block(lines: &[String]) -> String {
     let safe = |line: &str| -> String {
         line.chars()
             .map(|c| {
-                if c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}') {
+                if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
                     c.escape_unicode().to_string()
                 } else {
                     c.to_string()
